@@ -1,0 +1,45 @@
+"""ledger: an event-sourced job ledger on SQLite.
+
+Every change to a job is an event appended to an append-only log; the ``jobs`` table is a
+projection updated in the same transaction, and `Ledger.replay` rebuilds it from the log.
+"""
+
+from .backoff import RetryPolicy
+from .core import Ledger
+from .errors import (
+    ConcurrencyError,
+    CorruptEvent,
+    InvalidArgument,
+    InvalidTransition,
+    JobNotFound,
+    LeaseLost,
+    LedgerBusy,
+    LedgerError,
+    SchemaError,
+    StorageError,
+)
+from .model import EventType, Job, JobEvent, JobStatus, Result
+from .rebuild import Difference, ReplayReport, VerifyReport
+
+__all__ = [
+    "ConcurrencyError",
+    "CorruptEvent",
+    "Difference",
+    "EventType",
+    "InvalidArgument",
+    "InvalidTransition",
+    "Job",
+    "JobEvent",
+    "JobNotFound",
+    "JobStatus",
+    "LeaseLost",
+    "Ledger",
+    "LedgerBusy",
+    "LedgerError",
+    "ReplayReport",
+    "Result",
+    "RetryPolicy",
+    "SchemaError",
+    "StorageError",
+    "VerifyReport",
+]

@@ -1,0 +1,103 @@
+"""Opening SQLite connections and running write transactions, the APSW way.
+
+Pragmas are applied per connection here and nowhere else. Write transactions always start with
+``BEGIN IMMEDIATE``: APSW's ``with connection:`` is a SAVEPOINT, which outside a transaction starts
+a *deferred* one whose later upgrade to a writer can fail at once with BUSY in WAL mode (the
+classic "database is locked" of SQLite job queues); IMMEDIATE takes the write lock up front,
+where the busy timeout can wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
+
+import apsw
+
+from .errors import LedgerBusy, LedgerError, SchemaError, StorageError
+
+Durability = Literal["full", "normal"]
+DURABILITY_LEVELS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+_T = TypeVar("_T")
+
+
+def wrap_sqlite_error(e: apsw.Error, doing: str) -> LedgerError:
+    """Turn an APSW error into the ledger's own, with a hint on what to do."""
+    if isinstance(e, apsw.BusyError):
+        return LedgerBusy(f"{doing}: the database stayed locked past the busy timeout ({e})")
+    if isinstance(e, apsw.FullError):
+        return StorageError(f"{doing}: the disk or database is full ({e}); free space and retry")
+    if isinstance(e, apsw.ReadOnlyError):
+        return StorageError(f"{doing}: the database is read-only ({e}); check file permissions")
+    if isinstance(e, apsw.NotADBError):
+        return SchemaError(f"{doing}: the file is not an SQLite database ({e})")
+    if isinstance(e, apsw.CantOpenError):
+        return StorageError(f"{doing}: cannot open the database file ({e}); check the path")
+    return StorageError(f"{doing}: SQLite error {type(e).__name__}: {e}")
+
+
+def connect(
+    path: str,
+    *,
+    durability: Durability = "full",
+    readonly: bool = False,
+    busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    flags |= apsw.SQLITE_OPEN_URI
+    try:
+        conn = apsw.Connection(path, flags=flags)
+    except apsw.Error as e:
+        raise wrap_sqlite_error(e, f"opening {path}") from e
+    try:
+        conn.set_busy_timeout(busy_timeout_ms)
+        if not readonly:
+            _set_wal(conn)
+            conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except apsw.Error as e:
+        conn.close()
+        raise wrap_sqlite_error(e, f"opening {path}") from e
+    return conn
+
+
+def _set_wal(conn: apsw.Connection) -> None:
+    # Readers never block the writer and vice versa; ":memory:" answers "memory", which is fine.
+    conn.execute("PRAGMA journal_mode=WAL").get
+
+
+@contextlib.contextmanager
+def write_transaction(conn: apsw.Connection) -> Iterator[None]:
+    """One all-or-nothing write transaction; any exception rolls everything back."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+            raise
+
+
+def run_write(conn: apsw.Connection, doing: str, work: Callable[[], _T], retries: int = 3) -> _T:
+    """Run ``work`` in a write transaction, retrying when SQLite reports BUSY before the write
+    lock was won (the busy timeout waits; this is the bounded retry on top for the rare BUSY that
+    the busy handler does not cover, such as WAL recovery by another process)."""
+    for attempt in range(retries + 1):
+        try:
+            with write_transaction(conn):
+                return work()
+        except apsw.BusyError as e:
+            if attempt == retries:
+                raise wrap_sqlite_error(e, doing) from e
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, doing) from e
+    raise AssertionError("unreachable")

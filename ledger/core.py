@@ -1,0 +1,441 @@
+"""`Ledger`: the public API. Commands append events and update projections in one transaction;
+queries read the projection and the log.
+
+The transaction seam: every command goes through `_write`, which opens ``BEGIN IMMEDIATE``,
+hands a `_Command` (the connection, the command's time, the projection writers) to the private
+step, then flushes the projections and commits. Any exception rolls all of it back.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import apsw
+
+from projections import JobsProjection, Projection
+from projections import jobs_queries as q
+from projections.base import advance_checkpoint, checkpoint_schema_statement
+from projections.jobs import JobsWriter
+
+from . import decide, rebuild, store
+from . import events as ev
+from . import validate as check
+from .backoff import RetryPolicy
+from .connection import Durability, connect, run_write
+from .errors import ConcurrencyError, InvalidArgument, JobNotFound
+from .model import ACTIVITY_TYPES, EventType, Job, JobEvent
+from .reads import EventReader
+from .summary import format_summary
+from .timeutil import Clock, check_aware, seconds, system_clock, to_db
+
+_T = TypeVar("_T")
+DEFAULT_LEASE = 300.0
+RESCUE_BATCH = 100
+_CREATE_KEYS = frozenset({"chat_id", "config", "thread_id", "user_id", "queue", "priority",
+                          "run_at", "max_attempts", "idempotency_key"})  # fmt: skip
+
+
+class _Command:
+    """One write transaction's working state; projections see every appended event at once."""
+
+    def __init__(self, conn: apsw.Connection, now: datetime, others: Sequence[Projection]) -> None:
+        self.conn = conn
+        self.now = now
+        self.at = to_db(now)
+        self.jobs = JobsWriter(conn)
+        self._others = [p.writer(conn) for p in others]
+        self._last = 0
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return decide.require(self.jobs.load(job_id), job_id)
+
+    def append(self, job_id: str, events: Sequence[ev.Event], expected_version: int | None = None,
+               new: bool = False) -> None:  # fmt: skip
+        version = 0 if new else self.job(job_id)["version"]
+        if expected_version is not None and expected_version != version:
+            raise ConcurrencyError(job_id, expected_version, version)
+        for stored in store.append(self.conn, job_id, version, events, self.at):
+            self.jobs.apply(stored)
+            for writer in self._others:
+                writer.apply(stored)
+            self._last = stored.position
+
+    def finish(self, projections: Sequence[Projection]) -> None:
+        self.jobs.flush()
+        for writer in self._others:
+            writer.flush()
+        if self._last:
+            for projection in projections:
+                advance_checkpoint(self.conn, projection.name, self._last)
+
+
+class Ledger(EventReader):
+    """A durable record of jobs and everything that happened to them, in one SQLite file.
+
+    Safe to share between threads (calls are serialised on the connection) and between processes
+    (each opens its own `Ledger` on the same file; SQLite's locks order the writers).
+    ``durability="full"`` (default) survives power loss; ``"normal"`` survives a process crash but
+    may lose the last commits on power loss, for more writes per second.
+    """
+
+    def __init__(
+        self, path: str = "ledger.db", *, clock: Clock | None = None,
+        durability: Durability = "full", readonly: bool = False, busy_timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None, rng: random.Random | None = None,
+    ) -> None:  # fmt: skip
+        if durability not in ("full", "normal"):
+            raise InvalidArgument("durability", durability, 'use "full" or "normal"')
+        self.path = path
+        self.readonly = readonly
+        self._clock = clock or system_clock
+        self._retry_policy = retry_policy or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._lock = threading.RLock()
+        self._jobs = JobsProjection()
+        self._projections: tuple[Projection, ...] = (self._jobs,)
+        timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
+        self._conn = connect(path, durability=durability, readonly=readonly,
+                             busy_timeout_ms=timeout_ms)  # fmt: skip
+        try:
+            if readonly:
+                self._read("opening the ledger", lambda: store.check_schema(self._conn))
+            else:
+                run_write(self._conn, f"opening {path}", self._initialize)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _initialize(self) -> None:
+        store.initialize_schema(self._conn)
+        self._conn.execute(checkpoint_schema_statement)
+        rebuild.catch_up(self._conn, self._projections)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def now(self) -> datetime:
+        return check_aware("clock()", self._clock())
+
+    # -- the seam ----------------------------------------------------------------------------
+
+    def _write(self, doing: str, step: Callable[[_Command], _T]) -> _T:
+        now = self.now()
+
+        def work() -> _T:
+            command = _Command(self._conn, now, self._projections[1:])
+            result = step(command)
+            command.finish(self._projections)
+            return result
+
+        with self._lock:
+            return run_write(self._conn, doing, work)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def create_job(
+        self, chat_id: int, config: Any, *, thread_id: int | None = None,
+        user_id: str | None = None, queue: str = "default", priority: int = 0,
+        run_at: datetime | None = None, max_attempts: int = 1,
+        idempotency_key: str | None = None,
+    ) -> str:  # fmt: skip
+        """Record a new pending job and return its id. With an ``idempotency_key`` already used,
+        return the first job's id and write nothing."""
+        created = _created_event(dict(chat_id=chat_id, config=config, thread_id=thread_id,
+            user_id=user_id, queue=queue, priority=priority, run_at=run_at,
+            max_attempts=max_attempts, idempotency_key=idempotency_key))  # fmt: skip
+        return self._write("creating a job", lambda c: _create(c, created, {}))
+
+    def create_jobs(self, specs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create many jobs in one transaction (all or none); each spec holds `create_job`'s
+        arguments by name."""
+        events = [_created_event(_spec(i, spec)) for i, spec in enumerate(specs)]
+
+        def step(c: _Command) -> list[str]:
+            batch: dict[str, str] = {}
+            return [_create(c, created, batch) for created in events]
+
+        return self._write("creating jobs", step)
+
+    def claim(
+        self, worker_id: str, *, queues: Sequence[str] | None = None,
+        lease: float | timedelta = DEFAULT_LEASE,
+    ) -> Job | None:  # fmt: skip
+        """Take the best claimable job (highest priority, then oldest) for ``worker_id`` under a
+        lease, rescuing expired leases first; None when nothing is claimable now."""
+        check.text("worker_id", worker_id, nonempty=True)
+        lease_seconds = seconds("lease", lease)
+        queue_list = _queues(queues)
+
+        def step(c: _Command) -> Job | None:
+            if _rescue(c, RESCUE_BATCH):
+                c.jobs.flush()  # the claim query below must see the rescued jobs as pending
+            params = (c.at,) if queue_list is None else (c.at, *queue_list)
+            statement = q.claim_statement(None if queue_list is None else len(queue_list))
+            found = c.conn.execute(statement, params).fetchone()
+            if found is None:
+                return None
+            row = c.job(found[0])
+            until = decide.lease_until(c.now, lease_seconds)
+            c.append(found[0], decide.claim(row, worker_id, until))
+            return q.row_dict_to_job(row)
+
+        return self._write("claiming a job", step)
+
+    def heartbeat(
+        self, job_id: str, *, worker_id: str | None = None, lease: float | timedelta | None = None
+    ) -> None:
+        """Record that the job's worker is alive and extend its lease (by ``lease`` seconds from
+        now, or by the length the claim granted). With ``worker_id``, refuse with `LeaseLost` when
+        that worker no longer holds the job."""
+        check.text("job_id", job_id)
+        check.text("worker_id", worker_id, optional=True, nonempty=True)
+        lease_seconds = None if lease is None else seconds("lease", lease)
+
+        def step(c: _Command) -> None:
+            row = c.job(job_id)
+            length = lease_seconds or row["lease_seconds"] or DEFAULT_LEASE
+            c.append(job_id, decide.heartbeat(row, worker_id, decide.lease_until(c.now, length)))
+
+        self._write("recording a heartbeat", step)
+
+    def complete(
+        self, job_id: str, summary: str, result_status: str = "success", cost_cents: float = 0.0,
+        duration_seconds: int | None = None, *, worker_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Mark a running job completed with its result. ``duration_seconds`` defaults to the time
+        since the job was claimed."""
+        check.text("job_id", job_id)
+        check.text("summary", summary)
+        check.text("result_status", result_status)
+        cost = check.finite("cost_cents", cost_cents)
+        check.integer("duration_seconds", duration_seconds, minimum=0, optional=True)
+        check.text("worker_id", worker_id, optional=True, nonempty=True)
+
+        def step(c: _Command) -> None:
+            row = c.job(job_id)
+            duration = duration_seconds
+            if duration is None:
+                started = datetime.fromisoformat(row["started_at"] or c.at)
+                duration = max(0, round((c.now - started).total_seconds()))
+            events = decide.complete(row, worker_id, summary, result_status, cost, duration)
+            c.append(job_id, events)
+
+        self._write("completing a job", step)
+
+    def fail(
+        self, job_id: str, error: str, *, worker_id: str | None = None, retry: bool = True
+    ) -> None:
+        """Record a failed attempt. With attempts left (and ``retry``), the job goes back to
+        pending after a backoff (see `RetryPolicy`); otherwise it is failed for good."""
+        check.text("job_id", job_id)
+        check.text("error", error)
+        check.text("worker_id", worker_id, optional=True, nonempty=True)
+        if not isinstance(retry, bool):
+            raise InvalidArgument("retry", retry, "expected True or False")
+
+        def step(c: _Command) -> None:
+            row = c.job(job_id)
+            events = decide.fail(row, worker_id, error, retry, c.now, self._retry_policy, self._rng)
+            c.append(job_id, events)
+
+        self._write("failing a job", step)
+
+    def cancel(self, job_id: str, *, reason: str | None = None) -> bool:
+        """Cancel a pending or running job; False (and nothing written) when it already ended."""
+        check.text("job_id", job_id)
+        check.text("reason", reason, optional=True)
+
+        def step(c: _Command) -> bool:
+            events = decide.cancel(c.job(job_id), reason)
+            if events:
+                c.append(job_id, events)
+            return bool(events)
+
+        return self._write("cancelling a job", step)
+
+    def release(self, job_id: str, *, worker_id: str, reason: str | None = None) -> None:
+        """Give a running job back unfinished (the attempt does not count): for a worker that is
+        shutting down before its handler finished."""
+        check.text("job_id", job_id)
+        check.text("worker_id", worker_id, nonempty=True)
+        check.text("reason", reason, optional=True)
+        self._write("releasing a job",
+                    lambda c: c.append(job_id, decide.release(c.job(job_id), worker_id, reason)))  # fmt: skip
+
+    def log_event(
+        self, job_id: str, type: EventType | str, payload: Any = None, *,
+        expected_version: int | None = None,
+    ) -> int:  # fmt: skip
+        """Append a worker activity event (started, progress, tool_call, error) to a pending or
+        running job; returns the job's new version. ``expected_version`` makes the append
+        conditional: `ConcurrencyError` when the job moved on."""
+        check.text("job_id", job_id)
+        event_type = _activity_type(type)
+        check.json_value("payload", payload)
+        check.integer("expected_version", expected_version, minimum=0, optional=True)
+
+        def step(c: _Command) -> int:
+            row = c.job(job_id)
+            c.append(job_id, decide.log(row, event_type, payload), expected_version)
+            return int(row["version"])
+
+        return self._write("logging an event", step)
+
+    def rescue_expired(self) -> int:
+        """Requeue (or fail, with no attempts left) every running job whose lease ran out."""
+        return self._write("rescuing expired leases", lambda c: _rescue(c, None))
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        check.text("job_id", job_id)
+        return self._read("reading a job", lambda: q.fetch_job(self._conn, job_id))
+
+    def find_job(self, prefix: str) -> Job:
+        """The job whose id is ``prefix`` or starts with it (like a short git hash)."""
+        check.text("prefix", prefix, nonempty=True)
+        job = self.get_job(prefix)
+        if job is not None:
+            return job
+        ids = self._read("finding a job", lambda: q.find_by_prefix(self._conn, prefix))
+        if len(ids) != 1:
+            if ids:
+                raise InvalidArgument("job id", prefix, "ambiguous prefix; give more characters")
+            raise JobNotFound(prefix)
+        return self.get_job(ids[0])  # type: ignore[return-value]
+
+    def pending_jobs(self, limit: int = 100) -> list[Job]:
+        """Pending jobs, oldest first."""
+        n = check.limit(limit)
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,)))
+
+    def running_jobs(self) -> list[Job]:
+        """Running jobs, longest-running first."""
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.running_statement))
+
+    def jobs_for_chat(self, chat_id: int, limit: int = 100) -> list[Job]:
+        """A chat's jobs, newest first."""
+        check.integer("chat_id", chat_id)
+        params = (chat_id, check.limit(limit))
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params))
+
+    def active_jobs_summary(self, chat_id: int) -> str:
+        """Running jobs and the three latest finished ones of a chat, as text for an LLM."""
+        check.integer("chat_id", chat_id)
+        now = self.now()
+
+        def query() -> str:
+            running = q.fetch_jobs(self._conn, q.running_for_chat_statement, (chat_id,))
+            recent = q.fetch_jobs(self._conn, q.recent_finished_for_chat_statement, (chat_id, 3))
+            return format_summary(now, running, recent)
+
+        return self._read("summarising jobs", query)
+
+    # -- replay and verify -------------------------------------------------------------------
+
+    def replay(self, progress: rebuild.Progress | None = None) -> rebuild.ReplayReport:
+        """Rebuild every projection from the whole log in one transaction (all or nothing)."""
+        started = time.perf_counter()
+
+        def work() -> rebuild.ReplayReport:
+            count, last = rebuild.rebuild(self._conn, self._projections, progress)
+            jobs = int(self._conn.execute("SELECT count(*) FROM jobs").get)
+            return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
+
+        with self._lock:
+            return run_write(self._conn, "replaying the log", work)
+
+    def verify(self) -> rebuild.VerifyReport:
+        """Fold the log into a scratch database and compare it with the live projection."""
+        return self._read("verifying", lambda: rebuild.verify(self._conn, self._projections))
+
+
+def _created_event(args: dict[str, Any]) -> ev.JobCreated:
+    run_at = args["run_at"]
+    return ev.JobCreated(
+        chat_id=check.integer("chat_id", args["chat_id"]),
+        config=check.json_value("config", args["config"]),
+        thread_id=check.integer("thread_id", args["thread_id"], optional=True),
+        user_id=check.text("user_id", args["user_id"], optional=True),
+        queue=check.text("queue", args["queue"], nonempty=True),
+        priority=check.integer("priority", args["priority"]),
+        run_at=None if run_at is None else check_aware("run_at", run_at),
+        max_attempts=check.integer("max_attempts", args["max_attempts"], minimum=1),
+        idempotency_key=check.text("idempotency_key", args["idempotency_key"], optional=True,
+                                   nonempty=True),  # fmt: skip
+    )
+
+
+def _spec(index: int, spec: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise InvalidArgument(f"specs[{index}]", spec, "expected a dict of create_job arguments")
+    unknown = set(spec) - _CREATE_KEYS
+    if unknown:
+        raise InvalidArgument(f"specs[{index}]", sorted(unknown), "unknown create_job arguments")
+    for required in ("chat_id", "config"):
+        if required not in spec:
+            raise InvalidArgument(f"specs[{index}]", spec, f"missing {required!r}")
+    defaults = dict(thread_id=None, user_id=None, queue="default", priority=0, run_at=None,
+                    max_attempts=1, idempotency_key=None)  # fmt: skip
+    return defaults | dict(spec)
+
+
+def _create(c: _Command, created: ev.JobCreated, batch: dict[str, str]) -> str:
+    key = created.idempotency_key
+    if key is not None:
+        existing = batch.get(key) or c.conn.execute(q.idempotency_statement, (key,)).fetchone()
+        if existing is not None:
+            return existing if isinstance(existing, str) else existing[0]
+    job_id = str(uuid.uuid4())
+    c.append(job_id, [created], new=True)
+    if key is not None:
+        batch[key] = job_id
+    return job_id
+
+
+def _rescue(c: _Command, limit: int | None) -> int:
+    expired = c.conn.execute(q.expired_statement, (c.at, -1 if limit is None else limit)).fetchall()
+    for (job_id,) in expired:
+        c.append(job_id, decide.rescue(c.job(job_id)))
+    return len(expired)
+
+
+def _queues(queues: Sequence[str] | None) -> tuple[str, ...] | None:
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        raise InvalidArgument("queues", queues, "expected a list of queue names, not one string")
+    names = tuple(check.text("queue", name, nonempty=True) for name in queues)
+    if not names:
+        raise InvalidArgument("queues", queues, "empty; pass None for every queue")
+    return names
+
+
+def _activity_type(value: EventType | str) -> EventType:
+    try:
+        event_type = EventType(value)
+    except ValueError:
+        event_type = None
+    if event_type not in ACTIVITY_TYPES:
+        allowed = ", ".join(sorted(t.value for t in ACTIVITY_TYPES))
+        raise InvalidArgument("type", value, f"log_event takes an activity type ({allowed}); "
+                              "lifecycle events come from their own calls (complete, fail, ...)")  # fmt: skip
+    return event_type  # type: ignore[return-value]
+
+
+__all__ = ["DEFAULT_LEASE", "Ledger"]

@@ -1,0 +1,93 @@
+"""The ledger's exception tree.
+
+Every error a caller can see is a `LedgerError`. Subclasses keep the values they complain about as
+attributes so that code can react without parsing messages, and build a message a person can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Root of every error the ledger raises on purpose."""
+
+
+class InvalidArgument(LedgerError, ValueError):
+    """A call got an argument it cannot use; nothing was written."""
+
+    def __init__(self, name: str, value: Any, why: str) -> None:
+        self.name = name
+        self.value = value
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid {name} {shown}: {why}")
+
+
+class JobNotFound(LedgerError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}; check the id (list jobs with `ledger jobs`)")
+
+
+class InvalidTransition(LedgerError):
+    """The command is not legal in the job's current state; nothing was written."""
+
+    def __init__(self, job_id: str, status: str, command: str, hint: str = "") -> None:
+        self.job_id = job_id
+        self.status = status
+        self.command = command
+        message = f"cannot {command} job {job_id}: it is {status}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class LeaseLost(LedgerError):
+    """The worker no longer holds the job (cancelled, finished, or lease expired and reclaimed)."""
+
+    def __init__(self, job_id: str, worker_id: str, holder: str | None, status: str) -> None:
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.holder = holder
+        self.status = status
+        super().__init__(
+            f"worker {worker_id!r} no longer holds job {job_id} (it is {status}"
+            + (f", held by {holder!r})" if holder else ")")
+            + "; stop working on it"
+        )
+
+
+class ConcurrencyError(LedgerError):
+    """An append expected a job version that is no longer current; nothing was written."""
+
+    def __init__(self, job_id: str, expected: int, actual: int) -> None:
+        self.job_id = job_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"job {job_id} is at version {actual}, not the expected {expected}: "
+            "another writer got there first; re-read the job and decide again"
+        )
+
+
+class CorruptEvent(LedgerError):
+    """A stored event cannot be decoded; the log needs attention at that position."""
+
+    def __init__(self, position: int, event_type: str, why: str) -> None:
+        self.position = position
+        self.event_type = event_type
+        super().__init__(f"event at position {position} (type {event_type!r}) cannot be decoded: {why}")
+
+
+class SchemaError(LedgerError):
+    """The file is not a ledger, or was written by a newer version of this library."""
+
+
+class StorageError(LedgerError):
+    """SQLite could not do what was asked (disk full, read-only file, I/O error, ...)."""
+
+
+class LedgerBusy(StorageError):
+    """Another process held the write lock for longer than the busy timeout."""

@@ -1,0 +1,105 @@
+"""What callers read: job states, event types, and the `Job` / `JobEvent` records."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. The jobs table's CHECK constraint is built from this enum.
+
+    - PENDING: waiting to be claimed (maybe not before ``run_at``). Left by claim or cancel.
+    - RUNNING: held by one worker under a lease. Left by complete, fail, cancel, release, or
+      lease expiry (back to PENDING when attempts are left, else FAILED).
+    - COMPLETED, FAILED, CANCELLED: final; no command moves a job out of them.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINAL_STATUSES = tuple(sorted(_FINAL))
+
+
+class EventType(enum.StrEnum):
+    """The stable tag of every event in a job's stream. Tags never change once released."""
+
+    # lifecycle
+    CREATED = "created"
+    CLAIMED = "claimed"
+    HEARTBEAT = "heartbeat"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY_SCHEDULED = "retry_scheduled"
+    LEASE_EXPIRED = "lease_expired"
+    RELEASED = "released"
+    # worker activity (the original's event types)
+    STARTED = "started"
+    PROGRESS = "progress"
+    TOOL_CALL = "tool_call"
+    ERROR = "error"
+
+
+ACTIVITY_TYPES = frozenset({EventType.STARTED, EventType.PROGRESS, EventType.TOOL_CALL, EventType.ERROR})
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as the projection sees it. Encodes to JSON with ``msgspec.json.encode``."""
+
+    id: str
+    chat_id: int
+    thread_id: int | None
+    user_id: str | None
+    config: Any
+    status: JobStatus
+    worker_id: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    result_summary: str | None
+    result_status: str | None
+    cost_cents: float | None
+    duration_seconds: int | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    queue: str
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_expires_at: datetime | None
+    idempotency_key: str | None
+
+
+class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored event. ``payload`` is the worker's payload for activity events and the event's
+    fields (a dict) for lifecycle events."""
+
+    position: int
+    job_id: str
+    version: int
+    type: EventType
+    payload: Any
+    created_at: datetime
+
+
+class Result(msgspec.Struct, frozen=True):
+    """What a worker handler may return to describe a successful run."""
+
+    summary: str
+    result_status: str = "success"
+    cost_cents: float = 0.0

@@ -1,0 +1,161 @@
+"""The append-only event table: its schema, the append, and the reads.
+
+The database itself refuses UPDATE and DELETE on ``events`` (triggers), so no code path, tool or
+hand-typed SQL can rewrite history. ``position`` (INTEGER PRIMARY KEY) is the global order;
+``UNIQUE(job_id, version)`` is the per-job order and the optimistic-concurrency guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import apsw
+
+from . import events as ev
+from .errors import ConcurrencyError, SchemaError
+from .events import StoredEvent
+
+# Identifies a ledger file (PRAGMA application_id) and the event-store format (PRAGMA user_version).
+APPLICATION_ID = 0x4A4C4752  # "JLGR"
+STORE_SCHEMA_VERSION = 1
+
+schema_statements = (
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        UNIQUE (job_id, version)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'events are append-only: UPDATE is not allowed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is not allowed'); END""",
+)
+
+insert_statement = (
+    "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+)
+select_after_statement = (
+    "SELECT position, job_id, version, type, data, recorded_at FROM events "
+    "WHERE position > ? ORDER BY position"
+)
+select_job_statement = (
+    "SELECT position, job_id, version, type, data, recorded_at FROM events "
+    "WHERE job_id = ? ORDER BY version"
+)
+last_position_statement = "SELECT coalesce(max(position), 0) FROM events"
+count_statement = "SELECT count(*) FROM events"
+job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"
+
+
+def initialize_schema(conn: apsw.Connection) -> None:
+    """Create or check the store's tables; call inside a write transaction."""
+    app_id = conn.execute("PRAGMA application_id").get
+    user_version = conn.execute("PRAGMA user_version").get
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").get > 0
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and has_tables):
+        raise SchemaError(
+            "this SQLite file is not a ledger (it has other tables and no ledger marker); "
+            "point --db / Ledger(path) at a ledger file or a new path"
+        )
+    if user_version > STORE_SCHEMA_VERSION:
+        raise SchemaError(
+            f"this ledger was written by a newer release (store schema {user_version}, this code "
+            f"knows up to {STORE_SCHEMA_VERSION}); upgrade the jobledger package"
+        )
+    for statement in schema_statements:
+        conn.execute(statement)
+    if app_id == 0:
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    if user_version < STORE_SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
+
+
+def check_schema(conn: apsw.Connection) -> None:
+    """Check, without writing, that an existing file is a ledger this code can read."""
+    app_id = conn.execute("PRAGMA application_id").get
+    user_version = conn.execute("PRAGMA user_version").get
+    if app_id != APPLICATION_ID:
+        raise SchemaError("this file is not a ledger (no ledger marker); check the --db path")
+    if user_version > STORE_SCHEMA_VERSION:
+        raise SchemaError(
+            f"this ledger was written by a newer release (store schema {user_version}); "
+            "upgrade the jobledger package"
+        )
+
+
+def append(
+    conn: apsw.Connection,
+    job_id: str,
+    expected_version: int,
+    new_events: Sequence[ev.Event],
+    recorded_at: str,
+) -> list[StoredEvent]:
+    """Append events to one job's stream after ``expected_version``; inside a write transaction."""
+    stored = []
+    version = expected_version
+    for event in new_events:
+        version += 1
+        try:
+            conn.execute(
+                insert_statement, (job_id, version, ev.tag_of(event), ev.encode(event), recorded_at)
+            )
+        except apsw.ConstraintError as e:
+            actual = conn.execute(job_version_statement, (job_id,)).get
+            raise ConcurrencyError(job_id, expected_version, actual) from e
+        stored.append(StoredEvent(conn.last_insert_rowid(), job_id, version, recorded_at, event))
+    return stored
+
+
+def decode_row(row: tuple[int, str, int, str, str, str]) -> StoredEvent:
+    position, job_id, version, event_type, data, recorded_at = row
+    return StoredEvent(position, job_id, version, recorded_at, ev.decode(position, event_type, data))
+
+
+def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
+    for row in conn.execute(select_after_statement, (after,)):
+        yield decode_row(row)
+
+
+def rows_after(conn: apsw.Connection, after: int, limit: int | None) -> Iterable[tuple]:
+    if limit is None:
+        return conn.execute(select_after_statement, (after,))
+    return conn.execute(select_after_statement + " LIMIT ?", (after, limit))
+
+
+def last_position(conn: apsw.Connection) -> int:
+    return int(conn.execute(last_position_statement).get)
+
+
+def _type_filter(types: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
+    if types is None:
+        return "", ()
+    names = tuple(types)
+    return f" AND type IN ({', '.join('?' * len(names))})", names
+
+
+def job_rows(conn: apsw.Connection, job_id: str, types: Iterable[str] | None) -> Iterable[tuple]:
+    where, names = _type_filter(types)
+    return conn.execute(
+        "SELECT position, job_id, version, type, data, recorded_at FROM events "
+        f"WHERE job_id = ?{where} ORDER BY version", (job_id, *names),
+    )  # fmt: skip
+
+
+def chat_rows(
+    conn: apsw.Connection, chat_id: int, limit: int, types: Iterable[str] | None,
+    exclude: Iterable[str] = (),
+) -> Iterable[tuple]:  # fmt: skip
+    """A chat's events, newest first: the chat's jobs come from the jobs projection."""
+    where, names = _type_filter(types)
+    excluded = tuple(exclude)
+    if excluded:
+        where += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
+    return conn.execute(
+        "SELECT position, job_id, version, type, data, recorded_at FROM events "
+        f"WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
+        "ORDER BY position DESC LIMIT ?", (chat_id, *names, *excluded, limit),
+    )  # fmt: skip

@@ -1,0 +1,43 @@
+"""The text the original's ``getActiveJobsSummary`` produced, for an LLM's context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from .model import Job
+
+NOTHING = "No active or recent subagents."
+
+
+def _field(config: Any, key: str, default: str) -> str:
+    value = config.get(key) if isinstance(config, dict) else None
+    return value if isinstance(value, str) else default
+
+
+def format_running(now: datetime, job: Job) -> str:
+    role = _field(job.config, "role", "unknown")
+    task = _field(job.config, "task", "")[:50]
+    duration = "?" if job.started_at is None else f"{round((now - job.started_at).total_seconds())}s"
+    return f'- {job.id[:8]} ({role}): running {duration} - "{task}"'
+
+
+def format_recent(job: Job) -> str:
+    role = _field(job.config, "role", "unknown")
+    status = job.result_status if job.result_status is not None else "unknown"
+    summary = (job.result_summary or "")[:60]
+    return f"- {job.id[:8]} ({role}): {status} - {summary}"
+
+
+def format_summary(now: datetime, running: Sequence[Job], recent: Sequence[Job]) -> str:
+    """Running jobs, then the latest finished ones; each line ends in a newline, as Haskell's
+    ``Text.unlines`` did."""
+    if not running and not recent:
+        return NOTHING
+    lines: list[str] = []
+    if running:
+        lines += ["## Running Subagents", *(format_running(now, j) for j in running)]
+    if recent:
+        lines += ["", "## Recent Subagents", *(format_recent(j) for j in recent)]
+    return "".join(line + "\n" for line in lines)
