@@ -20,6 +20,7 @@ from .errors import (
 )
 from .model import EventType, Job, JobEvent, JobStatus, Result
 from .rebuild import Difference, ReplayReport, VerifyReport
+from .worker import JobContext, Worker
 
 __all__ = [
     "ConcurrencyError",
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidTransition",
     "Job",
+    "JobContext",
     "JobEvent",
     "JobNotFound",
     "JobStatus",
@@ -42,4 +44,5 @@ __all__ = [
     "SchemaError",
     "StorageError",
     "VerifyReport",
+    "Worker",
 ]

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -29,7 +29,10 @@ from . import validate as check
 from .backoff import RetryPolicy
 from .connection import Durability, connect, run_write
 from .errors import ConcurrencyError, InvalidArgument, JobNotFound
-from .model import ACTIVITY_TYPES, EventType, Job, JobEvent
+from .model import ACTIVITY_TYPES, EventType, Job, JobStatus
+from .stats import Stats
+from .stats import collect as collect_stats
+from .transfer import export_lines, import_lines
 from .reads import EventReader
 from .summary import format_summary
 from .timeutil import Clock, check_aware, seconds, system_clock, to_db
@@ -346,6 +349,45 @@ class Ledger(EventReader):
 
         return self._read("summarising jobs", query)
 
+    def jobs(self, *, status: str | None = None, chat_id: int | None = None,
+             queue: str | None = None, limit: int = 50) -> list[Job]:
+        """Jobs newest first, optionally of one status, chat and queue."""
+        if status is not None:
+            status = _status(status)
+        check.integer("chat_id", chat_id, optional=True)
+        check.text("queue", queue, optional=True)
+        params = [p for p in (status, chat_id, queue) if p is not None] + [check.limit(limit)]
+        statement = q.list_statement(status is not None, chat_id is not None, queue is not None)
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, statement, params))
+
+    def stats(self) -> Stats:
+        """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
+        now = self.now()
+        return self._read("collecting stats", lambda: collect_stats(self._conn, now))
+
+    def export_events(self, after: int = 0) -> Iterator[bytes]:
+        """The log after ``after`` as JSON lines (bytes, no newline), read from one snapshot."""
+        check.integer("after", after, minimum=0)
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield from export_lines(self._conn, after)
+            finally:
+                self._conn.execute("COMMIT")
+
+    def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
+        """Load exported lines into this new or empty ledger and replay (all or nothing)."""
+        started = time.perf_counter()
+
+        def work() -> rebuild.ReplayReport:
+            import_lines(self._conn, lines)
+            count, last = rebuild.rebuild(self._conn, self._projections)
+            jobs = int(self._conn.execute("SELECT count(*) FROM jobs").get)
+            return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
+
+        with self._lock:
+            return run_write(self._conn, "importing events", work)
+
     # -- replay and verify -------------------------------------------------------------------
 
     def replay(self, progress: rebuild.Progress | None = None) -> rebuild.ReplayReport:
@@ -424,6 +466,14 @@ def _queues(queues: Sequence[str] | None) -> tuple[str, ...] | None:
     if not names:
         raise InvalidArgument("queues", queues, "empty; pass None for every queue")
     return names
+
+
+def _status(value: str) -> str:
+    try:
+        return JobStatus(value).value
+    except ValueError as e:
+        known = ", ".join(s.value for s in JobStatus)
+        raise InvalidArgument("status", value, f"unknown status; known: {known}") from e
 
 
 def _activity_type(value: EventType | str) -> EventType:

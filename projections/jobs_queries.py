@@ -96,3 +96,24 @@ def fetch_job(conn: apsw.Connection, job_id: str) -> Job | None:
 def find_by_prefix(conn: apsw.Connection, prefix: str) -> list[str]:
     """Up to two job ids starting with ``prefix`` (two means it is ambiguous)."""
     return [r[0] for r in conn.execute(prefix_statement, (prefix, prefix + "\U0010ffff"))]
+
+
+def list_statement(status: bool, chat: bool, queue: bool) -> str:
+    """Newest first, with the filters the CLI's ``jobs`` offers."""
+    where = [c for c, on in (("status = ?", status), ("chat_id = ?", chat), ("queue = ?", queue)) if on]
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"{_SELECT}{clause} ORDER BY created_at DESC, created_position DESC LIMIT ?"
+
+
+stats_counts_statement = "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue ORDER BY 1, 2"
+stats_finished_since_statement = (
+    "SELECT status, count(*) FROM jobs WHERE completed_at >= ? GROUP BY status"
+)
+stats_durations_statement = (
+    "SELECT duration_seconds FROM jobs WHERE status = 'completed' AND duration_seconds IS NOT NULL "
+    "ORDER BY duration_seconds"
+)
+stats_cost_statement = "SELECT coalesce(sum(cost_cents), 0.0) FROM jobs"
+stats_oldest_pending_statement = (
+    f"{_SELECT} WHERE status = 'pending' ORDER BY created_at, created_position LIMIT 1"
+)

@@ -1,0 +1,317 @@
+"""``python -m ledger`` / ``ledger``: inspect, follow, recover and work a ledger from a shell.
+
+Every command calls the library; nothing here touches SQL. Read-only commands open the file
+read-only and never create one. Errors print one line to stderr and exit 1 (``--debug`` shows
+the traceback); bad usage exits 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from . import cli_format as fmt
+from .backoff import RetryPolicy
+from .core import Ledger
+from .errors import InvalidArgument, LedgerError
+from .model import EventType, JobStatus
+from .worker import Worker
+
+DEFAULT_DB = "ledger.db"
+
+
+def _db_default() -> str:
+    return os.environ.get("LEDGER_DB") or DEFAULT_DB
+
+
+def _open(args: argparse.Namespace, *, readonly: bool) -> Ledger:
+    return Ledger(args.db, readonly=readonly)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        jobs = ledger.jobs(status=args.status, chat_id=args.chat, queue=args.queue, limit=args.limit)
+        _out(fmt.to_json(jobs) if args.json else fmt.job_rows(ledger.now(), jobs))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        job = ledger.find_job(args.job_id)
+        events = ledger.job_events(job.id)
+        if args.json:
+            _out(fmt.to_json({"job": job, "events": events}))
+        else:
+            _out(fmt.job_details(job) + "\n\nevents:")
+            for event in events:
+                _out(fmt.event_line(event, with_job=False))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    types = [EventType(t) for t in args.type] if args.type else None
+    with _open(args, readonly=True) as ledger:
+        job_id = ledger.find_job(args.job).id if args.job else None
+        chat_jobs = {j.id for j in ledger.jobs(chat_id=args.chat, limit=10**9)} if args.chat else None
+        after = args.after
+
+        def wanted(e: object) -> bool:
+            return ((job_id is None or e.job_id == job_id)  # type: ignore[attr-defined]
+                    and (types is None or e.type in types)  # type: ignore[attr-defined]
+                    and (chat_jobs is None or e.job_id in chat_jobs))  # type: ignore[attr-defined]  # fmt: skip
+
+        printed = 0
+        while True:
+            batch = ledger.read_all(after, limit=1000)
+            for event in batch:
+                after = event.position
+                if wanted(event):
+                    _out(fmt.to_json(event) if args.json else fmt.event_line(event))
+                    printed += 1
+                    if args.count is not None and printed >= args.count:
+                        return 0
+            sys.stdout.flush()
+            if len(batch) == 1000:
+                continue
+            if not args.follow:
+                return 0
+            if args.chat:  # new jobs may join the chat while following
+                chat_jobs = {j.id for j in ledger.jobs(chat_id=args.chat, limit=10**9)}
+            time.sleep(args.interval)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        text = ledger.active_jobs_summary(args.chat_id)
+        _out(fmt.to_json({"chat_id": args.chat_id, "summary": text}) if args.json else text.rstrip("\n"))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        stats = ledger.stats()
+        now = ledger.now()
+    if args.json:
+        _out(fmt.to_json(stats))
+        return 0
+    rows = [(status, queue, str(n)) for status, queues in stats.counts.items() for queue, n in queues.items()]
+    _out(fmt.table(("STATUS", "QUEUE", "JOBS"), rows) if rows else "no jobs")
+    finished = ", ".join(f"{n} {s}" for s, n in sorted(stats.finished_last_hour.items())) or "none"
+    _out(f"\nfinished in the last hour: {finished}")
+    p50 = "-" if stats.duration_p50 is None else f"{stats.duration_p50:g}s"
+    p95 = "-" if stats.duration_p95 is None else f"{stats.duration_p95:g}s"
+    _out(f"duration of completed jobs: p50 {p50}, p95 {p95}")
+    _out(f"total cost: {stats.total_cost_cents:.2f} cents")
+    oldest = stats.oldest_pending
+    _out("oldest pending: " + ("none" if oldest is None else
+                               f"{oldest.id[:8]} ({fmt.age(now, oldest.created_at)} old)"))  # fmt: skip
+    return 0
+
+
+def _progress_bar() -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\rreplaying [{bar:<30}] {done}/{total} events")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        with _open(args, readonly=True) as ledger:
+            report = ledger.verify()
+        if args.json:
+            _out(fmt.to_json({"dry_run": True, "events": report.events, "jobs": report.jobs,
+                              "rows_that_would_change": len(report.differences)}))  # fmt: skip
+        else:
+            _out(f"dry run: would rebuild from {report.events} events; "
+                 f"{len(report.differences)} projection rows would change; live file untouched")  # fmt: skip
+        return 0
+    with _open(args, readonly=False) as ledger:
+        report = ledger.replay(progress=_progress_bar())
+    _out(fmt.to_json(report) if args.json else
+         f"replayed {report.events} events into {report.jobs} jobs in {report.seconds:.2f}s "
+         f"(log position {report.position})")  # fmt: skip
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        report = ledger.verify()
+    if args.json:
+        _out(fmt.to_json(report))
+    elif report.ok:
+        _out(f"ok: the projection matches the fold of {report.events} events ({report.jobs} jobs)")
+    else:
+        _out(f"NOT OK: {len(report.differences)} difference(s) between the projection and the log")
+        for d in report.differences[:50]:
+            where = f"position {d.position}" if d.position is not None else f"{d.table} {d.key}"
+            _out(f"  {where} {d.column or '(row)'}: live={d.live!r} rebuilt={d.rebuilt!r}")
+        _out("run `ledger replay` to rebuild the projection from the log")
+    return 0 if report.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args, readonly=True) as ledger:
+        out = sys.stdout.buffer
+        for line in ledger.export_events(args.after):
+            out.write(line + b"\n")
+        out.flush()
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    with _open(args, readonly=False) as ledger:
+        if args.file == "-":
+            report = ledger.import_events(sys.stdin.buffer)
+        else:
+            try:
+                source = open(args.file, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise InvalidArgument("file", args.file, f"cannot read it ({e.strerror})") from e
+            with source:
+                report = ledger.import_events(source)
+    _out(fmt.to_json(report) if args.json else
+         f"imported {report.events} events; replayed into {report.jobs} jobs")  # fmt: skip
+    return 0
+
+
+def load_handler(spec: str) -> Callable[..., object]:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidArgument("handler", spec, "expected MODULE:FUNCTION, e.g. myapp.jobs:handle")
+    sys.path.insert(0, os.getcwd())
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise InvalidArgument("handler", spec, f"cannot load it ({e})") from e
+    return handler  # type: ignore[no-any-return]
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    handler = load_handler(args.handler)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    policy = RetryPolicy() if args.retry_delay is None else RetryPolicy(base=args.retry_delay)
+    with Ledger(args.db, retry_policy=policy) as ledger:
+        worker = Worker(ledger, handler, worker_id=args.worker_id, queues=args.queue or None,  # type: ignore[arg-type]
+                        lease=args.lease, poll_interval=args.poll_interval)  # fmt: skip
+        handled = worker.run(max_jobs=args.max_jobs, stop_when_idle=args.stop_when_idle)
+    _out(f"worker {worker.worker_id} handled {handled} job(s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.db or "demo.db")
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger", description="An event-sourced job ledger on SQLite.",
+        epilog="The database is --db, else $LEDGER_DB, else ./ledger.db.",
+    )  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str, *,
+                json: bool = True, db: bool = True) -> argparse.ArgumentParser:  # fmt: skip
+        p = sub.add_parser(name, help=help, description=help)
+        if db:
+            p.add_argument("--db", default=_db_default(), metavar="PATH", help="ledger file")
+        if json:
+            p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("jobs", cmd_jobs, "list jobs, newest first")
+    p.add_argument("--status", choices=[s.value for s in JobStatus])
+    p.add_argument("--chat", type=int, metavar="ID")
+    p.add_argument("--queue", metavar="Q")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+
+    p = command("show", cmd_show, "one job and its whole event history")
+    p.add_argument("job_id", metavar="JOB_ID", help="the id or a unique prefix of it")
+
+    p = command("events", cmd_events, "the event log in position order")
+    p.add_argument("--after", type=int, default=0, metavar="POS", help="only events after POS")
+    p.add_argument("--job", metavar="ID", help="only this job (a unique prefix works)")
+    p.add_argument("--chat", type=int, metavar="ID", help="only this chat's jobs")
+    p.add_argument("--type", action="append", choices=[t.value for t in EventType], metavar="T",
+                   help="only this event type (repeatable)")  # fmt: skip
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C ends)")
+    p.add_argument("--count", type=int, metavar="N", help="exit after printing N events")
+    p.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
+
+    p = command("summary", cmd_summary, "the active-jobs summary of a chat, as an LLM sees it")
+    p.add_argument("chat_id", type=int, metavar="CHAT_ID")
+
+    command("stats", cmd_stats, "counts, throughput, durations, cost, oldest pending job")
+
+    p = command("replay", cmd_replay, "rebuild the projection from the log (all or nothing)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="rebuild into a scratch copy and report; the live file is untouched")  # fmt: skip
+
+    command("verify", cmd_verify, "check that the projection equals the fold of the log (exit 1 if not)")
+
+    p = command("export", cmd_export, "write the log as JSON lines to stdout", json=False)
+    p.add_argument("--after", type=int, default=0, metavar="POS")
+
+    p = command("import", cmd_import, "load exported JSON lines into a new or empty ledger, then replay")
+    p.add_argument("file", metavar="FILE", help="a file from `ledger export`, or - for stdin")
+
+    p = command("work", cmd_work, "run a worker: claim jobs and call MODULE:FUNCTION(job, ctx)",
+                json=False)  # fmt: skip
+    p.add_argument("handler", metavar="MODULE:FUNCTION")
+    p.add_argument("--queue", action="append", metavar="Q", help="only this queue (repeatable)")
+    p.add_argument("--worker-id", metavar="ID")
+    p.add_argument("--lease", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs")
+    p.add_argument("--stop-when-idle", action="store_true", help="stop when nothing is claimable")
+    p.add_argument("--retry-delay", type=float, metavar="SECONDS",
+                   help="first retry backoff (default 10, doubling, capped at an hour)")  # fmt: skip
+
+    p = command("demo", cmd_demo, "two workers on ./demo.db working a dozen simulated subagent jobs",
+                json=False, db=False)  # fmt: skip
+    p.add_argument("--db", default=None, metavar="PATH", help="demo file (default ./demo.db)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 0 if getattr(args, "follow", False) else 130
+    except BrokenPipeError:
+        return 0
+    except LedgerError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"ledger: error: {e}\n")
+        return 1
