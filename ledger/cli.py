@@ -19,8 +19,8 @@ from . import cli_format as fmt
 from .backoff import RetryPolicy
 from .core import Ledger
 from .errors import InvalidArgument, LedgerError
-from .model import EventType, JobStatus
-from .worker import Worker
+from .model import EventType, JobEvent, JobStatus
+from .worker import Handler, Worker
 
 DEFAULT_DB = "ledger.db"
 
@@ -42,7 +42,9 @@ def _out(text: str) -> None:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _open(args, readonly=True) as ledger:
-        jobs = ledger.jobs(status=args.status, chat_id=args.chat, queue=args.queue, limit=args.limit)
+        jobs = ledger.jobs(
+            status=args.status, chat_id=args.chat, queue=args.queue, limit=args.limit
+        )
         _out(fmt.to_json(jobs) if args.json else fmt.job_rows(ledger.now(), jobs))
     return 0
 
@@ -64,13 +66,17 @@ def cmd_events(args: argparse.Namespace) -> int:
     types = [EventType(t) for t in args.type] if args.type else None
     with _open(args, readonly=True) as ledger:
         job_id = ledger.find_job(args.job).id if args.job else None
-        chat_jobs = {j.id for j in ledger.jobs(chat_id=args.chat, limit=10**9)} if args.chat else None
+        chat_jobs = (
+            {j.id for j in ledger.jobs(chat_id=args.chat, limit=10**9)} if args.chat else None
+        )
         after = args.after
 
-        def wanted(e: object) -> bool:
-            return ((job_id is None or e.job_id == job_id)  # type: ignore[attr-defined]
-                    and (types is None or e.type in types)  # type: ignore[attr-defined]
-                    and (chat_jobs is None or e.job_id in chat_jobs))  # type: ignore[attr-defined]  # fmt: skip
+        def wanted(e: JobEvent) -> bool:
+            return (
+                (job_id is None or e.job_id == job_id)
+                and (types is None or e.type in types)
+                and (chat_jobs is None or e.job_id in chat_jobs)
+            )
 
         printed = 0
         while True:
@@ -95,7 +101,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     with _open(args, readonly=True) as ledger:
         text = ledger.active_jobs_summary(args.chat_id)
-        _out(fmt.to_json({"chat_id": args.chat_id, "summary": text}) if args.json else text.rstrip("\n"))
+        _out(
+            fmt.to_json({"chat_id": args.chat_id, "summary": text})
+            if args.json
+            else text.rstrip("\n")
+        )
     return 0
 
 
@@ -106,7 +116,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _out(fmt.to_json(stats))
         return 0
-    rows = [(status, queue, str(n)) for status, queues in stats.counts.items() for queue, n in queues.items()]
+    rows = [
+        (status, queue, str(n))
+        for status, queues in stats.counts.items()
+        for queue, n in queues.items()
+    ]
     _out(fmt.table(("STATUS", "QUEUE", "JOBS"), rows) if rows else "no jobs")
     finished = ", ".join(f"{n} {s}" for s, n in sorted(stats.finished_last_hour.items())) or "none"
     _out(f"\nfinished in the last hour: {finished}")
@@ -115,8 +129,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     _out(f"duration of completed jobs: p50 {p50}, p95 {p95}")
     _out(f"total cost: {stats.total_cost_cents:.2f} cents")
     oldest = stats.oldest_pending
-    _out("oldest pending: " + ("none" if oldest is None else
-                               f"{oldest.id[:8]} ({fmt.age(now, oldest.created_at)} old)"))  # fmt: skip
+    _out(
+        "oldest pending: "
+        + ("none" if oldest is None else f"{oldest.id[:8]} ({fmt.age(now, oldest.created_at)} old)")
+    )
     return 0
 
 
@@ -140,17 +156,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
         with _open(args, readonly=True) as ledger:
             report = ledger.verify()
         if args.json:
-            _out(fmt.to_json({"dry_run": True, "events": report.events, "jobs": report.jobs,
-                              "rows_that_would_change": len(report.differences)}))  # fmt: skip
+            _out(
+                fmt.to_json(
+                    {
+                        "dry_run": True,
+                        "events": report.events,
+                        "jobs": report.jobs,
+                        "rows_that_would_change": len(report.differences),
+                    }
+                )
+            )
         else:
-            _out(f"dry run: would rebuild from {report.events} events; "
-                 f"{len(report.differences)} projection rows would change; live file untouched")  # fmt: skip
+            _out(
+                f"dry run: would rebuild from {report.events} events; "
+                f"{len(report.differences)} projection rows would change; live file untouched"
+            )
         return 0
     with _open(args, readonly=False) as ledger:
-        report = ledger.replay(progress=_progress_bar())
-    _out(fmt.to_json(report) if args.json else
-         f"replayed {report.events} events into {report.jobs} jobs in {report.seconds:.2f}s "
-         f"(log position {report.position})")  # fmt: skip
+        replayed = ledger.replay(progress=_progress_bar())
+    _out(
+        fmt.to_json(replayed)
+        if args.json
+        else f"replayed {replayed.events} events into {replayed.jobs} jobs in "
+        f"{replayed.seconds:.2f}s (log position {replayed.position})"
+    )
     return 0
 
 
@@ -190,12 +219,15 @@ def cmd_import(args: argparse.Namespace) -> int:
                 raise InvalidArgument("file", args.file, f"cannot read it ({e.strerror})") from e
             with source:
                 report = ledger.import_events(source)
-    _out(fmt.to_json(report) if args.json else
-         f"imported {report.events} events; replayed into {report.jobs} jobs")  # fmt: skip
+    _out(
+        fmt.to_json(report)
+        if args.json
+        else f"imported {report.events} events; replayed into {report.jobs} jobs"
+    )
     return 0
 
 
-def load_handler(spec: str) -> Callable[..., object]:
+def load_handler(spec: str) -> Handler:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise InvalidArgument("handler", spec, "expected MODULE:FUNCTION, e.g. myapp.jobs:handle")
@@ -204,7 +236,9 @@ def load_handler(spec: str) -> Callable[..., object]:
         handler = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as e:
         raise InvalidArgument("handler", spec, f"cannot load it ({e})") from e
-    return handler  # type: ignore[no-any-return]
+    if not callable(handler):
+        raise InvalidArgument("handler", spec, "is not callable")
+    return handler
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -212,8 +246,14 @@ def cmd_work(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = RetryPolicy() if args.retry_delay is None else RetryPolicy(base=args.retry_delay)
     with Ledger(args.db, retry_policy=policy) as ledger:
-        worker = Worker(ledger, handler, worker_id=args.worker_id, queues=args.queue or None,  # type: ignore[arg-type]
-                        lease=args.lease, poll_interval=args.poll_interval)  # fmt: skip
+        worker = Worker(
+            ledger,
+            handler,
+            worker_id=args.worker_id,
+            queues=args.queue or None,
+            lease=args.lease,
+            poll_interval=args.poll_interval,
+        )
         handled = worker.run(max_jobs=args.max_jobs, stop_when_idle=args.stop_when_idle)
     _out(f"worker {worker.worker_id} handled {handled} job(s)")
     return 0
@@ -230,20 +270,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ledger", description="An event-sourced job ledger on SQLite.",
+        prog="ledger",
+        description="An event-sourced job ledger on SQLite.",
         epilog="The database is --db, else $LEDGER_DB, else ./ledger.db.",
-    )  # fmt: skip
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], help: str, *,
-                json: bool = True, db: bool = True) -> argparse.ArgumentParser:  # fmt: skip
+    def command(
+        name: str,
+        run: Callable[[argparse.Namespace], int],
+        help: str,
+        *,
+        json: bool = True,
+        db: bool = True,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if db:
             p.add_argument("--db", default=_db_default(), metavar="PATH", help="ledger file")
         if json:
             p.add_argument("--json", action="store_true", help="print JSON for scripts")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
         p.set_defaults(run=run)
         return p
 
@@ -260,9 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=int, default=0, metavar="POS", help="only events after POS")
     p.add_argument("--job", metavar="ID", help="only this job (a unique prefix works)")
     p.add_argument("--chat", type=int, metavar="ID", help="only this chat's jobs")
-    p.add_argument("--type", action="append", choices=[t.value for t in EventType], metavar="T",
-                   help="only this event type (repeatable)")  # fmt: skip
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C ends)")
+    p.add_argument(
+        "--type",
+        action="append",
+        choices=[t.value for t in EventType],
+        metavar="T",
+        help="only this event type (repeatable)",
+    )
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C ends)"
+    )
     p.add_argument("--count", type=int, metavar="N", help="exit after printing N events")
     p.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
 
@@ -272,19 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     command("stats", cmd_stats, "counts, throughput, durations, cost, oldest pending job")
 
     p = command("replay", cmd_replay, "rebuild the projection from the log (all or nothing)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="rebuild into a scratch copy and report; the live file is untouched")  # fmt: skip
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild into a scratch copy and report; the live file is untouched",
+    )
 
-    command("verify", cmd_verify, "check that the projection equals the fold of the log (exit 1 if not)")
+    command(
+        "verify", cmd_verify, "check that the projection equals the fold of the log (exit 1 if not)"
+    )
 
     p = command("export", cmd_export, "write the log as JSON lines to stdout", json=False)
     p.add_argument("--after", type=int, default=0, metavar="POS")
 
-    p = command("import", cmd_import, "load exported JSON lines into a new or empty ledger, then replay")
+    p = command(
+        "import", cmd_import, "load exported JSON lines into a new or empty ledger, then replay"
+    )
     p.add_argument("file", metavar="FILE", help="a file from `ledger export`, or - for stdin")
 
-    p = command("work", cmd_work, "run a worker: claim jobs and call MODULE:FUNCTION(job, ctx)",
-                json=False)  # fmt: skip
+    p = command(
+        "work", cmd_work, "run a worker: claim jobs and call MODULE:FUNCTION(job, ctx)", json=False
+    )
     p.add_argument("handler", metavar="MODULE:FUNCTION")
     p.add_argument("--queue", action="append", metavar="Q", help="only this queue (repeatable)")
     p.add_argument("--worker-id", metavar="ID")
@@ -292,11 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
     p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs")
     p.add_argument("--stop-when-idle", action="store_true", help="stop when nothing is claimable")
-    p.add_argument("--retry-delay", type=float, metavar="SECONDS",
-                   help="first retry backoff (default 10, doubling, capped at an hour)")  # fmt: skip
+    p.add_argument(
+        "--retry-delay",
+        type=float,
+        metavar="SECONDS",
+        help="first retry backoff (default 10, doubling, capped at an hour)",
+    )
 
-    p = command("demo", cmd_demo, "two workers on ./demo.db working a dozen simulated subagent jobs",
-                json=False, db=False)  # fmt: skip
+    p = command(
+        "demo",
+        cmd_demo,
+        "two workers on ./demo.db working a dozen simulated subagent jobs",
+        json=False,
+        db=False,
+    )
     p.add_argument("--db", default=None, metavar="PATH", help="demo file (default ./demo.db)")
     return parser
 

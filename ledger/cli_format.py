@@ -19,7 +19,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = [headers, *rows]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
     )
 
 
@@ -45,10 +46,17 @@ def role(job: Job) -> str:
 
 def job_rows(now: datetime, jobs: Sequence[Job]) -> str:
     rows = [
-        (j.id[:8], j.status.value, j.queue, role(j), f"{j.attempts}/{j.max_attempts}",
-         age(now, j.created_at), clip(j.error_message or j.result_summary, 50))
+        (
+            j.id[:8],
+            j.status.value,
+            j.queue,
+            role(j),
+            f"{j.attempts}/{j.max_attempts}",
+            age(now, j.created_at),
+            clip(j.error_message or j.result_summary, 50),
+        )
         for j in jobs
-    ]  # fmt: skip
+    ]
     return table(("ID", "STATUS", "QUEUE", "ROLE", "ATTEMPTS", "AGE", "SUMMARY/ERROR"), rows)
 
 

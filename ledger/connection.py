@@ -45,7 +45,11 @@ def connect(
     readonly: bool = False,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
 ) -> apsw.Connection:
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    flags = (
+        apsw.SQLITE_OPEN_READONLY
+        if readonly
+        else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
     flags |= apsw.SQLITE_OPEN_URI
     try:
         conn = apsw.Connection(path, flags=flags)
@@ -65,7 +69,7 @@ def connect(
 
 def _set_wal(conn: apsw.Connection) -> None:
     # Readers never block the writer and vice versa; ":memory:" answers "memory", which is fine.
-    conn.execute("PRAGMA journal_mode=WAL").get
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
 
 
 @contextlib.contextmanager

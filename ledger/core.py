@@ -30,18 +30,29 @@ from .backoff import RetryPolicy
 from .connection import Durability, connect, run_write
 from .errors import ConcurrencyError, InvalidArgument, JobNotFound
 from .model import ACTIVITY_TYPES, EventType, Job, JobStatus
+from .reads import EventReader
 from .stats import Stats
 from .stats import collect as collect_stats
-from .transfer import export_lines, import_lines
-from .reads import EventReader
 from .summary import format_summary
 from .timeutil import Clock, check_aware, seconds, system_clock, to_db
+from .transfer import export_lines, import_lines
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
 RESCUE_BATCH = 100
-_CREATE_KEYS = frozenset({"chat_id", "config", "thread_id", "user_id", "queue", "priority",
-                          "run_at", "max_attempts", "idempotency_key"})  # fmt: skip
+_CREATE_KEYS = frozenset(
+    {
+        "chat_id",
+        "config",
+        "thread_id",
+        "user_id",
+        "queue",
+        "priority",
+        "run_at",
+        "max_attempts",
+        "idempotency_key",
+    }
+)
 
 
 class _Command:
@@ -58,8 +69,13 @@ class _Command:
     def job(self, job_id: str) -> dict[str, Any]:
         return decide.require(self.jobs.load(job_id), job_id)
 
-    def append(self, job_id: str, events: Sequence[ev.Event], expected_version: int | None = None,
-               new: bool = False) -> None:  # fmt: skip
+    def append(
+        self,
+        job_id: str,
+        events: Sequence[ev.Event],
+        expected_version: int | None = None,
+        new: bool = False,
+    ) -> None:
         version = 0 if new else self.job(job_id)["version"]
         if expected_version is not None and expected_version != version:
             raise ConcurrencyError(job_id, expected_version, version)
@@ -88,10 +104,16 @@ class Ledger(EventReader):
     """
 
     def __init__(
-        self, path: str = "ledger.db", *, clock: Clock | None = None,
-        durability: Durability = "full", readonly: bool = False, busy_timeout: float = 30.0,
-        retry_policy: RetryPolicy | None = None, rng: random.Random | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        path: str = "ledger.db",
+        *,
+        clock: Clock | None = None,
+        durability: Durability = "full",
+        readonly: bool = False,
+        busy_timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         if durability not in ("full", "normal"):
             raise InvalidArgument("durability", durability, 'use "full" or "normal"')
         self.path = path
@@ -103,8 +125,9 @@ class Ledger(EventReader):
         self._jobs = JobsProjection()
         self._projections: tuple[Projection, ...] = (self._jobs,)
         timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
-        self._conn = connect(path, durability=durability, readonly=readonly,
-                             busy_timeout_ms=timeout_ms)  # fmt: skip
+        self._conn = connect(
+            path, durability=durability, readonly=readonly, busy_timeout_ms=timeout_ms
+        )
         try:
             if readonly:
                 self._read("opening the ledger", lambda: store.check_schema(self._conn))
@@ -151,16 +174,33 @@ class Ledger(EventReader):
     # -- commands ----------------------------------------------------------------------------
 
     def create_job(
-        self, chat_id: int, config: Any, *, thread_id: int | None = None,
-        user_id: str | None = None, queue: str = "default", priority: int = 0,
-        run_at: datetime | None = None, max_attempts: int = 1,
+        self,
+        chat_id: int,
+        config: Any,
+        *,
+        thread_id: int | None = None,
+        user_id: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        max_attempts: int = 1,
         idempotency_key: str | None = None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Record a new pending job and return its id. With an ``idempotency_key`` already used,
         return the first job's id and write nothing."""
-        created = _created_event(dict(chat_id=chat_id, config=config, thread_id=thread_id,
-            user_id=user_id, queue=queue, priority=priority, run_at=run_at,
-            max_attempts=max_attempts, idempotency_key=idempotency_key))  # fmt: skip
+        created = _created_event(
+            dict(
+                chat_id=chat_id,
+                config=config,
+                thread_id=thread_id,
+                user_id=user_id,
+                queue=queue,
+                priority=priority,
+                run_at=run_at,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+            )
+        )
         return self._write("creating a job", lambda c: _create(c, created, {}))
 
     def create_jobs(self, specs: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -175,9 +215,12 @@ class Ledger(EventReader):
         return self._write("creating jobs", step)
 
     def claim(
-        self, worker_id: str, *, queues: Sequence[str] | None = None,
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str] | None = None,
         lease: float | timedelta = DEFAULT_LEASE,
-    ) -> Job | None:  # fmt: skip
+    ) -> Job | None:
         """Take the best claimable job (highest priority, then oldest) for ``worker_id`` under a
         lease, rescuing expired leases first; None when nothing is claimable now."""
         check.text("worker_id", worker_id, nonempty=True)
@@ -217,9 +260,15 @@ class Ledger(EventReader):
         self._write("recording a heartbeat", step)
 
     def complete(
-        self, job_id: str, summary: str, result_status: str = "success", cost_cents: float = 0.0,
-        duration_seconds: int | None = None, *, worker_id: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        job_id: str,
+        summary: str,
+        result_status: str = "success",
+        cost_cents: float = 0.0,
+        duration_seconds: int | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
         """Mark a running job completed with its result. ``duration_seconds`` defaults to the time
         since the job was claimed."""
         check.text("job_id", job_id)
@@ -277,13 +326,19 @@ class Ledger(EventReader):
         check.text("job_id", job_id)
         check.text("worker_id", worker_id, nonempty=True)
         check.text("reason", reason, optional=True)
-        self._write("releasing a job",
-                    lambda c: c.append(job_id, decide.release(c.job(job_id), worker_id, reason)))  # fmt: skip
+        self._write(
+            "releasing a job",
+            lambda c: c.append(job_id, decide.release(c.job(job_id), worker_id, reason)),
+        )
 
     def log_event(
-        self, job_id: str, type: EventType | str, payload: Any = None, *,
+        self,
+        job_id: str,
+        type: EventType | str,
+        payload: Any = None,
+        *,
         expected_version: int | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Append a worker activity event (started, progress, tool_call, error) to a pending or
         running job; returns the job's new version. ``expected_version`` makes the append
         conditional: `ConcurrencyError` when the job moved on."""
@@ -325,7 +380,9 @@ class Ledger(EventReader):
     def pending_jobs(self, limit: int = 100) -> list[Job]:
         """Pending jobs, oldest first."""
         n = check.limit(limit)
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,)))
+        return self._read(
+            "listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,))
+        )
 
     def running_jobs(self) -> list[Job]:
         """Running jobs, longest-running first."""
@@ -335,7 +392,9 @@ class Ledger(EventReader):
         """A chat's jobs, newest first."""
         check.integer("chat_id", chat_id)
         params = (chat_id, check.limit(limit))
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params))
+        return self._read(
+            "listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params)
+        )
 
     def active_jobs_summary(self, chat_id: int) -> str:
         """Running jobs and the three latest finished ones of a chat, as text for an LLM."""
@@ -349,8 +408,14 @@ class Ledger(EventReader):
 
         return self._read("summarising jobs", query)
 
-    def jobs(self, *, status: str | None = None, chat_id: int | None = None,
-             queue: str | None = None, limit: int = 50) -> list[Job]:
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        chat_id: int | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
         """Jobs newest first, optionally of one status, chat and queue."""
         if status is not None:
             status = _status(status)
@@ -418,8 +483,9 @@ def _created_event(args: dict[str, Any]) -> ev.JobCreated:
         priority=check.integer("priority", args["priority"]),
         run_at=None if run_at is None else check_aware("run_at", run_at),
         max_attempts=check.integer("max_attempts", args["max_attempts"], minimum=1),
-        idempotency_key=check.text("idempotency_key", args["idempotency_key"], optional=True,
-                                   nonempty=True),  # fmt: skip
+        idempotency_key=check.text(
+            "idempotency_key", args["idempotency_key"], optional=True, nonempty=True
+        ),
     )
 
 
@@ -432,8 +498,15 @@ def _spec(index: int, spec: Mapping[str, Any]) -> dict[str, Any]:
     for required in ("chat_id", "config"):
         if required not in spec:
             raise InvalidArgument(f"specs[{index}]", spec, f"missing {required!r}")
-    defaults = dict(thread_id=None, user_id=None, queue="default", priority=0, run_at=None,
-                    max_attempts=1, idempotency_key=None)  # fmt: skip
+    defaults = dict(
+        thread_id=None,
+        user_id=None,
+        queue="default",
+        priority=0,
+        run_at=None,
+        max_attempts=1,
+        idempotency_key=None,
+    )
     return defaults | dict(spec)
 
 
@@ -453,7 +526,7 @@ def _create(c: _Command, created: ev.JobCreated, batch: dict[str, str]) -> str:
 def _rescue(c: _Command, limit: int | None) -> int:
     expired = c.conn.execute(q.expired_statement, (c.at, -1 if limit is None else limit)).fetchall()
     for (job_id,) in expired:
-        c.append(job_id, decide.rescue(c.job(job_id)))
+        c.append(str(job_id), decide.rescue(c.job(str(job_id))))
     return len(expired)
 
 
@@ -478,14 +551,18 @@ def _status(value: str) -> str:
 
 def _activity_type(value: EventType | str) -> EventType:
     try:
-        event_type = EventType(value)
+        event_type: EventType | None = EventType(value)
     except ValueError:
         event_type = None
-    if event_type not in ACTIVITY_TYPES:
+    if event_type is None or event_type not in ACTIVITY_TYPES:
         allowed = ", ".join(sorted(t.value for t in ACTIVITY_TYPES))
-        raise InvalidArgument("type", value, f"log_event takes an activity type ({allowed}); "
-                              "lifecycle events come from their own calls (complete, fail, ...)")  # fmt: skip
-    return event_type  # type: ignore[return-value]
+        raise InvalidArgument(
+            "type",
+            value,
+            f"log_event takes an activity type ({allowed}); "
+            "lifecycle events come from their own calls (complete, fail, ...)",
+        )
+    return event_type
 
 
 __all__ = ["DEFAULT_LEASE", "Ledger"]

@@ -47,18 +47,34 @@ def heartbeat(row: Row, worker_id: str | None, lease_until: datetime | None) -> 
 
 
 def complete(
-    row: Row, worker_id: str | None, summary: str, result_status: str, cost_cents: float,
+    row: Row,
+    worker_id: str | None,
+    summary: str,
+    result_status: str,
+    cost_cents: float,
     duration_seconds: int,
-) -> list[ev.Event]:  # fmt: skip
+) -> list[ev.Event]:
     _check_holder(row, worker_id, "complete")
-    return [ev.JobCompleted(summary=summary, result_status=result_status, cost_cents=cost_cents,
-                            duration_seconds=duration_seconds, worker_id=worker_id)]  # fmt: skip
+    return [
+        ev.JobCompleted(
+            summary=summary,
+            result_status=result_status,
+            cost_cents=cost_cents,
+            duration_seconds=duration_seconds,
+            worker_id=worker_id,
+        )
+    ]
 
 
 def fail(
-    row: Row, worker_id: str | None, error: str, retry: bool, now: datetime,
-    policy: RetryPolicy, rng: random.Random,
-) -> list[ev.Event]:  # fmt: skip
+    row: Row,
+    worker_id: str | None,
+    error: str,
+    retry: bool,
+    now: datetime,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> list[ev.Event]:
     _check_holder(row, worker_id, "fail")
     if retry and row["attempts"] < row["max_attempts"]:
         run_at = now + policy.delay(row["attempts"], rng)
@@ -75,8 +91,12 @@ def cancel(row: Row, reason: str | None) -> list[ev.Event]:
 
 def log(row: Row, event_type: EventType, payload: Any) -> list[ev.Event]:
     if row["status"] in _FINAL:
-        raise InvalidTransition(row["id"], row["status"], f"log {event_type.value!r} to",
-                                "activity can only be logged to a pending or running job")  # fmt: skip
+        raise InvalidTransition(
+            row["id"],
+            row["status"],
+            f"log {event_type.value!r} to",
+            "activity can only be logged to a pending or running job",
+        )
     return [ev.ACTIVITY_EVENTS[event_type](payload=payload)]
 
 

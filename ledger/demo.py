@@ -45,7 +45,9 @@ def simulated_subagent(job: Job, ctx: JobContext) -> Result:
         raise RuntimeError("stopped: the job was cancelled")
     for step in range(3):
         time.sleep(0.05 + 0.05 * step)
-        ctx.log(EventType.TOOL_CALL, {"tool": ["search", "read_file", "run_tests"][step], "step": step})
+        ctx.log(
+            EventType.TOOL_CALL, {"tool": ["search", "read_file", "run_tests"][step], "step": step}
+        )
         ctx.log(EventType.PROGRESS, {"message": f"step {step + 1} of 3"})
     if job.config.get("fail_always"):
         raise RuntimeError("the model refused the task")
@@ -60,9 +62,23 @@ def _fresh(path: str) -> None:
 
 
 def _spawn_worker(path: str, name: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "ledger", "work", "ledger.demo:simulated_subagent",
-               "--db", path, "--worker-id", name, "--retry-delay", "0.3",
-               "--poll-interval", "0.1", "--lease", "10"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ledger",
+        "work",
+        "ledger.demo:simulated_subagent",
+        "--db",
+        path,
+        "--worker-id",
+        name,
+        "--retry-delay",
+        "0.3",
+        "--poll-interval",
+        "0.1",
+        "--lease",
+        "10",
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -73,12 +89,26 @@ def run_demo(path: str = "demo.db") -> int:
         specs: list[dict[str, object]] = [
             {"chat_id": CHAT_ID, "config": {"role": r, "task": t}} for r, t in TASKS
         ]
-        specs.append({"chat_id": CHAT_ID, "config": {"role": "coder", "task": "flaky network call",
-                      "flaky": True}, "max_attempts": 3})  # fmt: skip
-        specs.append({"chat_id": CHAT_ID, "config": {"role": "critic", "task": "an impossible ask",
-                      "fail_always": True}})  # fmt: skip
-        specs.append({"chat_id": CHAT_ID, "config": {"role": "planner", "task": "a slow plan",
-                      "slow": True}, "priority": 5})  # fmt: skip
+        specs.append(
+            {
+                "chat_id": CHAT_ID,
+                "config": {"role": "coder", "task": "flaky network call", "flaky": True},
+                "max_attempts": 3,
+            }
+        )
+        specs.append(
+            {
+                "chat_id": CHAT_ID,
+                "config": {"role": "critic", "task": "an impossible ask", "fail_always": True},
+            }
+        )
+        specs.append(
+            {
+                "chat_id": CHAT_ID,
+                "config": {"role": "planner", "task": "a slow plan", "slow": True},
+                "priority": 5,
+            }
+        )
         ids = ledger.create_jobs(specs)
         slow_id = ids[-1]
         workers = [_spawn_worker(path, f"worker-{n}") for n in (1, 2)]
@@ -94,16 +124,24 @@ def run_demo(path: str = "demo.db") -> int:
         print(f"\n$ ledger summary {CHAT_ID}\n" + ledger.active_jobs_summary(CHAT_ID).rstrip())
         stats = ledger.stats()
         counts = {s: sum(q.values()) for s, q in stats.counts.items()}
-        print(f"\n$ ledger stats\n{counts}, total cost {stats.total_cost_cents:.2f} cents, "
-              f"p50 {stats.duration_p50}s")  # fmt: skip
+        print(
+            f"\n$ ledger stats\n{counts}, total cost {stats.total_cost_cents:.2f} cents, "
+            f"p50 {stats.duration_p50}s"
+        )
         report = ledger.verify()
-        print(f"\n$ ledger verify\n{'ok' if report.ok else 'NOT OK'}: {report.events} events, "
-              f"{report.jobs} jobs")  # fmt: skip
+        print(
+            f"\n$ ledger verify\n{'ok' if report.ok else 'NOT OK'}: {report.events} events, "
+            f"{report.jobs} jobs"
+        )
         replayed = ledger.replay()
-        print(f"\n$ ledger replay\nreplayed {replayed.events} events into {replayed.jobs} jobs "
-              f"in {replayed.seconds:.3f}s")  # fmt: skip
-    print(f"\nexplore it: python -m ledger jobs --db {path}; "
-          f"python -m ledger show {slow_id[:8]} --db {path}")  # fmt: skip
+        print(
+            f"\n$ ledger replay\nreplayed {replayed.events} events into {replayed.jobs} jobs "
+            f"in {replayed.seconds:.3f}s"
+        )
+    print(
+        f"\nexplore it: python -m ledger jobs --db {path}; "
+        f"python -m ledger show {slow_id[:8]} --db {path}"
+    )
     return 0 if report.ok else 1
 
 
@@ -113,8 +151,10 @@ def _watch(ledger: Ledger, slow_id: str, timeout: float = 60.0) -> None:
     last = ""
     while time.monotonic() < deadline:
         jobs = ledger.jobs(chat_id=CHAT_ID)
-        counts = {s: sum(1 for j in jobs if j.status == s) for s in
-                  ("pending", "running", "completed", "failed", "cancelled")}  # fmt: skip
+        counts = {
+            s: sum(1 for j in jobs if j.status == s)
+            for s in ("pending", "running", "completed", "failed", "cancelled")
+        }
         line = "  ".join(f"{k} {v}" for k, v in counts.items())
         if line != last:
             print(f"[{time.strftime('%H:%M:%S')}] {line}")

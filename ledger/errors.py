@@ -78,7 +78,9 @@ class CorruptEvent(LedgerError):
     def __init__(self, position: int, event_type: str, why: str) -> None:
         self.position = position
         self.event_type = event_type
-        super().__init__(f"event at position {position} (type {event_type!r}) cannot be decoded: {why}")
+        super().__init__(
+            f"event at position {position} (type {event_type!r}) cannot be decoded: {why}"
+        )
 
 
 class SchemaError(LedgerError):

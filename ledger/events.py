@@ -23,7 +23,7 @@ class Event(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
     """Base of every event. Envelope data (job, version, position, time) lives in table columns."""
 
 
-class JobCreated(Event, tag="created"):
+class JobCreated(Event, tag="created", frozen=True):
     chat_id: int
     config: Any
     thread_id: int | None = None
@@ -35,17 +35,17 @@ class JobCreated(Event, tag="created"):
     idempotency_key: str | None = None
 
 
-class JobClaimed(Event, tag="claimed"):
+class JobClaimed(Event, tag="claimed", frozen=True):
     worker_id: str
     lease_expires_at: datetime
 
 
-class HeartbeatRecorded(Event, tag="heartbeat"):
+class HeartbeatRecorded(Event, tag="heartbeat", frozen=True):
     worker_id: str | None = None
     lease_expires_at: datetime | None = None
 
 
-class JobCompleted(Event, tag="completed"):
+class JobCompleted(Event, tag="completed", frozen=True):
     summary: str
     result_status: str
     cost_cents: float
@@ -53,12 +53,12 @@ class JobCompleted(Event, tag="completed"):
     worker_id: str | None = None
 
 
-class JobFailed(Event, tag="failed"):
+class JobFailed(Event, tag="failed", frozen=True):
     error: str
     worker_id: str | None = None
 
 
-class RetryScheduled(Event, tag="retry_scheduled"):
+class RetryScheduled(Event, tag="retry_scheduled", frozen=True):
     """A failed attempt with attempts left: back to pending, claimable from ``run_at``."""
 
     error: str
@@ -66,37 +66,37 @@ class RetryScheduled(Event, tag="retry_scheduled"):
     worker_id: str | None = None
 
 
-class LeaseExpired(Event, tag="lease_expired"):
+class LeaseExpired(Event, tag="lease_expired", frozen=True):
     """The holder stopped heartbeating. ``final`` says no attempts were left (job failed)."""
 
     worker_id: str | None
     final: bool
 
 
-class JobCancelled(Event, tag="cancelled"):
+class JobCancelled(Event, tag="cancelled", frozen=True):
     reason: str | None = None
 
 
-class JobReleased(Event, tag="released"):
+class JobReleased(Event, tag="released", frozen=True):
     """A worker gave the job back unfinished (graceful shutdown); the attempt does not count."""
 
     worker_id: str
     reason: str | None = None
 
 
-class Started(Event, tag="started"):
+class Started(Event, tag="started", frozen=True):
     payload: Any = None
 
 
-class Progress(Event, tag="progress"):
+class Progress(Event, tag="progress", frozen=True):
     payload: Any = None
 
 
-class ToolCall(Event, tag="tool_call"):
+class ToolCall(Event, tag="tool_call", frozen=True):
     payload: Any = None
 
 
-class ErrorLogged(Event, tag="error"):
+class ErrorLogged(Event, tag="error", frozen=True):
     payload: Any = None
 
 
@@ -168,4 +168,4 @@ class StoredEvent(msgspec.Struct, frozen=True):
     job_id: str
     version: int
     recorded_at: str  # fixed-width ISO-8601 UTC, see timeutil
-    event: AnyEvent
+    event: Event

@@ -53,7 +53,9 @@ class EventType(enum.StrEnum):
     ERROR = "error"
 
 
-ACTIVITY_TYPES = frozenset({EventType.STARTED, EventType.PROGRESS, EventType.TOOL_CALL, EventType.ERROR})
+ACTIVITY_TYPES = frozenset(
+    {EventType.STARTED, EventType.PROGRESS, EventType.TOOL_CALL, EventType.ERROR}
+)
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,8 +23,14 @@ _fromiso = datetime.fromisoformat
 def to_job_event(row: tuple[int, str, int, str, str, str]) -> JobEvent:
     position, job_id, version, event_type, data, recorded_at = row
     event = ev.decode(position, event_type, data)
-    return JobEvent(position=position, job_id=job_id, version=version, type=EventType(event_type),
-                    payload=ev.payload_of(event), created_at=_fromiso(recorded_at))  # fmt: skip
+    return JobEvent(
+        position=position,
+        job_id=job_id,
+        version=version,
+        type=EventType(event_type),
+        payload=ev.payload_of(event),
+        created_at=_fromiso(recorded_at),
+    )
 
 
 def _types(types: Iterable[EventType | str] | None) -> list[str] | None:
@@ -58,8 +64,10 @@ class EventReader:
         """A job's events in version order: every type, unless ``types`` names some."""
         check.text("job_id", job_id)
         names = _types(types)
-        return self._read("reading events", lambda: [
-            to_job_event(r) for r in store.job_rows(self._conn, job_id, names)])  # fmt: skip
+        return self._read(
+            "reading events",
+            lambda: [to_job_event(r) for r in store.job_rows(self._conn, job_id, names)],
+        )
 
     def recent_events_for_chat(
         self, chat_id: int, limit: int = 20, *, types: Sequence[EventType | str] | None = None
@@ -70,15 +78,21 @@ class EventReader:
         n = check.limit(limit)
         names = _types(types)
         exclude = (EventType.HEARTBEAT.value,) if names is None else ()
-        return self._read("reading events", lambda: [
-            to_job_event(r) for r in store.chat_rows(self._conn, chat_id, n, names, exclude)])  # fmt: skip
+        return self._read(
+            "reading events",
+            lambda: [
+                to_job_event(r) for r in store.chat_rows(self._conn, chat_id, n, names, exclude)
+            ],
+        )
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[JobEvent]:
         """Every event after position ``after``, in position order (at most ``limit``)."""
         check.integer("after", after, minimum=0)
         n = None if limit is None else check.limit(limit)
-        return self._read("reading events", lambda: [
-            to_job_event(r) for r in store.rows_after(self._conn, after, n)])  # fmt: skip
+        return self._read(
+            "reading events",
+            lambda: [to_job_event(r) for r in store.rows_after(self._conn, after, n)],
+        )
 
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty ledger)."""

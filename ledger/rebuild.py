@@ -52,10 +52,13 @@ class VerifyReport(msgspec.Struct, frozen=True):
 
 
 def fold(
-    source: apsw.Connection, target: apsw.Connection, projections: Sequence[Projection],
-    after: int = 0, progress: Progress | None = None,
-) -> tuple[int, int]:  # fmt: skip
-    """Apply every event after ``after`` to the projections in ``target``; (count, last position)."""
+    source: apsw.Connection,
+    target: apsw.Connection,
+    projections: Sequence[Projection],
+    after: int = 0,
+    progress: Progress | None = None,
+) -> tuple[int, int]:
+    """Apply the events after ``after`` to the projections in ``target``; (count, last position)."""
     writers = [p.writer(target) for p in projections]
     total = store.last_position(source) - after if progress else 0
     count, last = 0, after
@@ -87,13 +90,18 @@ def rebuild(
 
 
 def catch_up(conn: apsw.Connection, projections: Sequence[Projection]) -> int:
-    """Bring each projection up to the end of the log: rebuild when its schema changed or it was
-    never built, else apply only the events after its checkpoint. Inside a write transaction."""
+    """Bring each projection up to the end of the log: rebuild when its schema changed, it was
+    never built or its tables were lost, else apply only the events after its checkpoint.
+    Call inside a write transaction."""
     applied = 0
     head = store.last_position(conn)
     for projection in projections:
         checkpoint = read_checkpoint(conn, projection.name)
-        if checkpoint is None or checkpoint[0] != projection.schema_version:
+        if (
+            checkpoint is None
+            or checkpoint[0] != projection.schema_version
+            or not _tables_exist(conn, projection)
+        ):
             applied += rebuild(conn, [projection])[0]
         elif checkpoint[1] < head:
             projection.create_schema(conn)
@@ -101,6 +109,15 @@ def catch_up(conn: apsw.Connection, projections: Sequence[Projection]) -> int:
             write_checkpoint(conn, projection, last)
             applied += count
     return applied
+
+
+def _tables_exist(conn: apsw.Connection, projection: Projection) -> bool:
+    names = projection.tables
+    marks = ", ".join("?" * len(names))
+    found = conn.execute(
+        f"SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN ({marks})", names
+    ).get
+    return bool(found == len(names))
 
 
 def scratch_fold(
@@ -132,8 +149,9 @@ def verify(conn: apsw.Connection, projections: Sequence[Projection]) -> VerifyRe
             head = store.last_position(conn)
             if checkpoint is None or checkpoint[1] != head:
                 seen = None if checkpoint is None else checkpoint[1]
-                differences.append(Difference("projection_checkpoints", projection.name,
-                                              "position", seen, head))  # fmt: skip
+                differences.append(
+                    Difference("projection_checkpoints", projection.name, "position", seen, head)
+                )
         jobs = int(conn.execute("SELECT count(*) FROM jobs").get)
         scratch.close()
     finally:
@@ -145,7 +163,8 @@ _MISSING = object()
 
 
 def compare(
-    live: Iterator[tuple[str, Any, dict[str, Any]]], rebuilt: Iterator[tuple[str, Any, dict[str, Any]]]
+    live: Iterator[tuple[str, Any, dict[str, Any]]],
+    rebuilt: Iterator[tuple[str, Any, dict[str, Any]]],
 ) -> list[Difference]:
     """Match rows by key; values must match in type too (1 is not 1.0)."""
     out: list[Difference] = []
@@ -158,9 +177,9 @@ def compare(
         for column, value in row.items():
             other = seen[1].get(column, _MISSING)
             if type(other) is not type(value) or other != value:
-                out.append(Difference(table, key, column, None if other is _MISSING else other, value))
+                out.append(
+                    Difference(table, key, column, None if other is _MISSING else other, value)
+                )
     for key, (table, row) in live_rows.items():
         out.append(Difference(table, key, None, row, None))
     return out
-
-

@@ -34,12 +34,17 @@ def collect(conn: apsw.Connection, now: datetime) -> Stats:
     for status, queue, n in conn.execute(q.stats_counts_statement):
         counts.setdefault(status, {})[queue] = n
     since = to_db(now - timedelta(hours=1))
-    finished = dict(conn.execute(q.stats_finished_since_statement, (since,)).fetchall())
+    finished: dict[str, int] = {
+        str(status): int(n)
+        for status, n in conn.execute(q.stats_finished_since_statement, (since,))
+    }
     durations = [r[0] for r in conn.execute(q.stats_durations_statement)]
     oldest = q.fetch_jobs(conn, q.stats_oldest_pending_statement)
     return Stats(
-        counts=counts, finished_last_hour=finished, duration_p50=_percentile(durations, 0.5),
+        counts=counts,
+        finished_last_hour=finished,
+        duration_p50=_percentile(durations, 0.5),
         duration_p95=_percentile(durations, 0.95),
         total_cost_cents=float(conn.execute(q.stats_cost_statement).get),
         oldest_pending=oldest[0] if oldest else None,
-    )  # fmt: skip
+    )

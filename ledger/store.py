@@ -112,7 +112,9 @@ def append(
 
 def decode_row(row: tuple[int, str, int, str, str, str]) -> StoredEvent:
     position, job_id, version, event_type, data, recorded_at = row
-    return StoredEvent(position, job_id, version, recorded_at, ev.decode(position, event_type, data))
+    return StoredEvent(
+        position, job_id, version, recorded_at, ev.decode(position, event_type, data)
+    )
 
 
 def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
@@ -141,14 +143,18 @@ def job_rows(conn: apsw.Connection, job_id: str, types: Iterable[str] | None) ->
     where, names = _type_filter(types)
     return conn.execute(
         "SELECT position, job_id, version, type, data, recorded_at FROM events "
-        f"WHERE job_id = ?{where} ORDER BY version", (job_id, *names),
-    )  # fmt: skip
+        f"WHERE job_id = ?{where} ORDER BY version",
+        (job_id, *names),
+    )
 
 
 def chat_rows(
-    conn: apsw.Connection, chat_id: int, limit: int, types: Iterable[str] | None,
+    conn: apsw.Connection,
+    chat_id: int,
+    limit: int,
+    types: Iterable[str] | None,
     exclude: Iterable[str] = (),
-) -> Iterable[tuple]:  # fmt: skip
+) -> Iterable[tuple]:
     """A chat's events, newest first: the chat's jobs come from the jobs projection."""
     where, names = _type_filter(types)
     excluded = tuple(exclude)
@@ -157,5 +163,6 @@ def chat_rows(
     return conn.execute(
         "SELECT position, job_id, version, type, data, recorded_at FROM events "
         f"WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
-        "ORDER BY position DESC LIMIT ?", (chat_id, *names, *excluded, limit),
-    )  # fmt: skip
+        "ORDER BY position DESC LIMIT ?",
+        (chat_id, *names, *excluded, limit),
+    )

@@ -19,7 +19,9 @@ def _field(config: Any, key: str, default: str) -> str:
 def format_running(now: datetime, job: Job) -> str:
     role = _field(job.config, "role", "unknown")
     task = _field(job.config, "task", "")[:50]
-    duration = "?" if job.started_at is None else f"{round((now - job.started_at).total_seconds())}s"
+    duration = (
+        "?" if job.started_at is None else f"{round((now - job.started_at).total_seconds())}s"
+    )
     return f'- {job.id[:8]} ({role}): running {duration} - "{task}"'
 
 

@@ -29,14 +29,19 @@ class ExportedEvent(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ExportedEvent)
 insert_exact_statement = (
-    "INSERT INTO events (position, job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
 def export_lines(conn: apsw.Connection, after: int = 0) -> Iterator[bytes]:
-    for position, job_id, version, event_type, data, recorded_at in store.rows_after(conn, after, None):
+    for position, job_id, version, event_type, data, recorded_at in store.rows_after(
+        conn, after, None
+    ):
         raw = msgspec.Raw(data.encode() if isinstance(data, str) else data)
-        yield _encoder.encode(ExportedEvent(position, job_id, version, event_type, recorded_at, raw))
+        yield _encoder.encode(
+            ExportedEvent(position, job_id, version, event_type, recorded_at, raw)
+        )
 
 
 def import_lines(conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:
@@ -53,11 +58,20 @@ def import_lines(conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:
             raise InvalidArgument(f"line {number}", line[:60], f"not an exported event: {e}") from e
         ev.decode(item.position, item.type, bytes(item.data))  # refuse what replay could not read
         try:
-            conn.execute(insert_exact_statement, (item.position, item.job_id, item.version,
-                                                  item.type, bytes(item.data).decode(),
-                                                  item.recorded_at))  # fmt: skip
+            conn.execute(
+                insert_exact_statement,
+                (
+                    item.position,
+                    item.job_id,
+                    item.version,
+                    item.type,
+                    bytes(item.data).decode(),
+                    item.recorded_at,
+                ),
+            )
         except apsw.ConstraintError as e:
-            raise InvalidArgument(f"line {number}", line[:60],
-                                  f"duplicate position or job version ({e})") from e  # fmt: skip
+            raise InvalidArgument(
+                f"line {number}", line[:60], f"duplicate position or job version ({e})"
+            ) from e
         count += 1
     return count

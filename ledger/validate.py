@@ -65,7 +65,9 @@ def json_value(name: str, value: Any) -> Any:
         raise InvalidArgument(name, value, f"cannot be encoded as JSON: {e}") from e
     if len(encoded) > MAX_PAYLOAD_BYTES:
         raise InvalidArgument(
-            name, "<large value>", f"encodes to {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+            name,
+            "<large value>",
+            f"encodes to {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}",
         )
     # msgspec writes NaN and infinities as null, which would change the data on the way back:
     # refuse instead. Only values that encoded a null can hold one, so the walk is rare.

@@ -65,10 +65,16 @@ class JobContext:
 
 class Worker:
     def __init__(
-        self, ledger: Ledger, handler: Handler, *, worker_id: str | None = None,
-        queues: Sequence[str] | None = None, lease: float | timedelta = DEFAULT_LEASE,
-        heartbeat_every: float | None = None, poll_interval: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        ledger: Ledger,
+        handler: Handler,
+        *,
+        worker_id: str | None = None,
+        queues: Sequence[str] | None = None,
+        lease: float | timedelta = DEFAULT_LEASE,
+        heartbeat_every: float | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler", handler, "expected a callable handler(job, ctx)")
         self.ledger = ledger
@@ -134,19 +140,37 @@ class Worker:
             return
         duration = round(time.monotonic() - started)
         result = outcome if isinstance(outcome, Result) else Result(outcome or "")
-        self._finish(job, "complete", lambda: self.ledger.complete(
-            job.id, result.summary, result.result_status, result.cost_cents, duration,
-            worker_id=self.worker_id))  # fmt: skip
+        self._finish(
+            job,
+            "complete",
+            lambda: self.ledger.complete(
+                job.id,
+                result.summary,
+                result.result_status,
+                result.cost_cents,
+                duration,
+                worker_id=self.worker_id,
+            ),
+        )
 
     def _after_error(self, job: Job, context: JobContext, error: Exception) -> None:
         if context._stopping.is_set() and not context.lost:
-            self._finish(job, "release", lambda: self.ledger.release(
-                job.id, worker_id=self.worker_id, reason=f"worker stopping: {error!r}"))  # fmt: skip
+            self._finish(
+                job,
+                "release",
+                lambda: self.ledger.release(
+                    job.id, worker_id=self.worker_id, reason=f"worker stopping: {error!r}"
+                ),
+            )
             return
         message = str(error) or type(error).__name__
-        context.log(EventType.ERROR, {"error": message, "type": type(error).__name__,
-                                      "traceback": traceback.format_exc()})  # fmt: skip
-        self._finish(job, "fail", lambda: self.ledger.fail(job.id, message, worker_id=self.worker_id))
+        context.log(
+            EventType.ERROR,
+            {"error": message, "type": type(error).__name__, "traceback": traceback.format_exc()},
+        )
+        self._finish(
+            job, "fail", lambda: self.ledger.fail(job.id, message, worker_id=self.worker_id)
+        )
 
     def _finish(self, job: Job, what: str, call: Callable[[], None]) -> None:
         try:
@@ -174,4 +198,9 @@ class Worker:
             self.stop()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        return restore

@@ -63,7 +63,9 @@ def read_checkpoint(conn: apsw.Connection, name: str) -> tuple[int, int] | None:
 
 
 def write_checkpoint(conn: apsw.Connection, projection: Projection, position: int) -> None:
-    conn.execute(checkpoint_upsert_statement, (projection.name, projection.schema_version, position))
+    conn.execute(
+        checkpoint_upsert_statement, (projection.name, projection.schema_version, position)
+    )
 
 
 def advance_checkpoint(conn: apsw.Connection, name: str, position: int) -> None:

@@ -21,12 +21,33 @@ from ledger.model import JobStatus
 from ledger.timeutil import to_db
 
 COLUMNS = (
-    "id", "chat_id", "thread_id", "user_id", "config", "status", "worker_id", "started_at",
-    "completed_at", "result_summary", "result_status", "cost_cents", "duration_seconds",
-    "error_message", "created_at", "updated_at", "version", "queue", "priority", "run_at",
-    "attempts", "max_attempts", "lease_expires_at", "idempotency_key", "created_position",
+    "id",
+    "chat_id",
+    "thread_id",
+    "user_id",
+    "config",
+    "status",
+    "worker_id",
+    "started_at",
+    "completed_at",
+    "result_summary",
+    "result_status",
+    "cost_cents",
+    "duration_seconds",
+    "error_message",
+    "created_at",
+    "updated_at",
+    "version",
+    "queue",
+    "priority",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "lease_expires_at",
+    "idempotency_key",
+    "created_position",
     "lease_seconds",
-)  # fmt: skip
+)
 
 _statuses = ", ".join(f"'{s.value}'" for s in JobStatus)
 
@@ -99,34 +120,67 @@ def evolve(row: Row | None, stored: StoredEvent) -> Row:
     changes: Row = {"version": stored.version, "updated_at": at}
     match event:
         case ev.JobClaimed(worker_id=worker_id, lease_expires_at=lease):
-            changes.update(status=JobStatus.RUNNING.value, worker_id=worker_id, started_at=at,
-                           lease_expires_at=to_db(lease), attempts=row["attempts"] + 1,
-                           lease_seconds=_seconds_between(at, lease))  # fmt: skip
+            changes.update(
+                status=JobStatus.RUNNING.value,
+                worker_id=worker_id,
+                started_at=at,
+                lease_expires_at=to_db(lease),
+                attempts=row["attempts"] + 1,
+                lease_seconds=_seconds_between(at, lease),
+            )
         case ev.HeartbeatRecorded(lease_expires_at=lease):
             if lease is not None:
                 changes["lease_expires_at"] = to_db(lease)
         case ev.JobCompleted():
-            changes.update(status=JobStatus.COMPLETED.value, completed_at=at, lease_expires_at=None,
-                           result_summary=event.summary, result_status=event.result_status,
-                           cost_cents=event.cost_cents, duration_seconds=event.duration_seconds,
-                           error_message=None)  # fmt: skip
+            changes.update(
+                status=JobStatus.COMPLETED.value,
+                completed_at=at,
+                lease_expires_at=None,
+                result_summary=event.summary,
+                result_status=event.result_status,
+                cost_cents=event.cost_cents,
+                duration_seconds=event.duration_seconds,
+                error_message=None,
+            )
         case ev.JobFailed(error=error):
-            changes.update(status=JobStatus.FAILED.value, completed_at=at, lease_expires_at=None,
-                           error_message=error)  # fmt: skip
+            changes.update(
+                status=JobStatus.FAILED.value,
+                completed_at=at,
+                lease_expires_at=None,
+                error_message=error,
+            )
         case ev.RetryScheduled(error=error, run_at=run_at):
-            changes.update(status=JobStatus.PENDING.value, worker_id=None, lease_expires_at=None,
-                           error_message=error, run_at=to_db(run_at))  # fmt: skip
+            changes.update(
+                status=JobStatus.PENDING.value,
+                worker_id=None,
+                lease_expires_at=None,
+                error_message=error,
+                run_at=to_db(run_at),
+            )
         case ev.LeaseExpired(final=True):
-            changes.update(status=JobStatus.FAILED.value, completed_at=at, lease_expires_at=None,
-                           error_message=lease_expired_message(row))  # fmt: skip
+            changes.update(
+                status=JobStatus.FAILED.value,
+                completed_at=at,
+                lease_expires_at=None,
+                error_message=lease_expired_message(row),
+            )
         case ev.LeaseExpired(final=False):
-            changes.update(status=JobStatus.PENDING.value, worker_id=None, lease_expires_at=None,
-                           error_message=lease_expired_message(row), run_at=at)  # fmt: skip
+            changes.update(
+                status=JobStatus.PENDING.value,
+                worker_id=None,
+                lease_expires_at=None,
+                error_message=lease_expired_message(row),
+                run_at=at,
+            )
         case ev.JobCancelled():
             changes.update(status=JobStatus.CANCELLED.value, completed_at=at, lease_expires_at=None)
         case ev.JobReleased():
-            changes.update(status=JobStatus.PENDING.value, worker_id=None, lease_expires_at=None,
-                           attempts=max(row["attempts"] - 1, 0))  # fmt: skip
+            changes.update(
+                status=JobStatus.PENDING.value,
+                worker_id=None,
+                lease_expires_at=None,
+                attempts=max(row["attempts"] - 1, 0),
+            )
         case _:
             pass  # activity events only move version and updated_at
     return changes
@@ -146,17 +200,33 @@ def lease_expired_message(row: Row) -> str:
 def _created(stored: StoredEvent, e: ev.JobCreated) -> Row:
     at = stored.recorded_at
     return {
-        "id": stored.job_id, "chat_id": e.chat_id, "thread_id": e.thread_id,
-        "user_id": e.user_id, "config": _config_encoder.encode(e.config).decode(),
-        "status": JobStatus.PENDING.value, "worker_id": None, "started_at": None,
-        "completed_at": None, "result_summary": None, "result_status": None, "cost_cents": None,
-        "duration_seconds": None, "error_message": None, "created_at": at, "updated_at": at,
-        "version": stored.version, "queue": e.queue, "priority": e.priority,
-        "run_at": at if e.run_at is None else to_db(e.run_at), "attempts": 0,
-        "max_attempts": e.max_attempts, "lease_expires_at": None,
-        "idempotency_key": e.idempotency_key, "created_position": stored.position,
+        "id": stored.job_id,
+        "chat_id": e.chat_id,
+        "thread_id": e.thread_id,
+        "user_id": e.user_id,
+        "config": _config_encoder.encode(e.config).decode(),
+        "status": JobStatus.PENDING.value,
+        "worker_id": None,
+        "started_at": None,
+        "completed_at": None,
+        "result_summary": None,
+        "result_status": None,
+        "cost_cents": None,
+        "duration_seconds": None,
+        "error_message": None,
+        "created_at": at,
+        "updated_at": at,
+        "version": stored.version,
+        "queue": e.queue,
+        "priority": e.priority,
+        "run_at": at if e.run_at is None else to_db(e.run_at),
+        "attempts": 0,
+        "max_attempts": e.max_attempts,
+        "lease_expires_at": None,
+        "idempotency_key": e.idempotency_key,
+        "created_position": stored.position,
         "lease_seconds": None,
-    }  # fmt: skip
+    }
 
 
 class JobsWriter:
@@ -197,7 +267,8 @@ class JobsWriter:
         execute = self._conn.execute
         if self._new:
             self._conn.executemany(
-                insert_statement, [tuple(self._rows[j].values()) for j in self._new]  # type: ignore[union-attr]
+                insert_statement,
+                [tuple(self._rows[j].values()) for j in self._new],  # type: ignore[union-attr]
             )
         for job_id, columns in self._dirty.items():
             row = self._rows[job_id]
@@ -221,9 +292,9 @@ def _update_statement(columns: tuple[str, ...]) -> str:
 
 
 class JobsProjection:
-    name = "jobs"
-    schema_version = 1
-    tables = ("jobs",)
+    name: str = "jobs"
+    schema_version: int = 1
+    tables: tuple[str, ...] = ("jobs",)
 
     def create_schema(self, conn: apsw.Connection) -> None:
         conn.execute(table_statement)

@@ -63,21 +63,60 @@ def _time(text: str | None) -> datetime | None:
 
 
 def row_to_job(values: Sequence[Any]) -> Job:
-    (job_id, chat_id, thread_id, user_id, config, status, worker_id, started_at, completed_at,
-     result_summary, result_status, cost_cents, duration_seconds, error_message, created_at,
-     updated_at, version, queue, priority, run_at, attempts, max_attempts, lease_expires_at,
-     idempotency_key, _position, _lease_seconds) = values  # fmt: skip
+    (
+        job_id,
+        chat_id,
+        thread_id,
+        user_id,
+        config,
+        status,
+        worker_id,
+        started_at,
+        completed_at,
+        result_summary,
+        result_status,
+        cost_cents,
+        duration_seconds,
+        error_message,
+        created_at,
+        updated_at,
+        version,
+        queue,
+        priority,
+        run_at,
+        attempts,
+        max_attempts,
+        lease_expires_at,
+        idempotency_key,
+        _position,
+        _lease_seconds,
+    ) = values
     return Job(
-        id=job_id, chat_id=chat_id, thread_id=thread_id, user_id=user_id,
-        config=_config_decoder.decode(config), status=JobStatus(status), worker_id=worker_id,
-        started_at=_time(started_at), completed_at=_time(completed_at),
-        result_summary=result_summary, result_status=result_status, cost_cents=cost_cents,
-        duration_seconds=duration_seconds, error_message=error_message,
-        created_at=_fromiso(created_at), updated_at=_fromiso(updated_at), version=version,
-        queue=queue, priority=priority, run_at=_fromiso(run_at), attempts=attempts,
-        max_attempts=max_attempts, lease_expires_at=_time(lease_expires_at),
+        id=job_id,
+        chat_id=chat_id,
+        thread_id=thread_id,
+        user_id=user_id,
+        config=_config_decoder.decode(config),
+        status=JobStatus(status),
+        worker_id=worker_id,
+        started_at=_time(started_at),
+        completed_at=_time(completed_at),
+        result_summary=result_summary,
+        result_status=result_status,
+        cost_cents=cost_cents,
+        duration_seconds=duration_seconds,
+        error_message=error_message,
+        created_at=_fromiso(created_at),
+        updated_at=_fromiso(updated_at),
+        version=version,
+        queue=queue,
+        priority=priority,
+        run_at=_fromiso(run_at),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        lease_expires_at=_time(lease_expires_at),
         idempotency_key=idempotency_key,
-    )  # fmt: skip
+    )
 
 
 def row_dict_to_job(row: dict[str, Any]) -> Job:
@@ -100,12 +139,16 @@ def find_by_prefix(conn: apsw.Connection, prefix: str) -> list[str]:
 
 def list_statement(status: bool, chat: bool, queue: bool) -> str:
     """Newest first, with the filters the CLI's ``jobs`` offers."""
-    where = [c for c, on in (("status = ?", status), ("chat_id = ?", chat), ("queue = ?", queue)) if on]
+    where = [
+        c for c, on in (("status = ?", status), ("chat_id = ?", chat), ("queue = ?", queue)) if on
+    ]
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return f"{_SELECT}{clause} ORDER BY created_at DESC, created_position DESC LIMIT ?"
 
 
-stats_counts_statement = "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue ORDER BY 1, 2"
+stats_counts_statement = (
+    "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue ORDER BY 1, 2"
+)
 stats_finished_since_statement = (
     "SELECT status, count(*) FROM jobs WHERE completed_at >= ? GROUP BY status"
 )
