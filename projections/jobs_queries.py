@@ -32,11 +32,15 @@ recent_finished_for_chat_statement = (
     f"{_SELECT} WHERE chat_id = ? AND status IN ('completed', 'failed') "
     "ORDER BY completed_at DESC, created_position DESC LIMIT ?"
 )
+# INDEXED BY: without ANALYZE statistics the planner prefers jobs_status and sorts every pending
+# job on each claim; the partial index yields them already in claim order (and SQLite refuses
+# the query outright if the index ever stops fitting it, instead of silently scanning).
 claim_any_statement = (
-    f"SELECT id FROM jobs WHERE status = 'pending' AND run_at <= ? {_ORDER_CLAIM} LIMIT 1"
+    "SELECT id FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+    f"{_ORDER_CLAIM} LIMIT 1"
 )
 expired_statement = (
-    "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at <= ? "
+    "SELECT id FROM jobs INDEXED BY jobs_lease WHERE status = 'running' AND lease_expires_at <= ? "
     "ORDER BY lease_expires_at LIMIT ?"
 )
 idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
@@ -49,7 +53,8 @@ def claim_statement(queue_count: int | None) -> str:
         return claim_any_statement
     marks = ", ".join("?" * queue_count)
     return (
-        f"SELECT id FROM jobs WHERE status = 'pending' AND run_at <= ? AND queue IN ({marks}) "
+        "SELECT id FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? "
+        f"AND queue IN ({marks}) "
         f"{_ORDER_CLAIM} LIMIT 1"
     )
 
