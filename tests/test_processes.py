@@ -1,4 +1,4 @@
-"""Real worker processes on one file: random failures, a SIGKILL mid-job, SIGTERM, no double claims."""
+"""Real worker processes on one file: failures, a SIGKILL mid-job, SIGTERM, no double claims."""
 
 from __future__ import annotations
 
@@ -14,14 +14,34 @@ from ledger import EventType, JobStatus, Ledger
 from tests.conftest import ROOT
 
 WAIT = 120.0
+ENDS_A_CLAIM = {
+    EventType.COMPLETED,
+    EventType.FAILED,
+    EventType.RETRY_SCHEDULED,
+    EventType.LEASE_EXPIRED,
+    EventType.RELEASED,
+}
 
 
 def _worker(db: str, handler: str, name: str, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "ledger", "work", f"tests.worker_handlers:{handler}",
-               "--db", db, "--worker-id", name, "--poll-interval", "0.05", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ledger",
+        "work",
+        f"tests.worker_handlers:{handler}",
+        "--db",
+        db,
+        "--worker-id",
+        name,
+        "--poll-interval",
+        "0.05",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _wait_for(condition, what: str, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
@@ -36,15 +56,20 @@ def test_four_workers_drain_jobs_despite_failures_and_a_kill(tmp_path: Path) -> 
     db = str(tmp_path / "ledger.db")
     marker = tmp_path / "hanging.pid"
     with Ledger(db) as ledger:
-        specs = [{"chat_id": n % 7, "config": {"n": n, "fail_rate": 0.3}, "max_attempts": 3}
-                 for n in range(300)]  # fmt: skip
-        specs.insert(0, {"chat_id": 0, "max_attempts": 2,
-                         "config": {"hang_once": True, "marker": str(marker)}})  # fmt: skip
+        specs = [
+            {"chat_id": n % 7, "config": {"n": n, "fail_rate": 0.3}, "max_attempts": 3}
+            for n in range(300)
+        ]
+        specs.insert(
+            0,
+            {"chat_id": 0, "max_attempts": 2, "config": {"hang_once": True, "marker": str(marker)}},
+        )
         ids = ledger.create_jobs(specs)
         victim_job = ids[0]
         started = time.monotonic()
-        workers = [_worker(db, "flaky", f"w{n}", "--lease", "2", "--retry-delay", "0.05")
-                   for n in range(4)]  # fmt: skip
+        workers = [
+            _worker(db, "flaky", f"w{n}", "--lease", "2", "--retry-delay", "0.05") for n in range(4)
+        ]
         try:
             _wait_for(marker.exists, "the hanging job to start")
             _wait_for(lambda: marker.read_text().strip() != "", "the marker's pid")
@@ -52,8 +77,10 @@ def test_four_workers_drain_jobs_despite_failures_and_a_kill(tmp_path: Path) -> 
             victim = next(w for w in workers if w.pid == victim_pid)
             victim.send_signal(signal.SIGKILL)
             victim.wait(WAIT)
-            _wait_for(lambda: all(j.status.is_final for j in ledger.jobs(limit=10_000)),
-                      "every job to finish")  # fmt: skip
+            _wait_for(
+                lambda: all(j.status.is_final for j in ledger.jobs(limit=10_000)),
+                "every job to finish",
+            )
             elapsed = time.monotonic() - started
         finally:
             for w in workers:
@@ -83,8 +110,7 @@ def test_four_workers_drain_jobs_despite_failures_and_a_kill(tmp_path: Path) -> 
                 if event.type is EventType.CLAIMED:
                     open_claims += 1
                     assert open_claims == 1
-                elif event.type in (EventType.COMPLETED, EventType.FAILED, EventType.RETRY_SCHEDULED,
-                                    EventType.LEASE_EXPIRED, EventType.RELEASED):  # fmt: skip
+                elif event.type in ENDS_A_CLAIM:
                     open_claims -= 1
         assert ledger.verify().ok
         sys.stderr.write(f"\n301 jobs drained by 4 workers in {elapsed:.1f}s (incl. a 2 s lease)\n")
