@@ -72,36 +72,47 @@ def _set_wal(conn: apsw.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
 
 
+def _rollback(conn: apsw.Connection) -> None:
+    if not conn.get_autocommit():
+        conn.execute("ROLLBACK")
+
+
 @contextlib.contextmanager
 def write_transaction(conn: apsw.Connection) -> Iterator[None]:
     """One all-or-nothing write transaction; any exception rolls everything back."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        if not conn.get_autocommit():
-            conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
-    else:
-        try:
-            conn.execute("COMMIT")
-        except BaseException:
-            if not conn.get_autocommit():
-                conn.execute("ROLLBACK")
-            raise
 
 
 def run_write(conn: apsw.Connection, doing: str, work: Callable[[], _T], retries: int = 3) -> _T:
     """Run ``work`` in a write transaction, retrying when SQLite reports BUSY before the write
     lock was won (the busy timeout waits; this is the bounded retry on top for the rare BUSY that
-    the busy handler does not cover, such as WAL recovery by another process)."""
-    for attempt in range(retries + 1):
+    the busy handler does not cover, such as WAL recovery by another process).
+
+    The body of `write_transaction` is inlined here: this is every command's hot path."""
+    attempt = 0
+    while True:
         try:
-            with write_transaction(conn):
-                return work()
+            conn.execute("BEGIN IMMEDIATE")
         except apsw.BusyError as e:
             if attempt == retries:
                 raise wrap_sqlite_error(e, doing) from e
+            attempt += 1
+            continue
         except apsw.Error as e:
             raise wrap_sqlite_error(e, doing) from e
-    raise AssertionError("unreachable")
+        try:
+            result = work()
+            conn.execute("COMMIT")
+            return result
+        except apsw.Error as e:
+            _rollback(conn)
+            raise wrap_sqlite_error(e, doing) from e
+        except BaseException:
+            _rollback(conn)
+            raise

@@ -39,7 +39,6 @@ from .transfer import export_lines, import_lines
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
-RESCUE_BATCH = 100
 _CREATE_KEYS = frozenset(
     {
         "chat_id",
@@ -67,7 +66,10 @@ class _Command:
         self._last = 0
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return decide.require(self.jobs.load(job_id), job_id)
+        row = self.jobs.load(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return row
 
     def append(
         self,
@@ -76,11 +78,16 @@ class _Command:
         expected_version: int | None = None,
         new: bool = False,
     ) -> None:
-        version = 0 if new else self.job(job_id)["version"]
+        if new:
+            self.jobs.mark_absent(job_id)  # a fresh uuid: no need to look the row up
+            version = 0
+        else:
+            version = self.job(job_id)["version"]
         if expected_version is not None and expected_version != version:
             raise ConcurrencyError(job_id, expected_version, version)
+        apply = self.jobs.apply
         for stored in store.append(self.conn, job_id, version, events, self.at):
-            self.jobs.apply(stored)
+            apply(stored)
             for writer in self._others:
                 writer.apply(stored)
             self._last = stored.position
@@ -160,7 +167,7 @@ class Ledger(EventReader):
     # -- the seam ----------------------------------------------------------------------------
 
     def _write(self, doing: str, step: Callable[[_Command], _T]) -> _T:
-        now = self.now()
+        now = check_aware("clock()", self._clock())
 
         def work() -> _T:
             command = _Command(self._conn, now, self._projections[1:])
@@ -228,7 +235,7 @@ class Ledger(EventReader):
         queue_list = _queues(queues)
 
         def step(c: _Command) -> Job | None:
-            if _rescue(c, RESCUE_BATCH):
+            if _rescue(c, batch=True):
                 c.jobs.flush()  # the claim query below must see the rescued jobs as pending
             params = (c.at,) if queue_list is None else (c.at, *queue_list)
             statement = q.claim_statement(None if queue_list is None else len(queue_list))
@@ -356,7 +363,7 @@ class Ledger(EventReader):
 
     def rescue_expired(self) -> int:
         """Requeue (or fail, with no attempts left) every running job whose lease ran out."""
-        return self._write("rescuing expired leases", lambda c: _rescue(c, None))
+        return self._write("rescuing expired leases", lambda c: _rescue(c, batch=False))
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -523,8 +530,9 @@ def _create(c: _Command, created: ev.JobCreated, batch: dict[str, str]) -> str:
     return job_id
 
 
-def _rescue(c: _Command, limit: int | None) -> int:
-    expired = c.conn.execute(q.expired_statement, (c.at, -1 if limit is None else limit)).fetchall()
+def _rescue(c: _Command, batch: bool) -> int:
+    statement = q.expired_batch_statement if batch else q.expired_statement
+    expired = c.conn.execute(statement, (c.at,)).fetchall()
     for (job_id,) in expired:
         c.append(str(job_id), decide.rescue(c.job(str(job_id))))
     return len(expired)
@@ -549,12 +557,12 @@ def _status(value: str) -> str:
         raise InvalidArgument("status", value, f"unknown status; known: {known}") from e
 
 
+_ACTIVITY_BY_NAME: dict[object, EventType] = {t.value: t for t in ACTIVITY_TYPES}
+
+
 def _activity_type(value: EventType | str) -> EventType:
-    try:
-        event_type: EventType | None = EventType(value)
-    except ValueError:
-        event_type = None
-    if event_type is None or event_type not in ACTIVITY_TYPES:
+    event_type = _ACTIVITY_BY_NAME.get(value) if isinstance(value, str) else None
+    if event_type is None:
         allowed = ", ".join(sorted(t.value for t in ACTIVITY_TYPES))
         raise InvalidArgument(
             "type",

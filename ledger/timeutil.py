@@ -20,7 +20,9 @@ def system_clock() -> datetime:
 
 
 def to_db(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def from_db(text: str | None) -> datetime | None:
@@ -28,6 +30,8 @@ def from_db(text: str | None) -> datetime | None:
 
 
 def check_aware(name: str, moment: object) -> datetime:
+    if type(moment) is datetime and moment.tzinfo is UTC:
+        return moment
     if not isinstance(moment, datetime):
         raise InvalidArgument(name, moment, "expected a timezone-aware datetime")
     if moment.tzinfo is None or moment.utcoffset() is None:

@@ -38,6 +38,8 @@ def text(name: str, value: Any, *, optional: bool = False, nonempty: bool = Fals
         raise InvalidArgument(name, value, f"expected a str, got {type(value).__name__}")
     if nonempty and not value:
         raise InvalidArgument(name, value, "must not be empty")
+    if value.isascii() and len(value) <= MAX_PAYLOAD_BYTES:
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:

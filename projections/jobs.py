@@ -111,79 +111,109 @@ Row = dict[str, Any]
 
 def evolve(row: Row | None, stored: StoredEvent) -> Row:
     """The columns that change when ``stored`` is applied to ``row`` (None: the job is new)."""
-    at = stored.recorded_at
     event = stored.event
-    if isinstance(event, ev.JobCreated):
+    if type(event) is ev.JobCreated:
         return _created(stored, event)
     if row is None:
         raise ValueError(f"event at position {stored.position} precedes its job's creation")
-    changes: Row = {"version": stored.version, "updated_at": at}
-    match event:
-        case ev.JobClaimed(worker_id=worker_id, lease_expires_at=lease):
-            changes.update(
-                status=JobStatus.RUNNING.value,
-                worker_id=worker_id,
-                started_at=at,
-                lease_expires_at=to_db(lease),
-                attempts=row["attempts"] + 1,
-                lease_seconds=_seconds_between(at, lease),
-            )
-        case ev.HeartbeatRecorded(lease_expires_at=lease):
-            if lease is not None:
-                changes["lease_expires_at"] = to_db(lease)
-        case ev.JobCompleted():
-            changes.update(
-                status=JobStatus.COMPLETED.value,
-                completed_at=at,
-                lease_expires_at=None,
-                result_summary=event.summary,
-                result_status=event.result_status,
-                cost_cents=event.cost_cents,
-                duration_seconds=event.duration_seconds,
-                error_message=None,
-            )
-        case ev.JobFailed(error=error):
-            changes.update(
-                status=JobStatus.FAILED.value,
-                completed_at=at,
-                lease_expires_at=None,
-                error_message=error,
-            )
-        case ev.RetryScheduled(error=error, run_at=run_at):
-            changes.update(
-                status=JobStatus.PENDING.value,
-                worker_id=None,
-                lease_expires_at=None,
-                error_message=error,
-                run_at=to_db(run_at),
-            )
-        case ev.LeaseExpired(final=True):
-            changes.update(
-                status=JobStatus.FAILED.value,
-                completed_at=at,
-                lease_expires_at=None,
-                error_message=lease_expired_message(row),
-            )
-        case ev.LeaseExpired(final=False):
-            changes.update(
-                status=JobStatus.PENDING.value,
-                worker_id=None,
-                lease_expires_at=None,
-                error_message=lease_expired_message(row),
-                run_at=at,
-            )
-        case ev.JobCancelled():
-            changes.update(status=JobStatus.CANCELLED.value, completed_at=at, lease_expires_at=None)
-        case ev.JobReleased():
-            changes.update(
-                status=JobStatus.PENDING.value,
-                worker_id=None,
-                lease_expires_at=None,
-                attempts=max(row["attempts"] - 1, 0),
-            )
-        case _:
-            pass  # activity events only move version and updated_at
+    changes: Row = {"version": stored.version, "updated_at": stored.recorded_at}
+    rule = _RULES.get(type(event))
+    if rule is not None:  # activity events only move version and updated_at
+        changes.update(rule(row, event, stored.recorded_at))
     return changes
+
+
+_RUNNING, _PENDING = JobStatus.RUNNING.value, JobStatus.PENDING.value
+_COMPLETED, _FAILED, _CANCELLED = (
+    JobStatus.COMPLETED.value,
+    JobStatus.FAILED.value,
+    JobStatus.CANCELLED.value,
+)
+
+
+def _claimed(row: Row, e: ev.JobClaimed, at: str) -> Row:
+    return {
+        "status": _RUNNING,
+        "worker_id": e.worker_id,
+        "started_at": at,
+        "lease_expires_at": to_db(e.lease_expires_at),
+        "attempts": row["attempts"] + 1,
+        "lease_seconds": _seconds_between(at, e.lease_expires_at),
+    }
+
+
+def _heartbeat(row: Row, e: ev.HeartbeatRecorded, at: str) -> Row:
+    return {} if e.lease_expires_at is None else {"lease_expires_at": to_db(e.lease_expires_at)}
+
+
+def _completed(row: Row, e: ev.JobCompleted, at: str) -> Row:
+    return {
+        "status": _COMPLETED,
+        "completed_at": at,
+        "lease_expires_at": None,
+        "result_summary": e.summary,
+        "result_status": e.result_status,
+        "cost_cents": e.cost_cents,
+        "duration_seconds": e.duration_seconds,
+        "error_message": None,
+    }
+
+
+def _failed(row: Row, e: ev.JobFailed, at: str) -> Row:
+    return {"status": _FAILED, "completed_at": at, "lease_expires_at": None, "error_message": e.error}
+
+
+def _retry_scheduled(row: Row, e: ev.RetryScheduled, at: str) -> Row:
+    return {
+        "status": _PENDING,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "error_message": e.error,
+        "run_at": to_db(e.run_at),
+    }
+
+
+def _lease_expired(row: Row, e: ev.LeaseExpired, at: str) -> Row:
+    if e.final:
+        return {
+            "status": _FAILED,
+            "completed_at": at,
+            "lease_expires_at": None,
+            "error_message": lease_expired_message(row),
+        }
+    return {
+        "status": _PENDING,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "error_message": lease_expired_message(row),
+        "run_at": at,
+    }
+
+
+def _cancelled(row: Row, e: ev.JobCancelled, at: str) -> Row:
+    return {"status": _CANCELLED, "completed_at": at, "lease_expires_at": None}
+
+
+def _released(row: Row, e: ev.JobReleased, at: str) -> Row:
+    return {
+        "status": _PENDING,
+        "worker_id": None,
+        "lease_expires_at": None,
+        "attempts": max(row["attempts"] - 1, 0),
+    }
+
+
+# One rule per lifecycle event type; a type missing here changes only version and updated_at.
+_RULES: dict[type, Any] = {
+    ev.JobClaimed: _claimed,
+    ev.HeartbeatRecorded: _heartbeat,
+    ev.JobCompleted: _completed,
+    ev.JobFailed: _failed,
+    ev.RetryScheduled: _retry_scheduled,
+    ev.LeaseExpired: _lease_expired,
+    ev.JobCancelled: _cancelled,
+    ev.JobReleased: _released,
+}
 
 
 def _seconds_between(at: str, until: datetime) -> float:
@@ -237,7 +267,7 @@ class JobsWriter:
         self._conn = conn
         self._rows: dict[str, Row | None] = {}
         self._new: dict[str, None] = {}  # insertion-ordered: same rowids on every replay
-        self._dirty: dict[str, set[str]] = {}
+        self._dirty: dict[str, dict[str, None]] = {}
         self._max_cached = max_cached
 
     def load(self, job_id: str) -> Row | None:
@@ -245,9 +275,13 @@ class JobsWriter:
         if job_id in self._rows:
             return self._rows[job_id]
         values = self._conn.execute(select_row_statement, (job_id,)).fetchone()
-        row = None if values is None else dict(zip(COLUMNS, values, strict=True))
+        row = None if values is None else dict(zip(COLUMNS, values))
         self._rows[job_id] = row
         return row
+
+    def mark_absent(self, job_id: str) -> None:
+        """Tell the cache a job has no row yet (its id was just minted), saving a lookup."""
+        self._rows.setdefault(job_id, None)
 
     def apply(self, stored: StoredEvent) -> None:
         job_id = stored.job_id
@@ -259,7 +293,7 @@ class JobsWriter:
         else:
             row.update(changes)
             if job_id not in self._new:
-                self._dirty.setdefault(job_id, set()).update(changes)
+                self._dirty.setdefault(job_id, {}).update(dict.fromkeys(changes))
         if len(self._rows) >= self._max_cached:
             self.flush()
 
@@ -273,8 +307,8 @@ class JobsWriter:
         for job_id, columns in self._dirty.items():
             row = self._rows[job_id]
             assert row is not None
-            names = tuple(sorted(columns))
-            execute(_update_statement(names), (*(row[c] for c in names), job_id))
+            names = tuple(columns)
+            execute(_update_statement(names), (*[row[c] for c in names], job_id))
         self._rows.clear()
         self._new.clear()
         self._dirty.clear()

@@ -41,8 +41,10 @@ claim_any_statement = (
 )
 expired_statement = (
     "SELECT id FROM jobs INDEXED BY jobs_lease WHERE status = 'running' AND lease_expires_at <= ? "
-    "ORDER BY lease_expires_at LIMIT ?"
+    "ORDER BY lease_expires_at"
 )
+# A literal LIMIT: with a bound one SQLite runs this (every claim's first query) twice as slowly.
+expired_batch_statement = expired_statement + " LIMIT 100"
 idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
 next_run_at_statement = "SELECT min(run_at) FROM jobs WHERE status = 'pending'"
 count_by_status_statement = "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue"
@@ -61,10 +63,7 @@ def claim_statement(queue_count: int | None) -> str:
 
 _config_decoder = msgspec.json.Decoder()
 _fromiso = datetime.fromisoformat
-
-
-def _time(text: str | None) -> datetime | None:
-    return None if text is None else _fromiso(text)
+_STATUS = {s.value: s for s in JobStatus}  # a dict lookup is 5x cheaper than JobStatus(text)
 
 
 def row_to_job(values: Sequence[Any]) -> Job:
@@ -102,10 +101,10 @@ def row_to_job(values: Sequence[Any]) -> Job:
         thread_id=thread_id,
         user_id=user_id,
         config=_config_decoder.decode(config),
-        status=JobStatus(status),
+        status=_STATUS[status],
         worker_id=worker_id,
-        started_at=_time(started_at),
-        completed_at=_time(completed_at),
+        started_at=None if started_at is None else _fromiso(started_at),
+        completed_at=None if completed_at is None else _fromiso(completed_at),
         result_summary=result_summary,
         result_status=result_status,
         cost_cents=cost_cents,
@@ -119,7 +118,7 @@ def row_to_job(values: Sequence[Any]) -> Job:
         run_at=_fromiso(run_at),
         attempts=attempts,
         max_attempts=max_attempts,
-        lease_expires_at=_time(lease_expires_at),
+        lease_expires_at=None if lease_expires_at is None else _fromiso(lease_expires_at),
         idempotency_key=idempotency_key,
     )
 

@@ -221,7 +221,8 @@ def test_claim_and_rescue_queries_use_partial_indexes_without_sorting(ledger: Le
     for statement, params, index in (
         (q.claim_statement(None), (now,), "jobs_claim"),
         (q.claim_statement(2), (now, "a", "b"), "jobs_claim"),
-        (q.expired_statement, (now, 10), "jobs_lease"),
+        (q.expired_statement, (now,), "jobs_lease"),
+        (q.expired_batch_statement, (now,), "jobs_lease"),
         (q.pending_statement, (10,), "jobs_status"),
     ):
         plan = _plan(ledger.path, statement, params)
