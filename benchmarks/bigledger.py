@@ -40,8 +40,15 @@ def _job_events(i: int, chats: int) -> list[ev.Event]:
         return out
     if i % 20 == 2:
         return [*out, ev.JobFailed(error="the model gave up")]
-    return [*out, ev.JobCompleted(summary=f"finished task {i}", result_status="success",
-                                  cost_cents=1.5, duration_seconds=i % 300)]  # fmt: skip
+    return [
+        *out,
+        ev.JobCompleted(
+            summary=f"finished task {i}",
+            result_status="success",
+            cost_cents=1.5,
+            duration_seconds=i % 300,
+        ),
+    ]
 
 
 def _finished_then_pending(i: int, finished: int) -> list[ev.Event]:
@@ -85,5 +92,8 @@ def big_ledger(directory: Path, jobs: int, chats: int) -> Path:
 
 
 def finished_ledger(directory: Path, finished: int, pending: int) -> Path:
-    return build(directory / f"finished-{finished}-{pending}.db", finished + pending,
-                 lambda i: _finished_then_pending(i, finished))  # fmt: skip
+    return build(
+        directory / f"finished-{finished}-{pending}.db",
+        finished + pending,
+        lambda i: _finished_then_pending(i, finished),
+    )

@@ -42,7 +42,9 @@ def fresh_pair(tmp_path: Path, durability: str) -> tuple[Ledger, apsw.Connection
 
 
 @pytest.fixture(params=["full", "normal"])
-def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ledger, apsw.Connection]]:
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Ledger, apsw.Connection]]:
     ledger, conn = fresh_pair(tmp_path, request.param)
     yield ledger, conn
     ledger.close()

@@ -19,7 +19,9 @@ from projections.jobs import COLUMNS
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-INSERT_EVENT = "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+INSERT_EVENT = (
+    "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+)
 INSERT_JOB = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 CHECKPOINT = "UPDATE projection_checkpoints SET position = ? WHERE name = 'jobs'"
 SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?"
@@ -53,9 +55,37 @@ def create_job(conn: apsw.Connection, chat_id: int, config: Any) -> str:
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
     position = conn.last_insert_rowid()
-    conn.execute(INSERT_JOB, (job_id, chat_id, None, None, _enc.encode(config).decode(),
-                              "pending", None, None, None, None, None, None, None, None, at, at,
-                              1, "default", 0, at, 0, 1, None, None, position, None))  # fmt: skip
+    conn.execute(
+        INSERT_JOB,
+        (
+            job_id,
+            chat_id,
+            None,
+            None,
+            _enc.encode(config).decode(),
+            "pending",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            at,
+            at,
+            1,
+            "default",
+            0,
+            at,
+            0,
+            1,
+            None,
+            None,
+            position,
+            None,
+        ),
+    )
     conn.execute(CHECKPOINT, (position,))
     conn.execute("COMMIT")
     return job_id
@@ -70,23 +100,54 @@ def create_jobs(conn: apsw.Connection, specs: list[tuple[int, Any]]) -> list[str
         data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config})
         conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
         position = conn.last_insert_rowid()
-        conn.execute(INSERT_JOB, (job_id, chat_id, None, None, _enc.encode(config).decode(),
-                                  "pending", None, None, None, None, None, None, None, None, at,
-                                  at, 1, "default", 0, at, 0, 1, None, None, position, None))  # fmt: skip
+        conn.execute(
+            INSERT_JOB,
+            (
+                job_id,
+                chat_id,
+                None,
+                None,
+                _enc.encode(config).decode(),
+                "pending",
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                at,
+                at,
+                1,
+                "default",
+                0,
+                at,
+                0,
+                1,
+                None,
+                None,
+                position,
+                None,
+            ),
+        )
         ids.append(job_id)
     conn.execute(CHECKPOINT, (position,))
     conn.execute("COMMIT")
     return ids
 
 
-def _append_update(conn: apsw.Connection, job_id: str, kind: str, data: bytes, at: str,
-                   sets: str, values: tuple) -> None:  # fmt: skip
+def _append_update(
+    conn: apsw.Connection, job_id: str, kind: str, data: bytes, at: str, sets: str, values: tuple
+) -> None:
     row = conn.execute(SELECT_JOB, (job_id,)).fetchone()
     version = row[16] + 1
     conn.execute(INSERT_EVENT, (job_id, version, kind, data, at))
     position = conn.last_insert_rowid()
-    conn.execute(f"UPDATE jobs SET {sets}, version = ?, updated_at = ? WHERE id = ?",
-                 (*values, version, at, job_id))  # fmt: skip
+    conn.execute(
+        f"UPDATE jobs SET {sets}, version = ?, updated_at = ? WHERE id = ?",
+        (*values, version, at, job_id),
+    )
     conn.execute(CHECKPOINT, (position,))
 
 
@@ -102,22 +163,43 @@ def claim(conn: apsw.Connection, worker_id: str, lease: float = 300.0) -> str | 
         return None
     job_id = found[0]
     data = _enc.encode({"type": "claimed", "worker_id": worker_id, "lease_expires_at": until})
-    _append_update(conn, job_id, "claimed", data, at,
-                   "status = 'running', worker_id = ?, started_at = ?, lease_expires_at = ?, "
-                   "attempts = attempts + 1, lease_seconds = ?", (worker_id, at, to_db(until), lease))  # fmt: skip
+    _append_update(
+        conn,
+        job_id,
+        "claimed",
+        data,
+        at,
+        "status = 'running', worker_id = ?, started_at = ?, lease_expires_at = ?, "
+        "attempts = attempts + 1, lease_seconds = ?",
+        (worker_id, at, to_db(until), lease),
+    )
     conn.execute("COMMIT")
     return job_id  # type: ignore[no-any-return]
 
 
 def complete(conn: apsw.Connection, job_id: str, summary: str) -> None:
     at = _now()
-    data = _enc.encode({"type": "completed", "summary": summary, "result_status": "success",
-                        "cost_cents": 1.0, "duration_seconds": 1})  # fmt: skip
+    data = _enc.encode(
+        {
+            "type": "completed",
+            "summary": summary,
+            "result_status": "success",
+            "cost_cents": 1.0,
+            "duration_seconds": 1,
+        }
+    )
     conn.execute("BEGIN IMMEDIATE")
-    _append_update(conn, job_id, "completed", data, at,
-                   "status = 'completed', completed_at = ?, lease_expires_at = NULL, "
-                   "result_summary = ?, result_status = 'success', cost_cents = 1.0, "
-                   "duration_seconds = 1, error_message = NULL", (at, summary))  # fmt: skip
+    _append_update(
+        conn,
+        job_id,
+        "completed",
+        data,
+        at,
+        "status = 'completed', completed_at = ?, lease_expires_at = NULL, "
+        "result_summary = ?, result_status = 'success', cost_cents = 1.0, "
+        "duration_seconds = 1, error_message = NULL",
+        (at, summary),
+    )
     conn.execute("COMMIT")
 
 
@@ -169,12 +251,34 @@ def replay(conn: apsw.Connection, schema: list[str]) -> int:
         count += 1
         last = position
         if kind == "created":
-            rows[job_id] = [job_id, e["chat_id"], e.get("thread_id"), e.get("user_id"),
-                            _enc.encode(e["config"]).decode(), "pending", None, None, None, None,
-                            None, None, None, None, at, at, ver, e.get("queue", "default"),
-                            e.get("priority", 0), e.get("run_at") or at, 0,
-                            e.get("max_attempts", 1), None, e.get("idempotency_key"), position,
-                            None]  # fmt: skip
+            rows[job_id] = [
+                job_id,
+                e["chat_id"],
+                e.get("thread_id"),
+                e.get("user_id"),
+                _enc.encode(e["config"]).decode(),
+                "pending",
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                at,
+                at,
+                ver,
+                e.get("queue", "default"),
+                e.get("priority", 0),
+                e.get("run_at") or at,
+                0,
+                e.get("max_attempts", 1),
+                None,
+                e.get("idempotency_key"),
+                position,
+                None,
+            ]
             continue
         row = rows[job_id]
         row[version] = ver

@@ -152,5 +152,3 @@ def test_claim_vs_finished(  # type: ignore[no-untyped-def]
         conn = raw.connect(str(target), "normal")
         benchmark.pedantic(lambda: raw.claim(conn, "w"), rounds=rounds, iterations=1)
         conn.close()
-
-

@@ -432,6 +432,14 @@ class Ledger(EventReader):
         statement = q.list_statement(status is not None, chat_id is not None, queue is not None)
         return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, statement, params))
 
+    def count_jobs(self, *, status: str | None = None, queue: str | None = None) -> int:
+        """How many jobs there are, optionally of one status and queue."""
+        status = None if status is None else _status(status)
+        check.text("queue", queue, optional=True)
+        statement = q.count_statement(status is not None, queue is not None)
+        params = [p for p in (status, queue) if p is not None]
+        return self._read("counting jobs", lambda: int(self._conn.execute(statement, params).get))
+
     def stats(self) -> Stats:
         """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
         now = self.now()

@@ -160,7 +160,12 @@ def _completed(row: Row, e: ev.JobCompleted, at: str) -> Row:
 
 
 def _failed(row: Row, e: ev.JobFailed, at: str) -> Row:
-    return {"status": _FAILED, "completed_at": at, "lease_expires_at": None, "error_message": e.error}
+    return {
+        "status": _FAILED,
+        "completed_at": at,
+        "lease_expires_at": None,
+        "error_message": e.error,
+    }
 
 
 def _retry_scheduled(row: Row, e: ev.RetryScheduled, at: str) -> Row:
@@ -275,7 +280,7 @@ class JobsWriter:
         if job_id in self._rows:
             return self._rows[job_id]
         values = self._conn.execute(select_row_statement, (job_id,)).fetchone()
-        row = None if values is None else dict(zip(COLUMNS, values))
+        row = None if values is None else dict(zip(COLUMNS, values, strict=True))
         self._rows[job_id] = row
         return row
 

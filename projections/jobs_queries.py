@@ -150,6 +150,11 @@ def list_statement(status: bool, chat: bool, queue: bool) -> str:
     return f"{_SELECT}{clause} ORDER BY created_at DESC, created_position DESC LIMIT ?"
 
 
+def count_statement(status: bool, queue: bool) -> str:
+    where = [c for c, on in (("status = ?", status), ("queue = ?", queue)) if on]
+    return "SELECT count(*) FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
+
+
 stats_counts_statement = (
     "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue ORDER BY 1, 2"
 )
