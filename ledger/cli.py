@@ -297,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("jobs", cmd_jobs, "list jobs, newest first")
-    p.add_argument("--status", choices=[s.value for s in JobStatus])
-    p.add_argument("--chat", type=int, metavar="ID")
-    p.add_argument("--queue", metavar="Q")
-    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument("--status", choices=[s.value for s in JobStatus], help="only this status")
+    p.add_argument("--chat", type=int, metavar="ID", help="only this chat's jobs")
+    p.add_argument("--queue", metavar="Q", help="only this queue")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N jobs (50)")
 
     p = command("show", cmd_show, "one job and its whole event history")
     p.add_argument("job_id", metavar="JOB_ID", help="the id or a unique prefix of it")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("export", cmd_export, "write the log as JSON lines to stdout", json=False)
-    p.add_argument("--after", type=int, default=0, metavar="POS")
+    p.add_argument("--after", type=int, default=0, metavar="POS", help="only events after POS")
 
     p = command(
         "import", cmd_import, "load exported JSON lines into a new or empty ledger, then replay"
@@ -351,9 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("handler", metavar="MODULE:FUNCTION")
     p.add_argument("--queue", action="append", metavar="Q", help="only this queue (repeatable)")
-    p.add_argument("--worker-id", metavar="ID")
-    p.add_argument("--lease", type=float, default=300.0, metavar="SECONDS")
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--worker-id", metavar="ID", help="default: host:pid:random")
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="lease per claim, kept alive by heartbeats (300)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="wait between claims when idle (1)",
+    )
     p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs")
     p.add_argument("--stop-when-idle", action="store_true", help="stop when nothing is claimable")
     p.add_argument(
@@ -372,6 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--db", default=None, metavar="PATH", help="demo file (default ./demo.db)")
     return parser
+
+
+def cli_reference() -> str:
+    """The README's CLI reference, rendered from the parser itself (a test keeps them equal)."""
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; fix it for a stable text
+    parser = build_parser()
+    parts = ["```", parser.format_help().rstrip(), "```"]
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+        for name, sub in action.choices.items():
+            parts += ["", f"#### `ledger {name}`", "```", sub.format_help().rstrip(), "```"]
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
