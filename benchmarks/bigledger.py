@@ -56,14 +56,14 @@ def _finished_then_pending(i: int, finished: int) -> list[ev.Event]:
     return [created, ev.JobCancelled()] if i < finished else [created]
 
 
-def _rows(jobs: int, make) -> Iterator[tuple[str, int, str, bytes, str]]:  # type: ignore[no-untyped-def]
+def _rows(jobs: int, make) -> Iterator[tuple[str, int, str, str, str]]:  # type: ignore[no-untyped-def]
     moment = BASE
     step = timedelta(milliseconds=1)
     for i in range(jobs):
         job_id = str(uuid.UUID(int=i + 1, version=4))
         for version, event in enumerate(make(i), start=1):
             moment += step
-            yield job_id, version, ev.tag_of(event), ev.encode(event), to_db(moment)
+            yield job_id, version, ev.tag_of(event), ev.encode_text(event), to_db(moment)
 
 
 def build(path: Path, jobs: int, make) -> Path:  # type: ignore[no-untyped-def]
@@ -88,12 +88,12 @@ def build(path: Path, jobs: int, make) -> Path:  # type: ignore[no-untyped-def]
 
 
 def big_ledger(directory: Path, jobs: int, chats: int) -> Path:
-    return build(directory / f"big-{jobs}-{chats}.db", jobs, lambda i: _job_events(i, chats))
+    return build(directory / f"big-v2-{jobs}-{chats}.db", jobs, lambda i: _job_events(i, chats))
 
 
 def finished_ledger(directory: Path, finished: int, pending: int) -> Path:
     return build(
-        directory / f"finished-{finished}-{pending}.db",
+        directory / f"finished-v2-{finished}-{pending}.db",
         finished + pending,
         lambda i: _finished_then_pending(i, finished),
     )

@@ -51,7 +51,7 @@ def _now() -> str:
 def create_job(conn: apsw.Connection, chat_id: int, config: Any) -> str:
     job_id = str(uuid.uuid4())
     at = _now()
-    data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config})
+    data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config}).decode()
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
     position = conn.last_insert_rowid()
@@ -97,7 +97,7 @@ def create_jobs(conn: apsw.Connection, specs: list[tuple[int, Any]]) -> list[str
     conn.execute("BEGIN IMMEDIATE")
     for chat_id, config in specs:
         job_id = str(uuid.uuid4())
-        data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config})
+        data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config}).decode()
         conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
         position = conn.last_insert_rowid()
         conn.execute(
@@ -162,7 +162,9 @@ def claim(conn: apsw.Connection, worker_id: str, lease: float = 300.0) -> str | 
         conn.execute("COMMIT")
         return None
     job_id = found[0]
-    data = _enc.encode({"type": "claimed", "worker_id": worker_id, "lease_expires_at": until})
+    data = _enc.encode(
+        {"type": "claimed", "worker_id": worker_id, "lease_expires_at": until}
+    ).decode()
     _append_update(
         conn,
         job_id,
@@ -187,7 +189,7 @@ def complete(conn: apsw.Connection, job_id: str, summary: str) -> None:
             "cost_cents": 1.0,
             "duration_seconds": 1,
         }
-    )
+    ).decode()
     conn.execute("BEGIN IMMEDIATE")
     _append_update(
         conn,
@@ -205,7 +207,7 @@ def complete(conn: apsw.Connection, job_id: str, summary: str) -> None:
 
 def log_event(conn: apsw.Connection, job_id: str, kind: str, payload: Any) -> None:
     at = _now()
-    data = _enc.encode({"type": kind, "payload": payload})
+    data = _enc.encode({"type": kind, "payload": payload}).decode()
     conn.execute("BEGIN IMMEDIATE")
     row = conn.execute(SELECT_JOB, (job_id,)).fetchone()
     version = row[16] + 1

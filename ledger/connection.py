@@ -41,7 +41,6 @@ def wrap_sqlite_error(e: apsw.Error, doing: str) -> LedgerError:
 def connect(
     path: str,
     *,
-    durability: Durability = "full",
     readonly: bool = False,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
 ) -> apsw.Connection:
@@ -57,9 +56,6 @@ def connect(
         raise wrap_sqlite_error(e, f"opening {path}") from e
     try:
         conn.set_busy_timeout(busy_timeout_ms)
-        if not readonly:
-            _set_wal(conn)
-            conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
         conn.execute("PRAGMA foreign_keys=ON")
     except apsw.Error as e:
         conn.close()
@@ -67,9 +63,12 @@ def connect(
     return conn
 
 
-def _set_wal(conn: apsw.Connection) -> None:
+def configure_writer(conn: apsw.Connection, durability: Durability) -> None:
+    """WAL and the durability level. Separate from `connect` because switching to WAL rewrites
+    the file header: it must only happen once the file is known to be a ledger (or empty)."""
     # Readers never block the writer and vice versa; ":memory:" answers "memory", which is fine.
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
 
 
 def _rollback(conn: apsw.Connection) -> None:

@@ -27,7 +27,7 @@ from . import decide, rebuild, store
 from . import events as ev
 from . import validate as check
 from .backoff import RetryPolicy
-from .connection import Durability, connect, run_write
+from .connection import Durability, configure_writer, connect, run_write
 from .errors import ConcurrencyError, InvalidArgument, JobNotFound
 from .model import ACTIVITY_TYPES, EventType, Job, JobStatus
 from .reads import EventReader
@@ -132,13 +132,13 @@ class Ledger(EventReader):
         self._jobs = JobsProjection()
         self._projections: tuple[Projection, ...] = (self._jobs,)
         timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
-        self._conn = connect(
-            path, durability=durability, readonly=readonly, busy_timeout_ms=timeout_ms
-        )
+        self._conn = connect(path, readonly=readonly, busy_timeout_ms=timeout_ms)
         try:
             if readonly:
                 self._read("opening the ledger", lambda: store.check_schema(self._conn))
             else:
+                self._read("opening the ledger", lambda: store.check_openable(self._conn))
+                self._read("opening the ledger", lambda: configure_writer(self._conn, durability))
                 run_write(self._conn, f"opening {path}", self._initialize)
         except BaseException:
             self._conn.close()

@@ -140,6 +140,12 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_text(event: Event) -> str:
+    """The stored form: JSON as TEXT, so ``json_extract(data, '$.x')`` works in the sqlite3
+    shell (SQLite reads a BLOB argument as its binary JSONB format instead)."""
+    return _encoder.encode(event).decode()
+
+
 def decode(position: int, event_type: str, data: bytes | str) -> AnyEvent:
     """Decode one stored event, raising `CorruptEvent` naming its position when it cannot be."""
     try:

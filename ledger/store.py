@@ -51,8 +51,9 @@ count_statement = "SELECT count(*) FROM events"
 job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"
 
 
-def initialize_schema(conn: apsw.Connection) -> None:
-    """Create or check the store's tables; call inside a write transaction."""
+def check_openable(conn: apsw.Connection) -> None:
+    """Refuse, before anything is written, a file that is another app's database or a ledger
+    from a newer release. An empty file (a new ledger) passes."""
     app_id = conn.execute("PRAGMA application_id").get
     user_version = conn.execute("PRAGMA user_version").get
     has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").get > 0
@@ -66,6 +67,13 @@ def initialize_schema(conn: apsw.Connection) -> None:
             f"this ledger was written by a newer release (store schema {user_version}, this code "
             f"knows up to {STORE_SCHEMA_VERSION}); upgrade the jobledger package"
         )
+
+
+def initialize_schema(conn: apsw.Connection) -> None:
+    """Create the store's tables if needed; call inside a write transaction."""
+    check_openable(conn)
+    app_id = conn.execute("PRAGMA application_id").get
+    user_version = conn.execute("PRAGMA user_version").get
     for statement in schema_statements:
         conn.execute(statement)
     if app_id == 0:
@@ -101,7 +109,8 @@ def append(
         version += 1
         try:
             conn.execute(
-                insert_statement, (job_id, version, ev.tag_of(event), ev.encode(event), recorded_at)
+                insert_statement,
+                (job_id, version, ev.tag_of(event), ev.encode_text(event), recorded_at),
             )
         except apsw.ConstraintError as e:
             actual = conn.execute(job_version_statement, (job_id,)).get

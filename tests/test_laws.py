@@ -163,3 +163,15 @@ def test_default_durability_is_wal_and_synchronous_full(db_path: str) -> None:
         assert ledger._conn.execute("PRAGMA synchronous").get == 2  # FULL
     with Ledger(db_path, durability="normal") as fast:
         assert fast._conn.execute("PRAGMA synchronous").get == 1  # NORMAL
+
+
+def test_the_log_is_readable_with_plain_sql(ledger: Ledger) -> None:
+    job_id = ledger.create_job(9, {"role": "coder"})
+    ledger.log_event(job_id, "tool_call", {"tool": "grep"})
+    conn = apsw.Connection(ledger.path, flags=apsw.SQLITE_OPEN_READONLY)
+    rows = conn.execute(
+        "SELECT type, json_extract(data, '$.chat_id'), json_extract(data, '$.payload.tool') "
+        "FROM events ORDER BY position"
+    ).fetchall()
+    conn.close()
+    assert rows == [("created", 9, None), ("tool_call", None, "grep")]
