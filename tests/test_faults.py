@@ -95,7 +95,7 @@ def test_read_only_database_is_a_clear_error(db_path: str) -> None:
             lambda: reader.replay(),
         ]
         for call in calls:
-            with pytest.raises(LedgerError, match="read-only|readonly"):
+            with pytest.raises(LedgerError, match=r"read-only|readonly"):
                 call()
     assert snapshot(db_path) == before
 
