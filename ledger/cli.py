@@ -391,9 +391,10 @@ def cli_reference() -> str:
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; fix it for a stable text
     parser = build_parser()
     parts = ["```", parser.format_help().rstrip(), "```"]
-    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
-        for name, sub in action.choices.items():
-            parts += ["", f"#### `ledger {name}`", "```", sub.format_help().rstrip(), "```"]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                parts += ["", f"#### `ledger {name}`", "```", sub.format_help().rstrip(), "```"]
     return "\n".join(parts)
 
 
