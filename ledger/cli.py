@@ -388,14 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_reference() -> str:
     """The README's CLI reference, rendered from the parser itself (a test keeps them equal)."""
+    saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal; fix it for a stable text
-    parser = build_parser()
-    parts = ["```", parser.format_help().rstrip(), "```"]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                parts += ["", f"#### `ledger {name}`", "```", sub.format_help().rstrip(), "```"]
-    return "\n".join(parts)
+    try:
+        parser = build_parser()
+        parts = ["```", parser.format_help().rstrip(), "```"]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    parts += ["", f"#### `ledger {name}`", "```", sub.format_help().rstrip(), "```"]
+        return "\n".join(parts)
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:

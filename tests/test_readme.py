@@ -1,0 +1,32 @@
+"""The README stays true: its set-up commands, and a CLI reference equal to ``--help``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ledger.cli import cli_reference
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+CI = Path(__file__).resolve().parent.parent / ".ci" / "run"
+TEST_COMMAND = "python -m pip install -e '.[test]' && python -m pytest"
+START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
+
+
+def test_first_screen_has_the_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    first_screen = "\n".join(README.read_text().splitlines()[:20])
+    assert "python -m pip install . && python -m ledger demo" in first_screen
+    assert TEST_COMMAND in first_screen
+    assert TEST_COMMAND in CI.read_text()
+
+
+def test_cli_reference_matches_help() -> None:
+    text = README.read_text()
+    expected = f"{START}\n{cli_reference()}\n{END}"
+    current = re.search(re.escape(START) + ".*?" + re.escape(END), text, re.S)
+    assert current is not None
+    if os.environ.get("LEDGER_UPDATE_README") == "1":
+        README.write_text(text.replace(current.group(0), expected))
+        return
+    assert current.group(0) == expected, "README CLI reference is stale: LEDGER_UPDATE_README=1"
