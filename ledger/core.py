@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import apsw
+import msgspec
 
 from projections import JobsProjection, Projection
 from projections import jobs_queries as q
@@ -55,14 +56,22 @@ _CREATE_KEYS = frozenset(
 
 
 class _Command:
-    """One write transaction's working state; projections see every appended event at once."""
+    """One write transaction's working state; projections see every appended event at once.
 
-    def __init__(self, conn: apsw.Connection, now: datetime, others: Sequence[Projection]) -> None:
+    This is every command's hot path, so it stays lean: slots, no per-call lists when there
+    are no extra projections, the row handed along instead of looked up twice."""
+
+    __slots__ = ("_last", "_names", "_others", "at", "conn", "jobs", "now")
+
+    def __init__(
+        self, conn: apsw.Connection, now: datetime, others: Sequence[Projection], names: Sequence[str]
+    ) -> None:
         self.conn = conn
         self.now = now
         self.at = to_db(now)
         self.jobs = JobsWriter(conn)
-        self._others = [p.writer(conn) for p in others]
+        self._others = [p.writer(conn) for p in others] if others else ()
+        self._names = names
         self._last = 0
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -76,13 +85,17 @@ class _Command:
         job_id: str,
         events: Sequence[ev.Event],
         expected_version: int | None = None,
+        *,
         new: bool = False,
+        row: dict[str, Any] | None = None,
     ) -> None:
+        """Append to one job's stream and apply to every projection. ``row``: the job's row if
+        the caller already holds it; ``new``: the job does not exist yet."""
         if new:
             self.jobs.mark_absent(job_id)  # a fresh uuid: no need to look the row up
             version = 0
         else:
-            version = self.job(job_id)["version"]
+            version = (row or self.job(job_id))["version"]
         if expected_version is not None and expected_version != version:
             raise ConcurrencyError(job_id, expected_version, version)
         apply = self.jobs.apply
@@ -92,13 +105,13 @@ class _Command:
                 writer.apply(stored)
             self._last = stored.position
 
-    def finish(self, projections: Sequence[Projection]) -> None:
+    def finish(self) -> None:
         self.jobs.flush()
         for writer in self._others:
             writer.flush()
         if self._last:
-            for projection in projections:
-                advance_checkpoint(self.conn, projection.name, self._last)
+            for name in self._names:
+                advance_checkpoint(self.conn, name, self._last)
 
 
 class Ledger(EventReader):
@@ -131,6 +144,8 @@ class Ledger(EventReader):
         self._lock = threading.RLock()
         self._jobs = JobsProjection()
         self._projections: tuple[Projection, ...] = (self._jobs,)
+        self._others = self._projections[1:]  # written beside jobs by every command
+        self._names = tuple(p.name for p in self._projections)
         timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
         self._conn = connect(path, readonly=readonly, busy_timeout_ms=timeout_ms)
         try:
@@ -170,9 +185,9 @@ class Ledger(EventReader):
         now = check_aware("clock()", self._clock())
 
         def work() -> _T:
-            command = _Command(self._conn, now, self._projections[1:])
+            command = _Command(self._conn, now, self._others, self._names)
             result = step(command)
-            command.finish(self._projections)
+            command.finish()
             return result
 
         with self._lock:
@@ -244,7 +259,7 @@ class Ledger(EventReader):
                 return None
             row = c.job(found[0])
             until = decide.lease_until(c.now, lease_seconds)
-            c.append(found[0], decide.claim(row, worker_id, until))
+            c.append(found[0], decide.claim(row, worker_id, until), row=row)
             return q.row_dict_to_job(row)
 
         return self._write("claiming a job", step)
@@ -262,7 +277,8 @@ class Ledger(EventReader):
         def step(c: _Command) -> None:
             row = c.job(job_id)
             length = lease_seconds or row["lease_seconds"] or DEFAULT_LEASE
-            c.append(job_id, decide.heartbeat(row, worker_id, decide.lease_until(c.now, length)))
+            until = decide.lease_until(c.now, length)
+            c.append(job_id, decide.heartbeat(row, worker_id, until), row=row)
 
         self._write("recording a heartbeat", step)
 
@@ -292,7 +308,7 @@ class Ledger(EventReader):
                 started = datetime.fromisoformat(row["started_at"] or c.at)
                 duration = max(0, round((c.now - started).total_seconds()))
             events = decide.complete(row, worker_id, summary, result_status, cost, duration)
-            c.append(job_id, events)
+            c.append(job_id, events, row=row)
 
         self._write("completing a job", step)
 
@@ -310,7 +326,7 @@ class Ledger(EventReader):
         def step(c: _Command) -> None:
             row = c.job(job_id)
             events = decide.fail(row, worker_id, error, retry, c.now, self._retry_policy, self._rng)
-            c.append(job_id, events)
+            c.append(job_id, events, row=row)
 
         self._write("failing a job", step)
 
@@ -351,12 +367,13 @@ class Ledger(EventReader):
         conditional: `ConcurrencyError` when the job moved on."""
         check.text("job_id", job_id)
         event_type = _activity_type(type)
-        check.json_value("payload", payload)
+        # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
+        encoded = msgspec.Raw(check.json_bytes("payload", payload))
         check.integer("expected_version", expected_version, minimum=0, optional=True)
 
         def step(c: _Command) -> int:
             row = c.job(job_id)
-            c.append(job_id, decide.log(row, event_type, payload), expected_version)
+            c.append(job_id, decide.log(row, event_type, encoded), expected_version, row=row)
             return int(row["version"])
 
         return self._write("logging an event", step)

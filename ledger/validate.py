@@ -59,6 +59,12 @@ def finite(name: str, value: Any) -> float:
 
 def json_value(name: str, value: Any) -> Any:
     """Check that msgspec can store ``value`` as JSON without changing it silently."""
+    json_bytes(name, value)
+    return value
+
+
+def json_bytes(name: str, value: Any) -> bytes:
+    """`json_value`, returning the encoding so the caller need not encode twice."""
     try:
         encoded = _encoder.encode(value)
     except RecursionError as e:
@@ -75,7 +81,7 @@ def json_value(name: str, value: Any) -> Any:
     # refuse instead. Only values that encoded a null can hold one, so the walk is rare.
     if b"null" in encoded and _has_non_finite(value):
         raise InvalidArgument(name, value, "contains NaN or infinity, which JSON cannot hold")
-    return value
+    return encoded
 
 
 def _has_non_finite(value: Any) -> bool:

@@ -272,7 +272,7 @@ class JobsWriter:
         self._conn = conn
         self._rows: dict[str, Row | None] = {}
         self._new: dict[str, None] = {}  # insertion-ordered: same rowids on every replay
-        self._dirty: dict[str, dict[str, None]] = {}
+        self._dirty: dict[str, Row] = {}  # job -> changed columns (keys)
         self._max_cached = max_cached
 
     def load(self, job_id: str) -> Row | None:
@@ -298,7 +298,11 @@ class JobsWriter:
         else:
             row.update(changes)
             if job_id not in self._new:
-                self._dirty.setdefault(job_id, {}).update(dict.fromkeys(changes))
+                dirty = self._dirty.get(job_id)
+                if dirty is None:
+                    self._dirty[job_id] = changes  # only its keys matter: values come from row
+                else:
+                    dirty.update(changes)
         if len(self._rows) >= self._max_cached:
             self.flush()
 
