@@ -63,19 +63,23 @@ def table(data: dict) -> str:  # type: ignore[type-arg]
             label = f"{label} (N={bench['params']['finished']:,})"
         groups.setdefault(label, {})[impl] = bench
     lines = [
-        "| group | ledger median | ledger ops/s | raw ops/s | ratio | items/s (ledger) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| group | ledger median | ledger ops/s | raw ops/s | ratio | ratio, interleaved "
+        "| items/s (ledger) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label in sorted(groups):
         pair = groups[label]
         if "ledger" not in pair or "raw" not in pair:
             continue
         led, raw = pair["ledger"]["stats"]["median"], pair["raw"]["stats"]["median"]
-        items = pair["ledger"].get("extra_info", {}).get("items", 1)
+        extra = pair["ledger"].get("extra_info", {})
+        items = extra.get("items", 1)
+        paired = extra.get("paired_raw_median")
+        interleaved = "-" if paired is None else f"{paired / led:.2f}"
         shown = f"{led * 1e3:.3f} ms" if led < 1 else f"{led:.2f} s"
         lines.append(
             f"| {label} | {shown} | {1 / led:,.0f} | {1 / raw:,.0f} | {raw / led:.2f} "
-            f"| {items / led:,.0f} |"
+            f"| {interleaved} | {items / led:,.0f} |"
         )
     return "\n".join(lines)
 
