@@ -48,44 +48,24 @@ def _now() -> str:
     return to_db(datetime.now(UTC))
 
 
-def create_job(conn: apsw.Connection, chat_id: int, config: Any) -> str:
+def _insert_created(conn: apsw.Connection, chat_id: int, config: Any, at: str) -> tuple[str, int]:
     job_id = str(uuid.uuid4())
-    at = _now()
     data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config}).decode()
-    conn.execute("BEGIN IMMEDIATE")
     conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
     position = conn.last_insert_rowid()
-    conn.execute(
-        INSERT_JOB,
-        (
-            job_id,
-            chat_id,
-            None,
-            None,
-            _enc.encode(config).decode(),
-            "pending",
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            at,
-            at,
-            1,
-            "default",
-            0,
-            at,
-            0,
-            1,
-            None,
-            None,
-            position,
-            None,
-        ),
-    )
+    # fmt: off
+    conn.execute(INSERT_JOB, (
+        job_id, chat_id, None, None, _enc.encode(config).decode(), "pending", None, None, None,
+        None, None, None, None, None, at, at, 1, "default", 0, at, 0, 1, None, None, position, None,
+    ))
+    # fmt: on
+    return job_id, position
+
+
+def create_job(conn: apsw.Connection, chat_id: int, config: Any) -> str:
+    at = _now()
+    conn.execute("BEGIN IMMEDIATE")
+    job_id, position = _insert_created(conn, chat_id, config, at)
     conn.execute(CHECKPOINT, (position,))
     conn.execute("COMMIT")
     return job_id
@@ -94,43 +74,10 @@ def create_job(conn: apsw.Connection, chat_id: int, config: Any) -> str:
 def create_jobs(conn: apsw.Connection, specs: list[tuple[int, Any]]) -> list[str]:
     at = _now()
     ids = []
+    position = 0
     conn.execute("BEGIN IMMEDIATE")
     for chat_id, config in specs:
-        job_id = str(uuid.uuid4())
-        data = _enc.encode({"type": "created", "chat_id": chat_id, "config": config}).decode()
-        conn.execute(INSERT_EVENT, (job_id, 1, "created", data, at))
-        position = conn.last_insert_rowid()
-        conn.execute(
-            INSERT_JOB,
-            (
-                job_id,
-                chat_id,
-                None,
-                None,
-                _enc.encode(config).decode(),
-                "pending",
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                at,
-                at,
-                1,
-                "default",
-                0,
-                at,
-                0,
-                1,
-                None,
-                None,
-                position,
-                None,
-            ),
-        )
+        job_id, position = _insert_created(conn, chat_id, config, at)
         ids.append(job_id)
     conn.execute(CHECKPOINT, (position,))
     conn.execute("COMMIT")

@@ -24,35 +24,19 @@ from projections import jobs_queries as q
 from projections.base import advance_checkpoint, checkpoint_schema_statement
 from projections.jobs import JobsWriter
 
-from . import decide, rebuild, store
+from . import arguments, decide, rebuild, store
 from . import events as ev
 from . import validate as check
 from .backoff import RetryPolicy
 from .connection import Durability, configure_writer, connect, run_write
 from .errors import ConcurrencyError, InvalidArgument, JobNotFound
-from .model import ACTIVITY_TYPES, EventType, Job, JobStatus
-from .reads import EventReader
-from .stats import Stats
-from .stats import collect as collect_stats
-from .summary import format_summary
+from .model import EventType, Job
+from .reads import LedgerReads
 from .timeutil import Clock, check_aware, seconds, system_clock, to_db
 from .transfer import export_lines, import_lines
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
-_CREATE_KEYS = frozenset(
-    {
-        "chat_id",
-        "config",
-        "thread_id",
-        "user_id",
-        "queue",
-        "priority",
-        "run_at",
-        "max_attempts",
-        "idempotency_key",
-    }
-)
 
 
 class _Command:
@@ -64,7 +48,11 @@ class _Command:
     __slots__ = ("_last", "_names", "_others", "at", "conn", "jobs", "now")
 
     def __init__(
-        self, conn: apsw.Connection, now: datetime, others: Sequence[Projection], names: Sequence[str]
+        self,
+        conn: apsw.Connection,
+        now: datetime,
+        others: Sequence[Projection],
+        names: Sequence[str],
     ) -> None:
         self.conn = conn
         self.now = now
@@ -114,7 +102,7 @@ class _Command:
                 advance_checkpoint(self.conn, name, self._last)
 
 
-class Ledger(EventReader):
+class Ledger(LedgerReads):
     """A durable record of jobs and everything that happened to them, in one SQLite file.
 
     Safe to share between threads (calls are serialised on the connection) and between processes
@@ -176,9 +164,6 @@ class Ledger(EventReader):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def now(self) -> datetime:
-        return check_aware("clock()", self._clock())
-
     # -- the seam ----------------------------------------------------------------------------
 
     def _write(self, doing: str, step: Callable[[_Command], _T]) -> _T:
@@ -210,7 +195,7 @@ class Ledger(EventReader):
     ) -> str:
         """Record a new pending job and return its id. With an ``idempotency_key`` already used,
         return the first job's id and write nothing."""
-        created = _created_event(
+        created = arguments.created_event(
             dict(
                 chat_id=chat_id,
                 config=config,
@@ -228,7 +213,7 @@ class Ledger(EventReader):
     def create_jobs(self, specs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Create many jobs in one transaction (all or none); each spec holds `create_job`'s
         arguments by name."""
-        events = [_created_event(_spec(i, spec)) for i, spec in enumerate(specs)]
+        events = [arguments.created_event(arguments.spec(i, spec)) for i, spec in enumerate(specs)]
 
         def step(c: _Command) -> list[str]:
             batch: dict[str, str] = {}
@@ -247,7 +232,7 @@ class Ledger(EventReader):
         lease, rescuing expired leases first; None when nothing is claimable now."""
         check.text("worker_id", worker_id, nonempty=True)
         lease_seconds = seconds("lease", lease)
-        queue_list = _queues(queues)
+        queue_list = arguments.queues(queues)
 
         def step(c: _Command) -> Job | None:
             if _rescue(c, batch=True):
@@ -366,7 +351,7 @@ class Ledger(EventReader):
         running job; returns the job's new version. ``expected_version`` makes the append
         conditional: `ConcurrencyError` when the job moved on."""
         check.text("job_id", job_id)
-        event_type = _activity_type(type)
+        event_type = arguments.activity_type(type)
         # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
         encoded = msgspec.Raw(check.json_bytes("payload", payload))
         check.integer("expected_version", expected_version, minimum=0, optional=True)
@@ -382,85 +367,7 @@ class Ledger(EventReader):
         """Requeue (or fail, with no attempts left) every running job whose lease ran out."""
         return self._write("rescuing expired leases", lambda c: _rescue(c, batch=False))
 
-    # -- queries -----------------------------------------------------------------------------
-
-    def get_job(self, job_id: str) -> Job | None:
-        check.text("job_id", job_id)
-        return self._read("reading a job", lambda: q.fetch_job(self._conn, job_id))
-
-    def find_job(self, prefix: str) -> Job:
-        """The job whose id is ``prefix`` or starts with it (like a short git hash)."""
-        check.text("prefix", prefix, nonempty=True)
-        job = self.get_job(prefix)
-        if job is not None:
-            return job
-        ids = self._read("finding a job", lambda: q.find_by_prefix(self._conn, prefix))
-        if len(ids) != 1:
-            if ids:
-                raise InvalidArgument("job id", prefix, "ambiguous prefix; give more characters")
-            raise JobNotFound(prefix)
-        return self.get_job(ids[0])  # type: ignore[return-value]
-
-    def pending_jobs(self, limit: int = 100) -> list[Job]:
-        """Pending jobs, oldest first."""
-        n = check.limit(limit)
-        return self._read(
-            "listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,))
-        )
-
-    def running_jobs(self) -> list[Job]:
-        """Running jobs, longest-running first."""
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.running_statement))
-
-    def jobs_for_chat(self, chat_id: int, limit: int = 100) -> list[Job]:
-        """A chat's jobs, newest first."""
-        check.integer("chat_id", chat_id)
-        params = (chat_id, check.limit(limit))
-        return self._read(
-            "listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params)
-        )
-
-    def active_jobs_summary(self, chat_id: int) -> str:
-        """Running jobs and the three latest finished ones of a chat, as text for an LLM."""
-        check.integer("chat_id", chat_id)
-        now = self.now()
-
-        def query() -> str:
-            running = q.fetch_jobs(self._conn, q.running_for_chat_statement, (chat_id,))
-            recent = q.fetch_jobs(self._conn, q.recent_finished_for_chat_statement, (chat_id, 3))
-            return format_summary(now, running, recent)
-
-        return self._read("summarising jobs", query)
-
-    def jobs(
-        self,
-        *,
-        status: str | None = None,
-        chat_id: int | None = None,
-        queue: str | None = None,
-        limit: int = 50,
-    ) -> list[Job]:
-        """Jobs newest first, optionally of one status, chat and queue."""
-        if status is not None:
-            status = _status(status)
-        check.integer("chat_id", chat_id, optional=True)
-        check.text("queue", queue, optional=True)
-        params = [p for p in (status, chat_id, queue) if p is not None] + [check.limit(limit)]
-        statement = q.list_statement(status is not None, chat_id is not None, queue is not None)
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, statement, params))
-
-    def count_jobs(self, *, status: str | None = None, queue: str | None = None) -> int:
-        """How many jobs there are, optionally of one status and queue."""
-        status = None if status is None else _status(status)
-        check.text("queue", queue, optional=True)
-        statement = q.count_statement(status is not None, queue is not None)
-        params = [p for p in (status, queue) if p is not None]
-        return self._read("counting jobs", lambda: int(self._conn.execute(statement, params).get))
-
-    def stats(self) -> Stats:
-        """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
-        now = self.now()
-        return self._read("collecting stats", lambda: collect_stats(self._conn, now))
+    # -- export and import ------------------------------------------------------------------
 
     def export_events(self, after: int = 0) -> Iterator[bytes]:
         """The log after ``after`` as JSON lines (bytes, no newline), read from one snapshot."""
@@ -504,44 +411,6 @@ class Ledger(EventReader):
         return self._read("verifying", lambda: rebuild.verify(self._conn, self._projections))
 
 
-def _created_event(args: dict[str, Any]) -> ev.JobCreated:
-    run_at = args["run_at"]
-    return ev.JobCreated(
-        chat_id=check.integer("chat_id", args["chat_id"]),
-        config=check.json_value("config", args["config"]),
-        thread_id=check.integer("thread_id", args["thread_id"], optional=True),
-        user_id=check.text("user_id", args["user_id"], optional=True),
-        queue=check.text("queue", args["queue"], nonempty=True),
-        priority=check.integer("priority", args["priority"]),
-        run_at=None if run_at is None else check_aware("run_at", run_at),
-        max_attempts=check.integer("max_attempts", args["max_attempts"], minimum=1),
-        idempotency_key=check.text(
-            "idempotency_key", args["idempotency_key"], optional=True, nonempty=True
-        ),
-    )
-
-
-def _spec(index: int, spec: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(spec, Mapping):
-        raise InvalidArgument(f"specs[{index}]", spec, "expected a dict of create_job arguments")
-    unknown = set(spec) - _CREATE_KEYS
-    if unknown:
-        raise InvalidArgument(f"specs[{index}]", sorted(unknown), "unknown create_job arguments")
-    for required in ("chat_id", "config"):
-        if required not in spec:
-            raise InvalidArgument(f"specs[{index}]", spec, f"missing {required!r}")
-    defaults = dict(
-        thread_id=None,
-        user_id=None,
-        queue="default",
-        priority=0,
-        run_at=None,
-        max_attempts=1,
-        idempotency_key=None,
-    )
-    return defaults | dict(spec)
-
-
 def _create(c: _Command, created: ev.JobCreated, batch: dict[str, str]) -> str:
     key = created.idempotency_key
     if key is not None:
@@ -561,41 +430,6 @@ def _rescue(c: _Command, batch: bool) -> int:
     for (job_id,) in expired:
         c.append(str(job_id), decide.rescue(c.job(str(job_id))))
     return len(expired)
-
-
-def _queues(queues: Sequence[str] | None) -> tuple[str, ...] | None:
-    if queues is None:
-        return None
-    if isinstance(queues, str):
-        raise InvalidArgument("queues", queues, "expected a list of queue names, not one string")
-    names = tuple(check.text("queue", name, nonempty=True) for name in queues)
-    if not names:
-        raise InvalidArgument("queues", queues, "empty; pass None for every queue")
-    return names
-
-
-def _status(value: str) -> str:
-    try:
-        return JobStatus(value).value
-    except ValueError as e:
-        known = ", ".join(s.value for s in JobStatus)
-        raise InvalidArgument("status", value, f"unknown status; known: {known}") from e
-
-
-_ACTIVITY_BY_NAME: dict[object, EventType] = {t.value: t for t in ACTIVITY_TYPES}
-
-
-def _activity_type(value: EventType | str) -> EventType:
-    event_type = _ACTIVITY_BY_NAME.get(value) if isinstance(value, str) else None
-    if event_type is None:
-        allowed = ", ".join(sorted(t.value for t in ACTIVITY_TYPES))
-        raise InvalidArgument(
-            "type",
-            value,
-            f"log_event takes an activity type ({allowed}); "
-            "lifecycle events come from their own calls (complete, fail, ...)",
-        )
-    return event_type
 
 
 __all__ = ["DEFAULT_LEASE", "Ledger"]

@@ -1,4 +1,4 @@
-"""Reading the event log as `JobEvent`s: one job's history, a chat's recent activity, all of it."""
+"""The read half of `Ledger`: jobs from the projection, `JobEvent`s from the log, summaries."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ from typing import TypeVar
 
 import apsw
 
+from projections import jobs_queries as q
+
+from . import arguments, store
 from . import events as ev
-from . import store
 from . import validate as check
 from .connection import wrap_sqlite_error
-from .errors import InvalidArgument
-from .model import EventType, JobEvent
+from .errors import InvalidArgument, JobNotFound
+from .model import EventType, Job, JobEvent
+from .stats import Stats
+from .stats import collect as collect_stats
+from .summary import format_summary
+from .timeutil import Clock, check_aware
 
 _T = TypeVar("_T")
 _fromiso = datetime.fromisoformat
@@ -45,11 +51,17 @@ def _types(types: Iterable[EventType | str] | None) -> list[str] | None:
         raise InvalidArgument("types", types, f"unknown event type; known: {known}") from e
 
 
-class EventReader:
-    """The read half of `Ledger` that reads the log (the jobs projection reads live in core)."""
+class LedgerReads:
+    """The read half of `Ledger`: queries of the jobs projection and of the log. Reads never
+    open a write transaction and work on a read-only `Ledger`."""
 
     _conn: apsw.Connection
     _lock: threading.RLock
+    _clock: Clock
+
+    def now(self) -> datetime:
+        """The ledger clock's current time (timezone-aware UTC)."""
+        return check_aware("clock()", self._clock())
 
     def _read(self, doing: str, query: Callable[[], _T]) -> _T:
         with self._lock:
@@ -57,6 +69,84 @@ class EventReader:
                 return query()
             except apsw.Error as e:
                 raise wrap_sqlite_error(e, doing) from e
+
+    def get_job(self, job_id: str) -> Job | None:
+        check.text("job_id", job_id)
+        return self._read("reading a job", lambda: q.fetch_job(self._conn, job_id))
+
+    def find_job(self, prefix: str) -> Job:
+        """The job whose id is ``prefix`` or starts with it (like a short git hash)."""
+        check.text("prefix", prefix, nonempty=True)
+        job = self.get_job(prefix)
+        if job is not None:
+            return job
+        ids = self._read("finding a job", lambda: q.find_by_prefix(self._conn, prefix))
+        if len(ids) != 1:
+            if ids:
+                raise InvalidArgument("job id", prefix, "ambiguous prefix; give more characters")
+            raise JobNotFound(prefix)
+        return self.get_job(ids[0])  # type: ignore[return-value]
+
+    def pending_jobs(self, limit: int = 100) -> list[Job]:
+        """Pending jobs, oldest first."""
+        n = check.limit(limit)
+        return self._read(
+            "listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,))
+        )
+
+    def running_jobs(self) -> list[Job]:
+        """Running jobs, longest-running first."""
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.running_statement))
+
+    def jobs_for_chat(self, chat_id: int, limit: int = 100) -> list[Job]:
+        """A chat's jobs, newest first."""
+        check.integer("chat_id", chat_id)
+        params = (chat_id, check.limit(limit))
+        return self._read(
+            "listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params)
+        )
+
+    def active_jobs_summary(self, chat_id: int) -> str:
+        """Running jobs and the three latest finished ones of a chat, as text for an LLM."""
+        check.integer("chat_id", chat_id)
+        now = self.now()
+
+        def query() -> str:
+            running = q.fetch_jobs(self._conn, q.running_for_chat_statement, (chat_id,))
+            recent = q.fetch_jobs(self._conn, q.recent_finished_for_chat_statement, (chat_id, 3))
+            return format_summary(now, running, recent)
+
+        return self._read("summarising jobs", query)
+
+    def jobs(
+        self,
+        *,
+        status: str | None = None,
+        chat_id: int | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs newest first, optionally of one status, chat and queue."""
+        if status is not None:
+            status = arguments.status(status)
+        check.integer("chat_id", chat_id, optional=True)
+        check.text("queue", queue, optional=True)
+        params = [p for p in (status, chat_id, queue) if p is not None] + [check.limit(limit)]
+        statement = q.list_statement(status is not None, chat_id is not None, queue is not None)
+        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, statement, params))
+
+    def count_jobs(self, *, status: str | None = None, queue: str | None = None) -> int:
+        """How many jobs there are, optionally of one status and queue."""
+        status = None if status is None else arguments.status(status)
+        check.text("queue", queue, optional=True)
+        statement = q.count_statement(status is not None, queue is not None)
+        params = [p for p in (status, queue) if p is not None]
+        return self._read("counting jobs", lambda: int(self._conn.execute(statement, params).get))
+
+    def stats(self) -> Stats:
+        """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
+        now = self.now()
+        return self._read("collecting stats", lambda: collect_stats(self._conn, now))
 
     def job_events(
         self, job_id: str, *, types: Sequence[EventType | str] | None = None

@@ -96,7 +96,9 @@ def test_running_handler_sees_cancellation(db_path: str) -> None:
         assert job.result_summary is None  # the worker did not complete a job it lost
 
 
-def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger) -> None:
+def _stop_mid_job(ledger: Ledger, *, give_up: bool) -> str:
+    """Run a worker whose handler waits for ``ctx.cancelled``, stop the worker mid-job, and
+    return the job's id. The handler then raises (``give_up``) or returns normally."""
     job_id = ledger.create_job(1, {})
     started = threading.Event()
 
@@ -104,7 +106,9 @@ def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger) -> None:
         started.set()
         while not ctx.cancelled:
             threading.Event().wait(0.01)
-        raise InterruptedError("asked to stop")
+        if give_up:
+            raise InterruptedError("asked to stop")
+        return "wrapped up"
 
     worker = Worker(ledger, handler, worker_id="w")
     thread = threading.Thread(target=worker.run)
@@ -112,28 +116,22 @@ def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger) -> None:
     assert started.wait(WAIT)
     worker.stop()
     thread.join(WAIT)
+    assert not thread.is_alive()
+    return job_id
+
+
+def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger) -> None:
+    job_id = _stop_mid_job(ledger, give_up=True)
     job = ledger.get_job(job_id)
     assert job is not None and job.status is JobStatus.PENDING and job.attempts == 0
     assert ledger.job_events(job_id)[-1].type is EventType.RELEASED
 
 
 def test_stop_lets_a_finishing_handler_complete(ledger: Ledger) -> None:
-    job_id = ledger.create_job(1, {})
-    started = threading.Event()
-
-    def handler(job: Job, ctx: JobContext) -> str:
-        started.set()
-        while not ctx.cancelled:
-            threading.Event().wait(0.01)
-        return "wrapped up"
-
-    worker = Worker(ledger, handler)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    assert started.wait(WAIT)
-    worker.stop()
-    thread.join(WAIT)
-    assert ledger.get_job(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+    job_id = _stop_mid_job(ledger, give_up=False)
+    job = ledger.get_job(job_id)
+    assert job is not None and job.status is JobStatus.COMPLETED
+    assert job.result_summary == "wrapped up"
 
 
 def test_worker_validates_its_settings(ledger: Ledger) -> None:
