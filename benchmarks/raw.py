@@ -183,14 +183,14 @@ _FINAL = {"completed": "completed", "failed": "failed", "cancelled": "cancelled"
 
 
 def replay(conn: apsw.Connection, schema: list[str]) -> int:
-    """Scan + decode + fold into rows by hand + bulk insert, in one transaction."""
+    """Scan + decode + fold into rows by hand + bulk insert + index, in one transaction.
+    ``schema``: the table statement first, then the index statements (run after the insert)."""
     rows: dict[str, list[Any]] = {}
     index = {c: i for i, c in enumerate(COLUMNS)}
     status, version, updated = index["status"], index["version"], index["updated_at"]
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("DROP TABLE IF EXISTS jobs")
-    for statement in schema:
-        conn.execute(statement)
+    conn.execute(schema[0])
     count = 0
     last = 0
     for position, job_id, ver, kind, data, at in conn.execute(
@@ -257,6 +257,8 @@ def replay(conn: apsw.Connection, schema: list[str]) -> int:
             elif kind == "failed":
                 row[index["error_message"]] = e["error"]
     conn.executemany(INSERT_JOB, rows.values())
+    for statement in schema[1:]:
+        conn.execute(statement)
     conn.execute(CHECKPOINT, (last,))
     conn.execute("COMMIT")
     return count

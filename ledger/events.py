@@ -124,6 +124,7 @@ ACTIVITY_EVENTS: dict[EventType, type[Started | Progress | ToolCall | ErrorLogge
 }
 _ACTIVITY_CLASSES = tuple(ACTIVITY_EVENTS.values())
 
+_TAGS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in AnyEvent.__args__}
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 _raw_decoder = msgspec.json.Decoder()
@@ -133,7 +134,7 @@ _UPCASTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def tag_of(event: Event) -> str:
-    return event.__struct_config__.tag  # type: ignore[return-value]
+    return _TAGS[type(event)]
 
 
 def encode(event: Event) -> bytes:

@@ -82,9 +82,10 @@ def rebuild(
     """Drop and refill the projections from the whole log; call inside a write transaction."""
     for projection in projections:
         projection.drop_schema(conn)
-        projection.create_schema(conn)
+        projection.create_schema(conn, indexes=False)
     count, last = fold(conn, conn, projections, 0, progress)
     for projection in projections:
+        projection.create_indexes(conn)
         write_checkpoint(conn, projection, last)
     return count, last
 
@@ -126,7 +127,7 @@ def scratch_fold(
     """A fresh in-memory database holding the projections folded from ``conn``'s log."""
     scratch = apsw.Connection(":memory:")
     for projection in projections:
-        projection.create_schema(scratch)
+        projection.create_schema(scratch, indexes=False)  # compared row by row: no index needed
     count, _ = fold(conn, scratch, projections)
     return scratch, count
 

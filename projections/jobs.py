@@ -290,7 +290,9 @@ class JobsWriter:
 
     def apply(self, stored: StoredEvent) -> None:
         job_id = stored.job_id
-        row = self.load(job_id)
+        # A creation has no row before it (a duplicate would fail the INSERT's primary key), so
+        # replay does not look up each of its jobs in the table it is rebuilding.
+        row = None if type(stored.event) is ev.JobCreated else self.load(job_id)
         changes = evolve(row, stored)
         if row is None:
             self._rows[job_id] = changes
@@ -339,8 +341,14 @@ class JobsProjection:
     schema_version: int = 1
     tables: tuple[str, ...] = ("jobs",)
 
-    def create_schema(self, conn: apsw.Connection) -> None:
+    def create_schema(self, conn: apsw.Connection, *, indexes: bool = True) -> None:
+        """The table, and (unless a bulk load comes first: it is faster to index afterwards)
+        its indexes."""
         conn.execute(table_statement)
+        if indexes:
+            self.create_indexes(conn)
+
+    def create_indexes(self, conn: apsw.Connection) -> None:
         for statement in index_statements:
             conn.execute(statement)
 
