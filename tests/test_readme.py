@@ -30,3 +30,20 @@ def test_cli_reference_matches_help() -> None:
         README.write_text(text.replace(current.group(0), expected))
         return
     assert current.group(0) == expected, "README CLI reference is stale: LEDGER_UPDATE_README=1"
+
+
+def test_quick_start_runs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README quick start", "exec"), {})
+    from ledger import JobStatus, Ledger
+
+    with Ledger(str(tmp_path / "jobs.db"), readonly=True) as ledger:
+        (job,) = ledger.jobs()
+        assert job.status is JobStatus.COMPLETED and job.result_summary == "fixed it"
+        assert [e.type.value for e in ledger.job_events(job.id)] == [
+            "created",
+            "claimed",
+            "progress",
+            "completed",
+        ]
