@@ -175,3 +175,56 @@ def test_the_log_is_readable_with_plain_sql(ledger: Ledger) -> None:
     ).fetchall()
     conn.close()
     assert rows == [("created", 9, None), ("tool_call", None, "grep")]
+
+
+def test_old_event_shapes_still_decode(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readable forever: a field added later decodes from old data with its default, and an
+    upcaster turns a shape that changed into the current one before decoding."""
+    job_id = ledger.create_job(1, {"a": 1})
+    conn = apsw.Connection(ledger.path)
+    # written before `queue`, `priority`, ... existed: every later field takes its default
+    conn.execute(
+        "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES "
+        '(\'old-job\', 1, \'created\', \'{"type":"created","chat_id":3,"config":{}}\', '
+        "'2026-01-01T00:00:00.000000+00:00')"
+    )
+    # a legacy flat progress event: {"message": ...} instead of {"payload": {...}}
+    conn.execute(
+        "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES "
+        '(?, 2, \'progress\', \'{"type":"progress","message":"old"}\', '
+        "'2026-01-01T00:00:01.000000+00:00')",
+        (job_id,),
+    )
+    conn.close()
+
+    def upcast_progress(raw: dict) -> dict:  # type: ignore[type-arg]
+        if "message" in raw:
+            return {"type": "progress", "payload": {"message": raw["message"]}}
+        return raw
+
+    monkeypatch.setitem(ev._UPCASTERS, "progress", upcast_progress)
+    ledger.replay()
+    old = ledger.get_job("old-job")
+    assert old is not None and (old.queue, old.priority, old.max_attempts) == ("default", 0, 1)
+    assert ledger.job_events(job_id)[-1].payload == {"message": "old"}
+    assert ledger.verify().ok
+
+
+def test_threads_sharing_one_ledger_never_share_a_job(ledger: Ledger) -> None:
+    import threading
+
+    ledger.create_jobs([{"chat_id": 1, "config": {"n": n}} for n in range(200)])
+    claimed: list[str] = []
+
+    def drain(name: str) -> None:
+        while (job := ledger.claim(name)) is not None:
+            claimed.append(job.id)
+            ledger.complete(job.id, "ok", worker_id=name)
+
+    threads = [threading.Thread(target=drain, args=(f"t{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == len(set(claimed)) == 200
+    assert ledger.verify().ok
