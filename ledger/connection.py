@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import apsw
 
@@ -88,7 +88,9 @@ def write_transaction(conn: apsw.Connection) -> Iterator[None]:
         raise
 
 
-def run_write(conn: apsw.Connection, doing: str, work: Callable[[], _T], retries: int = 3) -> _T:
+def run_write(
+    conn: apsw.Connection, doing: str, work: Callable[..., _T], *args: Any, retries: int = 3
+) -> _T:
     """Run ``work`` in a write transaction, retrying when SQLite reports BUSY before the write
     lock was won (the busy timeout waits; this is the bounded retry on top for the rare BUSY that
     the busy handler does not cover, such as WAL recovery by another process).
@@ -106,7 +108,7 @@ def run_write(conn: apsw.Connection, doing: str, work: Callable[[], _T], retries
         except apsw.Error as e:
             raise wrap_sqlite_error(e, doing) from e
         try:
-            result = work()
+            result = work(*args)
             conn.execute("COMMIT")
             return result
         except apsw.Error as e:

@@ -21,7 +21,7 @@ import msgspec
 
 from projections import JobsProjection, Projection
 from projections import jobs_queries as q
-from projections.base import advance_checkpoint, checkpoint_schema_statement
+from projections.base import checkpoint_advance_statement, checkpoint_schema_statement
 from projections.jobs import JobsWriter
 
 from . import arguments, decide, rebuild, store
@@ -51,13 +51,15 @@ class _Command:
         self,
         conn: apsw.Connection,
         now: datetime,
+        jobs: JobsWriter,
         others: Sequence[Projection],
         names: Sequence[str],
     ) -> None:
         self.conn = conn
         self.now = now
         self.at = to_db(now)
-        self.jobs = JobsWriter(conn)
+        self.jobs = jobs
+        jobs.reset()  # drops what a failed (rolled back) command may have left in the cache
         self._others = [p.writer(conn) for p in others] if others else ()
         self._names = names
         self._last = 0
@@ -99,7 +101,7 @@ class _Command:
             writer.flush()
         if self._last:
             for name in self._names:
-                advance_checkpoint(self.conn, name, self._last)
+                self.conn.execute(checkpoint_advance_statement, (self._last, name))
 
 
 class Ledger(LedgerReads):
@@ -136,6 +138,7 @@ class Ledger(LedgerReads):
         self._names = tuple(p.name for p in self._projections)
         timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
         self._conn = connect(path, readonly=readonly, busy_timeout_ms=timeout_ms)
+        self._jobs_writer = JobsWriter(self._conn)  # reused by every command (reset first)
         try:
             if readonly:
                 self._read("opening the ledger", lambda: store.check_schema(self._conn))
@@ -168,15 +171,14 @@ class Ledger(LedgerReads):
 
     def _write(self, doing: str, step: Callable[[_Command], _T]) -> _T:
         now = check_aware("clock()", self._clock())
-
-        def work() -> _T:
-            command = _Command(self._conn, now, self._others, self._names)
-            result = step(command)
-            command.finish()
-            return result
-
         with self._lock:
-            return run_write(self._conn, doing, work)
+            return run_write(self._conn, doing, self._run_command, step, now)
+
+    def _run_command(self, step: Callable[[_Command], _T], now: datetime) -> _T:
+        command = _Command(self._conn, now, self._jobs_writer, self._others, self._names)
+        result = step(command)
+        command.finish()
+        return result
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -354,7 +356,8 @@ class Ledger(LedgerReads):
         event_type = arguments.activity_type(type)
         # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
         encoded = msgspec.Raw(check.json_bytes("payload", payload))
-        check.integer("expected_version", expected_version, minimum=0, optional=True)
+        if expected_version is not None:
+            check.integer("expected_version", expected_version, minimum=0)
 
         def step(c: _Command) -> int:
             row = c.job(job_id)

@@ -68,7 +68,3 @@ def write_checkpoint(conn: apsw.Connection, projection: Projection, position: in
     conn.execute(
         checkpoint_upsert_statement, (projection.name, projection.schema_version, position)
     )
-
-
-def advance_checkpoint(conn: apsw.Connection, name: str, position: int) -> None:
-    conn.execute(checkpoint_advance_statement, (position, name))

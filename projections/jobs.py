@@ -284,6 +284,13 @@ class JobsWriter:
         self._rows[job_id] = row
         return row
 
+    def reset(self) -> None:
+        """Forget everything cached (after a rolled-back command)."""
+        if self._rows:
+            self._rows.clear()
+            self._new.clear()
+            self._dirty.clear()
+
     def mark_absent(self, job_id: str) -> None:
         """Tell the cache a job has no row yet (its id was just minted), saving a lookup."""
         self._rows.setdefault(job_id, None)
