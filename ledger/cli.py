@@ -59,6 +59,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             _out(fmt.job_details(job) + "\n\nevents:")
             for event in events:
                 _out(fmt.event_line(event, with_job=False))
+                traceback = (
+                    event.payload.get("traceback") if isinstance(event.payload, dict) else None
+                )
+                if event.type is EventType.ERROR and isinstance(traceback, str):
+                    _out(
+                        "\n".join("          | " + line for line in traceback.rstrip().splitlines())
+                    )
     return 0
 
 

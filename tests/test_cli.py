@@ -65,6 +65,18 @@ def test_show_by_prefix_with_history(db_path: str, filled: dict[str, str]) -> No
     assert [e["type"] for e in data["events"]] == ["created", "claimed", "tool_call", "completed"]
 
 
+def test_show_prints_a_failed_jobs_traceback(db_path: str) -> None:
+    with Ledger(db_path) as ledger:
+        job_id = ledger.create_job(1, {"role": "coder"})
+        ledger.claim("w")
+        ledger.log_event(
+            job_id, "error", {"error": "boom", "traceback": "Traceback:\n  line 1\nKeyError: 'x'"}
+        )
+        ledger.fail(job_id, "boom")
+    out = run_cli("show", job_id[:8], db=db_path, check=True).stdout
+    assert "          | KeyError: 'x'" in out and "error_message" in out and "boom" in out
+
+
 def test_show_unknown_job_is_one_line_error(db_path: str, filled: dict[str, str]) -> None:
     result = run_cli("show", "zzzz", db=db_path)
     assert result.returncode == 1
