@@ -25,6 +25,8 @@ _T = TypeVar("_T")
 
 def wrap_sqlite_error(e: apsw.Error, doing: str) -> LedgerError:
     """Turn an APSW error into the ledger's own, with a hint on what to do."""
+    if isinstance(e, apsw.ConnectionClosedError):
+        return StorageError(f"{doing}: this Ledger was closed; open a new one")
     if isinstance(e, apsw.BusyError):
         return LedgerBusy(f"{doing}: the database stayed locked past the busy timeout ({e})")
     if isinstance(e, apsw.FullError):

@@ -115,3 +115,12 @@ def test_a_ledger_copied_while_closed_is_complete(db_path: str, tmp_path: Path) 
     conn = apsw.Connection(str(copy))
     assert conn.execute("PRAGMA integrity_check").get == "ok"
     conn.close()
+
+
+def test_a_closed_ledger_says_so(db_path: str) -> None:
+    ledger = Ledger(db_path)
+    ledger.close()
+    with pytest.raises(StorageError, match="closed"):
+        ledger.create_job(1, CONFIG)
+    with pytest.raises(StorageError, match="closed"):
+        ledger.get_job("x")
