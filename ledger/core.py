@@ -8,6 +8,7 @@ step, then flushes the projections and commits. Any exception rolls all of it ba
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -33,7 +34,7 @@ from .errors import ConcurrencyError, InvalidArgument, JobNotFound
 from .model import EventType, Job
 from .reads import LedgerReads
 from .timeutil import Clock, check_aware, seconds, system_clock, to_db
-from .transfer import export_lines, import_lines
+from .transfer import EXPORT_PAGE, export_page, import_lines
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
@@ -373,14 +374,20 @@ class Ledger(LedgerReads):
     # -- export and import ------------------------------------------------------------------
 
     def export_events(self, after: int = 0) -> Iterator[bytes]:
-        """The log after ``after`` as JSON lines (bytes, no newline), read from one snapshot."""
-        check.integer("after", after, minimum=0)
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield from export_lines(self._conn, after)
-            finally:
-                self._conn.execute("COMMIT")
+        """The log after ``after`` as JSON lines (bytes, no newline), in position order.
+
+        Read a page at a time, so no lock or read transaction is held while the caller consumes
+        the lines; positions only grow, so paging by position neither skips nor repeats."""
+        position = check.integer("after", after, minimum=0)
+        while True:
+            page = self._read(
+                "exporting events",
+                functools.partial(export_page, self._conn, position, EXPORT_PAGE),
+            )
+            yield from (line for _, line in page)
+            if len(page) < EXPORT_PAGE:
+                return
+            position = page[-1][0]
 
     def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
         """Load exported lines into this new or empty ledger and replay (all or nothing)."""

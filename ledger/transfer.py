@@ -7,7 +7,7 @@ then replays, so the projection comes out identical to the source's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import apsw
 import msgspec
@@ -34,14 +34,21 @@ insert_exact_statement = (
 )
 
 
-def export_lines(conn: apsw.Connection, after: int = 0) -> Iterator[bytes]:
+EXPORT_PAGE = 10_000
+
+
+def export_page(conn: apsw.Connection, after: int, size: int) -> list[tuple[int, bytes]]:
+    """Up to ``size`` events after ``after``, as (position, line)."""
+    page = []
     for position, job_id, version, event_type, data, recorded_at in store.rows_after(
-        conn, after, None
+        conn, after, size
     ):
         raw = msgspec.Raw(data.encode() if isinstance(data, str) else data)
-        yield _encoder.encode(
+        line = _encoder.encode(
             ExportedEvent(position, job_id, version, event_type, recorded_at, raw)
         )
+        page.append((position, line))
+    return page
 
 
 def import_lines(conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:

@@ -194,6 +194,17 @@ def test_export_then_import_gives_identical_tables(
     assert [json.loads(line)["position"] for line in tail] == [9, 10]
 
 
+def test_export_pages_through_a_long_log(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger import core
+
+    monkeypatch.setattr(core, "EXPORT_PAGE", 3)
+    for n in range(7):
+        ledger.create_job(n, {})
+    positions = [json.loads(line)["position"] for line in ledger.export_events()]
+    assert positions == [1, 2, 3, 4, 5, 6, 7]
+    assert [json.loads(line)["position"] for line in ledger.export_events(after=3)] == [4, 5, 6, 7]
+
+
 def test_import_rejects_garbage_and_writes_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"position": 1}\n')
