@@ -53,6 +53,10 @@ def run(extra: list[str]) -> dict:  # type: ignore[type-arg]
         return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.2f}"
+
+
 def table(data: dict) -> str:  # type: ignore[type-arg]
     groups: dict[str, dict[str, dict]] = {}  # type: ignore[type-arg]
     for bench in data["benchmarks"]:
@@ -78,8 +82,8 @@ def table(data: dict) -> str:  # type: ignore[type-arg]
         interleaved = "-" if paired is None else f"{paired / led:.2f}"
         shown = f"{led * 1e3:.3f} ms" if led < 1 else f"{led:.2f} s"
         lines.append(
-            f"| {label} | {shown} | {1 / led:,.0f} | {1 / raw:,.0f} | {raw / led:.2f} "
-            f"| {interleaved} | {items / led:,.0f} |"
+            f"| {label} | {shown} | {_rate(1 / led)} | {_rate(1 / raw)} | {raw / led:.2f} "
+            f"| {interleaved} | {_rate(items / led)} |"
         )
     return "\n".join(lines)
 
