@@ -9,8 +9,7 @@ where the busy timeout can wait for it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import apsw
@@ -78,26 +77,13 @@ def _rollback(conn: apsw.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-@contextlib.contextmanager
-def write_transaction(conn: apsw.Connection) -> Iterator[None]:
-    """One all-or-nothing write transaction; any exception rolls everything back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
 def run_write(
     conn: apsw.Connection, doing: str, work: Callable[..., _T], *args: Any, retries: int = 3
 ) -> _T:
     """Run ``work`` in a write transaction, retrying when SQLite reports BUSY before the write
     lock was won (the busy timeout waits; this is the bounded retry on top for the rare BUSY that
-    the busy handler does not cover, such as WAL recovery by another process).
-
-    The body of `write_transaction` is inlined here: this is every command's hot path."""
+    the busy handler does not cover, such as WAL recovery by another process). Any exception in
+    ``work`` rolls everything back."""
     attempt = 0
     while True:
         try:

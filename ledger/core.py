@@ -391,30 +391,28 @@ class Ledger(LedgerReads):
 
     def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
         """Load exported lines into this new or empty ledger and replay (all or nothing)."""
-        started = time.perf_counter()
-
-        def work() -> rebuild.ReplayReport:
-            import_lines(self._conn, lines)
-            count, last = rebuild.rebuild(self._conn, self._projections)
-            jobs = int(self._conn.execute("SELECT count(*) FROM jobs").get)
-            return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
-
-        with self._lock:
-            return run_write(self._conn, "importing events", work)
+        return self._rebuild("importing events", None, lambda: import_lines(self._conn, lines))
 
     # -- replay and verify -------------------------------------------------------------------
 
     def replay(self, progress: rebuild.Progress | None = None) -> rebuild.ReplayReport:
         """Rebuild every projection from the whole log in one transaction (all or nothing)."""
+        return self._rebuild("replaying the log", progress)
+
+    def _rebuild(
+        self, doing: str, progress: rebuild.Progress | None, before: Callable[[], object] = object
+    ) -> rebuild.ReplayReport:
+        """``before`` (in the same transaction), then a rebuild of every projection."""
         started = time.perf_counter()
 
         def work() -> rebuild.ReplayReport:
+            before()
             count, last = rebuild.rebuild(self._conn, self._projections, progress)
-            jobs = int(self._conn.execute("SELECT count(*) FROM jobs").get)
+            jobs = int(self._conn.execute(q.count_statement(False, False)).get)
             return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
 
         with self._lock:
-            return run_write(self._conn, "replaying the log", work)
+            return run_write(self._conn, doing, work)
 
     def verify(self) -> rebuild.VerifyReport:
         """Fold the log into a scratch database and compare it with the live projection."""
@@ -424,9 +422,12 @@ class Ledger(LedgerReads):
 def _create(c: _Command, created: ev.JobCreated, batch: dict[str, str]) -> str:
     key = created.idempotency_key
     if key is not None:
-        existing = batch.get(key) or c.conn.execute(q.idempotency_statement, (key,)).fetchone()
+        existing = batch.get(key)  # used earlier in this same batch
+        if existing is None:
+            found = c.conn.execute(q.idempotency_statement, (key,)).fetchone()
+            existing = None if found is None else str(found[0])
         if existing is not None:
-            return existing if isinstance(existing, str) else existing[0]
+            return existing
     job_id = str(uuid.uuid4())
     c.append(job_id, [created], new=True)
     if key is not None:

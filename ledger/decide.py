@@ -14,11 +14,10 @@ from typing import Any
 from . import events as ev
 from .backoff import RetryPolicy
 from .errors import InvalidTransition, JobNotFound, LeaseLost
-from .model import EventType, JobStatus
+from .model import FINAL_STATUSES, EventType, JobStatus
 
 Row = dict[str, Any]
 _RUNNING = JobStatus.RUNNING.value
-_FINAL = frozenset(s.value for s in JobStatus if s.is_final)
 
 
 def require(row: Row | None, job_id: str) -> Row:
@@ -84,13 +83,13 @@ def fail(
 
 def cancel(row: Row, reason: str | None) -> list[ev.Event]:
     """Cancelling a finished job is not an error: it answers False (no events), as the original."""
-    if row["status"] in _FINAL:
+    if row["status"] in FINAL_STATUSES:
         return []
     return [ev.JobCancelled(reason=reason)]
 
 
 def log(row: Row, event_type: EventType, payload: Any) -> list[ev.Event]:
-    if row["status"] in _FINAL:
+    if row["status"] in FINAL_STATUSES:
         raise InvalidTransition(
             row["id"],
             row["status"],

@@ -137,10 +137,6 @@ def tag_of(event: Event) -> str:
     return _TAGS[type(event)]
 
 
-def encode(event: Event) -> bytes:
-    return _encoder.encode(event)
-
-
 def encode_text(event: Event) -> str:
     """The stored form: JSON as TEXT, so ``json_extract(data, '$.x')`` works in the sqlite3
     shell (SQLite reads a BLOB argument as its binary JSONB format instead)."""

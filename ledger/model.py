@@ -26,11 +26,11 @@ class JobStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self in _FINAL
+        return self in FINAL_STATUSES
 
 
-_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-FINAL_STATUSES = tuple(sorted(_FINAL))
+# str enum members hash and compare as their values, so a row's status text tests in this too
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class EventType(enum.StrEnum):

@@ -15,6 +15,7 @@ from typing import Any
 import apsw
 import msgspec
 
+from projections import jobs_queries as q
 from projections.base import Projection, read_checkpoint, write_checkpoint
 
 from . import store
@@ -143,17 +144,16 @@ def verify(conn: apsw.Connection, projections: Sequence[Projection]) -> VerifyRe
             diff = Difference("events", e.position, None, None, None, position=e.position)
             return VerifyReport(False, 0, 0, [diff], time.perf_counter() - started)
         differences: list[Difference] = []
-        jobs = 0
+        head = store.last_position(conn)
         for projection in projections:
             differences += compare(projection.dump(conn), projection.dump(scratch))
             checkpoint = read_checkpoint(conn, projection.name)
-            head = store.last_position(conn)
             if checkpoint is None or checkpoint[1] != head:
                 seen = None if checkpoint is None else checkpoint[1]
                 differences.append(
                     Difference("projection_checkpoints", projection.name, "position", seen, head)
                 )
-        jobs = int(conn.execute("SELECT count(*) FROM jobs").get)
+        jobs = int(conn.execute(q.count_statement(False, False)).get)
         scratch.close()
     finally:
         conn.execute("COMMIT")

@@ -38,30 +38,18 @@ schema_statements = (
 insert_statement = (
     "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
 )
-select_after_statement = (
-    "SELECT position, job_id, version, type, data, recorded_at FROM events "
-    "WHERE position > ? ORDER BY position"
-)
-select_job_statement = (
-    "SELECT position, job_id, version, type, data, recorded_at FROM events "
-    "WHERE job_id = ? ORDER BY version"
-)
+_select_events = "SELECT position, job_id, version, type, data, recorded_at FROM events"
+select_after_statement = f"{_select_events} WHERE position > ? ORDER BY position"
 last_position_statement = "SELECT coalesce(max(position), 0) FROM events"
-count_statement = "SELECT count(*) FROM events"
 job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"
 
 
-def check_openable(conn: apsw.Connection) -> None:
-    """Refuse, before anything is written, a file that is another app's database or a ledger
-    from a newer release. An empty file (a new ledger) passes."""
-    app_id = conn.execute("PRAGMA application_id").get
-    user_version = conn.execute("PRAGMA user_version").get
-    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").get > 0
-    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and has_tables):
-        raise SchemaError(
-            "this SQLite file is not a ledger (it has other tables and no ledger marker); "
-            "point --db / Ledger(path) at a ledger file or a new path"
-        )
+def _markers(conn: apsw.Connection) -> tuple[int, int]:
+    """(application_id, user_version): which app wrote the file, and in which store format."""
+    return conn.execute("PRAGMA application_id").get, conn.execute("PRAGMA user_version").get
+
+
+def _refuse_newer(user_version: int) -> None:
     if user_version > STORE_SCHEMA_VERSION:
         raise SchemaError(
             f"this ledger was written by a newer release (store schema {user_version}, this code "
@@ -69,11 +57,23 @@ def check_openable(conn: apsw.Connection) -> None:
         )
 
 
+def check_openable(conn: apsw.Connection) -> tuple[int, int]:
+    """Refuse, before anything is written, a file that is another app's database or a ledger
+    from a newer release. An empty file (a new ledger) passes. Returns its `_markers`."""
+    app_id, user_version = _markers(conn)
+    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").get > 0
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and has_tables):
+        raise SchemaError(
+            "this SQLite file is not a ledger (it has other tables and no ledger marker); "
+            "point --db / Ledger(path) at a ledger file or a new path"
+        )
+    _refuse_newer(user_version)
+    return app_id, user_version
+
+
 def initialize_schema(conn: apsw.Connection) -> None:
     """Create the store's tables if needed; call inside a write transaction."""
-    check_openable(conn)
-    app_id = conn.execute("PRAGMA application_id").get
-    user_version = conn.execute("PRAGMA user_version").get
+    app_id, user_version = check_openable(conn)
     for statement in schema_statements:
         conn.execute(statement)
     if app_id == 0:
@@ -84,15 +84,10 @@ def initialize_schema(conn: apsw.Connection) -> None:
 
 def check_schema(conn: apsw.Connection) -> None:
     """Check, without writing, that an existing file is a ledger this code can read."""
-    app_id = conn.execute("PRAGMA application_id").get
-    user_version = conn.execute("PRAGMA user_version").get
+    app_id, user_version = _markers(conn)
     if app_id != APPLICATION_ID:
         raise SchemaError("this file is not a ledger (no ledger marker); check the --db path")
-    if user_version > STORE_SCHEMA_VERSION:
-        raise SchemaError(
-            f"this ledger was written by a newer release (store schema {user_version}); "
-            "upgrade the jobledger package"
-        )
+    _refuse_newer(user_version)
 
 
 def append(
@@ -151,8 +146,7 @@ def _type_filter(types: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
 def job_rows(conn: apsw.Connection, job_id: str, types: Iterable[str] | None) -> Iterable[tuple]:
     where, names = _type_filter(types)
     return conn.execute(
-        "SELECT position, job_id, version, type, data, recorded_at FROM events "
-        f"WHERE job_id = ?{where} ORDER BY version",
+        f"{_select_events} WHERE job_id = ?{where} ORDER BY version",
         (job_id, *names),
     )
 
@@ -170,8 +164,7 @@ def chat_rows(
     if excluded:
         where += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
     return conn.execute(
-        "SELECT position, job_id, version, type, data, recorded_at FROM events "
-        f"WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
+        f"{_select_events} WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
         "ORDER BY position DESC LIMIT ?",
         (chat_id, *names, *excluded, limit),
     )

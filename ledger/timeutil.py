@@ -25,10 +25,6 @@ def to_db(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
-def from_db(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def check_aware(name: str, moment: object) -> datetime:
     if type(moment) is datetime and moment.tzinfo is UTC:
         return moment

@@ -146,66 +146,48 @@ def _heartbeat(row: Row, e: ev.HeartbeatRecorded, at: str) -> Row:
     return {} if e.lease_expires_at is None else {"lease_expires_at": to_db(e.lease_expires_at)}
 
 
+def _ended(status: str, at: str, **more: Any) -> Row:
+    """A final state: the job's lease ends with it (the worker is kept, as the one who ran it)."""
+    return {"status": status, "completed_at": at, "lease_expires_at": None, **more}
+
+
+def _requeued(**more: Any) -> Row:
+    """Back to pending: no worker and no lease any more."""
+    return {"status": _PENDING, "worker_id": None, "lease_expires_at": None, **more}
+
+
 def _completed(row: Row, e: ev.JobCompleted, at: str) -> Row:
-    return {
-        "status": _COMPLETED,
-        "completed_at": at,
-        "lease_expires_at": None,
-        "result_summary": e.summary,
-        "result_status": e.result_status,
-        "cost_cents": e.cost_cents,
-        "duration_seconds": e.duration_seconds,
-        "error_message": None,
-    }
+    return _ended(
+        _COMPLETED,
+        at,
+        result_summary=e.summary,
+        result_status=e.result_status,
+        cost_cents=e.cost_cents,
+        duration_seconds=e.duration_seconds,
+        error_message=None,
+    )
 
 
 def _failed(row: Row, e: ev.JobFailed, at: str) -> Row:
-    return {
-        "status": _FAILED,
-        "completed_at": at,
-        "lease_expires_at": None,
-        "error_message": e.error,
-    }
+    return _ended(_FAILED, at, error_message=e.error)
 
 
 def _retry_scheduled(row: Row, e: ev.RetryScheduled, at: str) -> Row:
-    return {
-        "status": _PENDING,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "error_message": e.error,
-        "run_at": to_db(e.run_at),
-    }
+    return _requeued(error_message=e.error, run_at=to_db(e.run_at))
 
 
 def _lease_expired(row: Row, e: ev.LeaseExpired, at: str) -> Row:
     if e.final:
-        return {
-            "status": _FAILED,
-            "completed_at": at,
-            "lease_expires_at": None,
-            "error_message": lease_expired_message(row),
-        }
-    return {
-        "status": _PENDING,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "error_message": lease_expired_message(row),
-        "run_at": at,
-    }
+        return _ended(_FAILED, at, error_message=lease_expired_message(row))
+    return _requeued(error_message=lease_expired_message(row), run_at=at)
 
 
 def _cancelled(row: Row, e: ev.JobCancelled, at: str) -> Row:
-    return {"status": _CANCELLED, "completed_at": at, "lease_expires_at": None}
+    return _ended(_CANCELLED, at)
 
 
 def _released(row: Row, e: ev.JobReleased, at: str) -> Row:
-    return {
-        "status": _PENDING,
-        "worker_id": None,
-        "lease_expires_at": None,
-        "attempts": max(row["attempts"] - 1, 0),
-    }
+    return _requeued(attempts=max(row["attempts"] - 1, 0))
 
 
 # One rule per lifecycle event type; a type missing here changes only version and updated_at.

@@ -46,8 +46,6 @@ expired_statement = (
 # A literal LIMIT: with a bound one SQLite runs this (every claim's first query) twice as slowly.
 expired_batch_statement = expired_statement + " LIMIT 100"
 idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
-next_run_at_statement = "SELECT min(run_at) FROM jobs WHERE status = 'pending'"
-count_by_status_statement = "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue"
 
 
 def claim_statement(queue_count: int | None) -> str:
