@@ -144,8 +144,13 @@ class Ledger(LedgerReads):
             if readonly:
                 self._read("opening the ledger", lambda: store.check_schema(self._conn))
             else:
+                # Check (one snapshot), switch to WAL, then check again and initialise inside
+                # the write transaction: another process may be initialising the same new file.
                 self._read("opening the ledger", lambda: store.check_openable(self._conn))
-                self._read("opening the ledger", lambda: configure_writer(self._conn, durability))
+                self._read(
+                    "opening the ledger",
+                    lambda: configure_writer(self._conn, durability, timeout_ms),
+                )
                 run_write(self._conn, f"opening {path}", self._initialize)
         except BaseException:
             self._conn.close()
@@ -301,19 +306,28 @@ class Ledger(LedgerReads):
         self._write("completing a job", step)
 
     def fail(
-        self, job_id: str, error: str, *, worker_id: str | None = None, retry: bool = True
+        self,
+        job_id: str,
+        error: str,
+        *,
+        worker_id: str | None = None,
+        retry: bool = True,
+        error_type: str | None = None,
     ) -> None:
         """Record a failed attempt. With attempts left (and ``retry``), the job goes back to
-        pending after a backoff (see `RetryPolicy`); otherwise it is failed for good."""
+        pending after a backoff (see `RetryPolicy`); otherwise it is failed for good.
+        ``error_type``: the exception's type name, recorded in the event beside the message."""
         check.text("job_id", job_id)
         check.text("error", error)
         check.text("worker_id", worker_id, optional=True, nonempty=True)
+        check.text("error_type", error_type, optional=True, nonempty=True)
         if not isinstance(retry, bool):
             raise InvalidArgument("retry", retry, "expected True or False")
+        policy, rng = self._retry_policy, self._rng
 
         def step(c: _Command) -> None:
             row = c.job(job_id)
-            events = decide.fail(row, worker_id, error, retry, c.now, self._retry_policy, self._rng)
+            events = decide.fail(row, worker_id, error, retry, c.now, policy, rng, error_type)
             c.append(job_id, events, row=row)
 
         self._write("failing a job", step)
@@ -349,11 +363,15 @@ class Ledger(LedgerReads):
         payload: Any = None,
         *,
         expected_version: int | None = None,
+        worker_id: str | None = None,
     ) -> int:
         """Append a worker activity event (started, progress, tool_call, error) to a pending or
         running job; returns the job's new version. ``expected_version`` makes the append
-        conditional: `ConcurrencyError` when the job moved on."""
+        conditional: `ConcurrencyError` when the job moved on. With ``worker_id`` the append is
+        fenced like `heartbeat`: `LeaseLost` unless that worker holds the running job; the event
+        records the worker and the attempt."""
         check.text("job_id", job_id)
+        check.text("worker_id", worker_id, optional=True, nonempty=True)
         event_type = arguments.activity_type(type)
         # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
         encoded = msgspec.Raw(check.json_bytes("payload", payload))
@@ -362,7 +380,8 @@ class Ledger(LedgerReads):
 
         def step(c: _Command) -> int:
             row = c.job(job_id)
-            c.append(job_id, decide.log(row, event_type, encoded), expected_version, row=row)
+            events = decide.log(row, event_type, encoded, worker_id)
+            c.append(job_id, events, expected_version, row=row)
             return int(row["version"])
 
         return self._write("logging an event", step)

@@ -73,12 +73,17 @@ def fail(
     now: datetime,
     policy: RetryPolicy,
     rng: random.Random,
+    error_type: str | None = None,
 ) -> list[ev.Event]:
     _check_holder(row, worker_id, "fail")
     if retry and row["attempts"] < row["max_attempts"]:
         run_at = now + policy.delay(row["attempts"], rng)
-        return [ev.RetryScheduled(error=error, run_at=run_at, worker_id=worker_id)]
-    return [ev.JobFailed(error=error, worker_id=worker_id)]
+        return [
+            ev.RetryScheduled(
+                error=error, run_at=run_at, worker_id=worker_id, error_type=error_type
+            )
+        ]
+    return [ev.JobFailed(error=error, worker_id=worker_id, error_type=error_type)]
 
 
 def cancel(row: Row, reason: str | None) -> list[ev.Event]:
@@ -88,15 +93,23 @@ def cancel(row: Row, reason: str | None) -> list[ev.Event]:
     return [ev.JobCancelled(reason=reason)]
 
 
-def log(row: Row, event_type: EventType, payload: Any) -> list[ev.Event]:
-    if row["status"] in FINAL_STATUSES:
+def log(
+    row: Row, event_type: EventType, payload: Any, worker_id: str | None = None
+) -> list[ev.Event]:
+    """Activity on a pending or running job. A worker that names itself is fenced like heartbeat:
+    it must still hold the job (`LeaseLost` otherwise), so it cannot write into an attempt that
+    another worker now holds. The event records the writer and the running attempt."""
+    if worker_id is not None:
+        _check_holder(row, worker_id, f"log {event_type.value!r} to")
+    elif row["status"] in FINAL_STATUSES:
         raise InvalidTransition(
             row["id"],
             row["status"],
             f"log {event_type.value!r} to",
             "activity can only be logged to a pending or running job",
         )
-    return [ev.ACTIVITY_EVENTS[event_type](payload=payload)]
+    attempt = row["attempts"] if row["status"] == _RUNNING else None
+    return [ev.ACTIVITY_EVENTS[event_type](payload=payload, worker_id=worker_id, attempt=attempt)]
 
 
 def rescue(row: Row) -> list[ev.Event]:

@@ -59,6 +59,17 @@ class LeaseLost(LedgerError):
         )
 
 
+class JobInterrupted(LedgerError):
+    """Raised by `JobContext.check` inside a handler: the worker is stopping, or the job was
+    cancelled or is no longer this worker's. Let it propagate: the worker releases the job (a
+    stop; the attempt does not count) or leaves it alone (cancelled or lost), never fails it."""
+
+    def __init__(self, job_id: str, why: str) -> None:
+        self.job_id = job_id
+        self.why = why
+        super().__init__(f"job {job_id} interrupted: {why}")
+
+
 class ConcurrencyError(LedgerError):
     """An append expected a job version that is no longer current; nothing was written."""
 

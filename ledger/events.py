@@ -56,6 +56,7 @@ class JobCompleted(Event, tag="completed", frozen=True):
 class JobFailed(Event, tag="failed", frozen=True):
     error: str
     worker_id: str | None = None
+    error_type: str | None = None  # the exception's qualified type name, when a worker knows it
 
 
 class RetryScheduled(Event, tag="retry_scheduled", frozen=True):
@@ -64,6 +65,7 @@ class RetryScheduled(Event, tag="retry_scheduled", frozen=True):
     error: str
     run_at: datetime
     worker_id: str | None = None
+    error_type: str | None = None
 
 
 class LeaseExpired(Event, tag="lease_expired", frozen=True):
@@ -84,20 +86,29 @@ class JobReleased(Event, tag="released", frozen=True):
     reason: str | None = None
 
 
-class Started(Event, tag="started", frozen=True):
+class Activity(Event, frozen=True):
+    """A worker's activity event. ``worker_id``: the worker that wrote it, when it named itself;
+    ``attempt``: the job's attempt number when it was running (both absent in older logs)."""
+
     payload: Any = None
+    worker_id: str | None = None
+    attempt: int | None = None
 
 
-class Progress(Event, tag="progress", frozen=True):
-    payload: Any = None
+class Started(Activity, tag="started", frozen=True):
+    pass
 
 
-class ToolCall(Event, tag="tool_call", frozen=True):
-    payload: Any = None
+class Progress(Activity, tag="progress", frozen=True):
+    pass
 
 
-class ErrorLogged(Event, tag="error", frozen=True):
-    payload: Any = None
+class ToolCall(Activity, tag="tool_call", frozen=True):
+    pass
+
+
+class ErrorLogged(Activity, tag="error", frozen=True):
+    pass
 
 
 AnyEvent = (

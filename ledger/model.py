@@ -89,7 +89,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One stored event. ``payload`` is the worker's payload for activity events and the event's
-    fields (a dict) for lifecycle events."""
+    fields (a dict) for lifecycle events. ``worker_id`` and ``attempt``: who wrote an activity
+    event and during which attempt (None when not recorded: older logs, or a caller that did not
+    name itself); ``worker_id`` is also set for lifecycle events that name a worker."""
 
     position: int
     job_id: str
@@ -97,6 +99,8 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     type: EventType
     payload: Any
     created_at: datetime
+    worker_id: str | None = None
+    attempt: int | None = None
 
 
 class Result(msgspec.Struct, frozen=True):

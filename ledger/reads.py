@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -24,6 +26,8 @@ from .timeutil import Clock, check_aware
 
 _T = TypeVar("_T")
 _fromiso = datetime.fromisoformat
+FOLLOW_PAGE = 1000
+"""How many events `iter_events` and `follow` read from the log at a time."""
 
 
 def to_job_event(row: tuple[int, str, int, str, str, str]) -> JobEvent:
@@ -36,6 +40,8 @@ def to_job_event(row: tuple[int, str, int, str, str, str]) -> JobEvent:
         type=EventType(event_type),
         payload=ev.payload_of(event),
         created_at=_fromiso(recorded_at),
+        worker_id=getattr(event, "worker_id", None),
+        attempt=getattr(event, "attempt", None),
     )
 
 
@@ -187,3 +193,99 @@ class LedgerReads:
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty ledger)."""
         return self._read("reading the log", lambda: store.last_position(self._conn))
+
+    def iter_events(
+        self,
+        after: int = 0,
+        *,
+        job_id: str | None = None,
+        chat_id: int | None = None,
+        types: Iterable[EventType | str] | None = None,
+    ) -> Iterator[JobEvent]:
+        """The events after position ``after`` that match every filter given, in position order,
+        up to the log's end. The log is read a page at a time, so a long one never sits in
+        memory. ``chat_id`` matches the events of that chat's jobs (0 is a chat like any other).
+        The filters are checked here, before the first event is read."""
+        match = self._event_filter(job_id, chat_id, types)
+        check.integer("after", after, minimum=0)
+        return self._scan(after, match, poll=None, stop=None)
+
+    def follow(
+        self,
+        after: int = 0,
+        *,
+        job_id: str | None = None,
+        chat_id: int | None = None,
+        types: Iterable[EventType | str] | None = None,
+        poll: float = 0.2,
+        stop: threading.Event | None = None,
+    ) -> Iterator[JobEvent]:
+        """Like `iter_events`, then waits for new events (checking every ``poll`` seconds) and
+        yields them as they commit, until ``stop`` is set or the caller stops iterating. Positions
+        are gap-free and in commit order, so no event is skipped or repeated; a ``chat_id`` filter
+        also matches jobs created in that chat while following."""
+        match = self._event_filter(job_id, chat_id, types)
+        check.integer("after", after, minimum=0)
+        if isinstance(poll, bool) or not isinstance(poll, int | float) or not math.isfinite(poll):
+            raise InvalidArgument("poll", poll, "expected a number of seconds")
+        if poll <= 0:
+            raise InvalidArgument("poll", poll, "must be more than 0 seconds")
+        return self._scan(after, match, poll=float(poll), stop=stop)
+
+    def _scan(
+        self,
+        after: int,
+        match: Callable[[JobEvent], bool],
+        *,
+        poll: float | None,
+        stop: threading.Event | None,
+    ) -> Iterator[JobEvent]:
+        """Yield matching events page by page; at the end, return (``poll`` None) or wait."""
+        position = after
+        while stop is None or not stop.is_set():
+            batch = self.read_all(position, limit=FOLLOW_PAGE)
+            for event in batch:
+                position = event.position
+                if match(event):
+                    yield event
+            if len(batch) == FOLLOW_PAGE:
+                continue
+            if poll is None:
+                return
+            if stop is None:
+                time.sleep(poll)
+            elif stop.wait(poll):
+                return
+
+    def _event_filter(
+        self,
+        job_id: str | None,
+        chat_id: int | None,
+        types: Iterable[EventType | str] | None,
+    ) -> Callable[[JobEvent], bool]:
+        """A predicate for `iter_events` and `follow`. A job's chat never changes, so each job's
+        membership is looked up once, the first time one of its events is seen; that is how jobs
+        created after the scan began are matched too."""
+        check.text("job_id", job_id, optional=True)
+        check.integer("chat_id", chat_id, optional=True)
+        names = _types(types)
+        wanted = None if names is None else frozenset(names)
+        in_chat: dict[str, bool] = {}
+
+        def of_chat(event_job: str) -> bool:
+            known = in_chat.get(event_job)
+            if known is None:
+                job = self.get_job(event_job)
+                if job is None:  # not in the projection (yet): decide again next time
+                    return False
+                known = in_chat[event_job] = job.chat_id == chat_id
+            return known
+
+        def match(event: JobEvent) -> bool:
+            return (
+                (job_id is None or event.job_id == job_id)
+                and (wanted is None or event.type.value in wanted)
+                and (chat_id is None or of_chat(event.job_id))
+            )
+
+        return match
