@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -13,30 +15,74 @@ from .model import Job, JobEvent
 _encoder = msgspec.json.Encoder()
 
 
+def char_width(char: str) -> int:
+    """Terminal columns one character takes: 2 for wide (CJK, fullwidth), 0 for combining marks
+    and other zero-width characters, else 1."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def width(text: str) -> int:
+    """Terminal columns ``text`` takes, so columns line up with wide text in them."""
+    if text.isascii():
+        return len(text)
+    return sum(char_width(c) for c in text)
+
+
+def pad(text: str, columns: int) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns (``str.ljust`` counts
+    characters, which misaligns wide ones)."""
+    return text + " " * max(0, columns - width(text))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
+    widths = [width(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        widths = [max(w, width(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = [headers, *rows]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        "  ".join(pad(cell, w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
     )
+
+
+def duration(seconds: float) -> str:
+    """A span of time for people: tenths under a minute (``4.2s``), then the largest whole unit
+    (``5m``, ``3h``, ``2d``). Rounds down, so a job 59.96 s old is not shown as a minute."""
+    s = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{int(s // size)}{unit}"
+    return f"{math.floor(s * 10) / 10:.1f}s"
 
 
 def age(now: datetime, then: datetime | None) -> str:
     if then is None:
         return "-"
-    s = max(0, int((now - then).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+    return duration((now - then).total_seconds())
 
 
-def clip(text: str | None, width: int) -> str:
+def timestamp(when: datetime) -> str:
+    """A time with its zone: the ledger's times are UTC, shown as ``2026-01-01 12:00:00Z``."""
+    if when.tzinfo is None:  # never from the ledger; say so rather than pretend it is UTC
+        return when.strftime("%Y-%m-%d %H:%M:%S") + " (no zone)"
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def clip(text: str | None, columns: int) -> str:
+    """One line of at most ``columns`` terminal columns, ending in ``…`` when cut."""
     text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if width(text) <= columns:
+        return text
+    out, used = [], 0
+    for char in text:
+        w = char_width(char)
+        if used + w > columns - 1:
+            break
+        out.append(char)
+        used += w
+    return "".join(out) + "…"
 
 
 def role(job: Job) -> str:
@@ -65,7 +111,7 @@ def payload_text(payload: Any) -> str:
 
 
 def event_line(event: JobEvent, *, with_job: bool = True) -> str:
-    when = event.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    when = timestamp(event.created_at)
     job = f"{event.job_id[:8]}  " if with_job else ""
     return f"{event.position:>8}  {when}  {job}v{event.version:<3} {event.type.value:<15} " + clip(
         payload_text(event.payload), 100

@@ -1,4 +1,5 @@
-"""The text the original's ``getActiveJobsSummary`` produced, for an LLM's context."""
+"""The text the original's ``getActiveJobsSummary`` produced, for an LLM's context (a failed job
+also names its error, where the original printed ``unknown``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from .model import Job
+from .model import Job, JobStatus
 
 NOTHING = "No active or recent subagents."
 
@@ -26,7 +27,12 @@ def format_running(now: datetime, job: Job) -> str:
 
 
 def format_recent(job: Job) -> str:
+    """A finished job: the original's line for a completed one; a failed one says ``failed``
+    and names its error (the original printed ``unknown -`` and nothing, hiding why)."""
     role = _field(job.config, "role", "unknown")
+    if job.status is JobStatus.FAILED and job.result_status is None:
+        error = (job.error_message or "").replace("\n", " ")[:60]  # one line per job
+        return f"- {job.id[:8]} ({role}): failed - {error}"
     status = job.result_status if job.result_status is not None else "unknown"
     summary = (job.result_summary or "")[:60]
     return f"- {job.id[:8]} ({role}): {status} - {summary}"

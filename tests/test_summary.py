@@ -28,7 +28,7 @@ def test_running_and_recent_sections(ledger: Ledger, clock: FakeClock) -> None:
         f'- {running[:8]} (coder): running 42s - "{"t" * 50}"\n'
         "\n"
         "## Recent Subagents\n"
-        f"- {no_role[:8]} (unknown): unknown - \n"
+        f"- {no_role[:8]} (unknown): failed - broke\n"
         f"- {done[:8]} (reviewer): success - {'s' * 60}\n"
     )
     assert ledger.active_jobs_summary(1) == expected
@@ -45,3 +45,17 @@ def test_only_recent_shows_three_newest(ledger: Ledger, clock: FakeClock) -> Non
     lines = ledger.active_jobs_summary(1).splitlines()
     assert lines[:2] == ["", "## Recent Subagents"]
     assert lines[2:] == [f"- {ids[n][:8]} (r{n}): success - summary {n}" for n in (4, 3, 2)]
+
+
+def test_a_failed_job_names_its_error_on_one_line(ledger: Ledger, clock: FakeClock) -> None:
+    failed = ledger.create_job(1, {"role": "tester", "task": "t"})
+    ledger.claim("w")
+    ledger.fail(failed, "KeyError: 'x'\n  in handle()" + "!" * 80)
+    clock.advance(1)
+    done = ledger.create_job(1, {"role": "coder"})
+    ledger.claim("w")
+    ledger.complete(done, "ok", "success", 0.0, 1)
+    lines = ledger.active_jobs_summary(1).splitlines()
+    assert lines[2] == f"- {done[:8]} (coder): success - ok"  # the original's line, unchanged
+    error = ("KeyError: 'x'   in handle()" + "!" * 80)[:60]
+    assert lines[3] == f"- {failed[:8]} (tester): failed - {error}"
