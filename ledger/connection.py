@@ -9,6 +9,7 @@ where the busy timeout can wait for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -27,7 +28,11 @@ def wrap_sqlite_error(e: apsw.Error, doing: str) -> LedgerError:
     if isinstance(e, apsw.ConnectionClosedError):
         return StorageError(f"{doing}: this Ledger was closed; open a new one")
     if isinstance(e, apsw.BusyError):
-        return LedgerBusy(f"{doing}: the database stayed locked past the busy timeout ({e})")
+        return LedgerBusy(
+            f"{doing}: another connection holds the database lock ({e}) and SQLite stopped "
+            "waiting for it (the busy timeout ran out, or this lock cannot be waited for); retry, "
+            "or pass a longer busy_timeout"
+        )
     if isinstance(e, apsw.FullError):
         return StorageError(f"{doing}: the disk or database is full ({e}); free space and retry")
     if isinstance(e, apsw.ReadOnlyError):
@@ -64,12 +69,41 @@ def connect(
     return conn
 
 
-def configure_writer(conn: apsw.Connection, durability: Durability) -> None:
+def configure_writer(
+    conn: apsw.Connection, durability: Durability, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS
+) -> None:
     """WAL and the durability level. Separate from `connect` because switching to WAL rewrites
     the file header: it must only happen once the file is known to be a ledger (or empty)."""
     # Readers never block the writer and vice versa; ":memory:" answers "memory", which is fine.
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    _switch_to_wal(conn, busy_timeout_ms)
     conn.execute(f"PRAGMA synchronous={DURABILITY_LEVELS[durability]}")
+
+
+_WAL_RETRY_FIRST, _WAL_RETRY_MAX = 0.001, 0.05  # seconds between tries, doubling
+
+
+def _switch_to_wal(conn: apsw.Connection, busy_timeout_ms: int) -> None:
+    """``PRAGMA journal_mode=WAL``, retried until the busy timeout runs out.
+
+    The switch needs the file to itself, and SQLite answers BUSY at once (without calling the busy
+    handler) while another connection holds any lock on it: several processes opening a new file
+    together (workers started at the same moment) would otherwise fail instantly."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = _WAL_RETRY_FIRST
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except apsw.BusyError as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LedgerBusy(
+                    "switching the ledger to WAL mode: other connections kept the file locked "
+                    f"for the whole busy timeout ({busy_timeout_ms / 1000:g} s); retry, or pass "
+                    "a longer busy_timeout"
+                ) from e
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _WAL_RETRY_MAX)
 
 
 def _rollback(conn: apsw.Connection) -> None:

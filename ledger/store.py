@@ -44,9 +44,20 @@ last_position_statement = "SELECT coalesce(max(position), 0) FROM events"
 job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"
 
 
-def _markers(conn: apsw.Connection) -> tuple[int, int]:
-    """(application_id, user_version): which app wrote the file, and in which store format."""
-    return conn.execute("PRAGMA application_id").get, conn.execute("PRAGMA user_version").get
+# One statement, so one read snapshot: read as separate statements, another process could
+# commit its initialisation between them (no marker yet, but tables already), which looked like
+# "another app's file" to a ledger opened at the same moment.
+_markers_statement = (
+    "SELECT a.application_id, u.user_version, (SELECT count(*) FROM sqlite_schema) "
+    "FROM pragma_application_id AS a, pragma_user_version AS u"
+)
+
+
+def _markers(conn: apsw.Connection) -> tuple[int, int, int]:
+    """(application_id, user_version, tables): which app wrote the file, in which store format,
+    and how many schema objects it holds, all from one snapshot."""
+    app_id, user_version, objects = conn.execute(_markers_statement).fetchone()
+    return int(app_id), int(user_version), int(objects)
 
 
 def _refuse_newer(user_version: int) -> None:
@@ -59,10 +70,10 @@ def _refuse_newer(user_version: int) -> None:
 
 def check_openable(conn: apsw.Connection) -> tuple[int, int]:
     """Refuse, before anything is written, a file that is another app's database or a ledger
-    from a newer release. An empty file (a new ledger) passes. Returns its `_markers`."""
-    app_id, user_version = _markers(conn)
-    has_tables = conn.execute("SELECT count(*) FROM sqlite_schema").get > 0
-    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and has_tables):
+    from a newer release. An empty file (a new ledger) passes. Returns (application_id,
+    user_version)."""
+    app_id, user_version, objects = _markers(conn)
+    if app_id not in (0, APPLICATION_ID) or (app_id == 0 and objects > 0):
         raise SchemaError(
             "this SQLite file is not a ledger (it has other tables and no ledger marker); "
             "point --db / Ledger(path) at a ledger file or a new path"
@@ -84,7 +95,7 @@ def initialize_schema(conn: apsw.Connection) -> None:
 
 def check_schema(conn: apsw.Connection) -> None:
     """Check, without writing, that an existing file is a ledger this code can read."""
-    app_id, user_version = _markers(conn)
+    app_id, user_version, _ = _markers(conn)
     if app_id != APPLICATION_ID:
         raise SchemaError("this file is not a ledger (no ledger marker); check the --db path")
     _refuse_newer(user_version)
