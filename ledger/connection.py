@@ -9,6 +9,7 @@ where the busy timeout can wait for it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -44,6 +45,28 @@ def wrap_sqlite_error(e: apsw.Error, doing: str) -> LedgerError:
     return StorageError(f"{doing}: SQLite error {type(e).__name__}: {e}")
 
 
+def refuse_hard_links(path: str) -> None:
+    """Refuse a file that has more than one name (hard links).
+
+    SQLite keys its locks and its ``-wal``/``-shm`` files on the name a file was opened by, so two
+    processes opening one file by two names do not see each other's locks or WAL, and their
+    writes can corrupt it. ``:memory:``, the temporary ``""`` and URIs (``file:...``, which may
+    name no file) are left to SQLite; a file that does not exist yet has no links."""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return  # missing (a new ledger) or unreadable: opening it reports what is wrong
+    if links > 1:
+        raise StorageError(
+            f"{path} has {links} hard links (names): SQLite's locks and WAL follow the file's "
+            "name, so writers using different names would not see each other and could "
+            "corrupt it; remove the extra links (keep one name, or use a symbolic link) and "
+            "open it again"
+        )
+
+
 def connect(
     path: str,
     *,
@@ -56,6 +79,7 @@ def connect(
         else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
     )
     flags |= apsw.SQLITE_OPEN_URI
+    refuse_hard_links(path)
     try:
         conn = apsw.Connection(path, flags=flags)
     except apsw.Error as e:
