@@ -56,7 +56,7 @@ _markers_statement = (
 def _markers(conn: apsw.Connection) -> tuple[int, int, int]:
     """(application_id, user_version, tables): which app wrote the file, in which store format,
     and how many schema objects it holds, all from one snapshot."""
-    app_id, user_version, objects = conn.execute(_markers_statement).fetchone()
+    app_id, user_version, objects = conn.execute(_markers_statement).fetchall()[0]
     return int(app_id), int(user_version), int(objects)
 
 
