@@ -56,8 +56,8 @@ _markers_statement = (
 def _markers(conn: apsw.Connection) -> tuple[int, int, int]:
     """(application_id, user_version, tables): which app wrote the file, in which store format,
     and how many schema objects it holds, all from one snapshot."""
-    app_id, user_version, objects = conn.execute(_markers_statement).fetchall()[0]
-    return int(app_id), int(user_version), int(objects)
+    row: tuple[int, int, int] = conn.execute(_markers_statement).fetchall()[0]  # type: ignore[assignment]
+    return row
 
 
 def _refuse_newer(user_version: int) -> None:
