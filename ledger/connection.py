@@ -130,6 +130,22 @@ def _switch_to_wal(conn: apsw.Connection, busy_timeout_ms: int) -> None:
             delay = min(delay * 2, _WAL_RETRY_MAX)
 
 
+def read_snapshot(conn: apsw.Connection, query: Callable[[], _T]) -> _T:
+    """Run ``query`` in one read transaction, so all its statements see the same committed
+    state (a reader made of several SELECTs would otherwise mix states when a writer commits
+    between them). Inside a transaction already, that one is the snapshot."""
+    if not conn.get_autocommit():
+        return query()
+    conn.execute("BEGIN")
+    try:
+        result = query()
+    except BaseException:
+        _rollback(conn)
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
 def _rollback(conn: apsw.Connection) -> None:
     if not conn.get_autocommit():
         conn.execute("ROLLBACK")

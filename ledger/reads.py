@@ -16,7 +16,7 @@ from projections import jobs_queries as q
 from . import arguments, store
 from . import events as ev
 from . import validate as check
-from .connection import wrap_sqlite_error
+from .connection import read_snapshot, wrap_sqlite_error
 from .errors import InvalidArgument, JobNotFound
 from .model import EventType, Job, JobEvent
 from .stats import Stats
@@ -69,10 +69,12 @@ class LedgerReads:
         """The ledger clock's current time (timezone-aware UTC)."""
         return check_aware("clock()", self._clock())
 
-    def _read(self, doing: str, query: Callable[[], _T]) -> _T:
+    def _read(self, doing: str, query: Callable[[], _T], *, snapshot: bool = False) -> _T:
+        """Run ``query`` under the lock; ``snapshot``: in one read transaction, for a read made
+        of several statements that must agree with each other."""
         with self._lock:
             try:
-                return query()
+                return read_snapshot(self._conn, query) if snapshot else query()
             except apsw.Error as e:
                 raise wrap_sqlite_error(e, doing) from e
 
@@ -122,7 +124,7 @@ class LedgerReads:
             recent = q.fetch_jobs(self._conn, q.recent_finished_for_chat_statement, (chat_id, 3))
             return format_summary(now, running, recent)
 
-        return self._read("summarising jobs", query)
+        return self._read("summarising jobs", query, snapshot=True)
 
     def jobs(
         self,
@@ -152,7 +154,7 @@ class LedgerReads:
     def stats(self) -> Stats:
         """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
         now = self.now()
-        return self._read("collecting stats", lambda: collect_stats(self._conn, now))
+        return self._read("collecting stats", lambda: collect_stats(self._conn, now), snapshot=True)
 
     def job_events(
         self, job_id: str, *, types: Sequence[EventType | str] | None = None

@@ -30,6 +30,8 @@ def _percentile(ordered: list[int], fraction: float) -> float | None:
 
 
 def collect(conn: apsw.Connection, now: datetime) -> Stats:
+    """Several queries whose answers must agree: call inside one read transaction
+    (`connection.read_snapshot`, as `Ledger.stats` does)."""
     counts: dict[str, dict[str, int]] = {}
     for status, queue, n in conn.execute(q.stats_counts_statement):
         counts.setdefault(status, {})[queue] = n
