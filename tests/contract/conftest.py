@@ -143,7 +143,7 @@ def _postgres_location(tmp_path: Path, n: int) -> str:
     schema = f"contract_{uuid.uuid4().hex}"
     _postgres_admin(f'CREATE SCHEMA "{schema}"')
     parts = urlsplit(os.environ[POSTGRES_URL_VARIABLE])
-    query = parse_qsl(parts.query) + [("options", f"-csearch_path={schema}")]
+    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
@@ -247,7 +247,9 @@ class LedgerFactory:
 
 
 @pytest.fixture
-def open_ledger(backend: BackendConfig, tmp_path: Path, clock: FakeClock) -> Iterator[LedgerFactory]:
+def open_ledger(
+    backend: BackendConfig, tmp_path: Path, clock: FakeClock
+) -> Iterator[LedgerFactory]:
     factory = LedgerFactory(backend, tmp_path, clock)
     yield factory
     factory.finish()
