@@ -14,6 +14,9 @@ import pytest
 
 from ledger import Ledger
 
+# The session's throwaway PostgreSQL server: fixtures postgres_url, postgres_database.
+pytest_plugins = ["tests.postgres_cluster"]
+
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
