@@ -1,0 +1,246 @@
+-- ledger: the whole PostgreSQL schema (PostgreSQL 14 or newer: CREATE OR REPLACE TRIGGER).
+--
+-- Run this whole file as ONE transaction at READ COMMITTED (psycopg: one execute() of the file's
+-- text with no parameters, then commit). It is idempotent: every start of a ledger may run it.
+-- Its first statement takes a transaction-scoped advisory lock, so several workers starting
+-- together on an empty database run it one after another and all succeed (unlocked, concurrent
+-- CREATE TABLE IF NOT EXISTS fails with a duplicate key in pg_type).
+--
+-- The laws (see DESIGN.md) that this file makes the database itself enforce:
+--   * events are append-only: UPDATE, DELETE and TRUNCATE raise;
+--   * positions are gap-free and in commit order: the insert trigger takes each position from
+--     one counter row, whose row lock serialises appenders until they commit (a sequence would
+--     hand out numbers that commit out of order, and a follower reading position > last_seen
+--     would skip an event that commits late with a smaller number);
+--   * per-job versions are gap-free: a version above the job's last + 1 raises, and
+--     UNIQUE (job_id, version) refuses a stale one (SQLSTATE 23505: the backend's
+--     ConcurrencyError);
+--   * the job states are the JobStatus values, and running <=> a lease (CHECK constraints).
+--
+-- Upgrades: ledger_schema holds the version this file creates. A later version appends its
+-- changes in a block guarded by "version < N" and raises the constant below; a database
+-- written by a newer release is refused before anything is changed.
+
+SELECT pg_advisory_xact_lock(1246512978, hashtext(current_schema()));  -- 0x4A4C4752 "JLGR"
+
+CREATE TABLE IF NOT EXISTS ledger_schema (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
+    version integer NOT NULL CHECK (version >= 1)
+);
+
+DO $$
+DECLARE
+    found_version integer := (SELECT version FROM ledger_schema);
+BEGIN
+    IF found_version > 1 THEN
+        RAISE EXCEPTION 'this ledger was written by a newer release (PostgreSQL schema %, this '
+            'code knows up to 1); upgrade the jobledger package', found_version
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+END
+$$;
+
+
+-- Events -------------------------------------------------------------------------------------
+
+-- data is json, not jsonb: json keeps the exact text (key order, duplicate keys, spacing,
+-- number spelling), so what is read back equals what was written byte for byte, while the
+-- database still refuses a payload that is not JSON and ->/->> work on it. jsonb reorders keys
+-- and drops duplicates. Read it as text (data::text, or a text loader for json): psycopg would
+-- otherwise parse it into Python objects.
+-- recorded_at is timestamptz: microseconds, like the ledger's fixed-width ISO text, so the text
+-- the ledger wrote comes back as the same instant and timeutil.to_db() of it gives the same
+-- text. Sessions must use TimeZone = 'UTC': in another zone, 9999-12-31 23:59 UTC is year 10000
+-- locally and psycopg cannot load it.
+CREATE TABLE IF NOT EXISTS events (
+    position bigint PRIMARY KEY CHECK (position >= 1),
+    job_id text NOT NULL,
+    version bigint NOT NULL CHECK (version >= 1),
+    type text NOT NULL,
+    data json NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    UNIQUE (job_id, version)
+);
+
+-- The last position handed out. Only the events insert trigger moves it, one step per event,
+-- inside the appending transaction: a rolled-back append rolls the counter back with it (no
+-- gap), and the row lock makes the next appender wait until this one commits (commit order).
+CREATE TABLE IF NOT EXISTS event_counter (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
+    last_position bigint NOT NULL CHECK (last_position >= 0)
+);
+INSERT INTO event_counter (id, last_position) VALUES (true, 0) ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION ledger_events_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    last_version bigint;
+    head bigint;
+BEGIN
+    SELECT coalesce(max(version), 0) INTO last_version FROM events WHERE job_id = NEW.job_id;
+    IF NEW.version > last_version + 1 THEN
+        RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
+            NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
+    END IF;
+    UPDATE event_counter SET last_position = last_position + 1 RETURNING last_position INTO head;
+    IF head IS NULL THEN
+        RAISE EXCEPTION 'event_counter has no row; run schema.sql again to restore it';
+    END IF;
+    -- An import may name the positions it expects; they must be the ones the counter gives.
+    IF NEW.position IS NOT NULL AND NEW.position <> head THEN
+        RAISE EXCEPTION 'event position % given, but the next position is %', NEW.position, head
+            USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.position := head;
+    RETURN NEW;
+END
+$$;
+
+-- TG_ARGV[0] says why, as the SQLite triggers do: 'events are append-only: UPDATE is not ...'.
+CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%: % is not allowed', TG_ARGV[0], TG_OP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_counter_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.last_position <> OLD.last_position + 1 OR NEW.id <> OLD.id THEN
+        RAISE EXCEPTION 'event_counter moves one step per appended event (from % to %)',
+            OLD.last_position, NEW.last_position;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER events_before_insert BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION ledger_events_before_insert();
+CREATE OR REPLACE TRIGGER events_no_update BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
+CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
+CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change('events are append-only');
+CREATE OR REPLACE TRIGGER event_counter_forward BEFORE UPDATE ON event_counter
+    FOR EACH ROW EXECUTE FUNCTION ledger_counter_before_update();
+CREATE OR REPLACE TRIGGER event_counter_no_delete BEFORE DELETE ON event_counter
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('event_counter only moves forward');
+CREATE OR REPLACE TRIGGER event_counter_no_truncate BEFORE TRUNCATE ON event_counter
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change('event_counter only moves forward');
+
+
+-- Projections --------------------------------------------------------------------------------
+
+-- The jobs projection: the columns of projections/jobs.py, typed. Integers are bigint (the
+-- ledger accepts int64), times timestamptz, config text (its exact JSON text: jsonb would
+-- reorder it). The status list is JobStatus; a test compares the two.
+CREATE TABLE IF NOT EXISTS jobs (
+    id text PRIMARY KEY,
+    chat_id bigint NOT NULL,
+    thread_id bigint,
+    user_id text,
+    config text NOT NULL,
+    status text NOT NULL
+        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+    worker_id text,
+    started_at timestamptz,
+    completed_at timestamptz,
+    result_summary text,
+    result_status text,
+    cost_cents double precision,
+    duration_seconds bigint,
+    error_message text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    version bigint NOT NULL,
+    queue text NOT NULL,
+    priority bigint NOT NULL,
+    run_at timestamptz NOT NULL,
+    attempts bigint NOT NULL,
+    max_attempts bigint NOT NULL,
+    lease_expires_at timestamptz,
+    idempotency_key text,
+    created_position bigint NOT NULL,
+    lease_seconds double precision,
+    CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
+);
+
+-- The same indexes as on SQLite, each serving one query; the partial ones stay as small as the
+-- live set. Claim: SELECT ... WHERE status = 'pending' AND run_at <= $now [AND queue = ANY($q)]
+-- ORDER BY priority DESC, created_at, created_position FOR UPDATE SKIP LOCKED LIMIT 1.
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs
+    (priority DESC, created_at, created_position, queue, run_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position);
+CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Per projection: the last position applied and the projection's schema version, so replay
+-- rebuilds after a projection changes and a catch-up starts where it stopped.
+CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name text PRIMARY KEY,
+    schema_version integer NOT NULL,
+    position bigint NOT NULL
+);
+
+
+-- Wake-ups -----------------------------------------------------------------------------------
+
+-- NOTIFY lives here, in triggers, not in the backend's code: it is then part of the very
+-- transaction that appends or makes a job claimable, so it is delivered at commit and never for
+-- a rolled-back command; every path that writes (commands, the lease rescuer, replay, import,
+-- hand-typed SQL) wakes the waiters, and none can forget to. PostgreSQL folds identical
+-- notifications of one transaction into one, so a replay that requeues thousands of jobs sends
+-- one per queue.
+--
+-- A notification is a hint, never the data: listeners re-read (position > last_seen, or a
+-- claim), and poll as a fallback. Channels are per database, so ledgers in several schemas of
+-- one database wake each other spuriously; that is harmless.
+--
+-- ledger_events: payload = the highest position the INSERT statement appended.
+-- ledger_jobs: payload = the queue of a job that became pending (created, retried, released,
+-- rescued, or its run_at moved); '' when the queue name is too long for a payload (8000 bytes):
+-- wake for any queue.
+CREATE OR REPLACE FUNCTION ledger_notify_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    head bigint := (SELECT max(position) FROM appended);
+BEGIN
+    IF head IS NOT NULL THEN
+        PERFORM pg_notify('ledger_events', head::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_notify_jobs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(
+        'ledger_jobs', CASE WHEN octet_length(NEW.queue) < 8000 THEN NEW.queue ELSE '' END
+    );
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER events_notify AFTER INSERT ON events
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_notify_events();
+CREATE OR REPLACE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.status = 'pending')
+    EXECUTE FUNCTION ledger_notify_jobs();
+CREATE OR REPLACE TRIGGER jobs_notify_update AFTER UPDATE ON jobs
+    FOR EACH ROW WHEN (
+        NEW.status = 'pending'
+        AND (OLD.status <> 'pending' OR OLD.run_at IS DISTINCT FROM NEW.run_at)
+    )
+    EXECUTE FUNCTION ledger_notify_jobs();
+
+
+-- The version this file leaves behind.
+INSERT INTO ledger_schema (id, version) VALUES (true, 1)
+    ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version
+    WHERE ledger_schema.version < EXCLUDED.version;
