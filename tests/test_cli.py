@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import apsw
 import pytest
 
 from ledger import Ledger
+from ledger import cli_format as fmt
 from tests.conftest import ROOT, run_cli, table_dump
 
 
@@ -99,6 +101,27 @@ def test_events_filters_and_json(db_path: str, filled: dict[str, str]) -> None:
     assert len(job.splitlines()) == 3 and "retry" not in job and "failed" in job
     chat = run_cli("events", "--chat", "6", db=db_path, check=True).stdout
     assert len(chat.splitlines()) == 1 and "created" in chat
+    assert all(re.search(r"  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ  ", line) for line in out)
+
+
+def test_jobs_says_when_the_list_is_cut(db_path: str, filled: dict[str, str]) -> None:
+    cut = run_cli("jobs", "--limit", "2", db=db_path, check=True)
+    assert len(cut.stdout.splitlines()) == 3  # header and two jobs
+    assert "showing the newest 2 jobs; there are more: --limit N for more" in cut.stderr
+    cut_json = run_cli("jobs", "--limit", "3", "--json", db=db_path, check=True)
+    assert len(json.loads(cut_json.stdout)) == 3 and "showing the newest 3" in cut_json.stderr
+    for limit in ("4", "50"):  # everything shown: nothing to say
+        whole = run_cli("jobs", "--limit", limit, db=db_path, check=True)
+        assert len(whole.stdout.splitlines()) == 5 and whole.stderr == ""
+
+
+def test_jobs_columns_line_up_with_wide_text(db_path: str) -> None:
+    with Ledger(db_path) as ledger:
+        ledger.create_job(1, {"role": "研究者"})
+        ledger.create_job(1, {"role": "coder"})
+    lines = run_cli("jobs", db=db_path, check=True).stdout.splitlines()
+    starts = {fmt.width(line[: line.index("0/1")]) for line in lines[1:]}
+    assert len(starts) == 1 and fmt.width(lines[0][: lines[0].index("ATTEMPTS")]) in starts
 
 
 def test_events_follow_sees_another_process_append(db_path: str, filled: dict[str, str]) -> None:
@@ -137,6 +160,7 @@ def test_summary_matches_the_library(db_path: str, filled: dict[str, str]) -> No
     out = run_cli("summary", "5", db=db_path, check=True).stdout
     assert "## Running Subagents" in out and f"- {filled['running'][:8]} (reviewer): running" in out
     assert f"- {filled['done'][:8]} (coder): success - wrote the code" in out
+    assert f"- {filled['broken'][:8]} (tester): failed - tests exploded: KeyError 'x'" in out
     data = json.loads(run_cli("summary", "5", "--json", db=db_path, check=True).stdout)
     assert data["summary"].startswith("## Running Subagents")
 
@@ -144,7 +168,7 @@ def test_summary_matches_the_library(db_path: str, filled: dict[str, str]) -> No
 def test_stats(db_path: str, filled: dict[str, str]) -> None:
     out = run_cli("stats", db=db_path, check=True).stdout
     assert "completed  default  1" in out and "failed     default  1" in out
-    assert "total cost: 2.50 cents" in out and "p50 30s" in out
+    assert "total cost: 2.50 cents" in out and "p50 30.0s" in out  # tenths under a minute
     assert f"oldest pending: {filled['pending'][:8]}" in out
     data = json.loads(run_cli("stats", "--json", db=db_path, check=True).stdout)
     assert data["counts"]["running"] == {"review": 1}
@@ -155,6 +179,31 @@ def _forge(db_path: str, job_id: str) -> None:
     raw = apsw.Connection(db_path)
     raw.execute("UPDATE jobs SET result_summary = 'forged' WHERE id = ?", (job_id,))
     raw.close()
+
+
+def test_dry_run_counts_rows_not_columns(db_path: str, filled: dict[str, str]) -> None:
+    raw = apsw.Connection(db_path)
+    raw.execute(
+        "UPDATE jobs SET result_summary = 'forged', cost_cents = 99 WHERE id = ?", (filled["done"],)
+    )
+    raw.close()
+    dry = run_cli("replay", "--dry-run", db=db_path, check=True).stdout
+    assert "1 projection rows would change (2 differing values)" in dry
+    data = json.loads(run_cli("replay", "--dry-run", "--json", db=db_path, check=True).stdout)
+    assert data["rows_that_would_change"] == 1 and data["differences"] == 2
+
+
+def test_verify_says_how_many_differences_it_left_out(db_path: str) -> None:
+    with Ledger(db_path) as ledger:
+        for n in range(30):
+            ledger.create_job(n, {})
+    raw = apsw.Connection(db_path)
+    raw.execute("UPDATE jobs SET priority = 7, attempts = 9")  # 2 columns x 30 rows
+    raw.close()
+    out = run_cli("verify", db=db_path).stdout.splitlines()
+    assert out[0] == "NOT OK: 60 difference(s) between the projection and the log"
+    assert len([line for line in out if line.startswith("  jobs ")]) == 50
+    assert "  ... and 10 more (`ledger verify --json` lists them all)" in out
 
 
 def test_verify_replay_and_dry_run(db_path: str, filled: dict[str, str]) -> None:
@@ -253,17 +302,3 @@ def test_bad_usage_exits_2(db_path: str) -> None:
     assert run_cli("jobs", "--limit", "many", db=db_path).returncode == 2
     assert run_cli("frobnicate").returncode == 2
     assert run_cli().returncode == 2
-
-
-def test_demo_runs_every_outcome(tmp_path: Path) -> None:
-    result = run_cli("demo", cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "## Recent Subagents" in out and "ok:" in out and "replayed" in out
-    assert "cancelled" in out and "failed" in out
-    with Ledger(str(tmp_path / "demo.db"), readonly=True) as ledger:
-        statuses = {j.status.value for j in ledger.jobs(limit=100)}
-        assert statuses == {"completed", "failed", "cancelled"}
-        flaky = [j for j in ledger.jobs(limit=100) if j.config.get("flaky")]
-        assert flaky[0].attempts == 2 and flaky[0].status.value == "completed"
-        assert ledger.verify().ok
