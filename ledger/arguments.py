@@ -6,11 +6,14 @@ what a caller may pass lives in one place (with `validate` for the generic check
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import events as ev
 from . import validate as check
+from .backoff import RetryPolicy
 from .errors import InvalidArgument
 from .model import ACTIVITY_TYPES, EventType, JobStatus
 from .timeutil import check_aware
@@ -28,6 +31,40 @@ CREATE_KEYS = frozenset(
         "idempotency_key",
     }
 )
+
+
+def ledger_path(path: object) -> str:
+    """The file name `Ledger` opens: a str or a path object (``pathlib.Path``), as text.
+
+    APSW takes only str, and hands SQLite UTF-8: a bytes path, an embedded NUL or an
+    undecodable name (a lone surrogate from ``os.fsdecode``) would fail inside APSW with a
+    TypeError, ValueError or UnicodeEncodeError; refuse them here instead."""
+    name = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(name, str):
+        raise InvalidArgument(
+            "path", path, "expected a str or a pathlib.Path naming the ledger file (or ':memory:')"
+        )
+    if "\0" in name:
+        raise InvalidArgument("path", path, "contains a NUL character, which no file name can")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(
+            "path", path, "not valid Unicode (SQLite takes UTF-8 file names); rename the file"
+        ) from e
+    return name
+
+
+def ledger_options(clock: object, readonly: object, retry_policy: object, rng: object) -> None:
+    """`Ledger`'s other arguments, checked before the file is opened."""
+    if clock is not None and not callable(clock):
+        raise InvalidArgument("clock", clock, "expected a callable returning an aware datetime")
+    if not isinstance(readonly, bool):
+        raise InvalidArgument("readonly", readonly, "expected True or False")
+    if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+        raise InvalidArgument("retry_policy", retry_policy, "expected a ledger.RetryPolicy")
+    if rng is not None and not isinstance(rng, random.Random):
+        raise InvalidArgument("rng", rng, "expected a random.Random")
 
 
 def created_event(args: dict[str, Any]) -> ev.JobCreated:

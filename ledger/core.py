@@ -9,6 +9,7 @@ step, then flushes the projections and commits. Any exception rolls all of it ba
 from __future__ import annotations
 
 import functools
+import os
 import random
 import threading
 import time
@@ -33,7 +34,7 @@ from .connection import Durability, configure_writer, connect, run_write
 from .errors import ConcurrencyError, InvalidArgument, JobNotFound
 from .model import EventType, Job
 from .reads import LedgerReads
-from .timeutil import Clock, check_aware, seconds, system_clock, to_db
+from .timeutil import MAX_BUSY_TIMEOUT, Clock, check_aware, seconds, system_clock, to_db
 from .transfer import EXPORT_PAGE, export_page, import_lines
 
 _T = TypeVar("_T")
@@ -116,7 +117,7 @@ class Ledger(LedgerReads):
 
     def __init__(
         self,
-        path: str = "ledger.db",
+        path: str | os.PathLike[str] = "ledger.db",
         *,
         clock: Clock | None = None,
         durability: Durability = "full",
@@ -127,7 +128,8 @@ class Ledger(LedgerReads):
     ) -> None:
         if durability not in ("full", "normal"):
             raise InvalidArgument("durability", durability, 'use "full" or "normal"')
-        self.path = path
+        self.path = path = arguments.ledger_path(path)  # a str, even when given a Path
+        arguments.ledger_options(clock, readonly, retry_policy, rng)
         self.readonly = readonly
         self._clock = clock or system_clock
         self._retry_policy = retry_policy or RetryPolicy()
@@ -137,7 +139,7 @@ class Ledger(LedgerReads):
         self._projections: tuple[Projection, ...] = (self._jobs,)
         self._others = self._projections[1:]  # written beside jobs by every command
         self._names = tuple(p.name for p in self._projections)
-        timeout_ms = int(seconds("busy_timeout", busy_timeout) * 1000)
+        timeout_ms = int(seconds("busy_timeout", busy_timeout, maximum=MAX_BUSY_TIMEOUT) * 1000)
         self._conn = connect(path, readonly=readonly, busy_timeout_ms=timeout_ms)
         self._jobs_writer = JobsWriter(self._conn)  # reused by every command (reset first)
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import events as ev
 from .backoff import RetryPolicy
-from .errors import InvalidTransition, JobNotFound, LeaseLost
+from .errors import InvalidArgument, InvalidTransition, JobNotFound, LeaseLost
 from .model import FINAL_STATUSES, EventType, JobStatus
 
 Row = dict[str, Any]
@@ -124,4 +124,12 @@ def release(row: Row, worker_id: str, reason: str | None) -> list[ev.Event]:
 
 
 def lease_until(now: datetime, lease_seconds: float) -> datetime:
-    return now + timedelta(seconds=lease_seconds)
+    """When a lease taken at ``now`` runs out. The callers' checks (`timeutil.LATEST`,
+    `timeutil.MAX_SECONDS`) keep this inside the datetime range; should a lease still end past
+    it, the caller gets `InvalidArgument`, not an OverflowError from inside a transaction."""
+    try:
+        return now + timedelta(seconds=lease_seconds)
+    except OverflowError:
+        raise InvalidArgument(
+            "lease", lease_seconds, f"would end past the latest time a datetime holds ({now})"
+        ) from None

@@ -163,6 +163,13 @@ def decode(position: int, event_type: str, data: bytes | str) -> AnyEvent:
         event = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as e:
         raise CorruptEvent(position, event_type, str(e)) from e
+    except RecursionError as e:
+        # Release 0.1 accepted nesting of any depth (now at most validate.MAX_DEPTH levels);
+        # such an event cannot be decoded without exhausting the stack. Reported like any
+        # unreadable event, so verify names it and replay stops at it, instead of a
+        # RecursionError from deep inside a read.
+        why = "its data is nested too deeply to decode (written before nesting was limited)"
+        raise CorruptEvent(position, event_type, why) from e
     if tag_of(event) != event_type:
         raise CorruptEvent(position, event_type, f"data says {tag_of(event)!r}")
     return event

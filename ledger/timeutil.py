@@ -14,6 +14,17 @@ from .errors import InvalidArgument
 
 Clock = Callable[[], datetime]
 
+# The longest duration `seconds` accepts (about 31.7 years): leases, backoff caps, timeouts.
+MAX_SECONDS = 10**9
+# SQLite's busy timeout is a C int of milliseconds: at most 2**31 - 1 ms, about 24.8 days.
+MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
+# The times the ledger takes (a job's run_at, the clock's now). The room above LATEST is more
+# than a longest lease plus a longest retry backoff, so ``now + lease`` and ``now + delay`` never
+# leave what `datetime` can hold (OverflowError); the day after datetime.min leaves room for
+# "the last hour" in stats and for any timezone offset.
+EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+LATEST = datetime(9900, 1, 1, tzinfo=UTC)
+
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
@@ -26,21 +37,42 @@ def to_db(moment: datetime) -> str:
 
 
 def check_aware(name: str, moment: object) -> datetime:
+    """A timezone-aware datetime between `EARLIEST` and `LATEST`, as UTC."""
     if type(moment) is datetime and moment.tzinfo is UTC:
-        return moment
+        if EARLIEST <= moment <= LATEST:
+            return moment
+        raise _out_of_range(name, moment)
     if not isinstance(moment, datetime):
         raise InvalidArgument(name, moment, "expected a timezone-aware datetime")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidArgument(name, moment, "naive datetime; pass one with a timezone (UTC)")
-    return moment.astimezone(UTC)
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:  # datetime.max at a negative offset is past year 9999 in UTC
+        raise _out_of_range(name, moment) from None
+    if EARLIEST <= utc <= LATEST:
+        return utc
+    raise _out_of_range(name, moment)
 
 
-def seconds(name: str, value: float | timedelta) -> float:
-    """A positive, finite duration in seconds from a number or a timedelta."""
+def _out_of_range(name: str, moment: datetime) -> InvalidArgument:
+    return InvalidArgument(
+        name,
+        moment,
+        f"outside the times the ledger can schedule ({EARLIEST.date()} to {LATEST.date()} UTC, "
+        "leaving room for leases and retry delays); use a time in that range",
+    )
+
+
+def seconds(name: str, value: float | timedelta, *, maximum: float = MAX_SECONDS) -> float:
+    """A positive, finite duration in seconds, less than ``maximum``, from a number or a
+    timedelta."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(name, value, "expected seconds (a number) or a timedelta")
-    if not (0 < value < 10**9):
-        raise InvalidArgument(name, value, "must be a positive, finite number of seconds")
+    if not (0 < value < maximum):
+        raise InvalidArgument(
+            name, value, f"must be a positive, finite number of seconds below {maximum:.10g}"
+        )
     return float(value)
