@@ -12,7 +12,24 @@ from typing import Any, Protocol
 
 import apsw
 
+from ledger.errors import CorruptEvent
 from ledger.events import StoredEvent
+
+
+class UnfoldableEvent(CorruptEvent):
+    """An event that decodes but cannot be folded where it stands in the log: it breaks a rule
+    every log the ledger writes keeps (its job has no created event before it, a version gap,
+    an unreadable timestamp, ...). Only a write that went around the ledger (raw SQL, another
+    tool) can put it there; `verify` reports it and replay refuses at its position."""
+
+    def __init__(self, position: int, event_type: str, why: str) -> None:
+        super().__init__(position, event_type, why)
+        self.why = why
+        self.args = (
+            f"event at position {position} (type {event_type!r}) cannot be applied: {why}; "
+            "the log was changed outside the ledger (see `ledger verify`)",
+        )
+
 
 checkpoint_schema_statement = """CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name TEXT PRIMARY KEY,

@@ -19,6 +19,7 @@ from ledger import events as ev
 from ledger.events import StoredEvent
 from ledger.model import JobStatus
 from ledger.timeutil import to_db
+from projections.base import UnfoldableEvent
 
 COLUMNS = (
     "id",
@@ -115,7 +116,8 @@ def evolve(row: Row | None, stored: StoredEvent) -> Row:
     if type(event) is ev.JobCreated:
         return _created(stored, event)
     if row is None:
-        raise ValueError(f"event at position {stored.position} precedes its job's creation")
+        why = f"job {stored.job_id} has no created event before it"
+        raise UnfoldableEvent(stored.position, ev.tag_of(event), why)
     changes: Row = {"version": stored.version, "updated_at": stored.recorded_at}
     rule = _RULES.get(type(event))
     if rule is not None:  # activity events only move version and updated_at
