@@ -35,32 +35,33 @@ a `BackendConfig` to `CONFIGURATIONS` with
     ``unavailable()``           None, or why this configuration cannot run here (the tests are
                                 then skipped with that reason, never silently dropped);
     ``shared_between_handles``  see Capabilities.
-The PostgreSQL entry runs when ``LEDGER_TEST_POSTGRES_URL`` names a server (for example
-``postgresql://postgres@localhost:5432/ledger_test``), ``psycopg`` is installed and the package
-``ledger.backends.postgres`` exists. Each ledger gets a schema of its own on that server
-(``CREATE SCHEMA``, selected with ``search_path`` in the URL's ``options``) dropped after the
-test, so tests never see each other's rows. If the PostgreSQL backend is opened some other way
-than ``Ledger(url)``, change ``open`` of that entry, nothing else.
+The PostgreSQL entry runs once the module ``ledger.backends.postgres`` exists (a package with an
+``__init__.py``, not only its ``schema.sql``), on the server
+``LEDGER_TEST_POSTGRES_URL`` names, or else on the session's throwaway server that
+``tests/postgres_cluster.py`` starts (``initdb`` + ``pg_ctl``); with neither it is skipped with
+the reason. Each ledger gets a database of its own (``create_database``), dropped after the
+test, so tests never see each other's rows, notifications or advisory locks. If the PostgreSQL
+backend is opened some other way than ``Ledger(url)``, change ``open`` of that entry, nothing
+else.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from ledger import Ledger
+from tests import postgres_cluster
 from tests.conftest import FakeClock
 
-POSTGRES_URL_VARIABLE = "LEDGER_TEST_POSTGRES_URL"
+POSTGRES_URL_VARIABLE = postgres_cluster.URL_VARIABLE
+POSTGRES_BACKEND = "ledger.backends.postgres"
 CAPABILITIES = {
     "shared_between_handles": "a second Ledger at the same location opens the same ledger",
 }
@@ -107,48 +108,24 @@ def _sqlite_memory(tmp_path: Path, n: int) -> str:
 
 @functools.cache
 def _postgres_unavailable() -> str | None:
-    """Why the PostgreSQL configuration cannot run here, or None; asked once per session."""
-    url = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not url:
-        return f"set {POSTGRES_URL_VARIABLE}=postgresql://... to run the contract on PostgreSQL"
-    if importlib.util.find_spec("psycopg") is None:
-        return f"{POSTGRES_URL_VARIABLE} is set but psycopg is not installed"
+    """Why the PostgreSQL configuration cannot run here, or None; asked once per session. The
+    backend is looked for first, so no server is started for a backend that does not exist."""
     try:
-        backend = importlib.util.find_spec("ledger.backends.postgres")
+        backend = importlib.util.find_spec(POSTGRES_BACKEND)
     except ModuleNotFoundError:
         backend = None
-    if backend is None:
-        return "the ledger has no PostgreSQL backend yet (no ledger.backends.postgres)"
+    if backend is None or backend.origin is None:  # None: a directory without code (only SQL)
+        return f"the ledger has no PostgreSQL backend yet (no module {POSTGRES_BACKEND})"
     try:
-        _postgres_admin("SELECT 1")
-    except Exception as e:  # any reason the server cannot be reached is a reason to skip
-        return f"no PostgreSQL server at {POSTGRES_URL_VARIABLE}: {e}"
+        postgres_cluster.shared_url()
+    except postgres_cluster.ClusterUnavailable as e:
+        return f"no PostgreSQL server ({POSTGRES_URL_VARIABLE} unset and none could start): {e}"
     return None
 
 
-def _postgres_admin(statement: str) -> None:
-    import psycopg  # imported here: only this configuration needs it
-
-    with psycopg.connect(os.environ[POSTGRES_URL_VARIABLE], connect_timeout=5) as conn:
-        conn.execute(statement)
-
-
-def _postgres_schema(location: str) -> str:
-    options = dict(parse_qsl(urlsplit(location).query))["options"]
-    return options.removeprefix("-csearch_path=")
-
-
 def _postgres_location(tmp_path: Path, n: int) -> str:
-    """A URL whose connections use a new, empty schema: a fresh ledger on a shared server."""
-    schema = f"contract_{uuid.uuid4().hex}"
-    _postgres_admin(f'CREATE SCHEMA "{schema}"')
-    parts = urlsplit(os.environ[POSTGRES_URL_VARIABLE])
-    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={schema}")]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
-
-
-def _postgres_discard(location: str) -> None:
-    _postgres_admin(f'DROP SCHEMA IF EXISTS "{_postgres_schema(location)}" CASCADE')
+    """The URL of a new, empty database on the session's server: a fresh ledger."""
+    return postgres_cluster.create_database(postgres_cluster.shared_url(), prefix="contract")
 
 
 CONFIGURATIONS: list[BackendConfig] = [
@@ -158,7 +135,7 @@ CONFIGURATIONS: list[BackendConfig] = [
         "postgres",
         _postgres_location,
         shared_between_handles=True,
-        discard=_postgres_discard,
+        discard=postgres_cluster.drop_database,
         unavailable=_postgres_unavailable,
     ),
 ]
