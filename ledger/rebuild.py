@@ -8,6 +8,7 @@ Verify runs it into a scratch in-memory database and compares, so it never write
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -116,10 +117,13 @@ class LogCheck:
     times have the stored format, fields fit their columns. A full fold (replay, verify) and
     import check every event; an event that breaks a rule got there around the ledger."""
 
-    __slots__ = ("_last_time", "_versions")
+    __slots__ = ("_last_time", "_prior", "_versions")
 
-    def __init__(self) -> None:
+    def __init__(self, prior: Callable[[str], int] | None = None) -> None:
+        """``prior``: a job's version before the first event checked (for a fold that starts
+        after the log's beginning); without it every job starts at 0."""
         self._versions: dict[str, int] = {}
+        self._prior = prior
         self._last_time = ""  # the events of one command share a time: check it once
 
     def problem(self, stored: StoredEvent) -> str | None:
@@ -136,7 +140,10 @@ class LogCheck:
                 )
             self._last_time = at
         version = stored.version
-        expected = self._versions.get(job_id, 0) + 1
+        known = self._versions.get(job_id)
+        if known is None:
+            known = 0 if self._prior is None else self._prior(job_id)
+        expected = known + 1
         created = type(stored.event) is ev.JobCreated
         if version != expected:
             if expected == 1:
@@ -172,6 +179,10 @@ def _apply(writer: ProjectionWriter, stored: StoredEvent) -> None:
         raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why) from e
 
 
+def _version_at(conn: apsw.Connection, position: int, job_id: str) -> int:
+    return store.job_version_at(conn, job_id, position)
+
+
 def fold(
     source: apsw.Connection,
     target: apsw.Connection,
@@ -181,14 +192,14 @@ def fold(
 ) -> tuple[int, int]:
     """Apply the events after ``after`` to the projections in ``target``; (count, last position).
 
-    A fold from the start checks each event against the log's rules first (`LogCheck`)."""
+    Each event is checked against the log's rules first (`LogCheck`), so damage made around the
+    ledger stops the fold at that event instead of reaching a projection."""
     writers = [p.writer(target) for p in projections]
     total = store.last_position(source) - after if progress else 0
     count, last = 0, after
-    checker = LogCheck() if after == 0 else None
+    checker = LogCheck(None if after == 0 else functools.partial(_version_at, source, after))
     for stored in store.iter_after(source, after):
-        if checker is not None:
-            checker.check(stored)
+        checker.check(stored)
         for writer in writers:
             _apply(writer, stored)
         count += 1

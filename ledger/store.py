@@ -42,6 +42,14 @@ _select_events = "SELECT position, job_id, version, type, data, recorded_at FROM
 select_after_statement = f"{_select_events} WHERE position > ? ORDER BY position"
 last_position_statement = "SELECT coalesce(max(position), 0) FROM events"
 job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"
+_job_version_at_statement = (
+    "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ? AND position <= ?"
+)
+
+
+def job_version_at(conn: apsw.Connection, job_id: str, position: int) -> int:
+    """A job's version as of ``position`` (0: no events of it up to there)."""
+    return int(conn.execute(_job_version_at_statement, (job_id, position)).get)
 
 
 # One statement, so one read snapshot: read as separate statements, another process could

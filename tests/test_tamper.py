@@ -10,7 +10,7 @@ import pytest
 
 from ledger import CorruptEvent, Ledger, SchemaError
 from ledger.store import STORE_SCHEMA_VERSION
-from tests.conftest import snapshot, table_dump
+from tests.conftest import run_cli, snapshot, table_dump
 
 
 def _raw(path: str) -> apsw.Connection:
@@ -106,3 +106,133 @@ def test_a_ledger_from_a_newer_release_is_refused_unchanged(db_path: str) -> Non
     with pytest.raises(SchemaError, match="newer release"):
         Ledger(db_path, readonly=True)
     assert snapshot(db_path) == before
+
+
+# -- damage the triggers cannot stop: verify reports it, replay refuses it by position --------
+
+AT = "2026-01-01T12:00:00.000000+00:00"
+
+
+def _insert(path: str, job_id: str, version: int, event_type: str, data: str, at: str = AT) -> int:
+    """A row INSERTed around the library (the triggers only forbid UPDATE and DELETE)."""
+    conn = _raw(path)
+    conn.execute(
+        "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)",
+        (job_id, version, event_type, data, at),
+    )
+    position = conn.last_insert_rowid()
+    conn.close()
+    return position
+
+
+def _assert_reported_and_refused(ledger: Ledger, position: int, why: str) -> None:
+    """verify names the event (never raises); replay refuses it and leaves the projection; the
+    CLI says so in words, exits 1, shows no traceback."""
+    report = ledger.verify()
+    assert not report.ok
+    assert [d.position for d in report.differences] == [position]
+    assert why in (report.differences[0].problem or "")
+    before = snapshot(ledger.path)
+    with pytest.raises(CorruptEvent) as raised:
+        ledger.replay()
+    assert raised.value.position == position and why in str(raised.value)
+    assert snapshot(ledger.path) == before
+    verified = run_cli("verify", db=ledger.path)
+    assert verified.returncode == 1 and f"position {position}" in verified.stdout
+    replayed = run_cli("replay", db=ledger.path)
+    assert replayed.returncode == 1 and "Traceback" not in replayed.stderr
+    assert replayed.stderr.count("\n") == 1 and f"position {position}" in replayed.stderr
+    assert snapshot(ledger.path) == before
+
+
+_PROGRESS = '{"type":"progress","payload":1}'
+
+
+def test_an_event_of_a_job_that_was_never_created(ledger: Ledger) -> None:
+    ledger.create_job(1, {"a": 1})
+    position = _insert(ledger.path, "no-such-job", 1, "progress", _PROGRESS)
+    _assert_reported_and_refused(ledger, position, "no-such-job has no created event")
+    with pytest.raises(CorruptEvent, match="no created event before it"):
+        Ledger(ledger.path)  # opening catches the projection up: the same refusal, no ValueError
+
+
+def test_a_version_gap_in_a_jobs_stream(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    ledger.log_event(job_id, "progress", {"n": 1})
+    position = _insert(ledger.path, job_id, 4, "progress", _PROGRESS)
+    _assert_reported_and_refused(ledger, position, "must be version 3, not 4")
+
+
+def test_a_second_created_event_for_a_job(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    position = _insert(
+        ledger.path, job_id, 2, "created", '{"type":"created","chat_id":1,"config":1}'
+    )
+    _assert_reported_and_refused(ledger, position, "already has a created event")
+
+
+def test_an_event_deleted_with_the_triggers_dropped(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    ledger.log_event(job_id, "progress", {"n": 1})
+    ledger.log_event(job_id, "progress", {"n": 2})
+    conn = _raw(ledger.path)
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DELETE FROM events WHERE job_id = ? AND version = 2", (job_id,))
+    conn.close()
+    _assert_reported_and_refused(ledger, 3, "must be version 2, not 3")
+
+
+@pytest.mark.parametrize(
+    "at", ["yesterday", "2026-01-01 12:00:00.000000+00:00", "2026-13-01T12:00:00.000000+00:00"]
+)
+def test_an_event_with_an_unreadable_time(ledger: Ledger, at: str) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    position = _insert(ledger.path, job_id, 2, "progress", _PROGRESS, at=at)
+    _assert_reported_and_refused(ledger, position, "not a time in the ledger's format")
+
+
+def test_an_event_with_values_no_command_writes(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    naive = '{"type":"claimed","worker_id":"w","lease_expires_at":"2026-01-01T12:05:00"}'
+    position = _insert(ledger.path, job_id, 2, "claimed", naive)
+    _assert_reported_and_refused(ledger, position, "has no timezone")
+
+
+def test_a_created_event_with_an_int_sqlite_cannot_store(ledger: Ledger) -> None:
+    ledger.create_job(1, {"a": 1})
+    huge = '{"type":"created","chat_id":9223372036854775808,"config":1}'
+    position = _insert(ledger.path, "job-2", 1, "created", huge)
+    _assert_reported_and_refused(ledger, position, "does not fit in a 64-bit integer")
+
+
+def test_a_jobs_row_with_a_status_no_transition_gives(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {"a": 1})
+    conn = _raw(ledger.path)
+    conn.execute("PRAGMA ignore_check_constraints = ON")  # what another tool could do
+    conn.execute("UPDATE jobs SET status = 'bogus' WHERE id = ?", (job_id,))
+    conn.close()
+    report = ledger.verify()
+    assert not report.ok
+    assert [(d.key, d.column, d.live, d.rebuilt) for d in report.differences] == [
+        (job_id, "status", "bogus", "pending")
+    ]
+    verified = run_cli("verify", db=ledger.path)
+    assert verified.returncode == 1 and "bogus" in verified.stdout
+    assert run_cli("replay", db=ledger.path).returncode == 0
+    assert ledger.verify().ok
+    assert ledger.get_job(job_id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_a_dropped_jobs_table_is_reported_by_verify(ledger: Ledger) -> None:
+    ledger.create_job(1, {"a": 1})
+    conn = _raw(ledger.path)
+    conn.execute("DROP TABLE jobs")
+    conn.close()
+    report = ledger.verify()
+    assert not report.ok and "cannot read the jobs projection" in (
+        report.differences[0].problem or ""
+    )
+    verified = run_cli("verify", db=ledger.path)
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr
+    ledger.replay()
+    assert ledger.verify().ok
