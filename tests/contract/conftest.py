@@ -193,6 +193,8 @@ class LedgerFactory:
         return self._open(self._location_of(ledger), kwargs)
 
     def close(self, ledger: Ledger) -> None:
+        """Close ``ledger`` (again, harmlessly, if the test closed it) and leave it out of the
+        teardown's verify."""
         self._opened = [(lg, loc) for lg, loc in self._opened if lg is not ledger]
         ledger.close()
 

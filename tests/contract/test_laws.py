@@ -432,3 +432,22 @@ def test_a_follower_sees_every_event_exactly_once(ledger: Ledger, clock: FakeClo
     everything = ledger.read_all()
     assert followed == everything
     assert [e.position for e in everything] == list(range(1, len(everything) + 1))
+
+
+@pytest.mark.capability("shared_between_handles")
+def test_a_follower_on_another_handle_sees_every_event_once(
+    open_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    """Law 10, followers never skip: a follower reading through its own handle while another
+    handle writes sees every event exactly once, with gap-free positions."""
+    writer = open_ledger()
+    follower = open_ledger.second_handle(writer)
+    followed = []
+    for n in range(30):
+        job_id = writer.create_job(n, CONFIG)
+        writer.log_event(job_id, EventType.PROGRESS, {"n": n})
+        after = followed[-1].position if followed else 0
+        followed += follower.read_all(after=after, limit=1 + n % 3)
+    followed += follower.read_all(after=followed[-1].position)
+    assert [e.position for e in followed] == list(range(1, 61))
+    assert followed == writer.read_all()

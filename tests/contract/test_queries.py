@@ -5,8 +5,18 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from ledger import EventType, InvalidArgument, Job, JobEvent, JobNotFound, JobStatus, Ledger
+from ledger import (
+    EventType,
+    InvalidArgument,
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobStatus,
+    Ledger,
+    LedgerError,
+)
 from tests.conftest import FakeClock
+from tests.contract.conftest import LedgerFactory
 from tests.contract.support import CONFIG, busy_ledger
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -254,3 +264,17 @@ def test_stats_counts_throughput_durations_cost(ledger: Ledger, clock: FakeClock
     assert stats.total_cost_cents == 3.75
     assert stats.oldest_pending is not None and stats.oldest_pending.id == old
     assert ledger.get_job(old).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_a_ledger_is_a_context_manager_on_the_callers_clock(
+    open_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    """Promise: `Ledger` is a context manager that closes on exit, and `now` is the clock it was
+    given (aware UTC), the same time its commands record."""
+    with open_ledger() as inside:
+        assert inside.now() == clock.now
+        job_id = inside.create_job(1, CONFIG)
+        assert inside.get_job(job_id).created_at == inside.now()  # type: ignore[union-attr]
+    open_ledger.close(inside)  # closed already; the factory must not verify it at teardown
+    with pytest.raises(LedgerError):
+        inside.get_job(job_id)
