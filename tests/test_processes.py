@@ -36,6 +36,7 @@ def _worker(db: str, handler: str, name: str, *extra: str) -> subprocess.Popen[b
         name,
         "--poll-interval",
         "0.05",
+        "--quiet",  # a line per job would fill the unread stderr pipe and block the worker
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from datetime import timedelta
 
 import pytest
 
@@ -96,19 +98,24 @@ def test_running_handler_sees_cancellation(db_path: str) -> None:
         assert job.result_summary is None  # the worker did not complete a job it lost
 
 
-def _stop_mid_job(ledger: Ledger, *, give_up: bool) -> str:
-    """Run a worker whose handler waits for ``ctx.cancelled``, stop the worker mid-job, and
-    return the job's id. The handler then raises (``give_up``) or returns normally."""
+def _stop_mid_job(ledger: Ledger, mode: str) -> tuple[str, Worker]:
+    """Run a worker whose handler waits for ``ctx.stopping``, stop the worker mid-job, and
+    return the job's id. The handler then raises, returns a str or None, or calls check()."""
     job_id = ledger.create_job(1, {})
     started = threading.Event()
 
-    def handler(job: Job, ctx: JobContext) -> str:
+    def handler(job: Job, ctx: JobContext) -> str | None:
         started.set()
-        while not ctx.cancelled:
+        while not ctx.stopping:
+            if mode == "check":
+                ctx.check()
             threading.Event().wait(0.01)
-        if give_up:
+        assert not ctx.cancelled  # stopping is not cancelling
+        if mode == "check":
+            ctx.check()
+        if mode == "raise":
             raise InterruptedError("asked to stop")
-        return "wrapped up"
+        return "wrapped up" if mode == "str" else None
 
     worker = Worker(ledger, handler, worker_id="w")
     thread = threading.Thread(target=worker.run)
@@ -117,21 +124,99 @@ def _stop_mid_job(ledger: Ledger, *, give_up: bool) -> str:
     worker.stop()
     thread.join(WAIT)
     assert not thread.is_alive()
-    return job_id
+    assert worker.exit_status == 0 and not worker.abandoned
+    return job_id, worker
 
 
-def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger) -> None:
-    job_id = _stop_mid_job(ledger, give_up=True)
+@pytest.mark.parametrize("mode", ["raise", "none", "check"])
+def test_stop_releases_a_job_whose_handler_gives_up(ledger: Ledger, mode: str) -> None:
+    """The README pattern (return None when stopping) must not record a success."""
+    job_id, _ = _stop_mid_job(ledger, mode)
     job = ledger.get_job(job_id)
     assert job is not None and job.status is JobStatus.PENDING and job.attempts == 0
-    assert ledger.job_events(job_id)[-1].type is EventType.RELEASED
+    types = [e.type for e in ledger.job_events(job_id)]
+    assert types[-1] is EventType.RELEASED
+    assert EventType.COMPLETED not in types and EventType.ERROR not in types
+    assert ledger.verify().ok
 
 
 def test_stop_lets_a_finishing_handler_complete(ledger: Ledger) -> None:
-    job_id = _stop_mid_job(ledger, give_up=False)
+    job_id, _ = _stop_mid_job(ledger, "str")
     job = ledger.get_job(job_id)
     assert job is not None and job.status is JobStatus.COMPLETED
     assert job.result_summary == "wrapped up"
+
+
+class _Blocked:
+    """A worker (in a thread) whose handler ignores stops until ``unblock`` is set."""
+
+    def __init__(self, ledger: Ledger, grace_period: float) -> None:
+        self.job_id = ledger.create_job(1, {})
+        self.unblock, self.returned = threading.Event(), threading.Event()
+        self.seen: dict[str, bool] = {}
+        started = threading.Event()
+
+        def handler(job: Job, ctx: JobContext) -> str:
+            started.set()
+            self.unblock.wait(WAIT)
+            self.seen["logged"] = ctx.log(EventType.PROGRESS, {"late": True})
+            self.seen["cancelled"] = ctx.cancelled
+            self.returned.set()
+            return "too late"
+
+        self.worker = Worker(ledger, handler, worker_id="w", grace_period=grace_period)
+        self.thread = threading.Thread(target=self.worker.run)
+        self.thread.start()
+        assert started.wait(WAIT)
+
+
+@pytest.mark.parametrize("how", ["grace", "force"])
+def test_a_handler_that_will_not_stop_is_abandoned_and_its_job_released(
+    ledger: Ledger, how: str
+) -> None:
+    blocked = _Blocked(ledger, grace_period=0 if how == "grace" else 30)
+    if how == "grace":
+        blocked.worker.stop()
+    else:
+        blocked.worker.force_stop()
+    blocked.thread.join(WAIT)
+    assert not blocked.thread.is_alive()  # run() returned while the handler still blocks
+    assert blocked.worker.abandoned and blocked.worker.exit_status == 1
+    job = ledger.get_job(blocked.job_id)
+    assert job is not None and job.status is JobStatus.PENDING and job.attempts == 0
+    released = ledger.job_events(blocked.job_id)[-1]
+    assert released.type is EventType.RELEASED and "worker stopping" in released.payload["reason"]
+    blocked.unblock.set()
+    assert blocked.returned.wait(WAIT)
+    assert blocked.seen == {"logged": False, "cancelled": True}  # fenced off
+    assert ledger.job_events(blocked.job_id)[-1].type is EventType.RELEASED  # return ignored
+    assert ledger.verify().ok
+
+
+def test_cancel_is_not_completed_and_not_a_warning(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README pattern on a cancel: the job stays cancelled; the worker says so quietly."""
+    caplog.set_level(logging.DEBUG, logger="ledger.worker")
+    with Ledger(db_path) as ledger:
+        job_id = ledger.create_job(1, {})
+        started = threading.Event()
+
+        def handler(job: Job, ctx: JobContext) -> None:
+            started.set()
+            while not ctx.cancelled:
+                threading.Event().wait(0.01)
+
+        worker = Worker(ledger, handler, heartbeat_every=0.02)
+        thread = threading.Thread(target=worker.run, kwargs={"max_jobs": 1})
+        thread.start()
+        assert started.wait(WAIT)
+        assert ledger.cancel(job_id)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert ledger.get_job(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert ledger.verify().ok
 
 
 def test_worker_validates_its_settings(ledger: Ledger) -> None:
@@ -139,3 +224,9 @@ def test_worker_validates_its_settings(ledger: Ledger) -> None:
         Worker(ledger, "not callable")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
         Worker(ledger, lambda job, ctx: None, lease=-1)
+    with pytest.raises(InvalidArgument):
+        Worker(ledger, lambda job, ctx: None, grace_period=-1)
+    assert Worker(ledger, lambda job, ctx: None, grace_period=0).grace_period == 0
+    assert (
+        Worker(ledger, lambda job, ctx: None, grace_period=timedelta(seconds=5)).grace_period == 5
+    )
