@@ -9,7 +9,11 @@ server runs as the unprivileged user ``postgres`` (the Debian package creates it
 Use from tests:
     ``postgres_url``       (session) the URL of database ``ledger_test`` on the session's server;
                            skips, with the reason, only when no server can be started at all.
-    ``postgres_database``  (function) a URL of a new, empty database of its own, dropped after.
+    ``postgres_schema``    (function) a URL whose connections use a new, empty schema of the
+                           test's own (``search_path``), dropped after: the fast default.
+    ``postgres_database``  (function) a URL of a new, empty database of its own, dropped after;
+                           for what a schema cannot separate (NOTIFY channels, database-wide
+                           settings, an empty database).
     `shared_url()`         the same server from plain code (a conftest, a configuration list):
                            starts it on first use, returns its URL or raises `ClusterUnavailable`.
 
@@ -33,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -47,6 +51,7 @@ _SETTINGS = {
     "listen_addresses": "''",
     "max_connections": "100",
     "port": str(PORT),
+    "timezone": "'UTC'",
 }
 
 
@@ -198,6 +203,25 @@ def drop_database(url: str) -> None:
     admin(with_database(url, "postgres"), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def create_schema(url: str, prefix: str = "test") -> str:
+    """A new, empty schema in ``url``'s database; returns a URL whose connections use it
+    (``search_path`` in the URL's ``options``). Several times faster than a new database, and
+    just as separate for tables, functions and triggers (not for NOTIFY channels, which are per
+    database)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin(url, f'CREATE SCHEMA "{name}"')
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query), ("options", f"-csearch_path={name}")]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def drop_schema(url: str) -> None:
+    """Drop the schema a `create_schema` URL names, with everything in it."""
+    options = dict(parse_qsl(urlsplit(url).query))["options"]
+    name = options.removeprefix("-csearch_path=")
+    admin(url, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 # -- one server per test session -----------------------------------------------------------------
 
 _shared: Cluster | None = None
@@ -252,6 +276,14 @@ def postgres_url() -> str:
         return shared_url()
     except ClusterUnavailable as e:
         pytest.skip(f"no PostgreSQL server: {e}")
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A URL whose connections see only a fresh, empty schema of this test, dropped afterwards."""
+    url = create_schema(postgres_url)
+    yield url
+    drop_schema(url)
 
 
 @pytest.fixture
