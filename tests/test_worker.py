@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from datetime import timedelta
 
@@ -14,10 +15,12 @@ from ledger import (
     Job,
     JobContext,
     JobStatus,
+    LeaseLost,
     Ledger,
     Result,
     Worker,
 )
+from tests.conftest import FakeClock
 
 WAIT = 30.0  # upper bound on waiting for a condition; tests finish long before it
 
@@ -230,3 +233,147 @@ def test_worker_validates_its_settings(ledger: Ledger) -> None:
     assert (
         Worker(ledger, lambda job, ctx: None, grace_period=timedelta(seconds=5)).grace_period == 5
     )
+
+
+class QuotaExceeded(Exception):
+    """A handler's own exception type: recorded by its qualified name."""
+
+
+class Unusual(BaseException):
+    """Not an Exception: must still fail the job, never leave it running."""
+
+
+BAD_OUTCOMES: dict[str, tuple[object, str]] = {
+    # kind: (what the handler returns, or raises if an exception; words the error must hold)
+    "dict": ({"summary": "x"}, "not dict"),
+    "int": (7, "not int"),
+    "bool": (True, "not bool"),
+    "nan cost": (Result("x", cost_cents=float("nan")), "cost_cents"),
+    "str cost": (Result("x", cost_cents="1"), "cost_cents"),  # type: ignore[arg-type]
+    "surrogate summary": ("half \udcff", "not valid Unicode"),
+    "surrogate status": (Result("x", "ok \ud800"), "result_status"),
+    "surrogate message": (ValueError("bad \udcff byte"), "bad \\udcff byte"),
+    "base exception": (Unusual("odd"), "odd"),
+    "broken str": (type("Broken", (Exception,), {"__str__": lambda self: 1 / 0})(), "str()"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_OUTCOMES)
+def test_a_bad_outcome_fails_the_job_and_the_worker_goes_on(ledger: Ledger, kind: str) -> None:
+    outcome, words = BAD_OUTCOMES[kind]
+    bad = ledger.create_job(1, {"bad": True})
+    good = ledger.create_job(1, {"bad": False})
+
+    def handler(job: Job, ctx: JobContext) -> object:
+        if not job.config["bad"]:
+            return "fine"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    assert Worker(ledger, handler).run(stop_when_idle=True) == 2  # type: ignore[arg-type]
+    failed = ledger.get_job(bad)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert failed.error_message is not None and words in failed.error_message
+    (error,) = ledger.job_events(bad, types=[EventType.ERROR])
+    assert (
+        error.payload["error"] == failed.error_message and "Traceback" in error.payload["traceback"]
+    )
+    assert ledger.job_events(bad)[-1].payload["error_type"] == error.payload["type"]
+    assert ledger.get_job(good).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_errors_keep_their_type_and_traceback(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {}, max_attempts=2)
+
+    def handler(job: Job, ctx: JobContext) -> str:
+        raise QuotaExceeded(f"over quota on attempt {job.attempts}")
+
+    Worker(ledger, handler).run(stop_when_idle=True)
+    name = f"{QuotaExceeded.__module__}.QuotaExceeded"
+    (error,) = ledger.job_events(job_id, types=[EventType.ERROR])
+    assert error.payload["type"] == name and error.payload["error"] == "over quota on attempt 1"
+    assert "raise QuotaExceeded" in error.payload["traceback"]
+    (retry,) = ledger.job_events(job_id, types=[EventType.RETRY_SCHEDULED])
+    assert retry.payload["error_type"] == name and retry.payload["error"] == error.payload["error"]
+    assert error.worker_id == retry.worker_id and error.attempt == 1
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "status"),
+    [(KeyboardInterrupt(), 130), (SystemExit(3), 3), (SystemExit(None), 0), (SystemExit("bye"), 1)],
+)
+def test_an_interrupt_raised_by_the_handler_releases_and_stops(
+    ledger: Ledger, interrupt: BaseException, status: int
+) -> None:
+    first = ledger.create_job(1, {})
+    second = ledger.create_job(1, {})
+
+    def handler(job: Job, ctx: JobContext) -> str:
+        raise interrupt
+
+    worker = Worker(ledger, handler)
+    assert worker.run() == 1  # stopped after the first job, without being told to
+    assert worker.exit_status == status and type(interrupt).__name__ in str(worker.stop_reason)
+    job = ledger.get_job(first)
+    assert job is not None and job.status is JobStatus.PENDING and job.attempts == 0
+    assert ledger.job_events(first)[-1].type is EventType.RELEASED
+    assert ledger.get_job(second).status is JobStatus.PENDING  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_log_is_fenced_after_another_worker_reclaimed(ledger: Ledger, clock: FakeClock) -> None:
+    job_id = ledger.create_job(1, {}, max_attempts=2)
+    first = ledger.claim("a", lease=10)
+    assert first is not None
+    ledger.log_event(job_id, EventType.PROGRESS, {"step": 1}, worker_id="a")
+    clock.advance(11)  # a's lease runs out; b rescues and claims the job
+    second = ledger.claim("b", lease=10)
+    assert second is not None and second.id == job_id and second.attempts == 2
+    stale = JobContext(ledger, first, "a")
+    before = len(ledger.job_events(job_id))
+    with pytest.raises(LeaseLost):
+        ledger.log_event(job_id, EventType.PROGRESS, {"step": 2}, worker_id="a")
+    assert stale.log(EventType.PROGRESS, {"step": 2}) is False and stale.cancelled
+    assert len(ledger.job_events(job_id)) == before  # the refused appends wrote nothing
+    ledger.log_event(job_id, EventType.TOOL_CALL, {"tool": "grep"}, worker_id="b")
+    activity = ledger.job_events(job_id, types=[EventType.PROGRESS, EventType.TOOL_CALL])
+    assert [(e.payload, e.worker_id, e.attempt) for e in activity] == [
+        ({"step": 1}, "a", 1),
+        ({"tool": "grep"}, "b", 2),
+    ]
+    assert ledger.verify().ok
+
+
+def test_unnamed_log_records_the_attempt_only_while_running(ledger: Ledger) -> None:
+    job_id = ledger.create_job(1, {})
+    ledger.log_event(job_id, EventType.STARTED, {"queued": True})
+    with pytest.raises(LeaseLost):  # a worker that names itself must hold the job
+        ledger.log_event(job_id, EventType.STARTED, None, worker_id="w")
+    ledger.claim("w")
+    ledger.log_event(job_id, EventType.PROGRESS, None)
+    events = ledger.job_events(job_id, types=[EventType.STARTED, EventType.PROGRESS])
+    assert [(e.worker_id, e.attempt) for e in events] == [(None, None), (None, 1)]
+    ledger.replay()
+    assert ledger.verify().ok
+
+
+def test_worker_logs_what_it_does(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ledger.worker")
+    ok = ledger.create_job(1, {"fail": False}, queue="mail")
+    bad = ledger.create_job(1, {"fail": True}, queue="mail")
+
+    def handler(job: Job, ctx: JobContext) -> str:
+        if job.config["fail"]:
+            raise QuotaExceeded("no more")
+        return "sent"
+
+    Worker(ledger, handler, worker_id="w-7", queues=["mail"]).run(stop_when_idle=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ledger.worker"]
+    assert ledger.path in lines[0] and "w-7" in lines[0] and "mail" in lines[0]
+    assert f"pid {os.getpid()}" in lines[0]
+    assert any(f"claimed job {ok} (queue mail, attempt 1 of 1)" in line for line in lines)
+    assert any(f"job {ok} completed (success)" in line for line in lines)
+    assert any(f"job {bad} failed" in line and "QuotaExceeded" in line for line in lines)
+    assert "stopped" in lines[-1] and "2 job(s) handled" in lines[-1]
