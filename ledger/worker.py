@@ -153,7 +153,7 @@ class Worker:
         self._signals = 0  # counted by the signal handler, which touches nothing else
         self._signals_seen = 0
         self._last_signal = 0
-        self._forcing_signal = 0
+        self._stop_signal = 0  # the signal that stopped the worker, if one did
 
     # -- control -----------------------------------------------------------------------------
 
@@ -302,7 +302,7 @@ class Worker:
         sees ``ctx.cancelled``, and its log calls are refused) and its outcome is ignored."""
         context._lost.set()
         self.abandoned = True
-        self.exit_status = 128 + self._forcing_signal if self._forcing_signal else 1
+        self.exit_status = 128 + self._stop_signal if self._stop_signal else 1
         log.warning("abandoning the handler of job %s: %s", job.id, why)
         self._release(job, f"worker stopping: {why}")
 
@@ -422,7 +422,7 @@ class Worker:
             self._signals_seen += 1
             name = signal.Signals(self._last_signal).name
             if self._stop.is_set():
-                self._forcing_signal = self._last_signal
+                self._stop_signal = self._last_signal
                 log.warning("%s again: forcing the stop, releasing the job in hand", name)
                 self.force_stop(f"{name}, twice")
             else:
@@ -431,6 +431,7 @@ class Worker:
                     name,
                     self.grace_period,
                 )
+                self._stop_signal = self._last_signal
                 self.stop(name)
 
     def _install_signal_handlers(self) -> Callable[[], None]:
