@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import cli_format as fmt
+from . import transfer
 from .backoff import RetryPolicy
 from .core import Ledger
 from .errors import InvalidArgument, LedgerError
@@ -260,16 +261,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    with _open(args, readonly=False) as ledger:
-        if args.file == "-":
-            report = ledger.import_events(sys.stdin.buffer)
-        else:
+    """The input is opened first (an unreadable FILE creates no ledger); a refused import into
+    a path that did not exist removes the empty ledger it created, never a file that was there."""
+    if args.file == "-":
+        source = sys.stdin.buffer
+    else:
+        try:
+            source = open(args.file, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise InvalidArgument("file", args.file, f"cannot read it ({e.strerror})") from e
+    created = transfer.creates_file(args.db)
+    try:
+        with _open(args, readonly=False) as ledger:
             try:
-                source = open(args.file, "rb")  # noqa: SIM115 - closed below
-            except OSError as e:
-                raise InvalidArgument("file", args.file, f"cannot read it ({e.strerror})") from e
-            with source:
                 report = ledger.import_events(source)
+            except BaseException:
+                if created:
+                    transfer.discard_empty(ledger, args.db)
+                raise
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
     _out(
         fmt.to_json(report)
         if args.json

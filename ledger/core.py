@@ -31,11 +31,11 @@ from . import events as ev
 from . import validate as check
 from .backoff import RetryPolicy
 from .connection import Durability, configure_writer, connect, run_write
-from .errors import ConcurrencyError, InvalidArgument, JobNotFound
+from .errors import ConcurrencyError, CorruptEvent, InvalidArgument, JobNotFound
 from .model import EventType, Job
 from .reads import LedgerReads
 from .timeutil import MAX_BUSY_TIMEOUT, Clock, check_aware, seconds, system_clock, to_db
-from .transfer import EXPORT_PAGE, export_page, import_lines
+from .transfer import EXPORT_PAGE, Importer, export_page
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
@@ -411,8 +411,17 @@ class Ledger(LedgerReads):
             position = page[-1][0]
 
     def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
-        """Load exported lines into this new or empty ledger and replay (all or nothing)."""
-        return self._rebuild("importing events", None, lambda: import_lines(self._conn, lines))
+        """Load exported lines into this new or empty ledger and replay (all or nothing).
+
+        Every line is checked first (see `transfer.Importer`); a refusal is an `InvalidArgument`
+        naming the line, and writes nothing. The file itself was created when this `Ledger`
+        opened it, before any line was read, so a refused import into a new path leaves an empty
+        ledger there: remove it if you do not want it (``ledger import`` does that for you)."""
+        importer = Importer()
+        try:
+            return self._rebuild("importing events", None, lambda: importer.load(self._conn, lines))
+        except CorruptEvent as e:  # the replay after the load refused one of its events
+            raise importer.refusal(e) from e
 
     # -- replay and verify -------------------------------------------------------------------
 

@@ -146,6 +146,8 @@ class LogCheck:
         expected = known + 1
         created = type(stored.event) is ev.JobCreated
         if version != expected:
+            if type(version) is not int or version < 1:
+                return f"its version {version!r} is not a whole number from 1 up"
             if expected == 1:
                 return f"job {job_id} has no created event before it (this is version {version})"
             return (

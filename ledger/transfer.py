@@ -2,22 +2,30 @@
 
 A line is ``{"position", "job_id", "version", "type", "recorded_at", "data"}`` where ``data`` is
 the event's own JSON. Import writes the events with their positions into an empty ledger and
-then replays, so the projection comes out identical to the source's.
+then replays, so the projection comes out identical to the source's. It trusts nothing: every line
+is checked as replay would need it (see `Importer`), and one bad line refuses the whole import.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import os
+from array import array
 from collections.abc import Iterable
+from typing import Protocol
 
 import apsw
 import msgspec
 
 from . import events as ev
 from . import store
-from .errors import InvalidArgument, LedgerError
+from .errors import CorruptEvent, InvalidArgument, LedgerError
+from .events import StoredEvent
+from .rebuild import LogCheck
 
 
-class ExportedEvent(msgspec.Struct, frozen=True):
+class ExportedEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     position: int
     job_id: str
     version: int
@@ -51,34 +59,121 @@ def export_page(conn: apsw.Connection, after: int, size: int) -> list[tuple[int,
     return page
 
 
-def import_lines(conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:
-    """Insert exported events into an empty log; inside a write transaction."""
-    if store.last_position(conn) != 0:
-        raise LedgerError("import needs a new or empty ledger; this one already has events")
-    count = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+MAX_POSITION = 2**53
+"""The largest position an import accepts. Positions are exact as JSON numbers in every tool up to
+here (jq and JavaScript read numbers as doubles), and SQLite's largest rowid (2**63 - 1) is far
+enough above it that appends after an import never run out: past it SQLite would pick free rowids
+at random, and positions would stop growing (law 4)."""
+
+
+class Importer:
+    """Loads exported lines into an empty log, refusing anything replay could not have produced.
+
+    Every line is checked in full before it is inserted: the envelope (exactly the exported fields,
+    with their types), positions that only grow and stay within `MAX_POSITION`, the event's data
+    (it decodes, and its tag is the line's ``type``), and the log's own rules (`rebuild.LogCheck`:
+    each job's versions run 1, 2, 3, ... from its ``created``, times in the stored format, ints
+    that fit SQLite). A refusal is an `InvalidArgument` naming the line; the caller's transaction
+    then rolls back every line before it. Remembers which line held which position, so a refusal
+    found later (by the replay that follows) can name its line too."""
+
+    def __init__(self) -> None:
+        self._positions = array("q")
+        self._numbers = array("q")
+        self._check = LogCheck()
+        self._last = 0
+
+    def load(self, conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:
+        """Insert the lines' events; inside a write transaction. Returns how many."""
+        if store.last_position(conn) != 0:
+            raise LedgerError("import needs a new or empty ledger; this one already has events")
+        for number, line in enumerate(lines, start=1):
+            data = _line_bytes(number, line)
+            if not data.strip():
+                continue  # blank lines (a trailing one, say) carry no event
+            item, text = self._checked(number, data)
+            conn.execute(
+                insert_exact_statement,
+                (item.position, item.job_id, item.version, item.type, text, item.recorded_at),
+            )
+            self._positions.append(item.position)
+            self._numbers.append(number)
+        return len(self._positions)
+
+    def _checked(self, number: int, line: bytes) -> tuple[ExportedEvent, str]:
+        def refuse(why: str) -> InvalidArgument:
+            return InvalidArgument(f"line {number}", line[:60], why)
+
         try:
             item = _decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise InvalidArgument(f"line {number}", line[:60], f"not an exported event: {e}") from e
-        ev.decode(item.position, item.type, bytes(item.data))  # refuse what replay could not read
-        try:
-            conn.execute(
-                insert_exact_statement,
-                (
-                    item.position,
-                    item.job_id,
-                    item.version,
-                    item.type,
-                    bytes(item.data).decode(),
-                    item.recorded_at,
-                ),
+            partial = "" if line.endswith(b"\n") else " (no newline at its end: was it cut short?)"
+            raise refuse(f"not an exported event{partial}: {e}") from e
+        if not 0 < item.position <= MAX_POSITION:
+            raise refuse(f"position {item.position} is outside 1 to {MAX_POSITION}")
+        if item.position <= self._last:
+            raise refuse(
+                f"position {item.position} does not follow the previous line's {self._last}: "
+                "positions only grow (lines out of order, or repeated?)"
             )
-        except apsw.ConstraintError as e:
-            raise InvalidArgument(
-                f"line {number}", line[:60], f"duplicate position or job version ({e})"
-            ) from e
-        count += 1
-    return count
+        data = bytes(item.data)
+        try:
+            event = ev.decode(item.position, item.type, data)
+        except CorruptEvent as e:
+            raise refuse(f"its data cannot be read back: {e}") from e
+        stored = StoredEvent(item.position, item.job_id, item.version, item.recorded_at, event)
+        problem = self._check.problem(stored)
+        if problem is not None:
+            raise refuse(problem + " (a line missing, or a log edited outside the ledger?)")
+        self._last = item.position
+        return item, data.decode()
+
+    def refusal(self, error: CorruptEvent) -> InvalidArgument:
+        """The replay after the load refused an event: name the line it came from."""
+        index = bisect.bisect_left(self._positions, error.position)
+        found = index < len(self._positions) and self._positions[index] == error.position
+        name = f"line {self._numbers[index]}" if found else "import"
+        return InvalidArgument(name, f"position {error.position}", str(error))
+
+
+def _line_bytes(number: int, line: object) -> bytes:
+    """The line as UTF-8 bytes, refusing what is not text."""
+    if not isinstance(line, bytes | str):
+        raise InvalidArgument(f"line {number}", line, "expected bytes or str (a line of an export)")
+    try:
+        if isinstance(line, str):
+            return line.encode("utf-8")
+        line.decode("utf-8")  # msgspec checks strings, but not the raw ``data`` it keeps
+        return line
+    except (UnicodeDecodeError, UnicodeEncodeError) as e:
+        raise InvalidArgument(f"line {number}", line[:60], f"not UTF-8 text ({e.reason})") from e
+
+
+class _Closable(Protocol):
+    def last_position(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def creates_file(path: str) -> bool:
+    """Whether opening a ledger at ``path`` will create the file (nothing is there yet)."""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return False  # no file of that name, or a URI: nothing of ours to remove later
+    return not os.path.lexists(path)
+
+
+def discard_empty(ledger: _Closable, path: str) -> bool:
+    """Close ``ledger`` and remove its file (with ``-wal``/``-shm``) if it holds no events: for a
+    refused import into a file the import created. Call it only for a path `creates_file` said
+    was new; a file that existed before is never removed. True when it was removed."""
+    try:
+        empty = ledger.last_position() == 0
+    except LedgerError:
+        empty = False  # cannot tell: keep it
+    ledger.close()
+    if not empty:
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    return True
