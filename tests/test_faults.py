@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 import projections.jobs
-from ledger import JobStatus, Ledger, LedgerError, StorageError
+from ledger import JobStatus, Ledger, LedgerBusy, LedgerError, StorageError
 from tests.conftest import FakeClock, snapshot
 
 CONFIG = {"role": "coder"}
@@ -124,3 +124,20 @@ def test_a_closed_ledger_says_so(db_path: str) -> None:
         ledger.create_job(1, CONFIG)
     with pytest.raises(StorageError, match="closed"):
         ledger.get_job("x")
+
+
+def test_a_new_file_held_open_by_another_reader_waits_then_says_why(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs it to itself: while another connection reads it, the
+    open retries up to the busy timeout, then says what held it (not an instant, vague BUSY)."""
+    path = str(tmp_path / "new.db")
+    other = apsw.Connection(path)  # a new file, still in rollback-journal mode
+    other.execute("BEGIN")
+    other.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # holds a shared lock
+    with pytest.raises(LedgerBusy, match="switching the ledger to WAL mode") as raised:
+        Ledger(path, busy_timeout=0.2)
+    assert "busy timeout (0.2 s)" in str(raised.value)
+    other.execute("COMMIT")
+    other.close()
+    with Ledger(path) as ledger:  # the lock is gone: the same open succeeds
+        ledger.create_job(1, CONFIG)
+        assert ledger.verify().ok
