@@ -50,6 +50,7 @@ hostile = st.one_of(
 hostile_int = st.one_of(st.integers(-(2**65), 2**65), st.sampled_from([True, 1.5, "7", None]))
 hostile_text = st.one_of(st.text(max_size=10), st.sampled_from(["", "\udcff", 12, None]))
 WORKERS = ["w1", "w2", "w3"]
+INT64 = st.integers(-(2**63), 2**63 - 1)  # a config or payload holds int64 ints (README)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), clean=st.booleans())
     def create(self, data: st.DataObject, clean: bool) -> None:
         config = data.draw(
-            st.dictionaries(st.text(max_size=5), st.integers(), max_size=3) if clean else hostile
+            st.dictionaries(st.text(max_size=5), INT64, max_size=3) if clean else hostile
         )
         chat = data.draw(st.integers(0, 5) if clean else hostile_int)
         attempts = data.draw(st.integers(1, 3) if clean else hostile_int)
@@ -257,7 +258,7 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def log(self, data: st.DataObject, kind: Any, clean: bool) -> None:
         job_id = self.pick(data)
-        payload = data.draw(st.fixed_dictionaries({"n": st.integers()}) if clean else hostile)
+        payload = data.draw(st.fixed_dictionaries({"n": INT64}) if clean else hostile)
         ok, _ = self.attempt(lambda: self.ledger.log_event(job_id, kind, payload))
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if ok:
