@@ -27,7 +27,7 @@ class UnfoldableEvent(CorruptEvent):
         self.why = why
         self.args = (
             f"event at position {position} (type {event_type!r}) cannot be applied: {why}; "
-            "the log was changed outside the ledger (see `ledger verify`)",
+            "the ledger never writes such a log: was it changed around it? (`ledger verify`)",
         )
 
 
