@@ -12,8 +12,8 @@ from pathlib import Path
 import apsw
 
 from ledger import Ledger
-from ledger import events as ev
-from ledger.timeutil import to_db
+from ledger.domain import events as ev
+from ledger.domain.timeutil import to_text as to_db
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 FAR = datetime(2100, 1, 1, tzinfo=UTC)  # leases of running jobs: never rescued mid-benchmark

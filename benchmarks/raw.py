@@ -14,8 +14,8 @@ from typing import Any
 import apsw
 import msgspec
 
-from ledger.timeutil import to_db
-from projections.jobs import COLUMNS
+from ledger.backends.sqlite.jobs_table import COLUMNS
+from ledger.domain.timeutil import to_text as to_db
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()

@@ -13,8 +13,8 @@ from benchmarks import raw
 from benchmarks.bigledger import big_ledger, finished_ledger
 from benchmarks.conftest import size
 from ledger import Ledger
-from projections import jobs_queries as q
-from projections.jobs import index_statements, table_statement
+from ledger.backends.sqlite import jobs_table as q
+from ledger.backends.sqlite.jobs_table import index_statements, table_statement
 
 BIG_JOBS = size(100_000, 300)  # about 1,045,000 events at full size
 READ_JOBS = size(9_570, 60)  # about 100,000 events

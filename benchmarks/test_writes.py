@@ -122,4 +122,4 @@ def test_claim_complete(benchmark, tmp_path: Path, impl: str, durability: str) -
 
 
 def ledger_durability(ledger: Ledger) -> str:
-    return "full" if ledger._conn.execute("PRAGMA synchronous").get == 2 else "normal"
+    return "full" if ledger._backend._conn.execute("PRAGMA synchronous").get == 2 else "normal"

@@ -4,8 +4,9 @@ Every change to a job is an event appended to an append-only log; the ``jobs`` t
 projection updated in the same transaction, and `Ledger.replay` rebuilds it from the log.
 """
 
-from .backoff import RetryPolicy
-from .core import Ledger
+from .api import Ledger
+from .domain.backoff import RetryPolicy
+from .domain.model import EventType, Job, JobEvent, JobStatus, Result
 from .errors import (
     ConcurrencyError,
     CorruptEvent,
@@ -19,7 +20,6 @@ from .errors import (
     SchemaError,
     StorageError,
 )
-from .model import EventType, Job, JobEvent, JobStatus, Result
 from .rebuild import Difference, ReplayReport, VerifyReport
 from .worker import JobContext, Worker
 

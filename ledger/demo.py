@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_format as fmt
-from .core import Ledger
+from .api import Ledger
+from .backends.sqlite.events_table import APPLICATION_ID
+from .cli import format as fmt
+from .domain.model import EventType, Job, Result
 from .errors import InvalidArgument, LedgerError
-from .model import EventType, Job, Result
-from .store import APPLICATION_ID
 from .worker import JobContext
 
 CHAT_ID = 42

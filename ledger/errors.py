@@ -104,3 +104,31 @@ class StorageError(LedgerError):
 
 class LedgerBusy(StorageError):
     """Another process held the write lock for longer than the busy timeout."""
+
+
+class UnfoldableEvent(CorruptEvent):
+    """An event that decodes but cannot be folded where it stands in the log: it breaks a rule
+    every log the ledger writes keeps (its job has no created event before it, a version gap,
+    an unreadable timestamp, ...). Only a write that went around the ledger (raw SQL, another
+    tool) can put it there; `verify` reports it and replay refuses at its position."""
+
+    def __init__(self, position: int, event_type: str, why: str) -> None:
+        super().__init__(position, event_type, why)
+        self.why = why
+        self.args = (
+            f"event at position {position} (type {event_type!r}) cannot be applied: {why}; "
+            "the ledger never writes such a log: was it changed around it? (`ledger verify`)",
+        )
+
+
+class CorruptProjection(LedgerError):
+    """A projection row holds a value no event could have put there (it was edited around the
+    ledger); `ledger verify` shows what differs and `ledger replay` rebuilds it from the log."""
+
+    def __init__(self, table: str, key: str, why: str) -> None:
+        self.table = table
+        self.key = key
+        super().__init__(
+            f"the {table} projection's row {key} cannot be read: {why}; the log is intact: "
+            "run `ledger verify` to see what differs and `ledger replay` to rebuild it"
+        )

@@ -1,4 +1,9 @@
-"""The read half of `Ledger`: jobs from the projection, `JobEvent`s from the log, summaries."""
+"""The read half of `Ledger`: jobs from the projection, `JobEvent`s from the log, summaries.
+
+Every read runs in one snapshot of the backend (`Backend.read`), so a read made of several
+queries (the summary, the stats) never mixes two states, and reads from several threads run
+in parallel.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +12,37 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import apsw
-
-from projections import jobs_queries as q
-
-from . import arguments, store
-from . import events as ev
-from . import validate as check
-from .connection import read_snapshot, wrap_sqlite_error
+from .backends.protocol import EventRow, JobFilter
+from .domain import commands as cmd
+from .domain import events as ev
+from .domain import validate as check
+from .domain.model import EventType, Job, JobEvent, JobStatus
+from .domain.state import to_job
+from .domain.summary import format_summary
 from .errors import InvalidArgument, JobNotFound
-from .model import EventType, Job, JobEvent
 from .stats import Stats
 from .stats import collect as collect_stats
-from .summary import format_summary
-from .timeutil import Clock, check_aware
 
 _T = TypeVar("_T")
-_fromiso = datetime.fromisoformat
 FOLLOW_PAGE = 1000
 """How many events `iter_events` and `follow` read from the log at a time."""
+_RUNNING = (JobStatus.RUNNING,)
+_FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED)
+_EVENT_TYPES = {t.value: t for t in EventType}
 
 
-def to_job_event(row: tuple[int, str, int, str, str, str]) -> JobEvent:
+def to_job_event(row: EventRow) -> JobEvent:
     position, job_id, version, event_type, data, recorded_at = row
     event = ev.decode(position, event_type, data)
     return JobEvent(
         position=position,
         job_id=job_id,
         version=version,
-        type=EventType(event_type),
+        type=_EVENT_TYPES[event_type],
         payload=ev.payload_of(event),
-        created_at=_fromiso(recorded_at),
+        created_at=recorded_at,
         worker_id=getattr(event, "worker_id", None),
         attempt=getattr(event, "attempt", None),
     )
@@ -57,74 +60,77 @@ def _types(types: Iterable[EventType | str] | None) -> list[str] | None:
         raise InvalidArgument("types", types, f"unknown event type; known: {known}") from e
 
 
+def _jobs(snapshot: Any, where: JobFilter) -> list[Job]:
+    return [to_job(state) for state in snapshot.jobs(where)]
+
+
 class LedgerReads:
     """The read half of `Ledger`: queries of the jobs projection and of the log. Reads never
     open a write transaction and work on a read-only `Ledger`."""
 
-    _conn: apsw.Connection
-    _lock: threading.RLock
-    _clock: Clock
+    _backend: Any
+    _service: Any
 
     def now(self) -> datetime:
         """The ledger clock's current time (timezone-aware UTC)."""
-        return check_aware("clock()", self._clock())
+        return self._service.now()
 
-    def _read(self, doing: str, query: Callable[[], _T], *, snapshot: bool = False) -> _T:
-        """Run ``query`` under the lock; ``snapshot``: in one read transaction, for a read made
-        of several statements that must agree with each other."""
-        with self._lock:
-            try:
-                return read_snapshot(self._conn, query) if snapshot else query()
-            except apsw.Error as e:
-                raise wrap_sqlite_error(e, doing) from e
+    def _read(self, doing: str, query: Callable[[Any], _T]) -> _T:
+        """Run ``query`` on one consistent snapshot."""
+        return self._backend.read(doing, query)
 
     def get_job(self, job_id: str) -> Job | None:
         check.text("job_id", job_id)
-        return self._read("reading a job", lambda: q.fetch_job(self._conn, job_id))
+        state = self._read("reading a job", lambda snap: snap.job(job_id))
+        return None if state is None else to_job(state)
 
     def find_job(self, prefix: str) -> Job:
         """The job whose id is ``prefix`` or starts with it (like a short git hash)."""
         check.text("prefix", prefix, nonempty=True)
-        job = self.get_job(prefix)
-        if job is not None:
-            return job
-        ids = self._read("finding a job", lambda: q.find_by_prefix(self._conn, prefix))
-        if len(ids) != 1:
-            if ids:
-                raise InvalidArgument("job id", prefix, "ambiguous prefix; give more characters")
-            raise JobNotFound(prefix)
-        return self.get_job(ids[0])  # type: ignore[return-value]
+
+        def query(snap: Any) -> Job:
+            state = snap.job(prefix)
+            if state is None:
+                ids = snap.job_ids_with_prefix(prefix, 2)
+                if len(ids) != 1:
+                    if ids:
+                        raise InvalidArgument(
+                            "job id", prefix, "ambiguous prefix; give more characters"
+                        )
+                    raise JobNotFound(prefix)
+                state = snap.job(ids[0])
+            return to_job(state)
+
+        return self._read("finding a job", query)
 
     def pending_jobs(self, limit: int = 100) -> list[Job]:
         """Pending jobs, oldest first."""
-        n = check.limit(limit)
-        return self._read(
-            "listing jobs", lambda: q.fetch_jobs(self._conn, q.pending_statement, (n,))
-        )
+        where = JobFilter(statuses=(JobStatus.PENDING,), order="oldest", limit=check.limit(limit))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where))
 
     def running_jobs(self) -> list[Job]:
         """Running jobs, longest-running first."""
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, q.running_statement))
+        where = JobFilter(statuses=_RUNNING, order="started")
+        return self._read("listing jobs", lambda snap: _jobs(snap, where))
 
     def jobs_for_chat(self, chat_id: int, limit: int = 100) -> list[Job]:
         """A chat's jobs, newest first."""
         check.integer("chat_id", chat_id)
-        params = (chat_id, check.limit(limit))
-        return self._read(
-            "listing jobs", lambda: q.fetch_jobs(self._conn, q.for_chat_statement, params)
-        )
+        where = JobFilter(chat_id=chat_id, order="newest", limit=check.limit(limit))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where))
 
     def active_jobs_summary(self, chat_id: int) -> str:
-        """Running jobs and the three latest finished ones of a chat, as text for an LLM."""
+        """Running jobs and the three latest finished ones of a chat, as text for an LLM; both
+        lists from one snapshot."""
         check.integer("chat_id", chat_id)
         now = self.now()
+        running = JobFilter(statuses=_RUNNING, chat_id=chat_id, order="started")
+        recent = JobFilter(statuses=_FINISHED, chat_id=chat_id, order="finished", limit=3)
 
-        def query() -> str:
-            running = q.fetch_jobs(self._conn, q.running_for_chat_statement, (chat_id,))
-            recent = q.fetch_jobs(self._conn, q.recent_finished_for_chat_statement, (chat_id, 3))
-            return format_summary(now, running, recent)
+        def query(snap: Any) -> str:
+            return format_summary(now, _jobs(snap, running), _jobs(snap, recent))
 
-        return self._read("summarising jobs", query, snapshot=True)
+        return self._read("summarising jobs", query)
 
     def jobs(
         self,
@@ -135,26 +141,30 @@ class LedgerReads:
         limit: int = 50,
     ) -> list[Job]:
         """Jobs newest first, optionally of one status, chat and queue."""
-        if status is not None:
-            status = arguments.status(status)
+        statuses = None if status is None else (cmd.status(status),)
         check.integer("chat_id", chat_id, optional=True)
         check.text("queue", queue, optional=True)
-        params = [p for p in (status, chat_id, queue) if p is not None] + [check.limit(limit)]
-        statement = q.list_statement(status is not None, chat_id is not None, queue is not None)
-        return self._read("listing jobs", lambda: q.fetch_jobs(self._conn, statement, params))
+        where = JobFilter(
+            statuses=statuses,
+            chat_id=chat_id,
+            queue=queue,
+            order="newest",
+            limit=check.limit(limit),
+        )
+        return self._read("listing jobs", lambda snap: _jobs(snap, where))
 
     def count_jobs(self, *, status: str | None = None, queue: str | None = None) -> int:
         """How many jobs there are, optionally of one status and queue."""
-        status = None if status is None else arguments.status(status)
+        statuses = None if status is None else (cmd.status(status),)
         check.text("queue", queue, optional=True)
-        statement = q.count_statement(status is not None, queue is not None)
-        params = [p for p in (status, queue) if p is not None]
-        return self._read("counting jobs", lambda: int(self._conn.execute(statement, params).get))
+        where = JobFilter(statuses=statuses, queue=queue)
+        return self._read("counting jobs", lambda snap: int(snap.count_jobs(where)))
 
     def stats(self) -> Stats:
-        """Counts by status and queue, last hour's throughput, durations, cost, oldest pending."""
+        """Counts by status and queue, last hour's throughput, durations, cost, oldest pending,
+        all from one snapshot."""
         now = self.now()
-        return self._read("collecting stats", lambda: collect_stats(self._conn, now), snapshot=True)
+        return self._read("collecting stats", lambda snap: collect_stats(snap, now))
 
     def job_events(
         self, job_id: str, *, types: Sequence[EventType | str] | None = None
@@ -164,7 +174,7 @@ class LedgerReads:
         names = _types(types)
         return self._read(
             "reading events",
-            lambda: [to_job_event(r) for r in store.job_rows(self._conn, job_id, names)],
+            lambda snap: [to_job_event(r) for r in snap.job_events(job_id, names)],
         )
 
     def recent_events_for_chat(
@@ -178,9 +188,7 @@ class LedgerReads:
         exclude = (EventType.HEARTBEAT.value,) if names is None else ()
         return self._read(
             "reading events",
-            lambda: [
-                to_job_event(r) for r in store.chat_rows(self._conn, chat_id, n, names, exclude)
-            ],
+            lambda snap: [to_job_event(r) for r in snap.chat_events(chat_id, n, names, exclude)],
         )
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[JobEvent]:
@@ -189,12 +197,12 @@ class LedgerReads:
         n = None if limit is None else check.limit(limit)
         return self._read(
             "reading events",
-            lambda: [to_job_event(r) for r in store.rows_after(self._conn, after, n)],
+            lambda snap: [to_job_event(r) for r in snap.events_after(after, n)],
         )
 
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty ledger)."""
-        return self._read("reading the log", lambda: store.last_position(self._conn))
+        return self._read("reading the log", lambda snap: int(snap.last_position()))
 
     def iter_events(
         self,

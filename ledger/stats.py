@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import apsw
 import msgspec
 
-from projections import jobs_queries as q
+from .backends.protocol import JobFilter, Snapshot
+from .domain.model import Job, JobStatus
+from .domain.state import to_job
 
-from .model import Job
-from .timeutil import to_db
+_OLDEST_PENDING = JobFilter(statuses=(JobStatus.PENDING,), order="oldest", limit=1)
 
 
 class Stats(msgspec.Struct, frozen=True):
@@ -29,24 +29,18 @@ def _percentile(ordered: list[int], fraction: float) -> float | None:
     return float(ordered[index])
 
 
-def collect(conn: apsw.Connection, now: datetime) -> Stats:
-    """Several queries whose answers must agree: call inside one read transaction
-    (`connection.read_snapshot`, as `Ledger.stats` does)."""
+def collect(snapshot: Snapshot, now: datetime) -> Stats:
+    """Several reads whose answers must agree: run inside one snapshot (`Backend.read`)."""
     counts: dict[str, dict[str, int]] = {}
-    for status, queue, n in conn.execute(q.stats_counts_statement):
+    for status, queue, n in snapshot.job_counts():
         counts.setdefault(status, {})[queue] = n
-    since = to_db(now - timedelta(hours=1))
-    finished: dict[str, int] = {
-        str(status): int(n)
-        for status, n in conn.execute(q.stats_finished_since_statement, (since,))
-    }
-    durations = [r[0] for r in conn.execute(q.stats_durations_statement)]
-    oldest = q.fetch_jobs(conn, q.stats_oldest_pending_statement)
+    durations = snapshot.completed_durations()
+    oldest = snapshot.jobs(_OLDEST_PENDING)
     return Stats(
         counts=counts,
-        finished_last_hour=finished,
+        finished_last_hour=snapshot.finished_since(now - timedelta(hours=1)),
         duration_p50=_percentile(durations, 0.5),
         duration_p95=_percentile(durations, 0.95),
-        total_cost_cents=float(conn.execute(q.stats_cost_statement).get),
-        oldest_pending=oldest[0] if oldest else None,
+        total_cost_cents=snapshot.total_cost(),
+        oldest_pending=to_job(oldest[0]) if oldest else None,
     )

@@ -13,16 +13,16 @@ import contextlib
 import os
 from array import array
 from collections.abc import Iterable
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
-import apsw
 import msgspec
 
-from . import events as ev
-from . import store
+from .domain import events as ev
+from .domain.events import StoredEvent
+from .domain.logrules import LogCheck
+from .domain.timeutil import parse_text, to_text
 from .errors import CorruptEvent, InvalidArgument, LedgerError
-from .events import StoredEvent
-from .rebuild import LogCheck
 
 
 class ExportedEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -36,21 +36,17 @@ class ExportedEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ExportedEvent)
-insert_exact_statement = (
-    "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
-
-
 EXPORT_PAGE = 10_000
 
 
-def export_page(conn: apsw.Connection, after: int, size: int) -> list[tuple[int, bytes]]:
+def export_page(snapshot: Any, after: int, size: int) -> list[tuple[int, bytes]]:
     """Up to ``size`` events after ``after``, as (position, line)."""
     page = []
-    for position, job_id, version, event_type, data, recorded_at in store.rows_after(
-        conn, after, size
+    for position, job_id, version, event_type, data, recorded_at in snapshot.export_rows(
+        after, size
     ):
+        if not isinstance(recorded_at, str):
+            recorded_at = to_text(recorded_at)
         raw = msgspec.Raw(data.encode() if isinstance(data, str) else data)
         line = _encoder.encode(
             ExportedEvent(position, job_id, version, event_type, recorded_at, raw)
@@ -83,24 +79,21 @@ class Importer:
         self._check = LogCheck()
         self._last = 0
 
-    def load(self, conn: apsw.Connection, lines: Iterable[bytes | str]) -> int:
+    def load(self, tx: Any, lines: Iterable[bytes | str]) -> int:
         """Insert the lines' events; inside a write transaction. Returns how many."""
-        if store.last_position(conn) != 0:
+        if tx.last_position() != 0:
             raise LedgerError("import needs a new or empty ledger; this one already has events")
         for number, line in enumerate(lines, start=1):
             data = _line_bytes(number, line)
             if not data.strip():
                 continue  # blank lines (a trailing one, say) carry no event
-            item, text = self._checked(number, data)
-            conn.execute(
-                insert_exact_statement,
-                (item.position, item.job_id, item.version, item.type, text, item.recorded_at),
-            )
+            item, text, at = self._checked(number, data)
+            tx.insert_exact(item.position, item.job_id, item.version, item.type, text, at)
             self._positions.append(item.position)
             self._numbers.append(number)
         return len(self._positions)
 
-    def _checked(self, number: int, line: bytes) -> tuple[ExportedEvent, str]:
+    def _checked(self, number: int, line: bytes) -> tuple[ExportedEvent, str, datetime]:
         def refuse(why: str) -> InvalidArgument:
             return InvalidArgument(f"line {number}", line[:60], why)
 
@@ -121,12 +114,18 @@ class Importer:
             event = ev.decode(item.position, item.type, data)
         except CorruptEvent as e:
             raise refuse(f"its data cannot be read back: {e}") from e
-        stored = StoredEvent(item.position, item.job_id, item.version, item.recorded_at, event)
+        at = parse_text(item.recorded_at)
+        if at is None:
+            raise refuse(
+                f"its recorded_at {item.recorded_at!r} is not a time in the ledger's format "
+                "(like 2026-01-31T12:00:00.000000+00:00, UTC)"
+            )
+        stored = StoredEvent(item.position, item.job_id, item.version, at, event)
         problem = self._check.problem(stored)
         if problem is not None:
             raise refuse(problem + " (a line missing, or a log edited outside the ledger?)")
         self._last = item.position
-        return item, data.decode()
+        return item, data.decode(), at
 
     def refusal(self, error: CorruptEvent) -> InvalidArgument:
         """The replay after the load refused an event: name the line it came from."""

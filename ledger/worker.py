@@ -37,10 +37,11 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from .core import DEFAULT_LEASE, Ledger
+from .api import Ledger
+from .domain.model import EventType, Job, Result
+from .domain.timeutil import seconds
 from .errors import InvalidArgument, InvalidTransition, JobInterrupted, LeaseLost, LedgerError
-from .model import EventType, Job, Result
-from .timeutil import seconds
+from .service import DEFAULT_LEASE
 
 log = logging.getLogger("ledger.worker")
 

@@ -1,6 +1,12 @@
-"""Projections: tables folded from the event log, each owning its schema and apply code."""
+"""Projections: the folds of the event log into read models, pure and shared by every backend.
 
-from .base import Projection, ProjectionWriter
-from .jobs import JobsProjection, JobsWriter, evolve
+A projection here is only its fold (`evolve` and `JobsFold` for the jobs projection): what a
+row holds after each event. How the rows are stored is each backend's business
+(`ledger.backends.sqlite.jobs_table`, ...); the live commands, replay and verify all run the same
+fold, which is what makes the projection equal the fold of the log (law 3).
+"""
 
-__all__ = ["JobsProjection", "JobsWriter", "Projection", "ProjectionWriter", "evolve"]
+from .base import Projection
+from .jobs import JobChanges, JobsFold, JobsProjection, evolve
+
+__all__ = ["JobChanges", "JobsFold", "JobsProjection", "Projection", "evolve"]

@@ -14,7 +14,7 @@ import apsw
 import pytest
 
 from ledger import Ledger
-from ledger import cli_format as fmt
+from ledger.cli import format as fmt
 from tests.conftest import ROOT, run_cli, table_dump
 
 
@@ -244,7 +244,7 @@ def test_export_then_import_gives_identical_tables(
 
 
 def test_export_pages_through_a_long_log(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ledger import core
+    from ledger import api as core
 
     monkeypatch.setattr(core, "EXPORT_PAGE", 3)
     for n in range(7):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from ledger import cli_format as fmt
+from ledger.cli import format as fmt
 
 
 def test_width_counts_terminal_columns() -> None:

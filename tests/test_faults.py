@@ -19,7 +19,7 @@ CONFIG = {"role": "coder"}
 
 def _fail_at(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
     """Make the projection's apply raise at the k-th event it sees from now on."""
-    real = projections.jobs.evolve
+    real = projections.jobs.advance
     seen = {"n": 0}
 
     def flaky(row, stored):  # type: ignore[no-untyped-def]
@@ -28,7 +28,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
             raise RuntimeError(f"injected fault at event {k}")
         return real(row, stored)
 
-    monkeypatch.setattr(projections.jobs, "evolve", flaky)
+    monkeypatch.setattr(projections.jobs, "advance", flaky)
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 10])
@@ -69,15 +69,15 @@ def test_claim_with_rescue_and_apply_failing_at_event_k(
 
 def test_full_disk_is_a_clear_error_and_writes_nothing(ledger: Ledger) -> None:
     ledger.create_job(1, CONFIG)
-    pages = ledger._conn.execute("PRAGMA page_count").get
-    ledger._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now "full"
+    pages = ledger._backend._conn.execute("PRAGMA page_count").get
+    ledger._backend._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now "full"
     big = {"blob": "x" * 200_000}
     before = snapshot(ledger.path)
     with pytest.raises(StorageError, match="full") as raised:
         ledger.create_job(1, big)
     assert "free space" in str(raised.value)
     assert snapshot(ledger.path) == before
-    ledger._conn.execute("PRAGMA max_page_count = 1073741823")
+    ledger._backend._conn.execute("PRAGMA max_page_count = 1073741823")
     assert ledger.create_job(1, big)  # usable again once there is room
     assert ledger.verify().ok
 

@@ -204,8 +204,8 @@ def test_an_event_the_projection_cannot_apply_names_its_line(
     item = json.loads(exported[claimed])
     item["data"]["lease_expires_at"] = "9999-12-31T23:00:00-05:00"  # past year 9999 in UTC
     lines = [*exported[:claimed], json.dumps(item).encode(), *exported[claimed + 1 :]]
-    error = _refused(tmp_path, lines, claimed + 1, "cannot be applied")
-    assert f"position {item['position']}" in str(error)
+    error = _refused(tmp_path, lines, claimed + 1, "past the last time UTC can hold")
+    assert f"line {claimed + 1}" in str(error)  # refused by the log rules, before any replay
 
 
 # -- the command line: a refused import leaves no new file behind ----------------------------

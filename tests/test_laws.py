@@ -7,7 +7,7 @@ import pytest
 
 import projections.jobs
 from ledger import EventType, Ledger, LedgerError
-from ledger import events as ev
+from ledger.domain import events as ev
 from tests.conftest import FakeClock, event_count, snapshot, table_dump
 
 CONFIG = {"role": "coder", "task": "laws"}
@@ -47,7 +47,7 @@ def test_failed_apply_in_a_multi_event_command_writes_nothing(
 ) -> None:
     ledger.create_job(1, CONFIG)
     before = snapshot(ledger.path)
-    real = projections.jobs.evolve
+    real = projections.jobs.advance
     calls = {"n": 0}
 
     def failing_on_third(row, stored):  # type: ignore[no-untyped-def]
@@ -56,11 +56,11 @@ def test_failed_apply_in_a_multi_event_command_writes_nothing(
             raise RuntimeError("apply broke")
         return real(row, stored)
 
-    monkeypatch.setattr(projections.jobs, "evolve", failing_on_third)
+    monkeypatch.setattr(projections.jobs, "advance", failing_on_third)
     with pytest.raises(RuntimeError, match="apply broke"):
         ledger.create_jobs([{"chat_id": 1, "config": CONFIG} for _ in range(5)])
     assert snapshot(ledger.path) == before
-    monkeypatch.setattr(projections.jobs, "evolve", real)
+    monkeypatch.setattr(projections.jobs, "advance", real)
     assert len(ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * 2)) == 2  # still usable
     assert ledger.verify().ok
 
@@ -159,10 +159,10 @@ def test_every_event_type_has_exactly_one_struct() -> None:
 
 def test_default_durability_is_wal_and_synchronous_full(db_path: str) -> None:
     with Ledger(db_path) as ledger:
-        assert ledger._conn.execute("PRAGMA journal_mode").get == "wal"
-        assert ledger._conn.execute("PRAGMA synchronous").get == 2  # FULL
+        assert ledger._backend._conn.execute("PRAGMA journal_mode").get == "wal"
+        assert ledger._backend._conn.execute("PRAGMA synchronous").get == 2  # FULL
     with Ledger(db_path, durability="normal") as fast:
-        assert fast._conn.execute("PRAGMA synchronous").get == 1  # NORMAL
+        assert fast._backend._conn.execute("PRAGMA synchronous").get == 1  # NORMAL
 
 
 def test_the_log_is_readable_with_plain_sql(ledger: Ledger) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from ledger.model import JobStatus
-from ledger.timeutil import to_db
-from projections.jobs import COLUMNS
+from ledger.backends.sqlite.jobs_table import COLUMNS
+from ledger.domain.model import JobStatus
+from ledger.domain.timeutil import to_text as to_db
 
 psycopg = pytest.importorskip(
     "psycopg", reason="psycopg is not installed: pip install -e '.[test]'"

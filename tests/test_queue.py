@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 from ledger import EventType, InvalidTransition, JobStatus, LeaseLost, Ledger, RetryPolicy
-from projections import jobs_queries as q
+from ledger.backends.sqlite import jobs_table as q
 from tests.conftest import FakeClock, event_count, snapshot
 
 CONFIG = {"role": "coder"}

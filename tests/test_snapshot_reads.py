@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledger import Ledger
-from projections import jobs_queries as q
+from ledger.backends.sqlite import jobs_table as q
 from tests.conftest import FakeClock
 
 
@@ -26,7 +26,7 @@ def _write_before(ledger: Ledger, statement: str, write: Callable[[], None]) -> 
             ran.append(True)
         return True
 
-    ledger._conn.set_exec_trace(trace)
+    ledger._backend._reader().set_exec_trace(trace)  # this thread's read connection
     return ran
 
 
@@ -44,7 +44,7 @@ def test_summary_never_shows_a_job_both_running_and_finished(
 
         ran = _write_before(reader, q.recent_finished_for_chat_statement, finish)
         during = reader.active_jobs_summary(7)
-        reader._conn.set_exec_trace(None)
+        reader._backend._reader().set_exec_trace(None)
         assert ran == [True]
         assert during == before  # the snapshot taken by the first query, not half of each
         after = reader.active_jobs_summary(7)
@@ -62,9 +62,9 @@ def test_stats_read_one_snapshot(db_path: str, clock: FakeClock) -> None:
         def finish() -> None:
             writer.complete(job_id, "done", "success", cost_cents=5.0, duration_seconds=9)
 
-        ran = _write_before(reader, q.stats_durations_statement, finish)
+        ran = _write_before(reader, q.durations_statement, finish)
         during = reader.stats()
-        reader._conn.set_exec_trace(None)
+        reader._backend._reader().set_exec_trace(None)
         assert ran == [True]
         assert during == before
         after = reader.stats()

@@ -9,7 +9,7 @@ import apsw
 import pytest
 
 from ledger import CorruptEvent, Ledger, SchemaError
-from ledger.store import STORE_SCHEMA_VERSION
+from ledger.backends.sqlite.events_table import STORE_SCHEMA_VERSION
 from tests.conftest import run_cli, snapshot, table_dump
 
 

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import CorruptEvent, InvalidArgument, Ledger
-from ledger.validate import INT64_MAX, INT64_MIN, MAX_DEPTH, MAX_PAYLOAD_BYTES
+from ledger.domain.validate import INT64_MAX, INT64_MIN, MAX_DEPTH, MAX_PAYLOAD_BYTES
 from tests.conftest import event_count, run_cli, snapshot, table_dump
 
 DATA = Path(__file__).parent / "data"
@@ -123,7 +123,7 @@ def _via_log_event(ledger: Ledger, job_id: str, value: Any) -> object:
 
 WAYS_IN = {
     "create_job": (_via_create_job, "config"),
-    "create_jobs": (_via_create_jobs, "config"),
+    "create_jobs": (_via_create_jobs, "specs[1].config"),  # the spec that holds it
     "log_event": (_via_log_event, "payload"),
 }
 

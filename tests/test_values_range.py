@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from ledger import InvalidArgument, Ledger, RetryPolicy
-from ledger.decide import lease_until
-from ledger.timeutil import EARLIEST, LATEST, MAX_BUSY_TIMEOUT, MAX_SECONDS
-from ledger.validate import INT64_MAX
+from ledger.domain.decide import lease_until
+from ledger.domain.timeutil import EARLIEST, LATEST, MAX_BUSY_TIMEOUT, MAX_SECONDS
+from ledger.domain.validate import INT64_MAX
 from tests.conftest import FakeClock, run_cli, snapshot
 
 MAX_UTC = datetime.max.replace(tzinfo=UTC)
@@ -55,7 +55,7 @@ def test_run_at_out_of_range_is_refused(ledger: Ledger, name: str) -> None:
     error = _refused(lambda: ledger.create_job(1, {}, run_at=BAD_RUN_AT[name]), "run_at")
     assert "9900-01-01" in str(error)
     spec = {"chat_id": 1, "config": {}, "run_at": BAD_RUN_AT[name]}
-    _refused(lambda: ledger.create_jobs([spec]), "run_at")
+    _refused(lambda: ledger.create_jobs([spec]), "specs[0].run_at")
     assert snapshot(ledger.path) == before
     assert ledger.verify().ok
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import msgspec
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 from .timeutil import MAX_SECONDS
 
 

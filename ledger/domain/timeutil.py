@@ -1,16 +1,14 @@
-"""UTC time: the one format the ledger stores and the checks on what callers pass in.
-
-Times are stored as fixed-width ISO-8601 text in UTC (``2026-11-23T21:53:12.000000+00:00``):
-readable with the ``sqlite3`` shell, and because every value has the same width and offset,
-comparing the text compares the instants, so SQL can order and filter on it with an index.
-"""
+"""Time in the domain: aware UTC datetimes, and the checks on the times and durations callers
+pass in. The domain never reads a clock: the `Ledger` takes one (a callable) and hands each
+command its time; how a backend stores a time is the backend's business."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 Clock = Callable[[], datetime]
 
@@ -24,16 +22,6 @@ MAX_BUSY_TIMEOUT = (2**31 - 1) // 1000
 # "the last hour" in stats and for any timezone offset.
 EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
 LATEST = datetime(9900, 1, 1, tzinfo=UTC)
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-def to_db(moment: datetime) -> str:
-    if moment.tzinfo is not UTC:
-        moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")
 
 
 def check_aware(name: str, moment: object) -> datetime:
@@ -76,3 +64,26 @@ def seconds(name: str, value: float | timedelta, *, maximum: float = MAX_SECONDS
             name, value, f"must be a positive, finite number of seconds below {maximum:.10g}"
         )
     return float(value)
+
+
+# The ledger's one text form of a time: fixed-width ISO-8601 in UTC with microseconds
+# (``2026-11-23T21:53:12.000000+00:00``). Exports carry it, and the SQLite backend stores it:
+# every value has the same width and offset, so comparing the text compares the instants.
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00")
+
+
+def to_text(moment: datetime) -> str:
+    """``moment`` in the canonical text form."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
+
+
+def parse_text(text: object) -> datetime | None:
+    """The time a canonical text names, or None when ``text`` is not one."""
+    if type(text) is not str or _CANONICAL.fullmatch(text) is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # the shape is right, but not the month, day or hour
+        return None

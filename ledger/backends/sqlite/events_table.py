@@ -1,4 +1,4 @@
-"""The append-only event table: its schema, the append, and the reads.
+"""The append-only event table (its schema, the append, the reads) and the projections' checkpoints.
 
 The database itself refuses UPDATE and DELETE on ``events`` (triggers), so no code path, tool or
 hand-typed SQL can rewrite history. ``position`` (INTEGER PRIMARY KEY) is the global order;
@@ -8,12 +8,15 @@ hand-typed SQL can rewrite history. ``position`` (INTEGER PRIMARY KEY) is the gl
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 
 import apsw
 
-from . import events as ev
-from .errors import ConcurrencyError, SchemaError
-from .events import StoredEvent
+from ...domain import events as ev
+from ...domain.events import StoredEvent
+from ...errors import ConcurrencyError, CorruptEvent, SchemaError, UnfoldableEvent
+from ..protocol import EventRow
+from .timecodec import from_canonical, from_text, to_text
 
 # Identifies a ledger file (PRAGMA application_id) and the event-store format (PRAGMA user_version).
 APPLICATION_ID = 0x4A4C4752  # "JLGR"
@@ -35,6 +38,10 @@ schema_statements = (
        BEGIN SELECT RAISE(ABORT, 'events are append-only: DELETE is not allowed'); END""",
 )
 
+insert_exact_statement = (
+    "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 insert_statement = (
     "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -114,17 +121,18 @@ def append(
     job_id: str,
     expected_version: int,
     new_events: Sequence[ev.Event],
-    recorded_at: str,
+    recorded_at: datetime,
 ) -> list[StoredEvent]:
     """Append events to one job's stream after ``expected_version``; inside a write transaction."""
     stored = []
     version = expected_version
+    at = to_text(recorded_at)
+    execute = conn.execute
     for event in new_events:
         version += 1
         try:
-            conn.execute(
-                insert_statement,
-                (job_id, version, ev.tag_of(event), ev.encode_text(event), recorded_at),
+            execute(
+                insert_statement, (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
             )
         except apsw.ConstraintError as e:
             actual = conn.execute(job_version_statement, (job_id,)).get
@@ -133,10 +141,39 @@ def append(
     return stored
 
 
+def insert_exact(
+    conn: apsw.Connection,
+    position: int,
+    job_id: str,
+    version: int,
+    event_type: str,
+    data: str,
+    recorded_at: datetime,
+) -> None:
+    """One event with its position, as an import carries it; inside a write transaction."""
+    conn.execute(
+        insert_exact_statement, (position, job_id, version, event_type, data, to_text(recorded_at))
+    )
+
+
+def stored_time(position: int, event_type: str, text: object) -> datetime:
+    """An event's ``recorded_at`` as the ledger stores it (`timecodec`: fixed-width ISO-8601
+    UTC with microseconds, so comparing the text compares the instants), or `UnfoldableEvent`."""
+    if type(text) is str and (moment := from_canonical(text)) is not None:
+        return moment
+    why = (
+        f"its recorded_at {text!r} is not a time in the ledger's format "
+        "(like 2026-01-31T12:00:00.000000+00:00, UTC)"
+    )
+    raise UnfoldableEvent(position, str(event_type), why)
+
+
 def decode_row(row: tuple[int, str, int, str, str, str]) -> StoredEvent:
+    """A stored event for a fold: decoded, its time checked strictly."""
     position, job_id, version, event_type, data, recorded_at = row
+    event = ev.decode(position, event_type, data)
     return StoredEvent(
-        position, job_id, version, recorded_at, ev.decode(position, event_type, data)
+        position, job_id, version, stored_time(position, event_type, recorded_at), event
     )
 
 
@@ -145,10 +182,23 @@ def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
         yield decode_row(row)
 
 
-def rows_after(conn: apsw.Connection, after: int, limit: int | None) -> Iterable[tuple]:
+def _event_rows(rows: Iterable[tuple[int, str, int, str, str, str]]) -> list[EventRow]:
+    """Rows for reads: the time as a datetime (the data is decoded by the reader)."""
+    out: list[EventRow] = []
+    for position, job_id, version, event_type, data, recorded_at in rows:
+        try:
+            at = from_text(recorded_at)
+        except (TypeError, ValueError) as e:
+            why = f"its recorded_at {recorded_at!r}: {e}"
+            raise CorruptEvent(position, str(event_type), why) from e
+        out.append((position, job_id, version, event_type, data, at))
+    return out
+
+
+def rows_after(conn: apsw.Connection, after: int, limit: int | None) -> list[EventRow]:
     if limit is None:
-        return conn.execute(select_after_statement, (after,))
-    return conn.execute(select_after_statement + " LIMIT ?", (after, limit))
+        return _event_rows(conn.execute(select_after_statement, (after,)))
+    return _event_rows(conn.execute(select_after_statement + " LIMIT ?", (after, limit)))
 
 
 def last_position(conn: apsw.Connection) -> int:
@@ -162,11 +212,10 @@ def _type_filter(types: Iterable[str] | None) -> tuple[str, tuple[str, ...]]:
     return f" AND type IN ({', '.join('?' * len(names))})", names
 
 
-def job_rows(conn: apsw.Connection, job_id: str, types: Iterable[str] | None) -> Iterable[tuple]:
+def job_rows(conn: apsw.Connection, job_id: str, types: Iterable[str] | None) -> list[EventRow]:
     where, names = _type_filter(types)
-    return conn.execute(
-        f"{_select_events} WHERE job_id = ?{where} ORDER BY version",
-        (job_id, *names),
+    return _event_rows(
+        conn.execute(f"{_select_events} WHERE job_id = ?{where} ORDER BY version", (job_id, *names))
     )
 
 
@@ -176,14 +225,60 @@ def chat_rows(
     limit: int,
     types: Iterable[str] | None,
     exclude: Iterable[str] = (),
-) -> Iterable[tuple]:
+) -> list[EventRow]:
     """A chat's events, newest first: the chat's jobs come from the jobs projection."""
     where, names = _type_filter(types)
     excluded = tuple(exclude)
     if excluded:
         where += f" AND type NOT IN ({', '.join('?' * len(excluded))})"
-    return conn.execute(
-        f"{_select_events} WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
-        "ORDER BY position DESC LIMIT ?",
-        (chat_id, *names, *excluded, limit),
+    return _event_rows(
+        conn.execute(
+            f"{_select_events} WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = ?){where} "
+            "ORDER BY position DESC LIMIT ?",
+            (chat_id, *names, *excluded, limit),
+        )
     )
+
+
+def raw_rows_after(
+    conn: apsw.Connection, after: int, limit: int
+) -> list[tuple[int, str, int, str, str, str]]:
+    """Rows exactly as stored (the time as its text), for export."""
+    rows: list[tuple[int, str, int, str, str, str]] = conn.execute(
+        select_after_statement + " LIMIT ?", (after, limit)
+    ).fetchall()  # type: ignore[assignment]
+    return rows
+
+
+# -- projection checkpoints -------------------------------------------------------------------
+
+checkpoint_schema_statement = """CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name TEXT PRIMARY KEY,
+    schema_version INTEGER NOT NULL,
+    position INTEGER NOT NULL
+)"""
+checkpoint_select_statement = (
+    "SELECT schema_version, position FROM projection_checkpoints WHERE name = ?"
+)
+checkpoint_upsert_statement = (
+    "INSERT INTO projection_checkpoints (name, schema_version, position) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET schema_version = excluded.schema_version, "
+    "position = excluded.position"
+)
+checkpoint_advance_statement = "UPDATE projection_checkpoints SET position = ? WHERE name = ?"
+
+
+def read_checkpoint(conn: apsw.Connection, name: str) -> tuple[int, int] | None:
+    try:
+        row = conn.execute(checkpoint_select_statement, (name,)).fetchone()
+    except apsw.SQLError:  # no checkpoint table yet: nothing was ever applied
+        return None
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def write_checkpoint(conn: apsw.Connection, name: str, schema_version: int, position: int) -> None:
+    conn.execute(checkpoint_upsert_statement, (name, schema_version, position))
+
+
+def advance_checkpoint(conn: apsw.Connection, name: str, position: int) -> None:
+    conn.execute(checkpoint_advance_statement, (position, name))

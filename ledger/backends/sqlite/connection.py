@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import apsw
 
-from .errors import LedgerBusy, LedgerError, SchemaError, StorageError
+from ...errors import LedgerBusy, LedgerError, SchemaError, StorageError
 
 Durability = Literal["full", "normal"]
 DURABILITY_LEVELS: dict[str, str] = {"full": "FULL", "normal": "NORMAL"}

@@ -26,11 +26,10 @@ class JobStatus(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self in FINAL_STATUSES
+        """No command moves a job out of this state (see `ledger.domain.transitions`)."""
+        from .transitions import FINAL  # the one table of transitions says which are final
 
-
-# str enum members hash and compare as their values, so a row's status text tests in this too
-FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+        return self in FINAL
 
 
 class EventType(enum.StrEnum):

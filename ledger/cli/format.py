@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .model import Job, JobEvent
+from ..domain.model import Job, JobEvent
 
 _encoder = msgspec.json.Encoder()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import CorruptEvent
+from ..errors import CorruptEvent
 from .model import EventType
 
 
@@ -188,5 +188,5 @@ class StoredEvent(msgspec.Struct, frozen=True):
     position: int
     job_id: str
     version: int
-    recorded_at: str  # fixed-width ISO-8601 UTC, see timeutil
+    recorded_at: datetime  # aware UTC: the time of the command that appended it
     event: Event

@@ -14,15 +14,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import cli_format as fmt
-from . import transfer
-from .backoff import RetryPolicy
-from .core import Ledger
-from .errors import InvalidArgument, LedgerError
-from .model import EventType, JobStatus
-from .rebuild import VerifyReport
-from .validate import INT64_MAX
-from .worker import Handler, Worker
+from .. import transfer
+from ..api import Ledger
+from ..domain.backoff import RetryPolicy
+from ..domain.model import EventType, JobStatus
+from ..domain.validate import INT64_MAX
+from ..errors import InvalidArgument, LedgerError
+from ..rebuild import VerifyReport
+from ..worker import Handler, Worker
+from . import format as fmt
 
 DEFAULT_DB = "ledger.db"
 DEMO_DB = "demo.db"
@@ -338,7 +338,7 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     return run_demo(args.db)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024

@@ -1,0 +1,301 @@
+"""`Ledger`: the public API, a thin face over the service and one storage backend.
+
+Each command checks its arguments into a command Struct (`domain.commands`) before anything is
+written, then hands it to the `Service`, which runs it as one write transaction on the backend.
+Queries (`LedgerReads`) read the projection and the log through the backend's snapshots.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+
+from . import rebuild
+from .backends import open_backend
+from .backends.protocol import JobFilter
+from .domain import commands as cmd
+from .domain import validate as check
+from .domain.backoff import RetryPolicy
+from .domain.model import EventType, Job
+from .domain.timeutil import MAX_BUSY_TIMEOUT, Clock, seconds
+from .errors import CorruptEvent, InvalidArgument
+from .reads import LedgerReads
+from .service import DEFAULT_LEASE, Service
+from .transfer import EXPORT_PAGE, Importer, export_page
+
+Durability = Literal["full", "normal"]
+
+
+def system_clock() -> datetime:
+    """The default clock: the machine's time, in UTC."""
+    return datetime.now(UTC)
+
+
+class Ledger(LedgerReads):
+    """A durable record of jobs and everything that happened to them.
+
+    ``target``: an SQLite file path (a str or ``pathlib.Path``; ``":memory:"`` for a throwaway
+    one) or a ``postgresql://`` URL. Safe to share between threads (writes are serialised, reads
+    run in parallel) and between processes (each opens its own `Ledger`; the database orders the
+    writers). ``durability="full"`` (default) survives power loss; ``"normal"`` survives a process
+    crash but may lose the last commits on power loss, for more writes per second.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "ledger.db",
+        *,
+        clock: Clock | None = None,
+        durability: Durability = "full",
+        readonly: bool = False,
+        busy_timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise InvalidArgument("durability", durability, 'use "full" or "normal"')
+        self.path = path = cmd.ledger_target(path)  # a str, even when given a Path
+        cmd.ledger_options(clock, readonly, retry_policy, rng)
+        self.readonly = readonly
+        timeout_ms = int(seconds("busy_timeout", busy_timeout, maximum=MAX_BUSY_TIMEOUT) * 1000)
+        self._backend = open_backend(
+            path, readonly=readonly, durability=durability, busy_timeout_ms=timeout_ms
+        )
+        self._service = Service(
+            self._backend,
+            clock or system_clock,
+            retry_policy or RetryPolicy(),
+            rng or random.Random(),
+        )
+        if not readonly:
+            try:
+                self._backend.write(f"opening {path}", rebuild.catch_up)
+            except BaseException:
+                self._backend.close()
+                raise
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        chat_id: int,
+        config: Any,
+        *,
+        thread_id: int | None = None,
+        user_id: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        max_attempts: int = 1,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Record a new pending job and return its id. With an ``idempotency_key`` already used,
+        return the first job's id and write nothing."""
+        command = cmd.CreateJob.checked(
+            chat_id=chat_id,
+            config=config,
+            thread_id=thread_id,
+            user_id=user_id,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
+        return self._service.create([command])[0]
+
+    def create_jobs(self, specs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Create many jobs in one transaction (all or none); each spec holds `create_job`'s
+        arguments by name."""
+        if isinstance(specs, str | bytes | Mapping) or not isinstance(specs, Iterable):
+            raise InvalidArgument(
+                "specs", specs, "expected a list of dicts of create_job arguments"
+            )
+        commands = [cmd.create_spec(i, spec) for i, spec in enumerate(specs)]
+        return self._service.create(commands, "creating jobs")
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        queues: Sequence[str] | None = None,
+        lease: float | timedelta = DEFAULT_LEASE,
+    ) -> Job | None:
+        """Take the best claimable job (highest priority, then oldest) for ``worker_id`` under a
+        lease, rescuing expired leases first; None when nothing is claimable now."""
+        command = cmd.Claim.checked(worker_id=worker_id, lease=lease)
+        return self._service.claim(command, cmd.queues(queues))
+
+    def heartbeat(
+        self, job_id: str, *, worker_id: str | None = None, lease: float | timedelta | None = None
+    ) -> None:
+        """Record that the job's worker is alive and extend its lease (by ``lease`` seconds from
+        now, or by the length the claim granted). With ``worker_id``, refuse with `LeaseLost` when
+        that worker no longer holds the job."""
+        self._service.heartbeat(
+            cmd.Heartbeat.checked(job_id=job_id, worker_id=worker_id, lease=lease)
+        )
+
+    def complete(
+        self,
+        job_id: str,
+        summary: str,
+        result_status: str = "success",
+        cost_cents: float = 0.0,
+        duration_seconds: int | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        """Mark a running job completed with its result. ``duration_seconds`` defaults to the time
+        since the job was claimed."""
+        command = cmd.Complete.checked(
+            job_id=job_id,
+            summary=summary,
+            result_status=result_status,
+            cost_cents=cost_cents,
+            duration_seconds=duration_seconds,
+            worker_id=worker_id,
+        )
+        self._service.complete(command)
+
+    def fail(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        worker_id: str | None = None,
+        retry: bool = True,
+        error_type: str | None = None,
+    ) -> None:
+        """Record a failed attempt. With attempts left (and ``retry``), the job goes back to
+        pending after a backoff (see `RetryPolicy`); otherwise it is failed for good.
+        ``error_type``: the exception's type name, recorded in the event beside the message."""
+        command = cmd.Fail.checked(
+            job_id=job_id, error=error, worker_id=worker_id, retry=retry, error_type=error_type
+        )
+        self._service.fail(command)
+
+    def cancel(self, job_id: str, *, reason: str | None = None) -> bool:
+        """Cancel a pending or running job; False (and nothing written) when it already ended."""
+        return self._service.cancel(cmd.Cancel.checked(job_id=job_id, reason=reason))
+
+    def release(self, job_id: str, *, worker_id: str, reason: str | None = None) -> None:
+        """Give a running job back unfinished (the attempt does not count): for a worker that is
+        shutting down before its handler finished."""
+        command = cmd.Release.checked(job_id=job_id, worker_id=worker_id, reason=reason)
+        self._service.release(command)
+
+    def log_event(
+        self,
+        job_id: str,
+        type: EventType | str,
+        payload: Any = None,
+        *,
+        expected_version: int | None = None,
+        worker_id: str | None = None,
+    ) -> int:
+        """Append a worker activity event (started, progress, tool_call, error) to a pending or
+        running job; returns the job's new version. ``expected_version`` makes the append
+        conditional: `ConcurrencyError` when the job moved on. With ``worker_id`` the append is
+        fenced like `heartbeat`: `LeaseLost` unless that worker holds the running job; the event
+        records the worker and the attempt."""
+        command = cmd.LogActivity.checked(
+            job_id=job_id, expected_version=expected_version, worker_id=worker_id
+        )
+        event_type = cmd.activity_type(type)
+        # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
+        encoded = msgspec.Raw(check.json_bytes("payload", payload))
+        return self._service.log(command, event_type, encoded)
+
+    def rescue_expired(self) -> int:
+        """Requeue (or fail, with no attempts left) every running job whose lease ran out."""
+        return self._service.rescue_expired()
+
+    # -- export and import ------------------------------------------------------------------
+
+    def export_events(self, after: int = 0) -> Iterator[bytes]:
+        """The log after ``after`` as JSON lines (bytes, no newline), in position order.
+
+        Read a page at a time, so no lock or read transaction is held while the caller consumes
+        the lines; positions only grow, so paging by position neither skips nor repeats."""
+        position = check.integer("after", after, minimum=0)
+        return self._export(position)
+
+    def _export(self, position: int) -> Iterator[bytes]:
+        while True:
+            page = self._backend.read(
+                "exporting events", functools.partial(_page, position=position)
+            )
+            yield from (line for _, line in page)
+            if len(page) < EXPORT_PAGE:
+                return
+            position = page[-1][0]
+
+    def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
+        """Load exported lines into this new or empty ledger and replay (all or nothing).
+
+        Every line is checked first (see `transfer.Importer`); a refusal is an `InvalidArgument`
+        naming the line, and writes nothing. The file itself was created when this `Ledger`
+        opened it, before any line was read, so a refused import into a new path leaves an empty
+        ledger there: remove it if you do not want it (``ledger import`` does that for you)."""
+        importer = Importer()
+        try:
+            return self._rebuild("importing events", None, lambda tx: importer.load(tx, lines))
+        except CorruptEvent as e:  # the replay after the load refused one of its events
+            raise importer.refusal(e) from e
+
+    # -- replay and verify -------------------------------------------------------------------
+
+    def replay(self, progress: rebuild.Progress | None = None) -> rebuild.ReplayReport:
+        """Rebuild every projection from the whole log in one transaction (all or nothing)."""
+        return self._rebuild("replaying the log", progress)
+
+    def _rebuild(
+        self,
+        doing: str,
+        progress: rebuild.Progress | None,
+        before: Callable[[Any], object] | None = None,
+    ) -> rebuild.ReplayReport:
+        """``before`` (in the same transaction), then a rebuild of every projection."""
+        started = time.perf_counter()
+
+        def work(tx: Any) -> rebuild.ReplayReport:
+            if before is not None:
+                before(tx)
+            count, last = rebuild.rebuild(tx, progress)
+            jobs = tx.count_jobs(JobFilter())
+            return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
+
+        return self._backend.write(doing, work)
+
+    def verify(self) -> rebuild.VerifyReport:
+        """Fold the log in memory and compare it with the live projection, in one snapshot."""
+        started = time.perf_counter()
+        return self._backend.read(
+            "verifying", lambda snap: rebuild.verify(snap, started, time.perf_counter)
+        )
+
+
+def _page(snapshot: Any, *, position: int) -> list[tuple[int, bytes]]:
+    return export_page(snapshot, position, EXPORT_PAGE)
+
+
+__all__ = ["DEFAULT_LEASE", "Ledger"]

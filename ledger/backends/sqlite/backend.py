@@ -1,0 +1,275 @@
+"""`SqliteBackend`: the storage protocol (`ledger.backends.protocol`) on one SQLite file, via APSW.
+
+One write connection, used under a lock: every write transaction is ``BEGIN IMMEDIATE`` on it
+(see `connection`), which is also what makes a claim exclusive across threads and processes.
+Reads of a file run on a connection of their own per thread, each read in one read transaction
+(WAL lets readers and the writer proceed together, and APSW releases the GIL while SQLite
+works), so readers in several threads never queue behind one lock. A ``:memory:`` database exists
+only on its one connection, so there reads share the write connection and its lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import apsw
+
+from ...domain import events as ev
+from ...domain.events import StoredEvent
+from ...domain.state import JobState
+from ...errors import StorageError
+from ..protocol import EventRow, JobFilter
+from . import events_table as events
+from . import jobs_table as jobs
+from .connection import (
+    Durability,
+    configure_writer,
+    connect,
+    read_snapshot,
+    run_write,
+    wrap_sqlite_error,
+)
+from .timecodec import to_text
+
+_T = TypeVar("_T")
+
+
+class SqliteSnapshot:
+    """Reads on one connection, inside the read (or write) transaction that holds it."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+
+    # jobs
+    def job(self, job_id: str) -> JobState | None:
+        return jobs.load(self.conn, job_id)
+
+    def job_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        return jobs.prefix(self.conn, prefix, limit)
+
+    def jobs(self, where: JobFilter) -> list[JobState]:
+        return jobs.select(self.conn, where)
+
+    def count_jobs(self, where: JobFilter) -> int:
+        try:
+            return jobs.count(self.conn, where)
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, "counting jobs") from e
+
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        return jobs.counts(self.conn)
+
+    def finished_since(self, since: datetime) -> dict[str, int]:
+        return jobs.finished_since(self.conn, to_text(since))
+
+    def completed_durations(self) -> list[int]:
+        return jobs.durations(self.conn)
+
+    def total_cost(self) -> float:
+        return jobs.total_cost(self.conn)
+
+    # the log
+    def last_position(self) -> int:
+        return events.last_position(self.conn)
+
+    def events_after(self, after: int, limit: int | None) -> list[EventRow]:
+        return events.rows_after(self.conn, after, limit)
+
+    def job_events(self, job_id: str, types: Sequence[str] | None) -> list[EventRow]:
+        return events.job_rows(self.conn, job_id, types)
+
+    def chat_events(
+        self, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
+    ) -> list[EventRow]:
+        return events.chat_rows(self.conn, chat_id, limit, types, exclude)
+
+    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, str]]:
+        """Rows exactly as stored, for export: the time stays the text it is stored as."""
+        return events.raw_rows_after(self.conn, after, limit)
+
+    # replay and verify
+    def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
+        try:
+            yield from events.iter_after(self.conn, after)
+        except apsw.Error as e:  # the table is gone or reshaped: say so as the ledger's error
+            raise wrap_sqlite_error(e, "reading the log") from e
+
+    def version_at(self, job_id: str, position: int) -> int:
+        return events.job_version_at(self.conn, job_id, position)
+
+    def checkpoint(self, name: str) -> tuple[int, int] | None:
+        """(schema version, position) of a projection, or None when it was never built."""
+        return events.read_checkpoint(self.conn, name)
+
+    def has_jobs_table(self) -> bool:
+        return jobs.exists(self.conn)
+
+    def dump_jobs(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            return list(jobs.dump(self.conn))
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, "reading the jobs projection") from e
+
+    def stored_form(self, state: JobState) -> dict[str, Any]:
+        return jobs.stored_form(state)
+
+
+class SqliteTransaction(SqliteSnapshot):
+    """The write half, inside ``BEGIN IMMEDIATE``: the write lock is held from the first
+    statement, so what `load_job` and `claimable` read stays true until the commit."""
+
+    __slots__ = ()
+
+    def load_job(self, job_id: str) -> JobState | None:
+        return jobs.load(self.conn, job_id)
+
+    def append(
+        self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
+    ) -> list[StoredEvent]:
+        return events.append(self.conn, job_id, expected_version, new, at)
+
+    def save_jobs(
+        self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
+    ) -> None:
+        jobs.save(self.conn, new, changed)
+
+    def advance_checkpoint(self, name: str, position: int) -> None:
+        events.advance_checkpoint(self.conn, name, position)
+
+    def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
+        events.write_checkpoint(self.conn, name, schema_version, position)
+
+    def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
+        return jobs.claimable(self.conn, to_text(now), queues)
+
+    def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
+        return jobs.expired(self.conn, to_text(now), limit)
+
+    def job_with_key(self, idempotency_key: str) -> str | None:
+        return jobs.with_key(self.conn, idempotency_key)
+
+    def reset_jobs(self) -> None:
+        """Drop the jobs table and create it bare (indexes come after a bulk load)."""
+        self.conn.execute(jobs.drop_statement)
+        jobs.create(self.conn, indexes=False)
+
+    def ensure_jobs(self) -> None:
+        jobs.create(self.conn)
+
+    def finish_jobs(self) -> None:
+        jobs.create_indexes(self.conn)
+
+    def insert_exact(
+        self,
+        position: int,
+        job_id: str,
+        version: int,
+        event_type: str,
+        data: str,
+        recorded_at: datetime,
+    ) -> None:
+        events.insert_exact(self.conn, position, job_id, version, event_type, data, recorded_at)
+
+
+class SqliteBackend:
+    """A ledger in one SQLite file (or ``:memory:``). See the module docstring."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        readonly: bool = False,
+        durability: Durability = "full",
+        busy_timeout_ms: int,
+    ) -> None:
+        self.target = target
+        self.readonly = readonly
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.RLock()
+        self._conn = connect(target, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+        self._shared_reads = target in ("", ":memory:") or "mode=memory" in target
+        self._local = threading.local()
+        self._readers: list[apsw.Connection] = []
+        self._closed = False
+        try:
+            if readonly:
+                self._read_on_writer("opening the ledger", events.check_schema)
+            else:
+                # Check (one snapshot), switch to WAL, then check again and create the tables
+                # inside the write transaction: another process may be initialising the file.
+                self._read_on_writer("opening the ledger", events.check_openable)
+                self._read_on_writer(
+                    "opening the ledger",
+                    lambda conn: configure_writer(conn, durability, busy_timeout_ms),
+                )
+                run_write(self._conn, f"opening {target}", self._initialize)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _initialize(self) -> None:
+        events.initialize_schema(self._conn)
+        self._conn.execute(events.checkpoint_schema_statement)
+
+    def _read_on_writer(self, doing: str, query: Callable[[apsw.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                return query(self._conn)
+            except apsw.Error as e:
+                raise wrap_sqlite_error(e, doing) from e
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def write(self, doing: str, work: Callable[[SqliteTransaction], _T]) -> _T:
+        with self._lock:
+            return run_write(self._conn, doing, work, SqliteTransaction(self._conn))
+
+    def read(self, doing: str, work: Callable[[SqliteSnapshot], _T]) -> _T:
+        if self._shared_reads:
+            with self._lock:
+                return self._snapshot(self._conn, doing, work)
+        return self._snapshot(self._reader(), doing, work)
+
+    def _snapshot(
+        self, conn: apsw.Connection, doing: str, work: Callable[[SqliteSnapshot], _T]
+    ) -> _T:
+        try:
+            return read_snapshot(conn, lambda: work(SqliteSnapshot(conn)))
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, doing) from e
+
+    def _reader(self) -> apsw.Connection:
+        """This thread's read connection, opened on first use."""
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StorageError("reading the ledger: this Ledger was closed; open a new one")
+            conn = connect(self.target, readonly=True, busy_timeout_ms=self._busy_timeout_ms)
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    raise StorageError("reading the ledger: this Ledger was closed; open a new one")
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (SQLite's ``PRAGMA data_version``)."""
+        return self._read_on_writer(
+            "watching the ledger", lambda conn: int(conn.execute("PRAGMA data_version").get)
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._conn.close()

@@ -1,0 +1,404 @@
+"""The ``jobs`` table: the jobs projection as SQLite stores it, and every query on it.
+
+One row per `JobState`, its columns in the state's field order. Times are fixed-width UTC text
+(`timecodec`), the status its enum value, the config its JSON text. `row_values` is the one
+place a state becomes a row and `to_state` the one place a row becomes a state, so what the live
+commands write, what replay writes and what verify compares are the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apsw
+
+from ...domain.model import JobStatus
+from ...domain.state import FIELDS, JobState
+from ...domain.transitions import STATUSES
+from ...errors import CorruptProjection
+from ..protocol import JobFilter
+from .timecodec import from_text, optional_text, optional_time, to_text
+
+COLUMNS: tuple[str, ...] = tuple("config" if f == "config_json" else f for f in FIELDS)
+_TIME_COLUMNS = frozenset(
+    {"started_at", "completed_at", "created_at", "updated_at", "run_at", "lease_expires_at"}
+)
+_statuses = ", ".join(f"'{s.value}'" for s in STATUSES)
+
+# The text of this statement is part of the file format: a ledger's table keeps the shape it was
+# created with, so a change here needs a new projection schema version (a rebuild on open).
+table_statement = f"""CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    chat_id INTEGER NOT NULL,
+    thread_id INTEGER,
+    user_id TEXT,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({_statuses})),
+    worker_id TEXT,
+    started_at TEXT,
+    completed_at TEXT,
+    result_summary TEXT,
+    result_status TEXT,
+    cost_cents REAL,
+    duration_seconds INTEGER,
+    error_message TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    run_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    lease_expires_at TEXT,
+    idempotency_key TEXT,
+    created_position INTEGER NOT NULL,
+    lease_seconds REAL,
+    CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
+)"""
+
+# Each index serves a query below; the partial ones stay as small as the live set, so their
+# cost does not grow with the number of finished jobs.
+index_statements = (
+    # claim: best pending job in priority, then age order; queue and run_at filtered in-index
+    "CREATE INDEX IF NOT EXISTS jobs_claim ON jobs "
+    "(priority DESC, created_at, created_position, queue, run_at) WHERE status = 'pending'",
+    # rescue: running jobs whose lease has run out
+    "CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running'",
+    # listing by status, oldest first (pending_jobs, running_jobs, the CLI)
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position)",
+    # a chat's jobs, newest first (jobs_for_chat, the summary, recent events)
+    "CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+)
+drop_statement = "DROP TABLE IF EXISTS jobs"
+
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+select_row_statement = f"{_SELECT} WHERE id = ?"
+insert_statement = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+dump_statement = f"{_SELECT} ORDER BY id"
+prefix_statement = "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
+# INDEXED BY: without ANALYZE statistics the planner prefers jobs_status and sorts every pending
+# job on each claim; the partial index yields them already in claim order (and SQLite refuses
+# the query outright if the index ever stops fitting it, instead of silently scanning).
+_CLAIM = (
+    "SELECT id FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? {queues}"
+    "ORDER BY priority DESC, created_at, created_position LIMIT 1"
+)
+claim_any_statement = _CLAIM.format(queues="")
+expired_statement = (
+    "SELECT id FROM jobs INDEXED BY jobs_lease WHERE status = 'running' AND lease_expires_at <= ? "
+    "ORDER BY lease_expires_at"
+)
+# A literal LIMIT: with a bound one SQLite runs this (every claim's first query) twice as slowly.
+expired_batch_statement = expired_statement + " LIMIT 100"
+counts_statement = "SELECT status, queue, count(*) FROM jobs GROUP BY status, queue ORDER BY 1, 2"
+finished_since_statement = (
+    "SELECT status, count(*) FROM jobs WHERE completed_at >= ? GROUP BY status"
+)
+durations_statement = (
+    "SELECT duration_seconds FROM jobs WHERE status = 'completed' AND duration_seconds IS NOT NULL "
+    "ORDER BY duration_seconds"
+)
+cost_statement = "SELECT coalesce(sum(cost_cents), 0.0) FROM jobs"
+tables_statement = "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'jobs'"
+
+_ORDERS = {
+    "newest": "created_at DESC, created_position DESC",
+    "oldest": "created_at, created_position",
+    "started": "started_at, created_position",
+    "finished": "completed_at DESC, created_position DESC",
+}
+_STATUS = {s.value: s for s in JobStatus}  # a dict lookup is 5x cheaper than JobStatus(text)
+
+
+def claim_statement(queue_count: int | None) -> str:
+    if queue_count is None:
+        return claim_any_statement
+    return _CLAIM.format(queues=f"AND queue IN ({', '.join('?' * queue_count)}) ")
+
+
+def row_values(state: JobState) -> tuple[Any, ...]:
+    """The row of ``state``, in `COLUMNS` order (the one place a state becomes a row)."""
+    return (
+        state.id,
+        state.chat_id,
+        state.thread_id,
+        state.user_id,
+        state.config_json,
+        state.status.value,
+        state.worker_id,
+        optional_text(state.started_at),
+        optional_text(state.completed_at),
+        state.result_summary,
+        state.result_status,
+        state.cost_cents,
+        state.duration_seconds,
+        state.error_message,
+        to_text(state.created_at),
+        to_text(state.updated_at),
+        state.version,
+        state.queue,
+        state.priority,
+        to_text(state.run_at),
+        state.attempts,
+        state.max_attempts,
+        optional_text(state.lease_expires_at),
+        state.idempotency_key,
+        state.created_position,
+        state.lease_seconds,
+    )
+
+
+def column_value(state: JobState, field: str) -> Any:
+    """One field of ``state`` as its column holds it (for an UPDATE of the changed fields)."""
+    value = getattr(state, field)
+    if field in _TIME_COLUMNS:
+        return optional_text(value)
+    if field == "status":
+        return value.value
+    return value
+
+
+def to_state(values: Sequence[Any]) -> JobState:
+    """The state a row holds (the one place a row becomes a state)."""
+    (
+        job_id,
+        chat_id,
+        thread_id,
+        user_id,
+        config,
+        status,
+        worker_id,
+        started_at,
+        completed_at,
+        result_summary,
+        result_status,
+        cost_cents,
+        duration_seconds,
+        error_message,
+        created_at,
+        updated_at,
+        version,
+        queue,
+        priority,
+        run_at,
+        attempts,
+        max_attempts,
+        lease_expires_at,
+        idempotency_key,
+        created_position,
+        lease_seconds,
+    ) = values
+    known = _STATUS.get(status)
+    if known is None:
+        raise CorruptProjection("jobs", job_id, f"its status {status!r} is not a job status")
+    return JobState(
+        id=job_id,
+        chat_id=chat_id,
+        thread_id=thread_id,
+        user_id=user_id,
+        config_json=config,
+        status=known,
+        worker_id=worker_id,
+        started_at=optional_time(started_at),
+        completed_at=optional_time(completed_at),
+        result_summary=result_summary,
+        result_status=result_status,
+        cost_cents=cost_cents,
+        duration_seconds=duration_seconds,
+        error_message=error_message,
+        created_at=from_text(created_at),
+        updated_at=from_text(updated_at),
+        version=version,
+        queue=queue,
+        priority=priority,
+        run_at=from_text(run_at),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        lease_expires_at=optional_time(lease_expires_at),
+        idempotency_key=idempotency_key,
+        created_position=created_position,
+        lease_seconds=lease_seconds,
+    )
+
+
+_update_cache: dict[tuple[str, ...], str] = {}
+
+
+def _update_statement(fields: tuple[str, ...]) -> str:
+    statement = _update_cache.get(fields)
+    if statement is None:
+        assignments = ", ".join(f"{'config' if f == 'config_json' else f} = ?" for f in fields)
+        statement = _update_cache[fields] = f"UPDATE jobs SET {assignments} WHERE id = ?"
+    return statement
+
+
+def save(
+    conn: apsw.Connection,
+    new: Sequence[JobState],
+    changed: Iterable[tuple[JobState, tuple[str, ...]]],
+) -> None:
+    """INSERT the new jobs (in creation order: the same rowids on every replay) and UPDATE only
+    the changed columns of the others."""
+    if new:
+        if len(new) == 1:
+            conn.execute(insert_statement, row_values(new[0]))
+        else:
+            conn.executemany(insert_statement, [row_values(s) for s in new])
+    execute = conn.execute
+    for state, fields in changed:
+        execute(
+            _update_statement(fields),
+            (*[column_value(state, f) for f in fields], state.id),
+        )
+
+
+def load(conn: apsw.Connection, job_id: str) -> JobState | None:
+    values = conn.execute(select_row_statement, (job_id,)).fetchone()
+    return None if values is None else to_state(values)
+
+
+def select(conn: apsw.Connection, where: JobFilter) -> list[JobState]:
+    statement, params = _filtered(_SELECT, where, order=True)
+    return [to_state(values) for values in conn.execute(statement, params)]
+
+
+def count(conn: apsw.Connection, where: JobFilter) -> int:
+    statement, params = _filtered("SELECT count(*) FROM jobs", where, order=False)
+    return int(conn.execute(statement, params).get)
+
+
+_filter_cache: dict[tuple[Any, ...], str] = {}
+
+
+def _filtered(head: str, where: JobFilter, *, order: bool) -> tuple[str, list[Any]]:
+    """The statement for a `JobFilter` (cached by its shape) and its parameters. Statuses are
+    written into the statement (they are the enum's own values), so SQLite can see that a
+    filter on one fits a partial index."""
+    statuses = where.statuses
+    shape = (
+        head,
+        statuses,
+        where.chat_id is not None,
+        where.queue is not None,
+        where.order if order else None,
+        order and where.limit is not None,
+    )
+    statement = _filter_cache.get(shape)
+    if statement is None:
+        statement = _filter_cache[shape] = _build(head, where, order=order)
+    params: list[Any] = []
+    if where.chat_id is not None:
+        params.append(where.chat_id)
+    if where.queue is not None:
+        params.append(where.queue)
+    if order and where.limit is not None:
+        params.append(where.limit)
+    return statement, params
+
+
+def _build(head: str, where: JobFilter, *, order: bool) -> str:
+    clauses = []
+    if where.statuses is not None:
+        names = ", ".join(f"'{JobStatus(s).value}'" for s in where.statuses)
+        clauses.append(f"status = {names}" if len(where.statuses) == 1 else f"status IN ({names})")
+    if where.chat_id is not None:
+        clauses.append("chat_id = ?")
+    if where.queue is not None:
+        clauses.append("queue = ?")
+    statement = head + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+    if order:
+        statement += f" ORDER BY {_ORDERS[where.order]}"
+        if where.limit is not None:
+            statement += " LIMIT ?"
+    return statement
+
+
+def statement_for(where: JobFilter) -> str:
+    """The SELECT a `JobFilter` runs (benchmarks and plan tests run exactly these)."""
+    return _filtered(_SELECT, where, order=True)[0]
+
+
+_PENDING, _RUNNING = (JobStatus.PENDING,), (JobStatus.RUNNING,)
+get_statement = select_row_statement
+pending_statement = statement_for(JobFilter(statuses=_PENDING, order="oldest", limit=1))
+running_statement = statement_for(JobFilter(statuses=_RUNNING, order="started"))
+for_chat_statement = statement_for(JobFilter(chat_id=0, order="newest", limit=1))
+running_for_chat_statement = statement_for(JobFilter(statuses=_RUNNING, chat_id=0, order="started"))
+recent_finished_for_chat_statement = statement_for(
+    JobFilter(
+        statuses=(JobStatus.COMPLETED, JobStatus.FAILED), chat_id=0, order="finished", limit=1
+    )
+)
+
+
+def prefix(conn: apsw.Connection, text: str, limit: int) -> list[str]:
+    return [r[0] for r in conn.execute(prefix_statement, (text, text + "\U0010ffff", limit))]
+
+
+def dump(conn: apsw.Connection) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every row as stored, by id, for verify."""
+    for values in conn.execute(dump_statement):
+        yield values[0], dict(zip(COLUMNS, values, strict=True))
+
+
+def stored_form(state: JobState) -> dict[str, Any]:
+    """``state`` as `dump` would show its row."""
+    return dict(zip(COLUMNS, row_values(state), strict=True))
+
+
+def exists(conn: apsw.Connection) -> bool:
+    return bool(conn.execute(tables_statement).get)
+
+
+def create(conn: apsw.Connection, *, indexes: bool = True) -> None:
+    """The table, and (unless a bulk load comes first: it is faster to index afterwards) its
+    indexes."""
+    conn.execute(table_statement)
+    if indexes:
+        create_indexes(conn)
+
+
+def create_indexes(conn: apsw.Connection) -> None:
+    for statement in index_statements:
+        conn.execute(statement)
+
+
+def claimable(conn: apsw.Connection, now: str, queues: Sequence[str] | None) -> str | None:
+    params = (now,) if queues is None else (now, *queues)
+    found = conn.execute(claim_statement(None if queues is None else len(queues)), params)
+    row = found.fetchone()
+    return None if row is None else str(row[0])
+
+
+def expired(conn: apsw.Connection, now: str, limit: int | None) -> list[str]:
+    statement = expired_batch_statement if limit == 100 else expired_statement
+    rows = conn.execute(statement, (now,)).fetchall()
+    return [str(r[0]) for r in (rows if limit in (None, 100) else rows[:limit])]
+
+
+def with_key(conn: apsw.Connection, key: str) -> str | None:
+    row = conn.execute(idempotency_statement, (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def counts(conn: apsw.Connection) -> list[tuple[str, str, int]]:
+    return [(str(s), str(q), int(n)) for s, q, n in conn.execute(counts_statement)]
+
+
+def finished_since(conn: apsw.Connection, since: str) -> dict[str, int]:
+    return {str(s): int(n) for s, n in conn.execute(finished_since_statement, (since,))}
+
+
+def durations(conn: apsw.Connection) -> list[int]:
+    return [r[0] for r in conn.execute(durations_statement)]
+
+
+def total_cost(conn: apsw.Connection) -> float:
+    return float(conn.execute(cost_statement).get)

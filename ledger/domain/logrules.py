@@ -1,0 +1,102 @@
+"""The rules every log the ledger writes keeps, beyond each event decoding.
+
+Each job's events carry versions 1, 2, 3, ... in position order; the first is its ``created`` and
+only the first; times are aware; ints fit in 64 bits. A full fold (replay, verify), the catch-up
+at open and import check every event against them, so damage made around the ledger (raw SQL,
+another tool) stops the fold at that event, by position, instead of reaching a projection.
+How a backend stores times is checked by the backend when it reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+
+from ..errors import UnfoldableEvent
+from . import events as ev
+from .events import StoredEvent
+from .validate import INT64_MAX, INT64_MIN
+
+
+def _checked_fields(cls: type) -> tuple[str, ...]:
+    """The fields of an event type that can hold an int or a datetime (the ones to check)."""
+    names = []
+    for field in msgspec.inspect.type_info(cls).fields:  # type: ignore[attr-defined]
+        kind = field.type
+        kinds = kind.types if isinstance(kind, msgspec.inspect.UnionType) else (kind,)
+        if any(
+            isinstance(k, msgspec.inspect.IntType | msgspec.inspect.DateTimeType) for k in kinds
+        ):
+            names.append(field.name)
+    return tuple(names)
+
+
+_CHECKED_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_problem(event: ev.Event) -> str | None:
+    """A decoded field no command could have written: an int that does not fit in 64 bits, a
+    naive time."""
+    names = _CHECKED_FIELDS.get(type(event))
+    if names is None:
+        names = _CHECKED_FIELDS[type(event)] = _checked_fields(type(event))
+    for name in names:
+        value = getattr(event, name)
+        if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            return f"its {name} {value} does not fit in a 64-bit integer"
+        if type(value) is datetime and value.tzinfo is not UTC:
+            if value.utcoffset() is None:
+                return f"its {name} {value.isoformat()} has no timezone"
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                return f"its {name} {value.isoformat()} is past the last time UTC can hold"
+    return None
+
+
+class LogCheck:
+    """Checks events in position order against the log's rules (see the module docstring)."""
+
+    __slots__ = ("_prior", "_versions")
+
+    def __init__(self, prior: Callable[[str], int] | None = None) -> None:
+        """``prior``: a job's version before the first event checked (for a fold that starts
+        after the log's beginning); without it every job starts at 0."""
+        self._versions: dict[str, int] = {}
+        self._prior = prior
+
+    def problem(self, stored: StoredEvent) -> str | None:
+        """Why ``stored`` cannot follow the events checked so far, or None; remembers it."""
+        job_id = stored.job_id
+        if type(job_id) is not str or not job_id:
+            return f"its job id {job_id!r} is not a non-empty text"
+        version = stored.version
+        known = self._versions.get(job_id)
+        if known is None:
+            known = 0 if self._prior is None else self._prior(job_id)
+        expected = known + 1
+        created = type(stored.event) is ev.JobCreated
+        if version != expected:
+            if type(version) is not int or version < 1:
+                return f"its version {version!r} is not a whole number from 1 up"
+            if expected == 1:
+                return f"job {job_id} has no created event before it (this is version {version})"
+            return (
+                f"job {job_id} is at version {expected - 1}, so its next event must be version "
+                f"{expected}, not {version} (versions run 1, 2, 3, ... without gaps)"
+            )
+        if created != (version == 1):
+            if created:
+                return f"job {job_id} already has a created event (this is version {version})"
+            return f"job {job_id} has no created event before it (it starts with this one)"
+        problem = _field_problem(stored.event)
+        if problem is None:
+            self._versions[job_id] = version
+        return problem
+
+    def check(self, stored: StoredEvent) -> None:
+        problem = self.problem(stored)
+        if problem is not None:
+            raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), problem)
