@@ -21,9 +21,9 @@ The contract, which the contract suite (``tests/contract``) checks on every back
 - `claimable` picks the next job a claim may take and keeps any other transaction from taking
   it before this one commits (SQLite: the write lock of ``BEGIN IMMEDIATE``; PostgreSQL:
   ``FOR UPDATE SKIP LOCKED``, so claimers never wait for each other).
-- `wait_for_change` blocks until the database may hold something new, or the timeout passes:
-  SQLite polls ``PRAGMA data_version``; PostgreSQL wakes on ``LISTEN``/``NOTIFY``. Callers always
-  re-check what they wait for, so a spurious wake-up is harmless.
+- Wake-ups (for followers, waiting workers and ``wait``) are the next step: SQLite can poll
+  ``PRAGMA data_version``; PostgreSQL wakes on ``LISTEN``/``NOTIFY``. Callers always re-check
+  what they wait for, so a spurious wake-up is harmless.
 
 An asyncio twin of this protocol has the same methods as coroutines; the service's rules are
 plain functions over the domain types, so both faces share them instead of copying them.
@@ -31,7 +31,7 @@ plain functions over the domain types, so both faces share them instead of copyi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -59,17 +59,10 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
     limit: int | None = None
 
 
-class JobChanges(msgspec.Struct, frozen=True):
-    """What a fold computed in one transaction: new jobs (in creation order) and, for each
-    existing job touched, its new state and the names of the fields that changed."""
-
-    new: list[JobState]
-    changed: list[tuple[JobState, tuple[str, ...]]]
-
-
 class Snapshot(Protocol):
-    """Reads, all from one consistent snapshot of the database."""
+    """Reads, all from one consistent snapshot of the database (a read transaction)."""
 
+    # jobs (the jobs projection)
     def job(self, job_id: str) -> JobState | None: ...
 
     def job_ids_with_prefix(self, prefix: str, limit: int) -> list[str]: ...
@@ -78,27 +71,61 @@ class Snapshot(Protocol):
 
     def count_jobs(self, where: JobFilter) -> int: ...
 
-    def last_position(self) -> int: ...
-
-    def events_after(self, after: int, limit: int | None) -> Iterable[EventRow]: ...
-
-    def job_events(self, job_id: str, types: Sequence[str] | None) -> Iterable[EventRow]: ...
-
-    def chat_events(
-        self, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
-    ) -> Iterable[EventRow]: ...
-
     def job_counts(self) -> list[tuple[str, str, int]]:
-        """(status, queue, jobs) for every pair that has jobs."""
+        """(status, queue, jobs) for every pair that has jobs, ordered by both."""
         ...
 
-    def finished_since(self, since: datetime) -> dict[str, int]: ...
+    def finished_since(self, since: datetime) -> dict[str, int]:
+        """status -> jobs that ended at or after ``since``."""
+        ...
 
     def completed_durations(self) -> list[int]:
         """Durations of completed jobs, in ascending order."""
         ...
 
     def total_cost(self) -> float: ...
+
+    # the log
+    def last_position(self) -> int: ...
+
+    def events_after(self, after: int, limit: int | None) -> list[EventRow]: ...
+
+    def job_events(self, job_id: str, types: Sequence[str] | None) -> list[EventRow]: ...
+
+    def chat_events(
+        self, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
+    ) -> list[EventRow]:
+        """A chat's events, newest first, of ``types`` (None: all) but not of ``exclude``."""
+        ...
+
+    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, Any]]:
+        """Events exactly as stored (data as its JSON text), for export; the time may be the
+        canonical text (`domain.timeutil.to_text`) or an aware datetime."""
+        ...
+
+    # replay and verify
+    def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
+        """The log after ``after``, decoded, in position order; a stored time that is not one
+        the ledger writes raises `UnfoldableEvent`, a missing table `StorageError`."""
+        ...
+
+    def version_at(self, job_id: str, position: int) -> int:
+        """A job's version as of ``position`` (0: none of its events up to there)."""
+        ...
+
+    def checkpoint(self, name: str) -> tuple[int, int] | None:
+        """(schema version, position) of a projection, or None when it was never built."""
+        ...
+
+    def has_jobs_table(self) -> bool: ...
+
+    def dump_jobs(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every jobs row as stored, as (id, {column: value}); `StorageError` when unreadable."""
+        ...
+
+    def stored_form(self, state: JobState) -> dict[str, Any]:
+        """``state`` as `dump_jobs` would show its row (verify compares the two)."""
+        ...
 
 
 class WriteTransaction(Snapshot, Protocol):
@@ -111,36 +138,61 @@ class WriteTransaction(Snapshot, Protocol):
     def append(
         self, job_id: str, expected_version: int, events: Sequence[Event], at: datetime
     ) -> list[StoredEvent]:
-        """Append after ``expected_version``; `ConcurrencyError` when the job moved on."""
+        """Append after ``expected_version``: `ConcurrencyError` when the job moved on. The
+        returned events carry their positions (gap-free, in commit order)."""
         ...
 
-    def save_jobs(self, changes: JobChanges) -> None: ...
+    def save_jobs(
+        self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
+    ) -> None:
+        """Insert ``new`` (in order) and write the named fields of each changed state."""
+        ...
 
-    def set_checkpoint(self, name: str, position: int) -> None: ...
+    def advance_checkpoint(self, name: str, position: int) -> None: ...
 
-    def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None: ...
+    def write_checkpoint(self, name: str, schema_version: int, position: int) -> None: ...
+
+    def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
+        """The best pending job (priority, then age) claimable at ``now``, kept from every
+        other transaction until this one ends (PostgreSQL: ``FOR UPDATE SKIP LOCKED``)."""
+        ...
 
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]: ...
 
     def job_with_key(self, idempotency_key: str) -> str | None: ...
 
+    # replay and import
+    def reset_jobs(self) -> None:
+        """Empty the jobs projection for a rebuild (indexes may wait for `finish_jobs`)."""
+        ...
+
+    def ensure_jobs(self) -> None: ...
+
+    def finish_jobs(self) -> None: ...
+
+    def insert_exact(
+        self,
+        position: int,
+        job_id: str,
+        version: int,
+        event_type: str,
+        data: str,
+        recorded_at: datetime,
+    ) -> None:
+        """One imported event with its own position (into an empty log only)."""
+        ...
+
 
 class Backend(Protocol):
-    """One database holding a ledger."""
+    """One database holding a ledger. Opening it creates or checks its schema; the service then
+    brings the projections up to date (`rebuild.catch_up`) in a first write transaction."""
 
+    name: str  # "sqlite", "postgres"
     target: str  # what it was opened from (path or URL), for messages
     readonly: bool
 
     def write(self, doing: str, work: Callable[[WriteTransaction], T]) -> T: ...
 
     def read(self, doing: str, work: Callable[[Snapshot], T]) -> T: ...
-
-    def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
-        """The whole log after ``after``, decoded, in position order (replay, verify)."""
-        ...
-
-    def rebuild(self, doing: str, before: Callable[[WriteTransaction], Any], fold: Any) -> Any: ...
-
-    def wait_for_change(self, timeout: float) -> bool: ...
 
     def close(self) -> None: ...

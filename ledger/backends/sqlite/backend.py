@@ -21,7 +21,7 @@ from ...domain import events as ev
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import StorageError
-from ..protocol import EventRow, JobFilter
+from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
 from . import events_table as events
 from . import jobs_table as jobs
 from .connection import (
@@ -273,3 +273,8 @@ class SqliteBackend:
                 conn.close()
             self._readers.clear()
             self._conn.close()
+
+
+def _conforms(backend: SqliteBackend, tx: SqliteTransaction) -> tuple[Backend, WriteTransaction]:
+    """Never called: mypy checks here that the classes above keep the storage protocol."""
+    return backend, tx
