@@ -94,7 +94,7 @@ def test_an_unexpected_error_is_one_line_that_says_bug_and_debug_shows_it(
     def broken(args: object) -> int:
         raise TypeError("a bug in a command")
 
-    monkeypatch.setattr(cli, "cmd_stats", broken)
+    monkeypatch.setattr(cli.inspect, "cmd_stats", broken)
     assert cli.main(["stats", "--db", db_path]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error: TypeError: a bug in a command" in err

@@ -1,0 +1,188 @@
+"""Connecting to PostgreSQL, configuring sessions, the schema, and turning psycopg errors into
+the ledger's own.
+
+Every session the backend opens is set up here and nowhere else: ``TimeZone`` UTC (so every
+``timestamptz`` comes back as the instant it was stored, and year 9999 UTC stays loadable), the
+durability (``synchronous_commit``), the lock timeout and, for a read-only ledger,
+``default_transaction_read_only``. A ``search_path`` given in the URL (``?options=-csearch_path=s``)
+is libpq's business: the URL is handed to libpq as it is, and every statement of the backend
+names its tables unqualified, so a ledger lives in whichever schema the URL selects.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+from psycopg.types.string import TextLoader
+
+from ...errors import LedgerBusy, LedgerError, SchemaError, StorageError
+
+Durability = Literal["full", "normal"]
+# "normal" (synchronous_commit off): a commit returns before its WAL reaches the disk. A crash of
+# the server (or of its machine) can lose the last few hundred milliseconds of acknowledged
+# commits; it never corrupts the database or splits a transaction (PostgreSQL's own guarantee).
+SYNCHRONOUS_COMMIT: dict[str, str] = {"full": "on", "normal": "off"}
+STORE_SCHEMA_VERSION = 1
+CONNECT_TIMEOUT = 10  # seconds: a wrong host fails in this time, not after the OS's minutes
+_SCHEMA_TEXT: str | None = None
+
+
+def schema_text() -> str:
+    """``schema.sql``, the one readable schema file (run whole, as one transaction)."""
+    global _SCHEMA_TEXT
+    if _SCHEMA_TEXT is None:
+        _SCHEMA_TEXT = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
+    return _SCHEMA_TEXT
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and ``Backend.target``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "the PostgreSQL URL"
+
+
+class _UtcTimestamptzLoader(Loader):
+    """``timestamptz`` as an aware datetime in `datetime.UTC` (psycopg's own gives a
+    ``ZoneInfo("UTC")``; the domain compares ``tzinfo is UTC``). Wraps the fast C loader."""
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        base = psycopg.adapters.get_loader(oid, Format.TEXT)
+        assert base is not None
+        self._inner = base(oid, context)
+
+    def load(self, data: Any) -> datetime:
+        value: datetime = self._inner.load(data)
+        return value.astimezone(UTC)
+
+
+def _register_loaders(conn: psycopg.Connection[Any]) -> None:
+    types = conn.adapters.types
+    conn.adapters.register_loader(types["timestamptz"].oid, _UtcTimestamptzLoader)
+    # json as its exact text: the ledger decodes event data itself (msgspec), byte for byte.
+    conn.adapters.register_loader(types["json"].oid, TextLoader)
+
+
+def session_statements(durability: str, lock_timeout_ms: int, readonly: bool) -> list[str]:
+    statements = [
+        "SET TimeZone TO 'UTC'",
+        f"SET synchronous_commit TO {SYNCHRONOUS_COMMIT[durability]}",
+        f"SET lock_timeout TO {int(lock_timeout_ms)}",
+    ]
+    if readonly:
+        statements.append("SET default_transaction_read_only TO on")
+    return statements
+
+
+def configure(conn: psycopg.Connection[Any], statements: list[str]) -> None:
+    """Apply the session settings (and the loaders) to a fresh connection; leaves it idle."""
+    _register_loaders(conn)
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.autocommit = autocommit
+
+
+def connect(url: str, statements: list[str], doing: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    try:
+        conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, **kwargs)
+    except psycopg.Error as e:
+        raise wrap_error(e, doing) from e
+    try:
+        configure(conn, statements)
+    except psycopg.Error as e:
+        conn.close()
+        raise wrap_error(e, doing) from e
+    return conn
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def wrap_error(e: psycopg.Error, doing: str) -> LedgerError:
+    """The ledger's error for a psycopg one, with a hint on what to do. Never contains a
+    password: libpq's messages name the host and user, not the password."""
+    why = _first_line(e)
+    if isinstance(e, pg_errors.ReadOnlySqlTransaction):
+        return StorageError(f"{doing}: this ledger was opened read-only ({why})")
+    if isinstance(e, pg_errors.LockNotAvailable | pg_errors.QueryCanceled):
+        return LedgerBusy(
+            f"{doing}: another transaction held a lock for the whole busy timeout ({why}); "
+            "retry, or pass a longer busy_timeout"
+        )
+    if isinstance(e, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
+        return LedgerBusy(f"{doing}: PostgreSQL kept aborting this transaction ({why}); retry")
+    if isinstance(e, pg_errors.FeatureNotSupported):
+        return SchemaError(f"{doing}: {why}")
+    if isinstance(e, pg_errors.UndefinedTable | pg_errors.UndefinedColumn):
+        return StorageError(f"{doing}: the ledger's tables are missing or reshaped ({why})")
+    if isinstance(e, pg_errors.DiskFull):
+        return StorageError(f"{doing}: the server's disk is full ({why}); free space and retry")
+    if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+        return StorageError(
+            f"{doing}: cannot reach the PostgreSQL server ({why}); check the URL's host, port, "
+            "user, password and database"
+        )
+    return StorageError(f"{doing}: PostgreSQL error {type(e).__name__}: {why}")
+
+
+def is_retryable(e: psycopg.Error) -> bool:
+    """Errors after which running the same transaction again may well succeed: PostgreSQL aborted
+    it to break a deadlock or a serialisation conflict, or a concurrent command took the same
+    idempotency key first (the retry then finds that job)."""
+    if isinstance(e, pg_errors.SerializationFailure | pg_errors.DeadlockDetected):
+        return True
+    diag = getattr(e, "diag", None)
+    return isinstance(e, pg_errors.UniqueViolation) and (
+        getattr(diag, "constraint_name", None) in ("jobs_idempotency", "projection_checkpoints_pkey")
+    )
+
+
+_SCHEMA_PROBE = "SELECT to_regclass('ledger_schema') IS NOT NULL"
+_VERSION = "SELECT version FROM ledger_schema"
+
+
+def create_schema(conn: psycopg.Connection[Any]) -> None:
+    """Run ``schema.sql`` as one transaction (its advisory lock makes concurrent starts safe).
+    The text goes as one simple-protocol query (no parameters), as the file expects."""
+    conn.execute(schema_text().encode())
+    conn.commit()
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """For a read-only ledger: the database must hold a ledger this code can read."""
+    try:
+        present = conn.execute(_SCHEMA_PROBE).fetchone()
+        if not present or not present[0]:
+            raise SchemaError(
+                "this PostgreSQL database (or schema) holds no ledger; open it once without "
+                "readonly to create one, or check the URL's database and search_path"
+            )
+        row = conn.execute(_VERSION).fetchone()
+    finally:
+        conn.rollback()
+    if row is None or row[0] > STORE_SCHEMA_VERSION:
+        raise SchemaError(
+            f"this ledger was written by a newer release (PostgreSQL schema "
+            f"{None if row is None else row[0]}, this code knows up to {STORE_SCHEMA_VERSION}); "
+            "upgrade the jobledger package"
+        )

@@ -1,0 +1,161 @@
+"""The append-only ``events`` table and the projections' checkpoints, as PostgreSQL holds them.
+
+The schema (``schema.sql``) makes the database enforce the log's laws: triggers refuse UPDATE,
+DELETE and TRUNCATE; the insert trigger takes each position from the one ``event_counter`` row,
+whose row lock keeps appenders in commit order (gap-free positions a follower can trust); and
+``UNIQUE (job_id, version)`` refuses a stale version (`ConcurrencyError`, raised by the backend).
+``data`` is ``json`` (its exact text; loaded as text), ``recorded_at`` a ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from ...domain import events as ev
+from ...domain.events import StoredEvent
+from ..protocol import EventRow
+
+Conn = Any  # psycopg.Connection; Any keeps the row types simple for mypy
+
+_COLUMNS = "position, job_id, version, type, data, recorded_at"
+_SELECT = f"SELECT {_COLUMNS} FROM events"
+insert_statement = (
+    "INSERT INTO events (job_id, version, type, data, recorded_at) "
+    "VALUES (%s, %s, %s, %s, %s) RETURNING position"
+)
+insert_exact_statement = (
+    "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+after_statement = f"{_SELECT} WHERE position > %s ORDER BY position"
+after_limit_statement = after_statement + " LIMIT %s"
+# The counter is the log's head (the same number as max(position), read in one row).
+last_position_statement = "SELECT last_position FROM event_counter"
+job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = %s"
+version_at_statement = (
+    "SELECT coalesce(max(version), 0) FROM events WHERE job_id = %s AND position <= %s"
+)
+_ITER_BATCH = 5_000
+
+
+def append(
+    conn: Conn, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
+) -> list[StoredEvent]:
+    """Insert the events after ``expected_version``; the trigger gives each its position."""
+    stored = []
+    version = expected_version
+    execute = conn.execute
+    for event in new:
+        version += 1
+        row = execute(
+            insert_statement, (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
+        ).fetchone()
+        stored.append(StoredEvent(row[0], job_id, version, at, event))
+    return stored
+
+
+def insert_exact(
+    conn: Conn,
+    position: int,
+    job_id: str,
+    version: int,
+    event_type: str,
+    data: str,
+    recorded_at: datetime,
+) -> None:
+    conn.execute(insert_exact_statement, (position, job_id, version, event_type, data, recorded_at))
+
+
+def job_version(conn: Conn, job_id: str) -> int:
+    return int(conn.execute(job_version_statement, (job_id,)).fetchone()[0])
+
+
+def version_at(conn: Conn, job_id: str, position: int) -> int:
+    return int(conn.execute(version_at_statement, (job_id, position)).fetchone()[0])
+
+
+def last_position(conn: Conn) -> int:
+    row = conn.execute(last_position_statement).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def rows_after(conn: Conn, after: int, limit: int | None) -> list[EventRow]:
+    if limit is None:
+        return conn.execute(after_statement, (after,)).fetchall()  # type: ignore[no-any-return]
+    return conn.execute(after_limit_statement, (after, limit)).fetchall()  # type: ignore[no-any-return]
+
+
+def iter_after(conn: Conn, after: int) -> Iterator[StoredEvent]:
+    """The log after ``after``, decoded, read in pages (a server-side cursor would need a named
+    cursor per snapshot; pages by position are as exact, since positions only grow)."""
+    decode = ev.decode
+    while True:
+        rows = conn.execute(after_limit_statement, (after, _ITER_BATCH)).fetchall()
+        for position, job_id, version, event_type, data, recorded_at in rows:
+            yield StoredEvent(
+                position, job_id, version, recorded_at, decode(position, event_type, data)
+            )
+        if len(rows) < _ITER_BATCH:
+            return
+        after = rows[-1][0]
+
+
+def job_rows(conn: Conn, job_id: str, types: Sequence[str] | None) -> list[EventRow]:
+    if types is None:
+        query, params = f"{_SELECT} WHERE job_id = %s ORDER BY version", (job_id,)
+    else:
+        query = f"{_SELECT} WHERE job_id = %s AND type = ANY(%s) ORDER BY version"
+        params = (job_id, list(types))  # type: ignore[assignment]
+    return conn.execute(query, params).fetchall()  # type: ignore[no-any-return]
+
+
+def chat_rows(
+    conn: Conn, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
+) -> list[EventRow]:
+    where = ""
+    params: list[Any] = [chat_id]
+    if types is not None:
+        where += " AND type = ANY(%s)"
+        params.append(list(types))
+    if exclude:
+        where += " AND NOT (type = ANY(%s))"
+        params.append(list(exclude))
+    params.append(limit)
+    query = (
+        f"{_SELECT} WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = %s){where} "
+        "ORDER BY position DESC LIMIT %s"
+    )
+    return conn.execute(query, params).fetchall()  # type: ignore[no-any-return]
+
+
+# -- projection checkpoints ---------------------------------------------------------------------
+
+checkpoint_select_statement = (
+    "SELECT schema_version, position FROM projection_checkpoints WHERE name = %s"
+)
+# In a write transaction the checkpoint row is locked when read: every command moves it before it
+# commits, so holding it means no command commits meanwhile (a catch-up at open then folds
+# exactly the events its projection lacks, even while other processes write).
+checkpoint_lock_statement = checkpoint_select_statement + " FOR UPDATE"
+checkpoint_upsert_statement = (
+    "INSERT INTO projection_checkpoints (name, schema_version, position) VALUES (%s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET schema_version = excluded.schema_version, "
+    "position = excluded.position"
+)
+checkpoint_advance_statement = "UPDATE projection_checkpoints SET position = %s WHERE name = %s"
+
+
+def read_checkpoint(conn: Conn, name: str, *, lock: bool = False) -> tuple[int, int] | None:
+    statement = checkpoint_lock_statement if lock else checkpoint_select_statement
+    row = conn.execute(statement, (name,)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def write_checkpoint(conn: Conn, name: str, schema_version: int, position: int) -> None:
+    conn.execute(checkpoint_upsert_statement, (name, schema_version, position))
+
+
+def advance_checkpoint(conn: Conn, name: str, position: int) -> None:
+    conn.execute(checkpoint_advance_statement, (position, name))

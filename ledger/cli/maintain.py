@@ -1,0 +1,160 @@
+"""Commands that look after a ledger: ``replay``, ``verify``, ``export``, ``import``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .. import transfer
+from ..errors import InvalidArgument, LedgerError
+from ..rebuild import VerifyReport
+from . import format as fmt
+from .common import AddCommand, open_ledger, out
+
+SHOWN_DIFFERENCES = 50
+"""`verify` prints this many differences, then says how many more there are."""
+
+
+def _progress_bar() -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\rreplaying [{bar:<30}] {done}/{total} events")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def rows_that_would_change(report: VerifyReport) -> int:
+    """Rows a replay would rewrite: one per (table, key), however many of its columns differ."""
+    return len({(d.table, fmt.to_json(d.key)) for d in report.differences})
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
+    with open_ledger(args, readonly=False) as ledger:
+        replayed = ledger.replay(progress=_progress_bar())
+    out(
+        fmt.to_json(replayed)
+        if args.json
+        else f"replayed {replayed.events} events into {replayed.jobs} jobs in "
+        f"{replayed.seconds:.2f}s (log position {replayed.position})"
+    )
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    with open_ledger(args, readonly=True) as ledger:
+        report = ledger.verify()
+    unreadable = [d.position for d in report.differences if d.position is not None]
+    if unreadable:  # the fold stopped there: a replay would refuse, so there is no count to give
+        raise LedgerError(
+            f"the event at position {unreadable[0]} cannot be decoded, so a replay would fail; "
+            "the live file is untouched (`ledger verify` says more)"
+        )
+    rows = rows_that_would_change(report)
+    if args.json:
+        out(
+            fmt.to_json(
+                {
+                    "dry_run": True,
+                    "events": report.events,
+                    "jobs": report.jobs,
+                    "rows_that_would_change": rows,
+                    "differences": len(report.differences),
+                }
+            )
+        )
+    else:
+        out(
+            f"dry run: would rebuild from {report.events} events; "
+            f"{rows} projection rows would change ({len(report.differences)} differing values); "
+            "live file untouched"
+        )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with open_ledger(args, readonly=True) as ledger:
+        report = ledger.verify()
+    if args.json:
+        out(fmt.to_json(report))
+    elif report.ok:
+        out(f"ok: the projection matches the fold of {report.events} events ({report.jobs} jobs)")
+    else:
+        out(f"NOT OK: {len(report.differences)} difference(s) between the projection and the log")
+        for d in report.differences[:SHOWN_DIFFERENCES]:
+            where = f"position {d.position}" if d.position is not None else f"{d.table} {d.key}"
+            out(f"  {where} {d.column or '(row)'}: live={d.live!r} rebuilt={d.rebuilt!r}")
+        hidden = len(report.differences) - SHOWN_DIFFERENCES
+        if hidden > 0:
+            out(f"  ... and {hidden} more (`ledger verify --json` lists them all)")
+        out("run `ledger replay` to rebuild the projection from the log")
+    return 0 if report.ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_ledger(args, readonly=True) as ledger:
+        out = sys.stdout.buffer
+        for line in ledger.export_events(args.after):
+            out.write(line + b"\n")
+        out.flush()
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """The input is opened first (an unreadable FILE creates no ledger); a refused import into
+    a path that did not exist removes the empty ledger it created, never a file that was there."""
+    if args.file == "-":
+        source = sys.stdin.buffer
+    else:
+        try:
+            source = open(args.file, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise InvalidArgument("file", args.file, f"cannot read it ({e.strerror})") from e
+    created = transfer.creates_file(args.db)
+    try:
+        with open_ledger(args, readonly=False) as ledger:
+            try:
+                report = ledger.import_events(source)
+            except BaseException:
+                if created:
+                    transfer.discard_empty(ledger, args.db)
+                raise
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    out(
+        fmt.to_json(report)
+        if args.json
+        else f"imported {report.events} events; replayed into {report.jobs} jobs"
+    )
+    return 0
+
+
+def register(command: AddCommand) -> None:
+    p = command("replay", cmd_replay, "rebuild the projection from the log (all or nothing)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="rebuild into a scratch copy and report; the live file is untouched",
+    )
+
+    command(
+        "verify", cmd_verify, "check that the projection equals the fold of the log (exit 1 if not)"
+    )
+
+    p = command("export", cmd_export, "write the log as JSON lines to stdout", json=False)
+    p.add_argument("--after", type=int, default=0, metavar="POS", help="only events after POS")
+
+    p = command(
+        "import", cmd_import, "load exported JSON lines into a new or empty ledger, then replay"
+    )
+    p.add_argument("file", metavar="FILE", help="a file from `ledger export`, or - for stdin")
