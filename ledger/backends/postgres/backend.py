@@ -1,0 +1,383 @@
+"""`PostgresBackend`: the storage protocol (`ledger.backends.protocol`) on a PostgreSQL database.
+
+Writes run on one connection of their own, under a lock (the protocol serialises a backend's
+transactions), at READ COMMITTED: the laws do not need more, because the database orders the
+writers itself. `load_job` locks the job's row (``FOR UPDATE``), so two writers deciding on one
+job take turns and the second decides on what the first committed; every append takes the
+position counter's row lock, so appends commit in position order; `claimable` takes its row with
+``FOR UPDATE SKIP LOCKED``, so claimers in other processes pass over it instead of waiting. A
+transaction PostgreSQL aborts to break a deadlock (or a lost race for an idempotency key) is run
+again, a few times, before it is reported as `LedgerBusy`.
+
+Reads run on a `psycopg_pool.ConnectionPool`, each in one ``REPEATABLE READ READ ONLY``
+transaction (one snapshot), several threads in parallel. `wait_for_change` listens on the
+``ledger_events`` and ``ledger_jobs`` channels that ``schema.sql``'s triggers notify.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import IsolationLevel
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ...domain import events as ev
+from ...domain.events import StoredEvent
+from ...domain.state import JobState
+from ...errors import ConcurrencyError, LedgerError, StorageError
+from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
+from . import events_table as events
+from . import jobs_table as jobs
+from .connection import (
+    check_schema,
+    configure,
+    connect,
+    create_schema,
+    is_retryable,
+    redact,
+    schema_text,
+    session_statements,
+    wrap_error,
+)
+
+_T = TypeVar("_T")
+RETRIES = 5  # runs of a transaction PostgreSQL aborted (deadlock, serialisation) before LedgerBusy
+READERS = 8  # read connections at most per backend
+_CHANNELS = ("ledger_events", "ledger_jobs")
+
+
+class _StaleVersion(Exception):
+    """An append hit UNIQUE (job_id, version): the job moved on. Raised inside the transaction,
+    turned into `ConcurrencyError` after the rollback (the actual version needs a fresh query)."""
+
+    def __init__(self, job_id: str, expected: int) -> None:
+        super().__init__(job_id, expected)
+        self.job_id = job_id
+        self.expected = expected
+
+
+class PostgresSnapshot:
+    """Reads on one connection, inside the transaction that holds it."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    # jobs
+    def job(self, job_id: str) -> JobState | None:
+        return jobs.load(self.conn, job_id)
+
+    def job_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        return jobs.prefix(self.conn, prefix, limit)
+
+    def jobs(self, where: JobFilter) -> list[JobState]:
+        return jobs.select(self.conn, where)
+
+    def count_jobs(self, where: JobFilter) -> int:
+        return jobs.count(self.conn, where)
+
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        return jobs.counts(self.conn)
+
+    def finished_since(self, since: datetime) -> dict[str, int]:
+        return jobs.finished_since(self.conn, since)
+
+    def completed_durations(self) -> list[int]:
+        return jobs.durations(self.conn)
+
+    def total_cost(self) -> float:
+        return jobs.total_cost(self.conn)
+
+    # the log
+    def last_position(self) -> int:
+        return events.last_position(self.conn)
+
+    def events_after(self, after: int, limit: int | None) -> list[EventRow]:
+        return events.rows_after(self.conn, after, limit)
+
+    def job_events(self, job_id: str, types: Sequence[str] | None) -> list[EventRow]:
+        return events.job_rows(self.conn, job_id, types)
+
+    def chat_events(
+        self, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
+    ) -> list[EventRow]:
+        return events.chat_rows(self.conn, chat_id, limit, types, exclude)
+
+    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, Any]]:
+        """Rows as stored: data its JSON text, the time an aware UTC datetime."""
+        return events.rows_after(self.conn, after, limit)
+
+    # replay and verify
+    def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
+        try:
+            yield from events.iter_after(self.conn, after)
+        except psycopg.Error as e:
+            raise wrap_error(e, "reading the log") from e
+
+    def version_at(self, job_id: str, position: int) -> int:
+        return events.version_at(self.conn, job_id, position)
+
+    def checkpoint(self, name: str) -> tuple[int, int] | None:
+        return events.read_checkpoint(self.conn, name)
+
+    def has_jobs_table(self) -> bool:
+        return jobs.exists(self.conn)
+
+    def dump_jobs(self) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            return list(jobs.dump(self.conn))
+        except psycopg.Error as e:
+            raise wrap_error(e, "reading the jobs projection") from e
+
+    def stored_form(self, state: JobState) -> dict[str, Any]:
+        return jobs.stored_form(state)
+
+
+class PostgresTransaction(PostgresSnapshot):
+    """The write half, at READ COMMITTED; the row locks named in the module docstring make what
+    it decided on stay true until it commits."""
+
+    __slots__ = ()
+
+    def load_job(self, job_id: str) -> JobState | None:
+        return jobs.load(self.conn, job_id, lock=True)
+
+    def checkpoint(self, name: str) -> tuple[int, int] | None:
+        """Locked: no command commits while this transaction holds it (see events_table)."""
+        return events.read_checkpoint(self.conn, name, lock=True)
+
+    def append(
+        self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
+    ) -> list[StoredEvent]:
+        try:
+            return events.append(self.conn, job_id, expected_version, new, at)
+        except pg_errors.UniqueViolation as e:
+            raise _StaleVersion(job_id, expected_version) from e
+
+    def save_jobs(
+        self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
+    ) -> None:
+        jobs.save(self.conn, new, changed)
+
+    def advance_checkpoint(self, name: str, position: int) -> None:
+        events.advance_checkpoint(self.conn, name, position)
+
+    def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
+        events.write_checkpoint(self.conn, name, schema_version, position)
+
+    def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
+        return jobs.claimable(self.conn, now, queues)
+
+    def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
+        return jobs.expired(self.conn, now, limit)
+
+    def job_with_key(self, idempotency_key: str) -> str | None:
+        return jobs.with_key(self.conn, idempotency_key)
+
+    def reset_jobs(self) -> None:
+        """Empty the table (TRUNCATE is transactional here, and keeps the indexes and the NOTIFY
+        triggers); a table that is gone is made again from ``schema.sql``."""
+        if jobs.exists(self.conn):
+            self.conn.execute(jobs.truncate_statement)
+        else:
+            self.ensure_jobs()
+
+    def ensure_jobs(self) -> None:
+        if not jobs.exists(self.conn):
+            self.conn.execute(schema_text().encode())
+
+    def finish_jobs(self) -> None:
+        return None  # the indexes stay in place through a TRUNCATE
+
+    def insert_exact(
+        self,
+        position: int,
+        job_id: str,
+        version: int,
+        event_type: str,
+        data: str,
+        recorded_at: datetime,
+    ) -> None:
+        events.insert_exact(self.conn, position, job_id, version, event_type, data, recorded_at)
+
+
+class PostgresBackend:
+    """A ledger in a PostgreSQL database (or in the schema its URL's ``search_path`` names).
+
+    ``durability="full"`` (default): a commit returns once its WAL is on disk
+    (``synchronous_commit = on``). ``"normal"``: ``synchronous_commit = off``, so a commit returns
+    before that; a server crash or power loss may lose the last commits (at most about three
+    times ``wal_writer_delay``, 0.6 s by default), never corrupt the database or split a
+    transaction. ``busy_timeout_ms`` is the ``lock_timeout``: how long a statement waits for a
+    row or table lock before `LedgerBusy`."""
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        readonly: bool = False,
+        durability: str = "full",
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
+        self.target = redact(target)
+        self.readonly = readonly
+        self._url = target
+        self._statements = session_statements(durability, busy_timeout_ms, readonly)
+        self._lock = threading.RLock()
+        self._listen_lock = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._closed = False
+        doing = f"opening {self.target}"
+        self._conn = connect(target, self._statements, doing)
+        try:
+            if readonly:
+                check_schema(self._conn)
+            else:
+                create_schema(self._conn)
+        except psycopg.Error as e:
+            self._conn.close()
+            raise wrap_error(e, doing) from e
+        except BaseException:
+            self._conn.close()
+            raise
+        self._pool = ConnectionPool(
+            target,
+            min_size=1,
+            max_size=READERS,
+            kwargs={"connect_timeout": 10},
+            configure=self._configure_reader,
+            open=False,
+            name="ledger-readers",
+        )
+        self._pool.open(wait=False)
+
+    def _configure_reader(self, conn: psycopg.Connection[Any]) -> None:
+        configure(conn, self._statements)
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def write(self, doing: str, work: Callable[[PostgresTransaction], _T]) -> _T:
+        with self._lock:
+            attempt = 0
+            while True:
+                try:
+                    return self._write_once(work)
+                except _StaleVersion as e:
+                    actual = self._actual_version(e.job_id, doing)
+                    raise ConcurrencyError(e.job_id, e.expected, actual) from e.__cause__
+                except psycopg.Error as e:
+                    if is_retryable(e) and attempt < RETRIES:
+                        attempt += 1
+                        time.sleep(0.001 * attempt)
+                        continue
+                    raise wrap_error(e, doing) from e
+
+    def _write_once(self, work: Callable[[PostgresTransaction], _T]) -> _T:
+        conn = self._writer()
+        try:
+            result = work(PostgresTransaction(conn))
+            conn.commit()
+            return result
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()  # broken: the next write reconnects
+            raise
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise StorageError("writing to the ledger: this Ledger was closed; open a new one")
+        if self._conn.closed or self._conn.broken:
+            self._conn = connect(self._url, self._statements, f"reconnecting to {self.target}")
+        return self._conn
+
+    def _actual_version(self, job_id: str, doing: str) -> int:
+        try:
+            version = events.job_version(self._conn, job_id)
+            self._conn.rollback()
+            return version
+        except psycopg.Error as e:
+            raise wrap_error(e, doing) from e
+
+    def read(self, doing: str, work: Callable[[PostgresSnapshot], _T]) -> _T:
+        if self._closed:
+            raise StorageError(f"{doing}: this Ledger was closed; open a new one")
+        try:
+            with self._pool.connection(timeout=30) as conn:
+                try:
+                    return work(PostgresSnapshot(conn))
+                finally:
+                    conn.rollback()  # read only: nothing to commit, and ends the snapshot
+        except LedgerError:
+            raise
+        except PoolTimeout as e:
+            raise StorageError(
+                f"{doing}: no connection to the PostgreSQL server ({e}); check that it is up"
+            ) from e
+        except psycopg.Error as e:
+            raise wrap_error(e, doing) from e
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait until a ``NOTIFY`` on the ledger's channels (an event appended, a job became
+        claimable) or ``timeout`` seconds; True when woken. The first call starts listening and
+        returns at once (True): what committed before it began listening is for the caller's
+        re-check to find. A wake-up is a hint; callers re-read what they wait for."""
+        if not self._listen_lock.acquire(timeout=max(timeout, 0)):
+            return False
+        try:
+            if self._listener is None or self._listener.closed or self._listener.broken:
+                self._listener = self._listen()
+                return True
+            woke = False
+            for _ in self._listener.notifies(timeout=max(timeout, 0), stop_after=1):
+                woke = True
+            if woke:  # drain what else is queued: one wake-up for a burst
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+            return woke
+        except psycopg.Error as e:
+            if self._listener is not None:
+                self._listener.close()
+            self._listener = None
+            raise wrap_error(e, "waiting for changes") from e
+        finally:
+            self._listen_lock.release()
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        conn = connect(self._url, self._statements, "listening for changes", autocommit=True)
+        for channel in _CHANNELS:
+            conn.execute(f"LISTEN {channel}")
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pool.close()
+            self._conn.close()
+            with self._listen_lock:
+                if self._listener is not None:
+                    self._listener.close()
+
+
+def _conforms(
+    backend: PostgresBackend, tx: PostgresTransaction
+) -> tuple[Backend, WriteTransaction]:
+    """Never called: mypy checks here that the classes above keep the storage protocol."""
+    return backend, tx
