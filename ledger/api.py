@@ -76,7 +76,7 @@ class Ledger(LedgerReads):
         )
         if not readonly:
             try:
-                self._backend.write(f"opening {path}", rebuild.catch_up)
+                self._backend.write(f"opening {self._backend.target}", rebuild.catch_up)
             except BaseException:
                 self._backend.close()
                 raise
@@ -145,14 +145,22 @@ class Ledger(LedgerReads):
         return self._service.claim(command, cmd.queues(queues))
 
     def heartbeat(
-        self, job_id: str, *, worker_id: str | None = None, lease: float | timedelta | None = None
+        self,
+        job_id: str,
+        *,
+        worker_id: str | None = None,
+        lease: float | timedelta | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Record that the job's worker is alive and extend its lease (by ``lease`` seconds from
         now, or by the length the claim granted). With ``worker_id``, refuse with `LeaseLost` when
-        that worker no longer holds the job."""
-        self._service.heartbeat(
-            cmd.Heartbeat.checked(job_id=job_id, worker_id=worker_id, lease=lease)
+        that worker no longer holds the job; with ``attempt`` too (the claimed job's
+        ``attempts``), when it no longer holds that attempt (the fencing token of every call a
+        worker makes: `complete`, `fail`, `release` and `log_event` take the same two)."""
+        command = cmd.Heartbeat.checked(
+            job_id=job_id, worker_id=worker_id, lease=lease, attempt=attempt
         )
+        self._service.heartbeat(command)
 
     def complete(
         self,
@@ -163,6 +171,7 @@ class Ledger(LedgerReads):
         duration_seconds: int | None = None,
         *,
         worker_id: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Mark a running job completed with its result. ``duration_seconds`` defaults to the time
         since the job was claimed."""
@@ -173,6 +182,7 @@ class Ledger(LedgerReads):
             cost_cents=cost_cents,
             duration_seconds=duration_seconds,
             worker_id=worker_id,
+            attempt=attempt,
         )
         self._service.complete(command)
 
@@ -184,12 +194,18 @@ class Ledger(LedgerReads):
         worker_id: str | None = None,
         retry: bool = True,
         error_type: str | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Record a failed attempt. With attempts left (and ``retry``), the job goes back to
         pending after a backoff (see `RetryPolicy`); otherwise it is failed for good.
         ``error_type``: the exception's type name, recorded in the event beside the message."""
         command = cmd.Fail.checked(
-            job_id=job_id, error=error, worker_id=worker_id, retry=retry, error_type=error_type
+            job_id=job_id,
+            error=error,
+            worker_id=worker_id,
+            retry=retry,
+            error_type=error_type,
+            attempt=attempt,
         )
         self._service.fail(command)
 
@@ -197,10 +213,19 @@ class Ledger(LedgerReads):
         """Cancel a pending or running job; False (and nothing written) when it already ended."""
         return self._service.cancel(cmd.Cancel.checked(job_id=job_id, reason=reason))
 
-    def release(self, job_id: str, *, worker_id: str, reason: str | None = None) -> None:
+    def release(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        reason: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         """Give a running job back unfinished (the attempt does not count): for a worker that is
         shutting down before its handler finished."""
-        command = cmd.Release.checked(job_id=job_id, worker_id=worker_id, reason=reason)
+        command = cmd.Release.checked(
+            job_id=job_id, worker_id=worker_id, reason=reason, attempt=attempt
+        )
         self._service.release(command)
 
     def log_event(
@@ -211,6 +236,7 @@ class Ledger(LedgerReads):
         *,
         expected_version: int | None = None,
         worker_id: str | None = None,
+        attempt: int | None = None,
     ) -> int:
         """Append a worker activity event (started, progress, tool_call, error) to a pending or
         running job; returns the job's new version. ``expected_version`` makes the append
@@ -218,7 +244,7 @@ class Ledger(LedgerReads):
         fenced like `heartbeat`: `LeaseLost` unless that worker holds the running job; the event
         records the worker and the attempt."""
         command = cmd.LogActivity.checked(
-            job_id=job_id, expected_version=expected_version, worker_id=worker_id
+            job_id=job_id, expected_version=expected_version, worker_id=worker_id, attempt=attempt
         )
         event_type = cmd.activity_type(type)
         # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.

@@ -27,6 +27,7 @@ from .stats import collect as collect_stats
 
 _T = TypeVar("_T")
 FOLLOW_PAGE = 1000
+_WAKE_SLICE = 0.05  # seconds: the longest one backend wait lasts, so a stop is seen soon
 """How many events `iter_events` and `follow` read from the log at a time."""
 _RUNNING = (JobStatus.RUNNING,)
 _FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED)
@@ -78,6 +79,19 @@ class LedgerReads:
     def _read(self, doing: str, query: Callable[[Any], _T]) -> _T:
         """Run ``query`` on one consistent snapshot."""
         return self._backend.read(doing, query)
+
+    def _wait_for_change(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Sleep until the database may hold something new (the backend's wake-up: a commit
+        seen, a NOTIFY), ``stop`` is set, or ``timeout`` passed; True unless it timed out.
+        Waits in short slices so that a ``stop`` is noticed within `_WAKE_SLICE`."""
+        deadline = time.monotonic() + timeout
+        while stop is None or not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._backend.wait_for_change(min(left, _WAKE_SLICE)):
+                return True
+        return True
 
     def get_job(self, job_id: str) -> Job | None:
         check.text("job_id", job_id)
@@ -230,8 +244,8 @@ class LedgerReads:
         poll: float = 0.2,
         stop: threading.Event | None = None,
     ) -> Iterator[JobEvent]:
-        """Like `iter_events`, then waits for new events (checking every ``poll`` seconds) and
-        yields them as they commit, until ``stop`` is set or the caller stops iterating. Positions
+        """Like `iter_events`, then waits for new events (woken by the database when one
+        commits, and checking at least every ``poll`` seconds) and yields them as they commit, until ``stop`` is set or the caller stops iterating. Positions
         are gap-free and in commit order, so no event is skipped or repeated; a ``chat_id`` filter
         also matches jobs created in that chat while following."""
         match = self._event_filter(job_id, chat_id, types)
@@ -262,10 +276,7 @@ class LedgerReads:
                 continue
             if poll is None:
                 return
-            if stop is None:
-                time.sleep(poll)
-            elif stop.wait(poll):
-                return
+            self._wait_for_change(poll, stop)
 
     def _event_filter(
         self,

@@ -38,6 +38,8 @@ from types import FrameType
 from typing import Any
 
 from .api import Ledger
+from .domain import commands
+from .domain import validate as check
 from .domain.model import EventType, Job, Result
 from .domain.timeutil import seconds
 from .errors import InvalidArgument, InvalidTransition, JobInterrupted, LeaseLost, LedgerError
@@ -94,7 +96,9 @@ class JobContext:
         longer this worker's, so a worker that lost its lease cannot write into another
         worker's attempt."""
         try:
-            self._ledger.log_event(self.job.id, type, payload, worker_id=self.worker_id)
+            self._ledger.log_event(
+                self.job.id, type, payload, worker_id=self.worker_id, attempt=self.job.attempts
+            )
         except (LeaseLost, InvalidTransition):
             self._lost.set()
             return False
@@ -139,8 +143,11 @@ class Worker:
             raise InvalidArgument("handler", handler, "expected a callable handler(job, ctx)")
         self.ledger = ledger
         self.handler = handler
+        if worker_id is not None:
+            check.text("worker_id", worker_id, nonempty=True)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.queues = None if queues is None else list(queues)
+        checked = commands.queues(queues)
+        self.queues = None if checked is None else list(checked)
         self.lease = seconds("lease", lease)
         self.heartbeat_every = seconds("heartbeat_every", heartbeat_every or self.lease / 3)
         self.poll_interval = seconds("poll_interval", poll_interval)
@@ -251,13 +258,16 @@ class Worker:
         return self._stop.is_set()
 
     def _idle(self) -> None:
-        """Wait ``poll_interval`` before the next claim, waking for signals and stops."""
+        """Wait for a change in the ledger (a new job, a retry coming due: the backend's
+        wake-up, within milliseconds) or at most ``poll_interval`` before the next claim,
+        waking for signals and stops."""
         deadline = time.monotonic() + self.poll_interval
         while not self._stopping_now():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._stop.wait(min(left, _TICK))
+            if self.ledger._wait_for_change(min(left, _TICK), self._stop):
+                return
 
     # -- one job -----------------------------------------------------------------------------
 
@@ -329,6 +339,7 @@ class Worker:
                 result.cost_cents,
                 round(duration),
                 worker_id=self.worker_id,
+                attempt=job.attempts,
             )
         except InvalidArgument as e:
             self._fail(job, context, e, duration, "the handler's result could not be recorded: ")
@@ -381,7 +392,9 @@ class Worker:
         if not _log_error(context, {"error": message, "type": name, "traceback": tb}):
             _log_error(context, {"error": message, "type": name})
         try:
-            self.ledger.fail(job.id, message, worker_id=self.worker_id, error_type=name)
+            self.ledger.fail(
+                job.id, message, worker_id=self.worker_id, error_type=name, attempt=job.attempts
+            )
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not failed: %s", job.id, e)
             return
@@ -392,7 +405,9 @@ class Worker:
 
     def _release(self, job: Job, reason: str) -> None:
         try:
-            self.ledger.release(job.id, worker_id=self.worker_id, reason=_clean(reason))
+            self.ledger.release(
+                job.id, worker_id=self.worker_id, reason=_clean(reason), attempt=job.attempts
+            )
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not released: %s", job.id, e)
         except LedgerError as e:
@@ -403,7 +418,12 @@ class Worker:
     def _heartbeat(self, context: JobContext, done: threading.Event) -> None:
         while not done.wait(self.heartbeat_every):
             try:
-                self.ledger.heartbeat(context.job.id, worker_id=self.worker_id, lease=self.lease)
+                self.ledger.heartbeat(
+                    context.job.id,
+                    worker_id=self.worker_id,
+                    lease=self.lease,
+                    attempt=context.job.attempts,
+                )
             except (LeaseLost, InvalidTransition) as e:
                 cancelled = getattr(e, "status", None) == "cancelled"
                 log.log(logging.INFO if cancelled else logging.WARNING, "%s", e)
@@ -505,9 +525,12 @@ def _message(error: BaseException) -> str:
 
 def _clean(text: str) -> str:
     """Text the ledger will store: lone surrogates become ``\\udcxx`` escapes, and a very
-    long text is clipped in the middle (the start and the end say the most)."""
+    long text is clipped in the middle (the start and the end say the most). Always a plain
+    str: a str subclass (from an odd ``__str__``) would be refused by the ledger."""
     try:
         text.encode("utf-8")
+        if type(text) is not str:
+            text = text.encode("utf-8").decode("utf-8")
     except UnicodeEncodeError:
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return _clip(text, _MAX_TEXT)

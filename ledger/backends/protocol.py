@@ -21,9 +21,11 @@ The contract, which the contract suite (``tests/contract``) checks on every back
 - `claimable` picks the next job a claim may take and keeps any other transaction from taking
   it before this one commits (SQLite: the write lock of ``BEGIN IMMEDIATE``; PostgreSQL:
   ``FOR UPDATE SKIP LOCKED``, so claimers never wait for each other).
-- Wake-ups (for followers, waiting workers and ``wait``) are the next step: SQLite can poll
-  ``PRAGMA data_version``; PostgreSQL wakes on ``LISTEN``/``NOTIFY``. Callers always re-check
-  what they wait for, so a spurious wake-up is harmless.
+- `Backend.wait_for_change` is how followers and waiting workers sleep: it returns when the
+  database may hold something new (SQLite polls ``PRAGMA data_version`` every few milliseconds;
+  PostgreSQL wakes on ``LISTEN``/``NOTIFY``) or when the timeout passed. Callers always re-check
+  what they wait for, so a spurious wake-up is harmless, and keep their own poll interval as the
+  upper bound of one wait.
 
 An asyncio twin of this protocol has the same methods as coroutines; the service's rules are
 plain functions over the domain types, so both faces share them instead of copying them.
@@ -194,5 +196,11 @@ class Backend(Protocol):
     def write(self, doing: str, work: Callable[[WriteTransaction], T]) -> T: ...
 
     def read(self, doing: str, work: Callable[[Snapshot], T]) -> T: ...
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block until the database may hold something new (a commit by any connection, this
+        backend's own included) or ``timeout`` seconds passed; True when something may have
+        changed. May wake spuriously; never sleeps past ``timeout``."""
+        ...
 
     def close(self) -> None: ...

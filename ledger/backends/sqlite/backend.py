@@ -11,6 +11,7 @@ only on its one connection, so there reads share the write connection and its lo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from .connection import (
 from .timecodec import to_text
 
 _T = TypeVar("_T")
+WATCH_INTERVAL = 0.01  # seconds between looks at PRAGMA data_version while waiting for a change
 
 
 class SqliteSnapshot:
@@ -198,6 +200,10 @@ class SqliteBackend:
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
         self._closed = False
+        self._changed = threading.Condition()  # notified after each commit of this backend
+        self._commits = 0
+        self._watcher: apsw.Connection | None = None
+        self._seen_version: int | None = None
         try:
             if readonly:
                 self._read_on_writer("opening the ledger", events.check_schema)
@@ -229,7 +235,12 @@ class SqliteBackend:
 
     def write(self, doing: str, work: Callable[[SqliteTransaction], _T]) -> _T:
         with self._lock:
-            return run_write(self._conn, doing, work, SqliteTransaction(self._conn))
+            try:
+                return run_write(self._conn, doing, work, SqliteTransaction(self._conn))
+            finally:
+                with self._changed:
+                    self._commits += 1
+                    self._changed.notify_all()
 
     def read(self, doing: str, work: Callable[[SqliteSnapshot], _T]) -> _T:
         if self._shared_reads:
@@ -266,7 +277,51 @@ class SqliteBackend:
             "watching the ledger", lambda conn: int(conn.execute("PRAGMA data_version").get)
         )
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait for a commit: this backend's own wake the waiter at once; another process's
+        (or another `Ledger`'s) are seen by polling ``PRAGMA data_version`` on a connection of
+        the watcher's own every `WATCH_INTERVAL` (it changes when any other connection commits).
+        The first call starts watching and returns True at once: the caller re-checks, and from
+        then on no commit goes unseen."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._changed:
+            commits = self._commits
+        if not self._shared_reads and self._watch_version() is None:
+            return True
+        while True:
+            left = deadline - time.monotonic()
+            with self._changed:
+                if self._commits != commits:
+                    return True
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, WATCH_INTERVAL))
+                if self._commits != commits:
+                    return True
+            if not self._shared_reads and self._watch_version():
+                return True
+
+    def _watch_version(self) -> bool | None:
+        """Whether ``data_version`` moved since the last look (None: the first look)."""
+        with self._changed:
+            if self._closed:
+                raise StorageError("watching the ledger: this Ledger was closed; open a new one")
+            if self._watcher is None:
+                self._watcher = connect(
+                    self.target, readonly=True, busy_timeout_ms=self._busy_timeout_ms
+                )
+            try:
+                version = int(self._watcher.execute("PRAGMA data_version").get)
+            except apsw.Error as e:
+                raise wrap_sqlite_error(e, "watching the ledger") from e
+            before, self._seen_version = self._seen_version, version
+        return None if before is None else before != version
+
     def close(self) -> None:
+        with self._changed:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
         with self._lock:
             self._closed = True
             for conn in self._readers:
