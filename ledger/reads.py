@@ -245,9 +245,10 @@ class LedgerReads:
         stop: threading.Event | None = None,
     ) -> Iterator[JobEvent]:
         """Like `iter_events`, then waits for new events (woken by the database when one
-        commits, and checking at least every ``poll`` seconds) and yields them as they commit, until ``stop`` is set or the caller stops iterating. Positions
-        are gap-free and in commit order, so no event is skipped or repeated; a ``chat_id`` filter
-        also matches jobs created in that chat while following."""
+        commits, and checking at least every ``poll`` seconds) and yields them as they commit,
+        until ``stop`` is set or the caller stops iterating. Positions are gap-free and in
+        commit order, so no event is skipped or repeated; a ``chat_id`` filter also matches
+        jobs created in that chat while following."""
         match = self._event_filter(job_id, chat_id, types)
         check.integer("after", after, minimum=0)
         if isinstance(poll, bool) or not isinstance(poll, int | float) or not math.isfinite(poll):

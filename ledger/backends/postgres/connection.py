@@ -11,6 +11,7 @@ names its tables unqualified, so a ledger lives in whichever schema the URL sele
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal
@@ -46,11 +47,12 @@ def redact(url: str) -> str:
     """``url`` without its password, for messages and ``Backend.target``."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        if "password" in parts.query:
+            parts = parts._replace(query=re.sub(r"(password=)[^&]*", r"\1***", parts.query))
+        return urlunsplit(parts)
     except ValueError:
         return "the PostgreSQL URL"
 
@@ -153,7 +155,8 @@ def is_retryable(e: psycopg.Error) -> bool:
         return True
     diag = getattr(e, "diag", None)
     return isinstance(e, pg_errors.UniqueViolation) and (
-        getattr(diag, "constraint_name", None) in ("jobs_idempotency", "projection_checkpoints_pkey")
+        getattr(diag, "constraint_name", None)
+        in ("jobs_idempotency", "projection_checkpoints_pkey")
     )
 
 

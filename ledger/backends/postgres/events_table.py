@@ -83,8 +83,8 @@ def last_position(conn: Conn) -> int:
 
 def rows_after(conn: Conn, after: int, limit: int | None) -> list[EventRow]:
     if limit is None:
-        return conn.execute(after_statement, (after,)).fetchall()  # type: ignore[no-any-return]
-    return conn.execute(after_limit_statement, (after, limit)).fetchall()  # type: ignore[no-any-return]
+        return conn.execute(after_statement, (after,)).fetchall()
+    return conn.execute(after_limit_statement, (after, limit)).fetchall()
 
 
 def iter_after(conn: Conn, after: int) -> Iterator[StoredEvent]:
@@ -108,7 +108,7 @@ def job_rows(conn: Conn, job_id: str, types: Sequence[str] | None) -> list[Event
     else:
         query = f"{_SELECT} WHERE job_id = %s AND type = ANY(%s) ORDER BY version"
         params = (job_id, list(types))  # type: ignore[assignment]
-    return conn.execute(query, params).fetchall()  # type: ignore[no-any-return]
+    return conn.execute(query, params).fetchall()
 
 
 def chat_rows(
@@ -127,7 +127,7 @@ def chat_rows(
         f"{_SELECT} WHERE job_id IN (SELECT id FROM jobs WHERE chat_id = %s){where} "
         "ORDER BY position DESC LIMIT %s"
     )
-    return conn.execute(query, params).fetchall()  # type: ignore[no-any-return]
+    return conn.execute(query, params).fetchall()
 
 
 # -- projection checkpoints ---------------------------------------------------------------------

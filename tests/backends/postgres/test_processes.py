@@ -107,8 +107,8 @@ def test_follower_sees_every_event_of_four_writers_once_in_order(postgres_schema
     Ledger(postgres_schema).close()  # the schema exists before the follower opens read-only
     expected = 4 * (WRITES + 1)
     out = run_processes(
-        lambda kind, n: _follower(postgres_schema, expected) if kind == "f" else _writer(
-            postgres_schema, n
+        lambda kind, n: (
+            _follower(postgres_schema, expected) if kind == "f" else _writer(postgres_schema, n)
         ),
         [("f", -1), *[("w", n) for n in range(4)]],
     )
