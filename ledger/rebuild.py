@@ -21,7 +21,7 @@ from .backends.protocol import JobFilter
 from .domain import events as ev
 from .domain.events import StoredEvent
 from .domain.logrules import LogCheck
-from .errors import CorruptEvent, LedgerError, StorageError, UnfoldableEvent
+from .errors import CorruptEvent, CorruptProjection, LedgerError, StorageError, UnfoldableEvent
 
 Progress = Callable[[int, int], None]  # (events done, events in all)
 _PROGRESS_EVERY = 10_000
@@ -163,7 +163,7 @@ def verify(snapshot: Any, started: float, clock: Callable[[], float]) -> VerifyR
     try:
         differences += compare(snapshot.dump_jobs(), rebuilt)
         jobs = snapshot.count_jobs(JobFilter())
-    except StorageError as e:  # its table is missing or has other columns
+    except (StorageError, CorruptProjection) as e:  # missing, reshaped or edited into nonsense
         why = f"cannot read the jobs projection ({e}); `ledger replay` rebuilds it"
         differences.append(Difference(JOBS, None, None, None, None, None, why))
     checkpoint = snapshot.checkpoint(JOBS)

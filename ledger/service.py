@@ -151,7 +151,7 @@ class Service:
             state = step.job(command.job_id)
             length = command.lease or state.lease_seconds or DEFAULT_LEASE
             until = decide.lease_until(step.now, float(length))  # type: ignore[arg-type]
-            events = decide.heartbeat(state, command.worker_id, until)
+            events = decide.heartbeat(state, command.worker_id, until, command.attempt)
             step.append(command.job_id, events, state=state)
 
         self.run("recording a heartbeat", work)
@@ -167,6 +167,7 @@ class Service:
                 command.cost_cents,
                 command.duration_seconds,
                 step.now,
+                command.attempt,
             )
             step.append(command.job_id, events, state=state)
 
@@ -186,6 +187,7 @@ class Service:
                 policy,
                 rng,
                 command.error_type,
+                command.attempt,
             )
             step.append(command.job_id, events, state=state)
 
@@ -204,7 +206,7 @@ class Service:
     def release(self, command: cmd.Release) -> None:
         def work(step: Step) -> None:
             state = step.job(command.job_id)
-            events = decide.release(state, command.worker_id, command.reason)
+            events = decide.release(state, command.worker_id, command.reason, command.attempt)
             step.append(command.job_id, events, state=state)
 
         self.run("releasing a job", work)
@@ -212,7 +214,7 @@ class Service:
     def log(self, command: cmd.LogActivity, event_type: EventType, payload: msgspec.Raw) -> int:
         def work(step: Step) -> int:
             state = step.job(command.job_id)
-            events = decide.log(state, event_type, payload, command.worker_id)
+            events = decide.log(state, event_type, payload, command.worker_id, command.attempt)
             step.append(command.job_id, events, command.expected_version, state=state)
             return state.version + len(events)
 

@@ -19,9 +19,11 @@ from typing import Any, Protocol
 import msgspec
 
 from .domain import events as ev
+from .domain import validate as check
 from .domain.events import StoredEvent
 from .domain.logrules import LogCheck
 from .domain.timeutil import parse_text, to_text
+from .domain.validate import MAX_DEPTH
 from .errors import CorruptEvent, InvalidArgument, LedgerError
 
 
@@ -102,6 +104,10 @@ class Importer:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             partial = "" if line.endswith(b"\n") else " (no newline at its end: was it cut short?)"
             raise refuse(f"not an exported event{partial}: {e}") from e
+        except RecursionError as e:  # msgspec parses nesting by recursion, even for Raw
+            raise refuse(
+                f"nested deeper than any value the ledger stores (at most {MAX_DEPTH})"
+            ) from e
         if not 0 < item.position <= MAX_POSITION:
             raise refuse(f"position {item.position} is outside 1 to {MAX_POSITION}")
         if item.position <= self._last:
@@ -109,11 +115,22 @@ class Importer:
                 f"position {item.position} does not follow the previous line's {self._last}: "
                 "positions only grow (lines out of order, or repeated?)"
             )
+        if self._last and item.position != self._last + 1:
+            raise refuse(
+                f"position {item.position} skips from the previous line's {self._last}: "
+                "positions run without gaps (lines missing from the export?)"
+            )
         data = bytes(item.data)
         try:
             event = ev.decode(item.position, item.type, data)
         except CorruptEvent as e:
             raise refuse(f"its data cannot be read back: {e}") from e
+        value = _held_value(event)
+        if value is not _NOTHING:
+            try:  # what create_job and log_event would refuse, the log cannot hold either
+                check.json_value("its " + _held_name(event), value)
+            except InvalidArgument as e:
+                raise refuse(str(e)) from e
         at = parse_text(item.recorded_at)
         if at is None:
             raise refuse(
@@ -133,6 +150,22 @@ class Importer:
         found = index < len(self._positions) and self._positions[index] == error.position
         name = f"line {self._numbers[index]}" if found else "import"
         return InvalidArgument(name, f"position {error.position}", str(error))
+
+
+_NOTHING = object()
+
+
+def _held_value(event: ev.Event) -> object:
+    """The caller's value an event carries (a job's config, an activity's payload)."""
+    if type(event) is ev.JobCreated:
+        return event.config
+    if isinstance(event, ev.Activity):
+        return event.payload
+    return _NOTHING
+
+
+def _held_name(event: ev.Event) -> str:
+    return "config" if type(event) is ev.JobCreated else "payload"
 
 
 def _line_bytes(number: int, line: object) -> bytes:

@@ -79,8 +79,8 @@ def test_a_line_missing_from_the_middle_is_a_version_gap(
 ) -> None:
     gone = _line_of(exported, lambda e: e["type"] == "claimed")
     lines = exported[:gone] + exported[gone + 1 :]
-    # the job's next event now follows version 1: refused at the line after the hole
-    _refused(tmp_path, lines, gone + 1, "must be version 2, not 3")
+    # the positions now skip one: refused at the line after the hole
+    _refused(tmp_path, lines, gone + 1, "positions run without gaps")
 
 
 def test_a_missing_created_line(tmp_path: Path, exported: list[bytes]) -> None:
@@ -91,7 +91,7 @@ def test_a_missing_created_line(tmp_path: Path, exported: list[bytes]) -> None:
 
 def test_a_created_event_that_is_not_first(tmp_path: Path, exported: list[bytes]) -> None:
     job = json.loads(exported[0])["job_id"]
-    extra = _edit(exported[0], position=10_000, version=json.loads(exported[-1])["version"] + 99)
+    extra = _edit(exported[0], position=2, version=json.loads(exported[-1])["version"] + 99)
     moved = _edit(extra, job_id=job, version=2)
     lines = [exported[0], moved]
     _refused(tmp_path, lines, 2, "already has a created event")

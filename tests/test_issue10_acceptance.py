@@ -447,11 +447,6 @@ def test_bad_returns_and_raises_fail_their_jobs_and_the_worker_goes_on(
     assert "acc_handlers.QuotaExceeded" in text  # the failure's log line names the type
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a handler returning a str subclass crashes the worker (TypeError from msgspec) "
-    "and leaves its job running until the lease expires",
-)
 def test_handler_returning_a_str_subclass_does_not_strand_its_job(workdir: Path, db: str) -> None:
     job_id = new_job(db, kind="strsub")
     other = new_job(db, kind="ok")
@@ -618,11 +613,6 @@ def test_error_event_traceback_keeps_the_cause(opened: Ledger) -> None:
     assert opened.job_events(job_id)[-1].payload["error_type"] == "RuntimeError"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker(queues='default') is accepted and split into the one-letter queues "
-    "d, e, f, a, u, l, t; Ledger.claim(queues='default') refuses it with InvalidArgument",
-)
 def test_worker_refuses_a_single_string_as_queues(opened: Ledger) -> None:
     with pytest.raises(InvalidArgument):
         Worker(opened, lambda job, ctx: None, queues="default")
@@ -1079,11 +1069,6 @@ def test_good_import_round_trips_with_blank_lines_and_crlf(
         assert copy.verify().ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an imported line nested ~1000 levels deep raises a raw RecursionError (CLI: "
-    "'internal error ... this is a bug') instead of a LedgerError naming the line",
-)
 def test_import_refuses_a_deeply_nested_line_with_a_ledger_error(
     tmp_path: Path, exported: list[bytes]
 ) -> None:
@@ -1098,11 +1083,6 @@ def test_import_refuses_a_deeply_nested_line_with_a_ledger_error(
     assert_one_line_error(cli("import", source, "--db", tmp_path / "n.db", cwd=tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="import accepts a config that create_job refuses (an int beyond int64, 65+ levels "
-    "of nesting): a log the ledger itself could not have produced",
-)
 @pytest.mark.parametrize("config", [{"a": 2**63}, {"a": _nested(100)}])
 def test_import_refuses_values_the_ledger_would_refuse(
     tmp_path: Path, exported: list[bytes], config: Any
@@ -1112,11 +1092,6 @@ def test_import_refuses_values_the_ledger_would_refuse(
         target.import_events(data.splitlines(keepends=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="import accepts a jump in positions (1..6 then 1000): the imported log is not "
-    "gap-free, which the ledger never produces (law 10)",
-)
 def test_import_refuses_a_jump_in_positions(tmp_path: Path, exported: list[bytes]) -> None:
     data = _joined(_edit(exported, 6, lambda r: r.__setitem__("position", 1000)))
     with Ledger(str(tmp_path / "target.db")) as target, pytest.raises(LedgerError, match="line 7"):
@@ -1261,13 +1236,6 @@ def test_events_edited_with_another_tool_are_reported_and_refused(
     _check_log_damage(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an event row holding bytes that are not UTF-8 (written by another tool) makes "
-    "Ledger(...)/verify()/replay() raise a raw UnicodeDecodeError, and every CLI command "
-    "print 'UnicodeDecodeError: ...' with no position, instead of verify reporting the "
-    "event and replay refusing with CorruptEvent",
-)
 @pytest.mark.parametrize(
     "sql",
     [
@@ -1300,11 +1268,6 @@ def test_verify_finds_hand_edited_projection_rows_and_replay_repairs(tmp_path: P
         assert must(handle.get_job(job_id)).status is JobStatus.COMPLETED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`ledger verify` prints an unfoldable event as 'position N (row): live=None "
-    "rebuilt=None' and leaves out Difference.problem, the only text saying what is wrong",
-)
 def test_verify_cli_says_what_is_wrong_with_a_stray_event(tmp_path: Path) -> None:
     path, _ = _damaged(tmp_path, LOG_DAMAGE["stray event, no created"])
     result = cli("verify", "--db", path, cwd=tmp_path)
@@ -1312,12 +1275,6 @@ def test_verify_cli_says_what_is_wrong_with_a_stray_event(tmp_path: Path) -> Non
     assert b"created" in result.stdout.split(b"position", 1)[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a projection row edited with another tool (created_at='garbage', or config bytes "
-    "that are not UTF-8) makes reads raise raw ValueError/UnicodeDecodeError (CLI `jobs`: "
-    "'internal error ... this is a bug'); with bad UTF-8, verify raises instead of reporting",
-)
 @pytest.mark.parametrize(
     "sql",
     [
@@ -1710,11 +1667,6 @@ def test_demo_rejects_a_db_before_the_command_name_the_same_way(tmp_path: Path) 
     assert text.read_text() == "mine"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`ledger events --job ''` prints every event of the ledger (the empty id is "
-    "taken as 'no filter'), where `ledger show ''` refuses the empty prefix",
-)
 def test_events_with_an_empty_job_id_is_refused(
     tmp_path: Path, chats: tuple[str, dict[str, str]]
 ) -> None:
@@ -1722,11 +1674,6 @@ def test_events_with_an_empty_job_id_is_refused(
     assert_one_line_error(cli("events", "--job", "", "--db", path, cwd=tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`ledger work --max-jobs -1` is accepted (exit 0, handles nothing) where "
-    "--limit/--count refuse a negative number as bad usage",
-)
 def test_work_refuses_a_negative_max_jobs(workdir: Path, db: str) -> None:
     result = cli("work", "acc_handlers:by_kind", "--max-jobs", "-1", "--db", db, cwd=workdir)
     assert result.returncode != 0
@@ -1774,12 +1721,6 @@ def test_summary_and_stats_read_one_snapshot_while_jobs_finish(db: str) -> None:
     assert not errors, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ctx.log fence compares only the worker id: a JobContext of attempt 1 whose "
-    "lease expired writes into attempt 2 when the same worker id re-claimed the job, and the "
-    "event is recorded as attempt 2 (JobContext knows job.attempts, but it is not checked)",
-)
 def test_stale_context_of_the_same_worker_cannot_log_into_a_later_attempt(
     opened: Ledger, clock: Clock
 ) -> None:

@@ -56,7 +56,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     if args.count == 0:  # asked for nothing: print nothing, and do not even open the file
         return 0
     with open_ledger(args, readonly=True) as ledger:
-        job_id = ledger.find_job(args.job).id if args.job else None
+        job_id = None if args.job is None else ledger.find_job(args.job).id
         filters = {"job_id": job_id, "chat_id": args.chat, "types": args.type}
         events = (
             ledger.follow(args.after, poll=args.interval, **filters)

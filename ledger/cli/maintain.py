@@ -56,7 +56,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     unreadable = [d.position for d in report.differences if d.position is not None]
     if unreadable:  # the fold stopped there: a replay would refuse, so there is no count to give
         raise LedgerError(
-            f"the event at position {unreadable[0]} cannot be decoded, so a replay would fail; "
+            f"the event at position {unreadable[0]} cannot be folded, so a replay would fail; "
             "the live file is untouched (`ledger verify` says more)"
         )
     rows = rows_that_would_change(report)
@@ -92,11 +92,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         out(f"NOT OK: {len(report.differences)} difference(s) between the projection and the log")
         for d in report.differences[:SHOWN_DIFFERENCES]:
             where = f"position {d.position}" if d.position is not None else f"{d.table} {d.key}"
-            out(f"  {where} {d.column or '(row)'}: live={d.live!r} rebuilt={d.rebuilt!r}")
+            if d.problem is not None:
+                out(f"  {where}: {d.problem}")
+            else:
+                out(f"  {where} {d.column or '(row)'}: live={d.live!r} rebuilt={d.rebuilt!r}")
         hidden = len(report.differences) - SHOWN_DIFFERENCES
         if hidden > 0:
             out(f"  ... and {hidden} more (`ledger verify --json` lists them all)")
-        out("run `ledger replay` to rebuild the projection from the log")
+        if any(d.position is not None for d in report.differences):
+            out("the log itself holds an event the ledger cannot fold: replay will refuse it")
+        else:
+            out("run `ledger replay` to rebuild the projection from the log")
     return 0 if report.ok else 1
 
 

@@ -12,7 +12,7 @@ from ..api import Ledger
 from ..domain.backoff import RetryPolicy
 from ..errors import InvalidArgument
 from ..worker import Handler, Worker
-from .common import DEMO_DB, AddCommand, out
+from .common import DEMO_DB, AddCommand, natural, out
 
 
 def load_handler(spec: str) -> Handler:
@@ -89,7 +89,7 @@ def register(command: AddCommand) -> None:
         metavar="SECONDS",
         help="wait between claims when idle (1)",
     )
-    p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs")
+    p.add_argument("--max-jobs", type=natural, metavar="N", help="stop after N jobs")
     p.add_argument("--stop-when-idle", action="store_true", help="stop when nothing is claimable")
     p.add_argument(
         "--retry-delay",

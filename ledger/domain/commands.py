@@ -164,6 +164,7 @@ class Claim(Command, frozen=True, kw_only=True):
 class Heartbeat(Command, frozen=True, kw_only=True):
     job_id: str
     worker_id: Name | None = None
+    attempt: Attempts | None = None
     lease: Duration | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
@@ -181,6 +182,7 @@ class Complete(Command, frozen=True, kw_only=True):
     cost_cents: Finite = 0.0
     duration_seconds: Count | None = None
     worker_id: Name | None = None
+    attempt: Attempts | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "summary", "result_status", "worker_id")
 
@@ -189,6 +191,7 @@ class Fail(Command, frozen=True, kw_only=True):
     job_id: str
     error: str
     worker_id: Name | None = None
+    attempt: Attempts | None = None
     retry: bool = True
     error_type: Name | None = None
 
@@ -205,6 +208,7 @@ class Cancel(Command, frozen=True, kw_only=True):
 class Release(Command, frozen=True, kw_only=True):
     job_id: str
     worker_id: Name
+    attempt: Attempts | None = None
     reason: str | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id", "reason")
@@ -217,6 +221,7 @@ class LogActivity(Command, frozen=True, kw_only=True):
     job_id: str
     expected_version: Count | None = None
     worker_id: Name | None = None
+    attempt: Attempts | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
 

@@ -22,11 +22,22 @@ from .transitions import FINAL, require
 _RUNNING = JobStatus.RUNNING
 
 
-def _check_holder(state: JobState, worker_id: str | None, command: str, verb: str = "") -> None:
+def _check_holder(
+    state: JobState,
+    worker_id: str | None,
+    command: str,
+    verb: str = "",
+    attempt: int | None = None,
+) -> None:
     """A worker that names itself must still hold the job (`LeaseLost` otherwise: it was
-    cancelled, finished, or its lease expired and another worker took it); then the command must
-    be legal in the job's state."""
-    if worker_id is not None and (state.status is not _RUNNING or state.worker_id != worker_id):
+    cancelled, finished, or its lease expired and another worker took it); with ``attempt``
+    too, it must hold that very attempt (the same worker may have claimed the job again since:
+    its old attempt is over). Then the command must be legal in the job's state."""
+    if worker_id is not None and (
+        state.status is not _RUNNING
+        or state.worker_id != worker_id
+        or (attempt is not None and state.attempts != attempt)
+    ):
         raise LeaseLost(state.id, worker_id, state.worker_id, state.status.value)
     require(state.id, state.status, command, verb=verb)
 
@@ -37,9 +48,12 @@ def claim(state: JobState, worker_id: str, lease_until: datetime) -> list[ev.Eve
 
 
 def heartbeat(
-    state: JobState, worker_id: str | None, lease_until: datetime | None
+    state: JobState,
+    worker_id: str | None,
+    lease_until: datetime | None,
+    attempt: int | None = None,
 ) -> list[ev.Event]:
-    _check_holder(state, worker_id, "heartbeat")
+    _check_holder(state, worker_id, "heartbeat", attempt=attempt)
     return [ev.HeartbeatRecorded(worker_id=worker_id, lease_expires_at=lease_until)]
 
 
@@ -51,9 +65,10 @@ def complete(
     cost_cents: float,
     duration_seconds: int | None,
     now: datetime,
+    attempt: int | None = None,
 ) -> list[ev.Event]:
     """``duration_seconds`` None: the whole seconds since the job was claimed."""
-    _check_holder(state, worker_id, "complete")
+    _check_holder(state, worker_id, "complete", attempt=attempt)
     if duration_seconds is None:
         started = state.started_at or now
         duration_seconds = max(0, round((now - started).total_seconds()))
@@ -77,10 +92,11 @@ def fail(
     policy: RetryPolicy,
     rng: random.Random,
     error_type: str | None = None,
+    attempt: int | None = None,
 ) -> list[ev.Event]:
     """With attempts left (and ``retry``) the job is retried after the policy's backoff (the
     chosen time goes into the event, so replay never re-rolls it); else it fails for good."""
-    _check_holder(state, worker_id, "fail")
+    _check_holder(state, worker_id, "fail", attempt=attempt)
     if retry and state.attempts < state.max_attempts:
         run_at = now + policy.delay(state.attempts, rng)
         return [
@@ -100,14 +116,18 @@ def cancel(state: JobState, reason: str | None) -> list[ev.Event]:
 
 
 def log(
-    state: JobState, event_type: EventType, payload: Any, worker_id: str | None = None
+    state: JobState,
+    event_type: EventType,
+    payload: Any,
+    worker_id: str | None = None,
+    attempt: int | None = None,
 ) -> list[ev.Event]:
     """Activity on a pending or running job. A worker that names itself is fenced like heartbeat:
     it must still hold the job (`LeaseLost` otherwise), so it cannot write into an attempt that
     another worker now holds. The event records the writer and the running attempt."""
     verb = f"log {event_type.value!r} to"
     if worker_id is not None:
-        _check_holder(state, worker_id, "log", verb=verb)
+        _check_holder(state, worker_id, "log", verb=verb, attempt=attempt)
     else:
         require(state.id, state.status, "log", verb=verb)
     attempt = state.attempts if state.status is _RUNNING else None
@@ -121,8 +141,10 @@ def expire(state: JobState) -> list[ev.Event]:
     return [ev.LeaseExpired(worker_id=state.worker_id, final=final)]
 
 
-def release(state: JobState, worker_id: str, reason: str | None) -> list[ev.Event]:
-    _check_holder(state, worker_id, "release")
+def release(
+    state: JobState, worker_id: str, reason: str | None, attempt: int | None = None
+) -> list[ev.Event]:
+    _check_holder(state, worker_id, "release", attempt=attempt)
     return [ev.JobReleased(worker_id=worker_id, reason=reason)]
 
 

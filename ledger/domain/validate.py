@@ -43,7 +43,12 @@ def limit(value: Any) -> int:
 def text(name: str, value: Any, *, optional: bool = False, nonempty: bool = False) -> Any:
     if value is None and optional:
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:
+        if isinstance(value, str):  # it would be stored as a plain str, and msgspec refuses it
+            why = (
+                f"expected a plain str, got the str subclass {type(value).__name__}; pass str(...)"
+            )
+            raise InvalidArgument(name, value, why)
         raise InvalidArgument(name, value, f"expected a str, got {type(value).__name__}")
     if nonempty and not value:
         raise InvalidArgument(name, value, "must not be empty")

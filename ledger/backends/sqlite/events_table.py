@@ -45,7 +45,12 @@ insert_exact_statement = (
 insert_statement = (
     "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
 )
-_select_events = "SELECT position, job_id, version, type, data, recorded_at FROM events"
+# ``data`` is read as its bytes: msgspec decodes them directly, and bytes that are not UTF-8
+# (written around the ledger) become a `CorruptEvent` at their position, not an error of the
+# driver that names no event.
+_select_events = (
+    "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at FROM events"
+)
 select_after_statement = f"{_select_events} WHERE position > ? ORDER BY position"
 last_position_statement = "SELECT coalesce(max(position), 0) FROM events"
 job_version_statement = "SELECT coalesce(max(version), 0) FROM events WHERE job_id = ?"

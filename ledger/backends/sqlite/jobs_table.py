@@ -166,7 +166,16 @@ def column_value(state: JobState, field: str) -> Any:
 
 
 def to_state(values: Sequence[Any]) -> JobState:
-    """The state a row holds (the one place a row becomes a state)."""
+    """The state a row holds (the one place a row becomes a state); a row edited around the
+    ledger into something no event writes is a `CorruptProjection`, never a bare Python error."""
+    try:
+        return _to_state(values)
+    except (ValueError, TypeError) as e:
+        key = values[0] if values and isinstance(values[0], str) else "?"
+        raise CorruptProjection("jobs", key, f"a column holds what no event writes ({e})") from e
+
+
+def _to_state(values: Sequence[Any]) -> JobState:
     (
         job_id,
         chat_id,
@@ -260,13 +269,24 @@ def save(
 
 
 def load(conn: apsw.Connection, job_id: str) -> JobState | None:
-    values = conn.execute(select_row_statement, (job_id,)).fetchone()
+    try:
+        values = conn.execute(select_row_statement, (job_id,)).fetchone()
+    except UnicodeDecodeError as e:
+        raise _not_text(job_id, e) from e
     return None if values is None else to_state(values)
 
 
 def select(conn: apsw.Connection, where: JobFilter) -> list[JobState]:
     statement, params = _filtered(_SELECT, where, order=True)
-    return [to_state(values) for values in conn.execute(statement, params)]
+    try:
+        return [to_state(values) for values in conn.execute(statement, params)]
+    except UnicodeDecodeError as e:
+        raise _not_text("?", e) from e
+
+
+def _not_text(key: str, error: UnicodeDecodeError) -> CorruptProjection:
+    """SQLite hands back a text column that is not UTF-8 (written around the ledger)."""
+    return CorruptProjection("jobs", key, f"a text column is not valid UTF-8 ({error.reason})")
 
 
 def count(conn: apsw.Connection, where: JobFilter) -> int:
@@ -344,8 +364,11 @@ def prefix(conn: apsw.Connection, text: str, limit: int) -> list[str]:
 
 def dump(conn: apsw.Connection) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every row as stored, by id, for verify."""
-    for values in conn.execute(dump_statement):
-        yield values[0], dict(zip(COLUMNS, values, strict=True))
+    try:
+        for values in conn.execute(dump_statement):
+            yield values[0], dict(zip(COLUMNS, values, strict=True))
+    except UnicodeDecodeError as e:
+        raise _not_text("?", e) from e
 
 
 def stored_form(state: JobState) -> dict[str, Any]:
