@@ -199,6 +199,7 @@ class SqliteBackend:
         self._shared_reads = target in ("", ":memory:") or "mode=memory" in target
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
+        self._readers_lock = threading.Lock()
         self._closed = False
         self._changed = threading.Condition()  # notified after each commit of this backend
         self._commits = 0
@@ -263,7 +264,7 @@ class SqliteBackend:
             if self._closed:
                 raise StorageError("reading the ledger: this Ledger was closed; open a new one")
             conn = connect(self.target, readonly=True, busy_timeout_ms=self._busy_timeout_ms)
-            with self._lock:
+            with self._readers_lock:  # not the write lock: a read must never wait for a write
                 if self._closed:
                     conn.close()
                     raise StorageError("reading the ledger: this Ledger was closed; open a new one")
@@ -322,11 +323,12 @@ class SqliteBackend:
             if self._watcher is not None:
                 self._watcher.close()
                 self._watcher = None
-        with self._lock:
+        with self._readers_lock:
             self._closed = True
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        with self._lock:
             self._conn.close()
 
 

@@ -12,7 +12,7 @@ import msgspec
 from ledger import EventType, Ledger
 from tests.conftest import table_dump
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def test_release_0_1_0_ledger_opens_replays_and_verifies(tmp_path: Path) -> None:
