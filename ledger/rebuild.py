@@ -16,8 +16,11 @@ from typing import Any
 import msgspec
 
 from projections import jobs as jobs_projection
+from projections.budgets import FIELDS as BUDGET_FIELDS
+from projections.queues import FIELDS as QUEUE_FIELDS
 
 from .backends.protocol import JobFilter
+from .domain import chain
 from .domain import events as ev
 from .domain.events import StoredEvent
 from .domain.logrules import LogCheck
@@ -27,6 +30,8 @@ Progress = Callable[[int, int], None]  # (events done, events in all)
 _PROGRESS_EVERY = 10_000
 _BATCH = 100_000  # job states kept in memory by a replay before they are written
 JOBS = "jobs"  # the jobs projection's name (its checkpoint row)
+QUEUES = "queues"  # the queues projection (its rows are folded and checkpointed with the jobs)
+BUDGETS = "budgets"  # the budgets projection (the same: folded and checkpointed with the jobs)
 
 
 class ReplayReport(msgspec.Struct, frozen=True):
@@ -100,14 +105,23 @@ def fold_events(
 
 
 def _saver(tx: Any) -> Callable[[jobs_projection.JobChanges], None]:
-    return lambda changes: tx.save_jobs(changes.new, changes.changed)
+    def save(changes: jobs_projection.JobChanges) -> None:
+        tx.save_jobs(changes.new, changes.changed)
+        if changes.queues:
+            tx.save_queues(changes.queues)
+        if changes.budgets:
+            tx.save_budgets(changes.budgets)
+
+    return save
 
 
 def rebuild(tx: Any, progress: Progress | None = None) -> tuple[int, int]:
     """Drop and refill the jobs projection from the whole log; inside a write transaction."""
     tx.reset_jobs()
+    tx.reset_queues()
+    tx.reset_budgets()
     total = tx.last_position() if progress else 0
-    fold = jobs_projection.JobsFold(tx.load_job)
+    fold = jobs_projection.JobsFold(tx.load_job, tx.load_queue, tx.load_budget)
     count, last = fold_events(
         tx.iter_events(0), fold, LogCheck(), save=_saver(tx), progress=progress, total=total
     )
@@ -131,20 +145,80 @@ def catch_up(tx: Any) -> int:
     if after >= tx.last_position():
         return 0
     tx.ensure_jobs()
-    fold = jobs_projection.JobsFold(tx.load_job)
+    fold = jobs_projection.JobsFold(tx.load_job, tx.load_queue, tx.load_budget)
     check = LogCheck(lambda job_id: tx.version_at(job_id, after))
     count, last = fold_events(tx.iter_events(after), fold, check, save=_saver(tx), after=after)
     tx.write_checkpoint(JOBS, jobs_projection.JobsProjection.schema_version, last)
     return count
 
 
-def verify(snapshot: Any, started: float, clock: Callable[[], float]) -> VerifyReport:
-    """Compare the live projection with a fold of the log, all read from one snapshot.
+def verify_chain(snapshot: Any, expect_head: tuple[int, str] | None = None) -> list[Difference]:
+    """Recompute the hash chain (`domain.chain`) over the whole log: the first position where
+    it breaks (an edit, a deletion, a missing hash), and, with ``expect_head`` (a head recorded
+    earlier), whether the log still extends it (not truncated below it, not rewritten).
+
+    Each problem is a `Difference` of table ``events`` keyed by the position, with column
+    ``hash`` (the chain breaks there) or ``head`` (the recorded head is not extended) and the
+    ``problem`` saying what; its ``position`` stays None, which means "an event the fold
+    refuses" elsewhere in the report (the fold may well accept an edited event)."""
+    walker = chain.Walker()
+    out: list[Difference] = []
+    try:
+        for row in snapshot.chain_rows(0):
+            if expect_head is not None and walker.position == expect_head[0]:
+                break  # the recorded head is checked below; the rest of the chain after it too
+            walker.step(row)
+    except chain.Break as e:
+        out.append(Difference("events", e.position, "hash", None, None, None, e.what))
+        if expect_head is not None and e.position is not None and e.position <= expect_head[0]:
+            out.append(_head_difference(expect_head, f"the chain breaks at {e.position} first"))
+        return out
+    except StorageError as e:
+        return [Difference("events", None, "hash", None, None, problem=str(e))]
+    if expect_head is not None:
+        position, digest = expect_head
+        if walker.position < position:
+            why = f"the log ends at position {walker.position}: truncated (events deleted)"
+            out.append(_head_difference(expect_head, why))
+        elif walker.head_hex != digest:
+            why = f"position {position} now hashes to {walker.head_hex}: rewritten"
+            out.append(_head_difference(expect_head, why))
+        else:
+            out += verify_chain_after(snapshot, walker)
+    return out
+
+
+def verify_chain_after(snapshot: Any, walker: chain.Walker) -> list[Difference]:
+    """The rest of the chain after a recorded head that matched."""
+    try:
+        for row in snapshot.chain_rows(walker.position):
+            walker.step(row)
+    except chain.Break as e:
+        return [Difference("events", e.position, "hash", None, None, None, e.what)]
+    return []
+
+
+def _head_difference(expect_head: tuple[int, str], why: str) -> Difference:
+    position, digest = expect_head
+    problem = f"the log no longer extends the recorded head {position}:{digest}: {why}"
+    return Difference("events", position, "head", digest, None, None, problem)
+
+
+def verify(
+    snapshot: Any,
+    started: float,
+    clock: Callable[[], float],
+    expect_head: tuple[int, str] | None = None,
+) -> VerifyReport:
+    """Compare the live projection with a fold of the log, all read from one snapshot, and
+    recompute the log's hash chain (`verify_chain`).
 
     Damage is reported, never raised: an event the fold refuses (undecodable, or breaking the
-    log's rules), an unreadable log, a missing or reshaped projection table."""
+    log's rules), an unreadable log, a missing or reshaped projection table, a broken chain."""
+    broken = verify_chain(snapshot, expect_head)
 
     def report(differences: list[Difference], events: int, jobs: int) -> VerifyReport:
+        differences = broken + differences
         return VerifyReport(not differences, events, jobs, differences, clock() - started)
 
     fold = jobs_projection.JobsFold()
@@ -166,12 +240,62 @@ def verify(snapshot: Any, started: float, clock: Callable[[], float]) -> VerifyR
     except (StorageError, CorruptProjection) as e:  # missing, reshaped or edited into nonsense
         why = f"cannot read the jobs projection ({e}); `ledger replay` rebuilds it"
         differences.append(Difference(JOBS, None, None, None, None, None, why))
+    differences += compare_queues(snapshot, fold)
+    differences += compare_budgets(snapshot, fold)
     checkpoint = snapshot.checkpoint(JOBS)
     head = snapshot.last_position()
     if checkpoint is None or checkpoint[1] != head:
         seen = None if checkpoint is None else checkpoint[1]
         differences.append(Difference("projection_checkpoints", JOBS, "position", seen, head))
     return report(differences, count, jobs)
+
+
+def compare_queues(snapshot: Any, fold: jobs_projection.JobsFold) -> list[Difference]:
+    """The queues projection against the fold of the queues' streams, queue by queue."""
+    try:
+        live = {s.queue: s for s in snapshot.queue_states()}
+    except (StorageError, CorruptProjection) as e:
+        why = f"cannot read the queues projection ({e}); `ledger replay` rebuilds it"
+        return [Difference(QUEUES, None, None, None, None, None, why)]
+    rebuilt = {s.queue: s for s in fold.queues.states()}
+    out = []
+    for queue in sorted(live.keys() | rebuilt.keys()):
+        seen, want = live.get(queue), rebuilt.get(queue)
+        if seen is None or want is None:
+            out.append(Difference(QUEUES, queue, None, _row(seen), _row(want)))
+            continue
+        for column in QUEUE_FIELDS:
+            if getattr(seen, column) != getattr(want, column):
+                out.append(
+                    Difference(QUEUES, queue, column, getattr(seen, column), getattr(want, column))
+                )
+    return out
+
+
+def compare_budgets(snapshot: Any, fold: jobs_projection.JobsFold) -> list[Difference]:
+    """The budgets projection against the fold of the chats' streams, chat by chat."""
+    try:
+        live = {s.chat_id: s for s in snapshot.budget_states()}
+    except (StorageError, CorruptProjection) as e:
+        why = f"cannot read the budgets projection ({e}); `ledger replay` rebuilds it"
+        return [Difference(BUDGETS, None, None, None, None, None, why)]
+    rebuilt = {s.chat_id: s for s in fold.budgets.states()}
+    out = []
+    for chat in sorted(live.keys() | rebuilt.keys()):
+        seen, want = live.get(chat), rebuilt.get(chat)
+        if seen is None or want is None:
+            out.append(Difference(BUDGETS, chat, None, _row(seen), _row(want)))
+            continue
+        for column in BUDGET_FIELDS:
+            if getattr(seen, column) != getattr(want, column):
+                out.append(
+                    Difference(BUDGETS, chat, column, getattr(seen, column), getattr(want, column))
+                )
+    return out
+
+
+def _row(state: Any) -> dict[str, Any] | None:
+    return None if state is None else msgspec.to_builtins(state)
 
 
 _MISSING = object()

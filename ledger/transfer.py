@@ -1,8 +1,11 @@
 """Export and import: the log as JSON lines, one event per line, for moving, archiving, ``jq``.
 
-A line is ``{"position", "job_id", "version", "type", "recorded_at", "data"}`` where ``data`` is
-the event's own JSON. Import writes the events with their positions into an empty ledger and
-then replays, so the projection comes out identical to the source's. It trusts nothing: every line
+A line is ``{"position", "job_id", "version", "type", "recorded_at", "data", "hash"}`` where
+``data`` is the event's own JSON and ``hash`` its chain hash (`domain.chain`; null for an event
+written before the chain existed; lines of older exports have no ``hash`` at all). Import
+recomputes the chain and refuses a line whose hash does not match, naming it. Import writes the
+events with their positions into an empty ledger and then replays, so the projection comes out
+identical to the source's. It trusts nothing: every line
 is checked as replay would need it (see `Importer`), and one bad line refuses the whole import.
 """
 
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .domain import chain
 from .domain import events as ev
 from .domain import validate as check
 from .domain.events import StoredEvent
@@ -34,6 +38,7 @@ class ExportedEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     type: str
     recorded_at: str
     data: msgspec.Raw
+    hash: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -44,14 +49,14 @@ EXPORT_PAGE = 10_000
 def export_page(snapshot: Any, after: int, size: int) -> list[tuple[int, bytes]]:
     """Up to ``size`` events after ``after``, as (position, line)."""
     page = []
-    for position, job_id, version, event_type, data, recorded_at in snapshot.export_rows(
+    for position, job_id, version, event_type, data, recorded_at, digest in snapshot.export_rows(
         after, size
     ):
         if not isinstance(recorded_at, str):
             recorded_at = to_text(recorded_at)
         raw = msgspec.Raw(data.encode() if isinstance(data, str) else data)
         line = _encoder.encode(
-            ExportedEvent(position, job_id, version, event_type, recorded_at, raw)
+            ExportedEvent(position, job_id, version, event_type, recorded_at, raw, digest)
         )
         page.append((position, line))
     return page
@@ -79,6 +84,7 @@ class Importer:
         self._positions = array("q")
         self._numbers = array("q")
         self._check = LogCheck()
+        self._chain = chain.Walker()
         self._last = 0
 
     def load(self, tx: Any, lines: Iterable[bytes | str]) -> int:
@@ -90,7 +96,9 @@ class Importer:
             if not data.strip():
                 continue  # blank lines (a trailing one, say) carry no event
             item, text, at = self._checked(number, data)
-            tx.insert_exact(item.position, item.job_id, item.version, item.type, text, at)
+            tx.insert_exact(
+                item.position, item.job_id, item.version, item.type, text, at, item.hash
+            )
             self._positions.append(item.position)
             self._numbers.append(number)
         return len(self._positions)
@@ -141,8 +149,23 @@ class Importer:
         problem = self._check.problem(stored)
         if problem is not None:
             raise refuse(problem + " (a line missing, or a log edited outside the ledger?)")
+        row = (item.position, item.job_id, item.version, item.type, data, to_text(at), item.hash)
+        try:
+            (self._chain.step if self._last else self._start_chain)(row)
+        except chain.Break as e:
+            raise refuse(f"its hash does not fit the chain: {e.what}") from e
         self._last = item.position
         return item, data.decode(), at
+
+    def _start_chain(self, row: chain.ChainRow) -> None:
+        """The first line: chained from the genesis hash at position 1; an export that starts
+        later is taken from its own first hash on (the events before it are not here)."""
+        if row[6] is not None and not _is_hex_digest(row[6]):
+            raise chain.Break(row[0], f"{row[6]!r} is not a hash (64 lowercase hex digits)")
+        if row[0] == 1:
+            self._chain.step(row)
+        else:
+            self._chain.anchor(row)
 
     def refusal(self, error: CorruptEvent) -> InvalidArgument:
         """The replay after the load refused an event: name the line it came from."""
@@ -153,6 +176,10 @@ class Importer:
 
 
 _NOTHING = object()
+
+
+def _is_hex_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _held_value(event: ev.Event) -> object:

@@ -39,6 +39,9 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from projections.queues import QueueState
+
+from ..domain.chain import ChainRow
 from ..domain.events import Event, StoredEvent
 from ..domain.model import JobStatus
 from ..domain.state import JobState
@@ -87,6 +90,36 @@ class Snapshot(Protocol):
 
     def total_cost(self) -> float: ...
 
+    # the dashboard's and the metrics' reads
+    def search_jobs(
+        self, where: JobFilter, text: str | None, offset: int, limit: int
+    ) -> list[JobState]:
+        """Jobs matching ``where`` (its ``limit`` ignored) whose id, config text, user, result
+        summary or error message contains ``text`` (ASCII letters in any case), in
+        ``where.order``, skipping ``offset`` and returning at most ``limit``."""
+        ...
+
+    def search_totals(self, where: JobFilter, text: str | None) -> tuple[int, float]:
+        """(how many jobs `search_jobs` matches in all, the sum of their costs in cents)."""
+        ...
+
+    def oldest_pending_by_queue(self) -> dict[str, datetime]:
+        """queue -> creation time of its oldest pending job (queues with pending jobs only)."""
+        ...
+
+    def cost_by_chat(self) -> dict[int, float]:
+        """chat -> total cost in cents of its jobs that recorded one."""
+        ...
+
+    def queue_waits(self) -> list[float]:
+        """Seconds each started job waited, from when it last became claimable (created, or its
+        ``run_at`` if later) to when its latest attempt started, ascending."""
+        ...
+
+    def event_type_counts(self) -> dict[str, int]:
+        """event type -> how many events of it the log holds."""
+        ...
+
     # the log
     def last_position(self) -> int: ...
 
@@ -100,9 +133,24 @@ class Snapshot(Protocol):
         """A chat's events, newest first, of ``types`` (None: all) but not of ``exclude``."""
         ...
 
-    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, Any]]:
-        """Events exactly as stored (data as its JSON text), for export; the time may be the
-        canonical text (`domain.timeutil.to_text`) or an aware datetime."""
+    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, Any, Any, Any]]:
+        """Events exactly as stored (data as its JSON text or its bytes), with their chain hash
+        (None before the chain existed), for export; the time may be the canonical text
+        (`domain.timeutil.to_text`) or an aware datetime."""
+        ...
+
+    def chain_rows(self, after: int = 0) -> Iterator[ChainRow]:
+        """The log after ``after`` in position order as the chain hashes it (`domain.chain`):
+        data as its stored bytes, the time as its canonical text, the stored hash or None."""
+        ...
+
+    def head(self) -> tuple[int, str]:
+        """(last position, its chain hash as hex); (0, the genesis hash) for an empty log."""
+        ...
+
+    def held_on(self, host: str) -> list[tuple[str, str, int, int]]:
+        """(job id, boot id, pid, process start) of every running job whose claim recorded a
+        holder on ``host`` (`ledger.holder`)."""
         ...
 
     # replay and verify
@@ -120,6 +168,15 @@ class Snapshot(Protocol):
         ...
 
     def has_jobs_table(self) -> bool: ...
+
+    # queues (the queues projection: projections/queues.py)
+    def queue_states(self) -> list[QueueState]:
+        """Every queue an operator acted on, by name."""
+        ...
+
+    def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+        ...
 
     def dump_jobs(self) -> list[tuple[str, dict[str, Any]]]:
         """Every jobs row as stored, as (id, {column: value}); `StorageError` when unreadable."""
@@ -163,6 +220,18 @@ class WriteTransaction(Snapshot, Protocol):
 
     def job_with_key(self, idempotency_key: str) -> str | None: ...
 
+    def load_queue(self, queue: str) -> QueueState | None:
+        """A queue's current state, to decide on (PostgreSQL locks the row)."""
+        ...
+
+    def save_queues(self, states: Sequence[QueueState]) -> None:
+        """Insert or replace the rows of these queue states."""
+        ...
+
+    def reset_queues(self) -> None:
+        """Empty the queues projection for a rebuild."""
+        ...
+
     # replay and import
     def reset_jobs(self) -> None:
         """Empty the jobs projection for a rebuild (indexes may wait for `finish_jobs`)."""
@@ -180,8 +249,10 @@ class WriteTransaction(Snapshot, Protocol):
         event_type: str,
         data: str,
         recorded_at: datetime,
+        digest: str | None = None,
     ) -> None:
-        """One imported event with its own position (into an empty log only)."""
+        """One imported event with its own position and chain hash, which the import checked
+        (into an empty log only)."""
         ...
 
 
@@ -195,7 +266,10 @@ class Backend(Protocol):
 
     def write(self, doing: str, work: Callable[[WriteTransaction], T]) -> T: ...
 
-    def read(self, doing: str, work: Callable[[Snapshot], T]) -> T: ...
+    def read(self, doing: str, work: Callable[[Snapshot], T], *, single: bool = False) -> T:
+        """``single``: the work runs one statement (a statement is its own snapshot, so a
+        backend may skip opening a read transaction)."""
+        ...
 
     def wait_for_change(self, timeout: float) -> bool:
         """Block until the database may hold something new (a commit by any connection, this

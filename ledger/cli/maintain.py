@@ -1,4 +1,4 @@
-"""Commands that look after a ledger: ``replay``, ``verify``, ``export``, ``import``."""
+"""Commands that look after a ledger: ``replay``, ``verify``, ``head``, ``export``, ``import``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from .. import transfer
+from ..domain import chain
 from ..errors import InvalidArgument, LedgerError
 from ..rebuild import VerifyReport
 from . import format as fmt
@@ -81,9 +82,22 @@ def _dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _chain_broken(report: VerifyReport) -> bool:
+    return any(d.table == "events" and d.column in ("hash", "head") for d in report.differences)
+
+
+def cmd_head(args: argparse.Namespace) -> int:
     with open_ledger(args, readonly=True) as ledger:
-        report = ledger.verify()
+        position, digest = ledger.head()
+    text = f"{position}:{digest}"
+    out(fmt.to_json({"position": position, "hash": digest}) if args.json else text)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    expected = None if args.expect_head is None else chain.parse_head(args.expect_head)
+    with open_ledger(args, readonly=True) as ledger:
+        report = ledger.verify(expect_head=expected)
     if args.json:
         out(fmt.to_json(report))
     elif report.ok:
@@ -99,7 +113,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         hidden = len(report.differences) - SHOWN_DIFFERENCES
         if hidden > 0:
             out(f"  ... and {hidden} more (`ledger verify --json` lists them all)")
-        if any(d.position is not None for d in report.differences):
+        if _chain_broken(report):
+            out(
+                "the log was changed around the ledger (its hash chain no longer holds): "
+                "restore it from a backup or an export you trust; replay cannot repair it"
+            )
+        elif any(d.position is not None for d in report.differences):
             out("the log itself holds an event the ledger cannot fold: replay will refuse it")
         else:
             out("run `ledger replay` to rebuild the projection from the log")
@@ -153,9 +172,18 @@ def register(command: AddCommand) -> None:
         help="rebuild into a scratch copy and report; the live file is untouched",
     )
 
-    command(
-        "verify", cmd_verify, "check that the projection equals the fold of the log (exit 1 if not)"
+    p = command(
+        "verify",
+        cmd_verify,
+        "check the log's hash chain and that the projection equals its fold (exit 1 if not)",
     )
+    p.add_argument(
+        "--expect-head",
+        metavar="POS:HASH",
+        help="also fail unless the log still extends this head (as `ledger head` printed it)",
+    )
+
+    command("head", cmd_head, "print the log's last position and its chain hash as POS:HASH")
 
     p = command("export", cmd_export, "write the log as JSON lines to stdout", json=False)
     p.add_argument("--after", type=int, default=0, metavar="POS", help="only events after POS")

@@ -13,8 +13,10 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from ...domain import chain
 from ...domain import events as ev
 from ...domain.events import StoredEvent
+from ...domain.timeutil import to_text
 from ..protocol import EventRow
 
 Conn = Any  # psycopg.Connection; Any keeps the row types simple for mypy
@@ -29,6 +31,23 @@ insert_exact_statement = (
     "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
+# Chained appends name their position (the chain hash covers it): the counter row, locked by
+# `read_head` for the rest of the transaction, says which is next, and the insert trigger
+# checks it is the one it hands out.
+insert_chained_statement = (
+    "INSERT INTO events (position, job_id, version, type, data, recorded_at, hash) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+head_statement = (
+    "SELECT c.last_position, e.hash FROM event_counter c "
+    "LEFT JOIN events e ON e.position = c.last_position FOR UPDATE OF c"
+)
+head_read_statement = (
+    "SELECT c.last_position, e.hash FROM event_counter c "
+    "LEFT JOIN events e ON e.position = c.last_position"
+)
+_SELECT_CHAIN = "SELECT position, job_id, version, type, data, recorded_at, hash FROM events"
+chain_after_statement = f"{_SELECT_CHAIN} WHERE position > %s ORDER BY position LIMIT %s"
 after_statement = f"{_SELECT} WHERE position > %s ORDER BY position"
 after_limit_statement = after_statement + " LIMIT %s"
 # The counter is the log's head (the same number as max(position), read in one row).
@@ -40,20 +59,60 @@ version_at_statement = (
 _ITER_BATCH = 5_000
 
 
+def read_head(conn: Conn, *, lock: bool = True) -> tuple[int, bytes]:
+    """(last position, its chain hash). ``lock``: hold the counter row until the transaction
+    ends, so no other appender moves the head this transaction chains onto. A last event
+    without a stored hash (a log from before the chain) gets its hash computed over the log."""
+    row = conn.execute(head_statement if lock else head_read_statement).fetchone()
+    position, stored = (0, None) if row is None else (int(row[0]), row[1])
+    if position == 0:
+        return 0, chain.GENESIS
+    if stored is not None:
+        return position, bytes.fromhex(stored)
+    rows = (row for row in chain_rows(conn, 0) if row[0] <= position)
+    return position, chain.hash_of(rows)
+
+
+def chain_rows(conn: Conn, after: int) -> Iterator[chain.ChainRow]:
+    """The log as the chain hashes it (data as its text's bytes, time as its canonical text),
+    read in pages by position."""
+    while True:
+        rows = conn.execute(chain_after_statement, (after, _ITER_BATCH)).fetchall()
+        for position, job_id, version, event_type, data, recorded_at, digest in rows:
+            at = to_text(recorded_at) if isinstance(recorded_at, datetime) else recorded_at
+            raw = data.encode() if isinstance(data, str) else data
+            yield position, job_id, version, event_type, raw, at, digest
+        if len(rows) < _ITER_BATCH:
+            return
+        after = rows[-1][0]
+
+
 def append(
-    conn: Conn, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
-) -> list[StoredEvent]:
-    """Insert the events after ``expected_version``; the trigger gives each its position."""
+    conn: Conn,
+    job_id: str,
+    expected_version: int,
+    new: Sequence[ev.Event],
+    at: datetime,
+    head: tuple[int, bytes],
+) -> tuple[list[StoredEvent], tuple[int, bytes]]:
+    """Insert the events after ``expected_version``, chained after ``head`` (`read_head`, read
+    in this transaction); returns them and the new head."""
     stored = []
     version = expected_version
     execute = conn.execute
+    link = chain.link
+    text = to_text(at)
+    position, previous = head
     for event in new:
         version += 1
-        row = execute(
-            insert_statement, (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
-        ).fetchone()
-        stored.append(StoredEvent(row[0], job_id, version, at, event))
-    return stored
+        position += 1
+        tag = ev.tag_of(event)
+        data = ev.encode_text(event)
+        previous = link(previous, position, job_id, version, tag, data.encode(), text)
+        row = (position, job_id, version, tag, data, at, previous.hex())
+        execute(insert_chained_statement, row)
+        stored.append(StoredEvent(position, job_id, version, at, event))
+    return stored, (position, previous)
 
 
 def insert_exact(
@@ -64,8 +123,16 @@ def insert_exact(
     event_type: str,
     data: str,
     recorded_at: datetime,
+    digest: str | None = None,
 ) -> None:
-    conn.execute(insert_exact_statement, (position, job_id, version, event_type, data, recorded_at))
+    conn.execute(
+        insert_chained_statement, (position, job_id, version, event_type, data, recorded_at, digest)
+    )
+
+
+def export_rows(conn: Conn, after: int, limit: int) -> list[chain.ChainRow]:
+    """Rows as stored: data its JSON text, the time an aware UTC datetime, the chain hash."""
+    return conn.execute(chain_after_statement, (after, limit)).fetchall()
 
 
 def job_version(conn: Conn, job_id: str) -> int:
@@ -159,3 +226,11 @@ def write_checkpoint(conn: Conn, name: str, schema_version: int, position: int) 
 
 def advance_checkpoint(conn: Conn, name: str, position: int) -> None:
     conn.execute(checkpoint_advance_statement, (position, name))
+
+
+type_counts_statement = 'SELECT type, count(*) FROM events GROUP BY type ORDER BY type COLLATE "C"'
+
+
+def type_counts(conn: Conn) -> dict[str, int]:
+    """How many events of each type the log holds (the metrics' counters)."""
+    return {str(t): int(n) for t, n in conn.execute(type_counts_statement)}

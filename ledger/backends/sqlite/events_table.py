@@ -12,6 +12,7 @@ from datetime import datetime
 
 import apsw
 
+from ...domain import chain
 from ...domain import events as ev
 from ...domain.events import StoredEvent
 from ...errors import ConcurrencyError, CorruptEvent, SchemaError, UnfoldableEvent
@@ -20,7 +21,8 @@ from .timecodec import from_canonical, from_text, to_text
 
 # Identifies a ledger file (PRAGMA application_id) and the event-store format (PRAGMA user_version).
 APPLICATION_ID = 0x4A4C4752  # "JLGR"
-STORE_SCHEMA_VERSION = 1
+# 1: release 0.1; 2: events carry their chain hash (`domain.chain`; upgrade: `_upgrade_to_2`).
+STORE_SCHEMA_VERSION = 2
 
 schema_statements = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -30,6 +32,7 @@ schema_statements = (
         type TEXT NOT NULL,
         data TEXT NOT NULL,
         recorded_at TEXT NOT NULL,
+        hash TEXT,
         UNIQUE (job_id, version)
     )""",
     """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -39,12 +42,18 @@ schema_statements = (
 )
 
 insert_exact_statement = (
-    "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (position, job_id, version, type, data, recorded_at, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-insert_statement = (
-    "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+# The position is given: the chain hash covers it, so it is known before the insert (the write
+# lock of BEGIN IMMEDIATE keeps it the next one; INTEGER PRIMARY KEY would pick max + 1 too).
+insert_statement = insert_exact_statement
+head_statement = "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+_select_chain = (
+    "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at, hash FROM events"
 )
+chain_after_statement = f"{_select_chain} WHERE position > ? ORDER BY position"
+chain_upto_statement = f"{_select_chain} WHERE position <= ? ORDER BY position"
 # ``data`` is read as its bytes: msgspec decodes them directly, and bytes that are not UTF-8
 # (written around the ledger) become a `CorruptEvent` at their position, not an error of the
 # driver that names no event.
@@ -109,8 +118,18 @@ def initialize_schema(conn: apsw.Connection) -> None:
         conn.execute(statement)
     if app_id == 0:
         conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    if 0 < user_version < 2:
+        _upgrade_to_2(conn)
     if user_version < STORE_SCHEMA_VERSION:
         conn.execute(f"PRAGMA user_version={STORE_SCHEMA_VERSION}")
+
+
+def _upgrade_to_2(conn: apsw.Connection) -> None:
+    """Store schema 1 -> 2: the ``hash`` column. Old events keep NULL (rows are never updated);
+    the chain covers them from the first append on (`domain.chain`)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    if "hash" not in columns:
+        conn.execute("ALTER TABLE events ADD COLUMN hash TEXT")
 
 
 def check_schema(conn: apsw.Connection) -> None:
@@ -121,29 +140,53 @@ def check_schema(conn: apsw.Connection) -> None:
     _refuse_newer(user_version)
 
 
+def read_head(conn: apsw.Connection) -> tuple[int, bytes]:
+    """(last position, its chain hash): stored, or computed over the whole log when the last
+    event has none (a log from before the chain, not yet appended to since the upgrade)."""
+    row = conn.execute(head_statement).fetchone()
+    if row is None:
+        return 0, chain.GENESIS
+    position, stored = row
+    if stored is not None:
+        return int(position), bytes.fromhex(stored)
+    return int(position), chain.hash_of(conn.execute(chain_upto_statement, (position,)))
+
+
+def chain_rows(conn: apsw.Connection, after: int) -> Iterator[chain.ChainRow]:
+    """The log as the chain hashes it (data as stored bytes, time as its text, stored hash)."""
+    yield from conn.execute(chain_after_statement, (after,))
+
+
 def append(
     conn: apsw.Connection,
     job_id: str,
     expected_version: int,
     new_events: Sequence[ev.Event],
     recorded_at: datetime,
-) -> list[StoredEvent]:
-    """Append events to one job's stream after ``expected_version``; inside a write transaction."""
+    head: tuple[int, bytes],
+) -> tuple[list[StoredEvent], tuple[int, bytes]]:
+    """Append events to one job's stream after ``expected_version``, chained after ``head``
+    (the log's last position and hash, `read_head`); inside a write transaction. Returns the
+    stored events and the new head."""
     stored = []
     version = expected_version
     at = to_text(recorded_at)
     execute = conn.execute
+    link = chain.link
+    position, previous = head
     for event in new_events:
         version += 1
+        position += 1
+        tag = ev.tag_of(event)
+        data = ev.encode_text(event)
+        previous = link(previous, position, job_id, version, tag, data.encode(), at)
         try:
-            execute(
-                insert_statement, (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
-            )
+            execute(insert_statement, (position, job_id, version, tag, data, at, previous.hex()))
         except apsw.ConstraintError as e:
             actual = conn.execute(job_version_statement, (job_id,)).get
             raise ConcurrencyError(job_id, expected_version, actual) from e
-        stored.append(StoredEvent(conn.last_insert_rowid(), job_id, version, recorded_at, event))
-    return stored
+        stored.append(StoredEvent(position, job_id, version, recorded_at, event))
+    return stored, (position, previous)
 
 
 def insert_exact(
@@ -154,10 +197,13 @@ def insert_exact(
     event_type: str,
     data: str,
     recorded_at: datetime,
+    digest: str | None = None,
 ) -> None:
-    """One event with its position, as an import carries it; inside a write transaction."""
+    """One event with its position and chain hash, as an import carries them (checked by the
+    import); inside a write transaction."""
     conn.execute(
-        insert_exact_statement, (position, job_id, version, event_type, data, to_text(recorded_at))
+        insert_exact_statement,
+        (position, job_id, version, event_type, data, to_text(recorded_at), digest),
     )
 
 
@@ -245,12 +291,10 @@ def chat_rows(
     )
 
 
-def raw_rows_after(
-    conn: apsw.Connection, after: int, limit: int
-) -> list[tuple[int, str, int, str, str, str]]:
-    """Rows exactly as stored (the time as its text), for export."""
-    rows: list[tuple[int, str, int, str, str, str]] = conn.execute(
-        select_after_statement + " LIMIT ?", (after, limit)
+def raw_rows_after(conn: apsw.Connection, after: int, limit: int) -> list[chain.ChainRow]:
+    """Rows exactly as stored (the time as its text, the chain hash), for export."""
+    rows: list[chain.ChainRow] = conn.execute(
+        chain_after_statement + " LIMIT ?", (after, limit)
     ).fetchall()  # type: ignore[assignment]
     return rows
 
@@ -287,3 +331,11 @@ def write_checkpoint(conn: apsw.Connection, name: str, schema_version: int, posi
 
 def advance_checkpoint(conn: apsw.Connection, name: str, position: int) -> None:
     conn.execute(checkpoint_advance_statement, (position, name))
+
+
+type_counts_statement = "SELECT type, count(*) FROM events GROUP BY type ORDER BY 1"
+
+
+def type_counts(conn: apsw.Connection) -> dict[str, int]:
+    """How many events of each type the log holds (the metrics' counters)."""
+    return {str(t): int(n) for t, n in conn.execute(type_counts_statement)}
