@@ -11,15 +11,20 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
+
+import msgspec
+
+from projections.queues import QueueState
 
 from .backends.protocol import EventRow, JobFilter
 from .domain import commands as cmd
+from .domain import decide
 from .domain import events as ev
 from .domain import validate as check
-from .domain.model import EventType, Job, JobEvent, JobStatus
-from .domain.state import to_job
+from .domain.model import Budget, EventType, Job, JobEvent, JobStatus
+from .domain.state import JobState, to_job
 from .domain.summary import format_summary
 from .errors import InvalidArgument, JobNotFound
 from .stats import Stats
@@ -32,6 +37,25 @@ _WAKE_SLICE = 0.05  # seconds: the longest one backend wait lasts, so a stop is 
 _RUNNING = (JobStatus.RUNNING,)
 _FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED)
 _EVENT_TYPES = {t.value: t for t in EventType}
+
+
+class JobPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of `LedgerReads.search_jobs`: ``total`` jobs match in all, costing
+    ``cost_cents``; ``jobs`` are those from ``offset`` on, at most ``limit``."""
+
+    jobs: list[Job]
+    total: int
+    offset: int
+    limit: int
+    cost_cents: float
+
+
+class ThroughputBucket(msgspec.Struct, frozen=True, kw_only=True):
+    """Jobs that finished from ``start`` (included) to ``end``, by status."""
+
+    start: datetime
+    end: datetime
+    finished: dict[str, int]
 
 
 def to_job_event(row: EventRow) -> JobEvent:
@@ -62,7 +86,30 @@ def _types(types: Iterable[EventType | str] | None) -> list[str] | None:
 
 
 def _jobs(snapshot: Any, where: JobFilter) -> list[Job]:
-    return [to_job(state) for state in snapshot.jobs(where)]
+    return _annotated(snapshot, snapshot.jobs(where))
+
+
+def _annotated(snapshot: Any, states: Sequence[JobState]) -> list[Job]:
+    """The public records of ``states``, a pending job held back by its chat's budget saying
+    why (`Job.blocked_reason`); the budgets are read only when some chat has a limit."""
+    jobs = [to_job(state) for state in states]
+    if not any(s.status is JobStatus.PENDING for s in states) or not snapshot.has_budget_limits():
+        return jobs
+    budgets: dict[int, tuple[float | None, float]] = {}
+    out = []
+    for state, job in zip(states, jobs, strict=True):
+        if state.status is JobStatus.PENDING:
+            known = budgets.get(state.chat_id)
+            if known is None:
+                budget = snapshot.budget(state.chat_id)
+                limit = None if budget is None else budget.limit_cents
+                used = sum(snapshot.budget_usage(state.chat_id)) if limit is not None else 0.0
+                known = budgets[state.chat_id] = (limit, used)
+            why = decide.blocked_reason(state, *known)
+            if why is not None:
+                job = msgspec.structs.replace(job, blocked_reason=why)
+        out.append(job)
+    return out
 
 
 class LedgerReads:
@@ -76,9 +123,9 @@ class LedgerReads:
         """The ledger clock's current time (timezone-aware UTC)."""
         return self._service.now()
 
-    def _read(self, doing: str, query: Callable[[Any], _T]) -> _T:
-        """Run ``query`` on one consistent snapshot."""
-        return self._backend.read(doing, query)
+    def _read(self, doing: str, query: Callable[[Any], _T], *, single: bool = False) -> _T:
+        """Run ``query`` on one consistent snapshot (``single``: it runs one statement)."""
+        return self._backend.read(doing, query, single=single)
 
     def _wait_for_change(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Sleep until the database may hold something new (the backend's wake-up: a commit
@@ -95,8 +142,12 @@ class LedgerReads:
 
     def get_job(self, job_id: str) -> Job | None:
         check.text("job_id", job_id)
-        state = self._read("reading a job", lambda snap: snap.job(job_id))
-        return None if state is None else to_job(state)
+        state = self._read("reading a job", lambda snap: snap.job(job_id), single=True)
+        if state is None:
+            return None
+        if state.status is JobStatus.PENDING:  # is it held back by its chat's budget?
+            return self._read("reading a job", lambda snap: _annotated(snap, [state])[0])
+        return to_job(state)
 
     def find_job(self, prefix: str) -> Job:
         """The job whose id is ``prefix`` or starts with it (like a short git hash)."""
@@ -113,25 +164,66 @@ class LedgerReads:
                         )
                     raise JobNotFound(prefix)
                 state = snap.job(ids[0])
-            return to_job(state)
+            return _annotated(snap, [state])[0]
 
         return self._read("finding a job", query)
+
+    def children(self, job_id: str) -> list[Job]:
+        """The jobs ``job_id`` spawned (``parent_id``), oldest first; `JobNotFound` for an
+        unknown id."""
+        return self._tree("listing children", job_id, lambda snap: snap.children(job_id))
+
+    def descendants(self, job_id: str) -> list[Job]:
+        """The whole subtree below ``job_id``, parents before their children (level by level,
+        oldest first within a level); `JobNotFound` for an unknown id."""
+        return self._tree("listing descendants", job_id, lambda snap: snap.descendants(job_id))
+
+    def _tree(self, doing: str, job_id: str, below: Callable[[Any], list[JobState]]) -> list[Job]:
+        check.text("job_id", job_id)
+
+        def query(snap: Any) -> list[Job]:
+            if snap.job(job_id) is None:
+                raise JobNotFound(job_id)
+            return _annotated(snap, below(snap))
+
+        return self._read(doing, query)
+
+    def budget(self, chat_id: int) -> Budget:
+        """A chat's budget: its limit (None: unlimited), what its jobs spent (charges and
+        completed costs), what its running jobs hold reserved of their ``max_cost_cents``, and
+        what is left (None when unlimited; never below 0). All from one snapshot."""
+        check.integer("chat_id", chat_id)
+
+        def query(snap: Any) -> Budget:
+            state = snap.budget(chat_id)
+            limit = None if state is None else state.limit_cents
+            spent, reserved = snap.budget_usage(chat_id)
+            left = None if limit is None else max(limit - spent - reserved, 0.0)
+            return Budget(
+                chat_id=chat_id,
+                limit_cents=limit,
+                spent_cents=spent,
+                reserved_cents=reserved,
+                remaining_cents=left,
+            )
+
+        return self._read("reading a budget", query)
 
     def pending_jobs(self, limit: int = 100) -> list[Job]:
         """Pending jobs, oldest first."""
         where = JobFilter(statuses=(JobStatus.PENDING,), order="oldest", limit=check.limit(limit))
-        return self._read("listing jobs", lambda snap: _jobs(snap, where))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where), single=True)
 
     def running_jobs(self) -> list[Job]:
         """Running jobs, longest-running first."""
         where = JobFilter(statuses=_RUNNING, order="started")
-        return self._read("listing jobs", lambda snap: _jobs(snap, where))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where), single=True)
 
     def jobs_for_chat(self, chat_id: int, limit: int = 100) -> list[Job]:
         """A chat's jobs, newest first."""
         check.integer("chat_id", chat_id)
         where = JobFilter(chat_id=chat_id, order="newest", limit=check.limit(limit))
-        return self._read("listing jobs", lambda snap: _jobs(snap, where))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where), single=True)
 
     def active_jobs_summary(self, chat_id: int) -> str:
         """Running jobs and the three latest finished ones of a chat, as text for an LLM; both
@@ -165,14 +257,74 @@ class LedgerReads:
             order="newest",
             limit=check.limit(limit),
         )
-        return self._read("listing jobs", lambda snap: _jobs(snap, where))
+        return self._read("listing jobs", lambda snap: _jobs(snap, where), single=True)
+
+    def search_jobs(
+        self,
+        *,
+        status: str | None = None,
+        chat_id: int | None = None,
+        queue: str | None = None,
+        text: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> JobPage:
+        """One page of the jobs matching every filter given, newest first, with how many match
+        in all and their total cost (one snapshot). ``text`` matches a substring of the id, the
+        config's JSON text, the user, the result summary or the error message (ASCII letters in
+        any case). For the dashboard's job list and chat page, which never load a whole list."""
+        statuses = None if status is None else (cmd.status(status),)
+        check.integer("chat_id", chat_id, optional=True)
+        check.text("queue", queue, optional=True)
+        check.text("text", text, optional=True, nonempty=True)
+        check.integer("offset", offset, minimum=0)
+        n = check.limit(limit)
+        where = JobFilter(statuses=statuses, chat_id=chat_id, queue=queue, order="newest")
+
+        def query(snap: Any) -> JobPage:
+            total, cost = snap.search_totals(where, text)
+            states = snap.search_jobs(where, text, offset, n)
+            jobs = [to_job(state) for state in states]
+            return JobPage(jobs=jobs, total=total, offset=offset, limit=n, cost_cents=cost)
+
+        return self._read("searching jobs", query)
+
+    def throughput(self, *, span: timedelta, buckets: int) -> list[ThroughputBucket]:
+        """Jobs that finished in each of ``buckets`` equal slices of the last ``span``, oldest
+        slice first, by status (one snapshot): the dashboard's charts."""
+        if not isinstance(span, timedelta) or span <= timedelta(0):
+            raise InvalidArgument("span", span, "expected a positive timedelta")
+        check.integer("buckets", buckets, minimum=1)
+        if buckets > 1000:
+            raise InvalidArgument("buckets", buckets, "at most 1000")
+        now = self.now()
+        step = span / buckets
+        starts = [now - span + step * i for i in range(buckets)]
+
+        def query(snap: Any) -> list[ThroughputBucket]:
+            since = [snap.finished_since(t) for t in starts]
+            since.append(snap.finished_since(now))
+            return [
+                ThroughputBucket(
+                    start=start,
+                    end=start + step,
+                    finished={
+                        status: n - since[i + 1].get(status, 0)
+                        for status, n in since[i].items()
+                        if n - since[i + 1].get(status, 0) > 0
+                    },
+                )
+                for i, start in enumerate(starts)
+            ]
+
+        return self._read("counting finished jobs", query)
 
     def count_jobs(self, *, status: str | None = None, queue: str | None = None) -> int:
         """How many jobs there are, optionally of one status and queue."""
         statuses = None if status is None else (cmd.status(status),)
         check.text("queue", queue, optional=True)
         where = JobFilter(statuses=statuses, queue=queue)
-        return self._read("counting jobs", lambda snap: int(snap.count_jobs(where)))
+        return self._read("counting jobs", lambda snap: int(snap.count_jobs(where)), single=True)
 
     def stats(self) -> Stats:
         """Counts by status and queue, last hour's throughput, durations, cost, oldest pending,
@@ -189,6 +341,7 @@ class LedgerReads:
         return self._read(
             "reading events",
             lambda snap: [to_job_event(r) for r in snap.job_events(job_id, names)],
+            single=True,
         )
 
     def recent_events_for_chat(
@@ -203,6 +356,7 @@ class LedgerReads:
         return self._read(
             "reading events",
             lambda snap: [to_job_event(r) for r in snap.chat_events(chat_id, n, names, exclude)],
+            single=True,
         )
 
     def read_all(self, after: int = 0, limit: int | None = None) -> list[JobEvent]:
@@ -212,11 +366,34 @@ class LedgerReads:
         return self._read(
             "reading events",
             lambda snap: [to_job_event(r) for r in snap.events_after(after, n)],
+            single=True,
         )
+
+    def failed_jobs(
+        self, *, queue: str | None = None, since: datetime | None = None
+    ) -> list[Job]:
+        """The failed jobs `Ledger.retry_failed` would retry (of ``queue``; failed at or after
+        ``since``), oldest first."""
+        command = cmd.RetryFailed.checked(queue=queue, since=since)
+        where = JobFilter(statuses=(JobStatus.FAILED,), queue=command.queue, order="oldest")
+
+        def query(snap: Any) -> list[Job]:
+            states = snap.jobs(where)
+            return [to_job(s) for s in states if cmd.failed_since(s, command.since)]
+
+        return self._read("reading failed jobs", query)
+
+    def paused_queues(self) -> list[str]:
+        """The names of the queues that are paused now (see `Ledger.pause`), sorted."""
+        return self._read("reading the queues", lambda snap: list(snap.paused_queues()))
+
+    def queue_states(self) -> list[QueueState]:
+        """Every queue an operator paused or resumed: paused or not, by whom, since when."""
+        return self._read("reading the queues", lambda snap: list(snap.queue_states()))
 
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty ledger)."""
-        return self._read("reading the log", lambda snap: int(snap.last_position()))
+        return self._read("reading the log", lambda snap: int(snap.last_position()), single=True)
 
     def iter_events(
         self,

@@ -27,13 +27,18 @@ from psycopg import IsolationLevel
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from projections.budgets import BudgetState
+from projections.queues import QueueState
+
 from ...domain import events as ev
+from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
 from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
 from . import events_table as events
 from . import jobs_table as jobs
+from . import budgets_table, queues_table
 from .connection import (
     check_schema,
     configure,
@@ -95,6 +100,27 @@ class PostgresSnapshot:
     def total_cost(self) -> float:
         return jobs.total_cost(self.conn)
 
+    # the dashboard's and the metrics' reads
+    def search_jobs(
+        self, where: JobFilter, text: str | None, offset: int, limit: int
+    ) -> list[JobState]:
+        return jobs.search(self.conn, where, text, offset, limit)
+
+    def search_totals(self, where: JobFilter, text: str | None) -> tuple[int, float]:
+        return jobs.search_totals(self.conn, where, text)
+
+    def oldest_pending_by_queue(self) -> dict[str, datetime]:
+        return jobs.oldest_pending(self.conn)
+
+    def cost_by_chat(self) -> dict[int, float]:
+        return jobs.cost_by_chat(self.conn)
+
+    def queue_waits(self) -> list[float]:
+        return jobs.queue_waits(self.conn)
+
+    def event_type_counts(self) -> dict[str, int]:
+        return events.type_counts(self.conn)
+
     # the log
     def last_position(self) -> int:
         return events.last_position(self.conn)
@@ -110,9 +136,22 @@ class PostgresSnapshot:
     ) -> list[EventRow]:
         return events.chat_rows(self.conn, chat_id, limit, types, exclude)
 
-    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, Any]]:
-        """Rows as stored: data its JSON text, the time an aware UTC datetime."""
-        return events.rows_after(self.conn, after, limit)
+    def export_rows(self, after: int, limit: int) -> list[ChainRow]:
+        """Rows as stored: data its JSON text, the time an aware UTC datetime, the hash."""
+        return events.export_rows(self.conn, after, limit)
+
+    def chain_rows(self, after: int = 0) -> Iterator[ChainRow]:
+        try:
+            yield from events.chain_rows(self.conn, after)
+        except psycopg.Error as e:
+            raise wrap_error(e, "reading the log") from e
+
+    def head(self) -> tuple[int, str]:
+        position, digest = events.read_head(self.conn, lock=False)
+        return position, digest.hex()
+
+    def held_on(self, host: str) -> list[tuple[str, str, int, int]]:
+        return jobs.held_on(self.conn, host)
 
     # replay and verify
     def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
@@ -139,12 +178,42 @@ class PostgresSnapshot:
     def stored_form(self, state: JobState) -> dict[str, Any]:
         return jobs.stored_form(state)
 
+    # trees and budgets
+    def children(self, job_id: str) -> list[JobState]:
+        return jobs.children(self.conn, job_id)
+
+    def descendants(self, job_id: str) -> list[JobState]:
+        return jobs.descendants(self.conn, job_id)
+
+    def budget(self, chat_id: int) -> BudgetState | None:
+        return budgets_table.load(self.conn, chat_id)
+
+    def budget_usage(self, chat_id: int) -> tuple[float, float]:
+        return budgets_table.usage(self.conn, chat_id)
+
+    def budget_states(self) -> list[BudgetState]:
+        return budgets_table.states(self.conn)
+
+    def has_budget_limits(self) -> bool:
+        return budgets_table.any_limit(self.conn)
+
+    # queues (the queues projection)
+    def queue_states(self) -> list[QueueState]:
+        return queues_table.states(self.conn)
+
+    def paused_queues(self) -> list[str]:
+        return queues_table.paused(self.conn)
+
 
 class PostgresTransaction(PostgresSnapshot):
     """The write half, at READ COMMITTED; the row locks named in the module docstring make what
     it decided on stay true until it commits."""
 
-    __slots__ = ()
+    __slots__ = ("_head",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(conn)
+        self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
 
     def load_job(self, job_id: str) -> JobState | None:
         return jobs.load(self.conn, job_id, lock=True)
@@ -156,10 +225,13 @@ class PostgresTransaction(PostgresSnapshot):
     def append(
         self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
     ) -> list[StoredEvent]:
+        head = self._head or events.read_head(self.conn)
+        self._head = None  # until this append succeeds (a failed one may have inserted some)
         try:
-            return events.append(self.conn, job_id, expected_version, new, at)
+            stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
         except pg_errors.UniqueViolation as e:
             raise _StaleVersion(job_id, expected_version) from e
+        return stored
 
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
@@ -174,6 +246,25 @@ class PostgresTransaction(PostgresSnapshot):
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
         return jobs.claimable(self.conn, now, queues)
+
+    def load_queue(self, queue: str) -> QueueState | None:
+        return queues_table.load(self.conn, queue, lock=True)
+
+    def save_queues(self, states: Sequence[QueueState]) -> None:
+        queues_table.save(self.conn, states)
+
+    def reset_queues(self) -> None:
+        queues_table.reset(self.conn)
+
+    def load_budget(self, chat_id: int) -> BudgetState | None:
+        """A chat's budget, locked: claims and charges of the chat wait until this commits."""
+        return budgets_table.load(self.conn, chat_id, lock=True)
+
+    def save_budgets(self, states: Sequence[BudgetState]) -> None:
+        budgets_table.save(self.conn, states)
+
+    def reset_budgets(self) -> None:
+        budgets_table.reset(self.conn)
 
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
         return jobs.expired(self.conn, now, limit)
@@ -204,8 +295,12 @@ class PostgresTransaction(PostgresSnapshot):
         event_type: str,
         data: str,
         recorded_at: datetime,
+        digest: str | None = None,
     ) -> None:
-        events.insert_exact(self.conn, position, job_id, version, event_type, data, recorded_at)
+        self._head = None
+        events.insert_exact(
+            self.conn, position, job_id, version, event_type, data, recorded_at, digest
+        )
 
 
 class PostgresBackend:
@@ -312,7 +407,11 @@ class PostgresBackend:
         except psycopg.Error as e:
             raise wrap_error(e, doing) from e
 
-    def read(self, doing: str, work: Callable[[PostgresSnapshot], _T]) -> _T:
+    def read(
+        self, doing: str, work: Callable[[PostgresSnapshot], _T], *, single: bool = False
+    ) -> _T:
+        """``single`` (the work runs one statement) changes nothing here: a pooled connection
+        reads in its own transaction either way."""
         if self._closed:
             raise StorageError(f"{doing}: this Ledger was closed; open a new one")
         try:

@@ -17,6 +17,7 @@ from ...domain.model import JobStatus
 from ...domain.state import FIELDS, JobState
 from ...errors import CorruptProjection
 from ..protocol import JobFilter
+from . import budgets_table
 
 Conn = Any  # psycopg.Connection
 
@@ -39,12 +40,27 @@ prefix_statement = (
 idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = %s"
 # SKIP LOCKED: a claimer passes over jobs another claimer holds instead of waiting for it, so
 # claimers never block each other and never take the same job.
+# A paused queue's jobs are passed over (the queues projection: an operator's pause).
 _CLAIM = (
     "SELECT id FROM jobs WHERE status = 'pending' AND run_at <= %s {queues}"
-    "ORDER BY priority DESC, created_at, created_position LIMIT 1 FOR UPDATE SKIP LOCKED"
+    "AND queue NOT IN (SELECT queue FROM queues WHERE paused) "
+    + budgets_table.FITS_BUDGET
+    + "{skip}ORDER BY priority DESC, created_at, created_position LIMIT 1 FOR UPDATE SKIP LOCKED"
 )
-claim_any_statement = _CLAIM.format(queues="")
-claim_queues_statement = _CLAIM.format(queues="AND queue = ANY(%s) ")
+claim_any_statement = _CLAIM.format(queues="", skip="")
+claim_queues_statement = _CLAIM.format(queues="AND queue = ANY(%s) ", skip="")
+_SKIP = "AND NOT (id = ANY(%s)) "  # jobs this claim found over budget once it held the lock
+claim_any_skip_statement = _CLAIM.format(queues="", skip=_SKIP)
+claim_queues_skip_statement = _CLAIM.format(queues="AND queue = ANY(%s) ", skip=_SKIP)
+CLAIM_TRIES = 20  # candidates one claim checks under their chat's lock before it gives up
+children_statement = f"{_SELECT} WHERE parent_id = %s ORDER BY created_at, created_position"
+# The subtree below a job, parents before their children (by depth, then age).
+descendants_statement = (
+    "WITH RECURSIVE tree (id, depth) AS (SELECT id, 1 FROM jobs WHERE parent_id = %s "
+    "UNION ALL SELECT j.id, t.depth + 1 FROM jobs AS j JOIN tree AS t ON j.parent_id = t.id) "
+    f"SELECT {', '.join('jobs.' + c for c in COLUMNS)} FROM tree JOIN jobs ON jobs.id = tree.id "
+    "ORDER BY tree.depth, jobs.created_at, jobs.created_position"
+)
 # Expired leases are locked as they are found (so the rescue holds every row before it appends:
 # no deadlock with a command that holds the counter), skipping those a claim holds right now.
 _EXPIRED = (
@@ -106,6 +122,15 @@ def row_values(state: JobState) -> tuple[Any, ...]:
         state.idempotency_key,
         state.created_position,
         state.lease_seconds,
+        state.result_json,
+        state.timeout_seconds,
+        state.parent_id,
+        state.max_cost_cents,
+        state.subtree_cost_cents,
+        state.holder_host,
+        state.holder_boot_id,
+        state.holder_pid,
+        state.holder_start,
     )
 
 
@@ -207,11 +232,33 @@ def exists(conn: Conn) -> bool:
 
 
 def claimable(conn: Conn, now: datetime, queues: Sequence[str] | None) -> str | None:
-    if queues is None:
-        row = conn.execute(claim_any_statement, (now,)).fetchone()
-    else:
-        row = conn.execute(claim_queues_statement, (now, list(queues))).fetchone()
-    return None if row is None else str(row[0])
+    """The best claimable job, locked. The query passes over jobs that do not fit their chat's
+    budget as it was when the statement began; the chosen one is checked again under its chat's
+    budget row lock (`budgets_table.still_fits`), so two claimers never both spend one budget."""
+    skipped: list[str] = []
+    for _ in range(CLAIM_TRIES):
+        if queues is None:
+            statement = claim_any_skip_statement if skipped else claim_any_statement
+            params: tuple[Any, ...] = (now, skipped) if skipped else (now,)
+        else:
+            statement = claim_queues_skip_statement if skipped else claim_queues_statement
+            params = (now, list(queues), skipped) if skipped else (now, list(queues))
+        row = conn.execute(statement, params).fetchone()
+        if row is None:
+            return None
+        job_id = str(row[0])
+        if budgets_table.still_fits(conn, job_id):
+            return job_id
+        skipped.append(job_id)
+    return None
+
+
+def children(conn: Conn, job_id: str) -> list[JobState]:
+    return [to_state(values) for values in conn.execute(children_statement, (job_id,))]
+
+
+def descendants(conn: Conn, job_id: str) -> list[JobState]:
+    return [to_state(values) for values in conn.execute(descendants_statement, (job_id,))]
 
 
 def expired(conn: Conn, now: datetime, limit: int | None) -> list[str]:
@@ -220,6 +267,17 @@ def expired(conn: Conn, now: datetime, limit: int | None) -> list[str]:
     else:
         rows = conn.execute(expired_limit_statement, (now, limit)).fetchall()
     return [str(r[0]) for r in rows]
+
+
+held_on_statement = (
+    "SELECT id, holder_boot_id, holder_pid, holder_start FROM jobs "
+    "WHERE status = 'running' AND holder_host = %s ORDER BY lease_expires_at"
+)
+
+
+def held_on(conn: Conn, host: str) -> list[tuple[str, str, int, int]]:
+    """(job id, boot id, pid, process start) of every running job held on ``host``."""
+    return conn.execute(held_on_statement, (host,)).fetchall()
 
 
 def with_key(conn: Conn, key: str) -> str | None:
@@ -241,3 +299,60 @@ def durations(conn: Conn) -> list[int]:
 
 def total_cost(conn: Conn) -> float:
     return float(conn.execute(cost_statement).fetchone()[0])
+
+
+# The dashboard's and the metrics' reads (`Snapshot.search_jobs` and the aggregates below),
+# the same expressions as on SQLite (lower() there folds ASCII letters only).
+_TEXT_MATCH = (
+    "strpos(lower(id || ' ' || config || ' ' || coalesce(user_id, '') || ' ' || "
+    "coalesce(result_summary, '') || ' ' || coalesce(error_message, '')), lower(%s)) > 0"
+)
+oldest_pending_statement = (
+    "SELECT queue, min(created_at) FROM jobs WHERE status = 'pending' GROUP BY queue "
+    'ORDER BY queue COLLATE "C"'
+)
+cost_by_chat_statement = (
+    "SELECT chat_id, sum(cost_cents) FROM jobs WHERE cost_cents IS NOT NULL "
+    "GROUP BY chat_id ORDER BY 1"
+)
+waits_statement = "SELECT created_at, run_at, started_at FROM jobs WHERE started_at IS NOT NULL"
+
+
+def _searched(head: str, where: JobFilter, text: str | None) -> tuple[str, list[Any]]:
+    statement, params = _filtered(head, where, order=False)
+    if text is not None:
+        statement += (" AND " if " WHERE " in statement else " WHERE ") + _TEXT_MATCH
+        params.append(text)
+    return statement, params
+
+
+def search(
+    conn: Conn, where: JobFilter, text: str | None, offset: int, limit: int
+) -> list[JobState]:
+    statement, params = _searched(_SELECT, where, text)
+    statement += f" ORDER BY {_ORDERS[where.order]} LIMIT %s OFFSET %s"
+    return [to_state(values) for values in conn.execute(statement, [*params, limit, offset])]
+
+
+def search_totals(conn: Conn, where: JobFilter, text: str | None) -> tuple[int, float]:
+    head = "SELECT count(*), coalesce(sum(cost_cents), 0.0) FROM jobs"
+    statement, params = _searched(head, where, text)
+    n, cost = conn.execute(statement, params).fetchone()
+    return int(n), float(cost)
+
+
+def oldest_pending(conn: Conn) -> dict[str, datetime]:
+    return {str(q): t for q, t in conn.execute(oldest_pending_statement)}
+
+
+def cost_by_chat(conn: Conn) -> dict[int, float]:
+    return {int(c): float(s) for c, s in conn.execute(cost_by_chat_statement)}
+
+
+def queue_waits(conn: Conn) -> list[float]:
+    """As on SQLite: seconds from when each started job could run to its latest start."""
+    waits = [
+        max(0.0, (started - max(created, run_at)).total_seconds())
+        for created, run_at, started in conn.execute(waits_statement)
+    ]
+    return sorted(waits)

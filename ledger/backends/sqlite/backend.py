@@ -18,13 +18,18 @@ from typing import Any, TypeVar
 
 import apsw
 
+from projections.budgets import BudgetState
+from projections.queues import QueueState
+
 from ...domain import events as ev
+from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import StorageError
 from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
 from . import events_table as events
 from . import jobs_table as jobs
+from . import budgets_table, queues_table
 from .connection import (
     Durability,
     configure_writer,
@@ -75,6 +80,27 @@ class SqliteSnapshot:
     def total_cost(self) -> float:
         return jobs.total_cost(self.conn)
 
+    # the dashboard's and the metrics' reads
+    def search_jobs(
+        self, where: JobFilter, text: str | None, offset: int, limit: int
+    ) -> list[JobState]:
+        return jobs.search(self.conn, where, text, offset, limit)
+
+    def search_totals(self, where: JobFilter, text: str | None) -> tuple[int, float]:
+        return jobs.search_totals(self.conn, where, text)
+
+    def oldest_pending_by_queue(self) -> dict[str, datetime]:
+        return jobs.oldest_pending(self.conn)
+
+    def cost_by_chat(self) -> dict[int, float]:
+        return jobs.cost_by_chat(self.conn)
+
+    def queue_waits(self) -> list[float]:
+        return jobs.queue_waits(self.conn)
+
+    def event_type_counts(self) -> dict[str, int]:
+        return events.type_counts(self.conn)
+
     # the log
     def last_position(self) -> int:
         return events.last_position(self.conn)
@@ -90,9 +116,22 @@ class SqliteSnapshot:
     ) -> list[EventRow]:
         return events.chat_rows(self.conn, chat_id, limit, types, exclude)
 
-    def export_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, str, str]]:
+    def export_rows(self, after: int, limit: int) -> list[ChainRow]:
         """Rows exactly as stored, for export: the time stays the text it is stored as."""
         return events.raw_rows_after(self.conn, after, limit)
+
+    def chain_rows(self, after: int = 0) -> Iterator[ChainRow]:
+        try:
+            yield from events.chain_rows(self.conn, after)
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, "reading the log") from e
+
+    def head(self) -> tuple[int, str]:
+        position, digest = events.read_head(self.conn)
+        return position, digest.hex()
+
+    def held_on(self, host: str) -> list[tuple[str, str, int, int]]:
+        return jobs.held_on(self.conn, host)
 
     # replay and verify
     def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
@@ -120,12 +159,48 @@ class SqliteSnapshot:
     def stored_form(self, state: JobState) -> dict[str, Any]:
         return jobs.stored_form(state)
 
+    # trees and budgets
+    def children(self, job_id: str) -> list[JobState]:
+        return jobs.children(self.conn, job_id)
+
+    def descendants(self, job_id: str) -> list[JobState]:
+        return jobs.descendants(self.conn, job_id)
+
+    def budget(self, chat_id: int) -> BudgetState | None:
+        return budgets_table.load(self.conn, chat_id)
+
+    def budget_usage(self, chat_id: int) -> tuple[float, float]:
+        return budgets_table.usage(self.conn, chat_id)
+
+    def budget_states(self) -> list[BudgetState]:
+        return budgets_table.states(self.conn)
+
+    def has_budget_limits(self) -> bool:
+        return budgets_table.any_limit(self.conn)
+
+    # queues (the queues projection)
+    def queue_states(self) -> list[QueueState]:
+        try:
+            return queues_table.states(self.conn)
+        except apsw.SQLError:  # a file no writable open has upgraded yet: no queue acted on
+            return []
+
+    def paused_queues(self) -> list[str]:
+        try:
+            return queues_table.paused(self.conn)
+        except apsw.SQLError:
+            return []
+
 
 class SqliteTransaction(SqliteSnapshot):
     """The write half, inside ``BEGIN IMMEDIATE``: the write lock is held from the first
     statement, so what `load_job` and `claimable` read stays true until the commit."""
 
-    __slots__ = ()
+    __slots__ = ("_head",)
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        super().__init__(conn)
+        self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
 
     def load_job(self, job_id: str) -> JobState | None:
         return jobs.load(self.conn, job_id)
@@ -133,7 +208,10 @@ class SqliteTransaction(SqliteSnapshot):
     def append(
         self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
     ) -> list[StoredEvent]:
-        return events.append(self.conn, job_id, expected_version, new, at)
+        head = self._head or events.read_head(self.conn)
+        self._head = None  # until this append succeeds (a failed one may have inserted some)
+        stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
+        return stored
 
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
@@ -148,6 +226,25 @@ class SqliteTransaction(SqliteSnapshot):
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
         return jobs.claimable(self.conn, to_text(now), queues)
+
+    def load_queue(self, queue: str) -> QueueState | None:
+        return queues_table.load(self.conn, queue)
+
+    def save_queues(self, states: Sequence[QueueState]) -> None:
+        queues_table.save(self.conn, states)
+
+    def reset_queues(self) -> None:
+        queues_table.reset(self.conn)
+
+    def load_budget(self, chat_id: int) -> BudgetState | None:
+        """A chat's budget, to decide on (the write lock already keeps it until the commit)."""
+        return budgets_table.load(self.conn, chat_id)
+
+    def save_budgets(self, states: Sequence[BudgetState]) -> None:
+        budgets_table.save(self.conn, states)
+
+    def reset_budgets(self) -> None:
+        budgets_table.reset(self.conn)
 
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
         return jobs.expired(self.conn, to_text(now), limit)
@@ -174,8 +271,12 @@ class SqliteTransaction(SqliteSnapshot):
         event_type: str,
         data: str,
         recorded_at: datetime,
+        digest: str | None = None,
     ) -> None:
-        events.insert_exact(self.conn, position, job_id, version, event_type, data, recorded_at)
+        self._head = None
+        events.insert_exact(
+            self.conn, position, job_id, version, event_type, data, recorded_at, digest
+        )
 
 
 class SqliteBackend:
@@ -203,6 +304,7 @@ class SqliteBackend:
         self._closed = False
         self._changed = threading.Condition()  # notified after each commit of this backend
         self._commits = 0
+        self._waiting = 0  # threads inside wait_for_change
         self._watcher: apsw.Connection | None = None
         self._seen_version: int | None = None
         try:
@@ -224,6 +326,8 @@ class SqliteBackend:
     def _initialize(self) -> None:
         events.initialize_schema(self._conn)
         self._conn.execute(events.checkpoint_schema_statement)
+        queues_table.create(self._conn)
+        budgets_table.create(self._conn)
 
     def _read_on_writer(self, doing: str, query: Callable[[apsw.Connection], _T]) -> _T:
         with self._lock:
@@ -239,20 +343,31 @@ class SqliteBackend:
             try:
                 return run_write(self._conn, doing, work, SqliteTransaction(self._conn))
             finally:
-                with self._changed:
-                    self._commits += 1
-                    self._changed.notify_all()
+                # Only this thread (holding the write lock) counts, so no lock is needed for it;
+                # the condition is taken only when someone waits (the common case: nobody).
+                self._commits += 1
+                if self._waiting:
+                    with self._changed:
+                        self._changed.notify_all()
 
-    def read(self, doing: str, work: Callable[[SqliteSnapshot], _T]) -> _T:
+    def read(
+        self, doing: str, work: Callable[[SqliteSnapshot], _T], *, single: bool = False
+    ) -> _T:
         if self._shared_reads:
             with self._lock:
-                return self._snapshot(self._conn, doing, work)
-        return self._snapshot(self._reader(), doing, work)
+                return self._snapshot(self._conn, doing, work, single)
+        return self._snapshot(self._reader(), doing, work, single)
 
     def _snapshot(
-        self, conn: apsw.Connection, doing: str, work: Callable[[SqliteSnapshot], _T]
+        self,
+        conn: apsw.Connection,
+        doing: str,
+        work: Callable[[SqliteSnapshot], _T],
+        single: bool,
     ) -> _T:
         try:
+            if single:  # one statement reads one snapshot by itself: no BEGIN/COMMIT round trip
+                return work(SqliteSnapshot(conn))
             return read_snapshot(conn, lambda: work(SqliteSnapshot(conn)))
         except apsw.Error as e:
             raise wrap_sqlite_error(e, doing) from e
@@ -284,7 +399,15 @@ class SqliteBackend:
         the watcher's own every `WATCH_INTERVAL` (it changes when any other connection commits).
         The first call starts watching and returns True at once: the caller re-checks, and from
         then on no commit goes unseen."""
-        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._changed:
+            self._waiting += 1
+        try:
+            return self._wait(time.monotonic() + max(timeout, 0.0))
+        finally:
+            with self._changed:
+                self._waiting -= 1
+
+    def _wait(self, deadline: float) -> bool:
         with self._changed:
             commits = self._commits
         if not self._shared_reads and self._watch_version() is None:

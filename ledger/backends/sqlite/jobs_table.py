@@ -18,6 +18,8 @@ from ...domain.state import FIELDS, JobState
 from ...domain.transitions import STATUSES
 from ...errors import CorruptProjection
 from ..protocol import JobFilter
+from .budgets_table import FITS_BUDGET
+from .queues_table import NOT_PAUSED
 from .timecodec import from_text, optional_text, optional_time, to_text
 
 COLUMNS: tuple[str, ...] = tuple("config" if f == "config_json" else f for f in FIELDS)
@@ -55,6 +57,15 @@ table_statement = f"""CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT,
     created_position INTEGER NOT NULL,
     lease_seconds REAL,
+    result_json TEXT,
+    timeout_seconds REAL,
+    parent_id TEXT,
+    max_cost_cents REAL,
+    subtree_cost_cents REAL NOT NULL DEFAULT 0.0,
+    holder_host TEXT,
+    holder_boot_id TEXT,
+    holder_pid INTEGER,
+    holder_start INTEGER,
     CHECK ((status = 'running') = (lease_expires_at IS NOT NULL))
 )"""
 
@@ -70,6 +81,9 @@ index_statements = (
     "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position)",
     # a chat's jobs, newest first (jobs_for_chat, the summary, recent events)
     "CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position)",
+    # a job's children, oldest first (trees: children, descendants, cascading cancel)
+    "CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, created_at, created_position) "
+    "WHERE parent_id IS NOT NULL",
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key) "
     "WHERE idempotency_key IS NOT NULL",
 )
@@ -86,9 +100,12 @@ idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
 # INDEXED BY: without ANALYZE statistics the planner prefers jobs_status and sorts every pending
 # job on each claim; the partial index yields them already in claim order (and SQLite refuses
 # the query outright if the index ever stops fitting it, instead of silently scanning).
+# A paused queue's jobs are passed over (`queues_table.NOT_PAUSED`: the operator's pause).
 _CLAIM = (
     "SELECT id FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? {queues}"
-    "ORDER BY priority DESC, created_at, created_position LIMIT 1"
+    + NOT_PAUSED
+    + FITS_BUDGET
+    + "ORDER BY priority DESC, created_at, created_position LIMIT 1"
 )
 claim_any_statement = _CLAIM.format(queues="")
 expired_statement = (
@@ -152,6 +169,15 @@ def row_values(state: JobState) -> tuple[Any, ...]:
         state.idempotency_key,
         state.created_position,
         state.lease_seconds,
+        state.result_json,
+        state.timeout_seconds,
+        state.parent_id,
+        state.max_cost_cents,
+        state.subtree_cost_cents,
+        state.holder_host,
+        state.holder_boot_id,
+        state.holder_pid,
+        state.holder_start,
     )
 
 
@@ -203,6 +229,15 @@ def _to_state(values: Sequence[Any]) -> JobState:
         idempotency_key,
         created_position,
         lease_seconds,
+        result_json,
+        timeout_seconds,
+        parent_id,
+        max_cost_cents,
+        subtree_cost_cents,
+        holder_host,
+        holder_boot_id,
+        holder_pid,
+        holder_start,
     ) = values
     known = _STATUS.get(status)
     if known is None:
@@ -234,6 +269,15 @@ def _to_state(values: Sequence[Any]) -> JobState:
         idempotency_key=idempotency_key,
         created_position=created_position,
         lease_seconds=lease_seconds,
+        result_json=result_json,
+        timeout_seconds=timeout_seconds,
+        parent_id=parent_id,
+        max_cost_cents=max_cost_cents,
+        subtree_cost_cents=subtree_cost_cents,
+        holder_host=holder_host,
+        holder_boot_id=holder_boot_id,
+        holder_pid=holder_pid,
+        holder_start=holder_start,
     )
 
 
@@ -358,6 +402,27 @@ recent_finished_for_chat_statement = statement_for(
 )
 
 
+children_statement = (
+    f"{_SELECT} WHERE parent_id = ? "
+    "ORDER BY created_at, created_position"
+)
+# The subtree below a job, parents before their children (by depth, then age).
+descendants_statement = (
+    "WITH RECURSIVE tree (id, depth) AS (SELECT id, 1 FROM jobs WHERE parent_id = ? "
+    "UNION ALL SELECT j.id, t.depth + 1 FROM jobs AS j JOIN tree AS t ON j.parent_id = t.id) "
+    f"SELECT {', '.join('jobs.' + c for c in COLUMNS)} FROM tree JOIN jobs ON jobs.id = tree.id "
+    "ORDER BY tree.depth, jobs.created_at, jobs.created_position"
+)
+
+
+def children(conn: apsw.Connection, job_id: str) -> list[JobState]:
+    return [to_state(values) for values in conn.execute(children_statement, (job_id,))]
+
+
+def descendants(conn: apsw.Connection, job_id: str) -> list[JobState]:
+    return [to_state(values) for values in conn.execute(descendants_statement, (job_id,))]
+
+
 def prefix(conn: apsw.Connection, text: str, limit: int) -> list[str]:
     return [r[0] for r in conn.execute(prefix_statement, (text, text + "\U0010ffff", limit))]
 
@@ -406,6 +471,18 @@ def expired(conn: apsw.Connection, now: str, limit: int | None) -> list[str]:
     return [str(r[0]) for r in (rows if limit in (None, 100) else rows[:limit])]
 
 
+# Running jobs only (the partial lease index): the live set, however long the history.
+held_on_statement = (
+    "SELECT id, holder_boot_id, holder_pid, holder_start FROM jobs INDEXED BY jobs_lease "
+    "WHERE status = 'running' AND holder_host = ? ORDER BY lease_expires_at"
+)
+
+
+def held_on(conn: apsw.Connection, host: str) -> list[tuple[str, str, int, int]]:
+    """(job id, boot id, pid, process start) of every running job held on ``host``."""
+    return conn.execute(held_on_statement, (host,)).fetchall()  # type: ignore[return-value]
+
+
 def with_key(conn: apsw.Connection, key: str) -> str | None:
     row = conn.execute(idempotency_statement, (key,)).fetchone()
     return None if row is None else str(row[0])
@@ -425,3 +502,65 @@ def durations(conn: apsw.Connection) -> list[int]:
 
 def total_cost(conn: apsw.Connection) -> float:
     return float(conn.execute(cost_statement).get)
+
+
+# The dashboard's and the metrics' reads (`Snapshot.search_jobs` and the aggregates below).
+# The text filter is a case-insensitive (ASCII) substring of the id, the config's JSON text, the
+# user, the result summary and the error message; the same expression on PostgreSQL.
+_TEXT_MATCH = (
+    "instr(lower(id || ' ' || config || ' ' || coalesce(user_id, '') || ' ' || "
+    "coalesce(result_summary, '') || ' ' || coalesce(error_message, '')), lower(?)) > 0"
+)
+oldest_pending_statement = (
+    "SELECT queue, min(created_at) FROM jobs WHERE status = 'pending' GROUP BY queue ORDER BY 1"
+)
+cost_by_chat_statement = (
+    "SELECT chat_id, sum(cost_cents) FROM jobs WHERE cost_cents IS NOT NULL "
+    "GROUP BY chat_id ORDER BY 1"
+)
+waits_statement = "SELECT created_at, run_at, started_at FROM jobs WHERE started_at IS NOT NULL"
+
+
+def _searched(head: str, where: JobFilter, text: str | None) -> tuple[str, list[Any]]:
+    statement, params = _filtered(head, where, order=False)
+    if text is not None:
+        statement += (" AND " if " WHERE " in statement else " WHERE ") + _TEXT_MATCH
+        params.append(text)
+    return statement, params
+
+
+def search(
+    conn: apsw.Connection, where: JobFilter, text: str | None, offset: int, limit: int
+) -> list[JobState]:
+    statement, params = _searched(_SELECT, where, text)
+    statement += f" ORDER BY {_ORDERS[where.order]} LIMIT ? OFFSET ?"
+    try:
+        return [to_state(values) for values in conn.execute(statement, [*params, limit, offset])]
+    except UnicodeDecodeError as e:
+        raise _not_text("?", e) from e
+
+
+def search_totals(conn: apsw.Connection, where: JobFilter, text: str | None) -> tuple[int, float]:
+    head = "SELECT count(*), coalesce(sum(cost_cents), 0.0) FROM jobs"
+    statement, params = _searched(head, where, text)
+    n, cost = conn.execute(statement, params).get
+    return int(n), float(cost)
+
+
+def oldest_pending(conn: apsw.Connection) -> dict[str, Any]:
+    return {str(q): from_text(t) for q, t in conn.execute(oldest_pending_statement)}
+
+
+def cost_by_chat(conn: apsw.Connection) -> dict[int, float]:
+    return {int(c): float(s) for c, s in conn.execute(cost_by_chat_statement)}
+
+
+def queue_waits(conn: apsw.Connection) -> list[float]:
+    """Seconds from when each started job last became claimable (created, or its ``run_at`` if
+    later: a retry or rescue sets it again) to when its latest attempt started, ascending;
+    computed in Python, as on PostgreSQL."""
+    waits = []
+    for created, run_at, started in conn.execute(waits_statement):
+        ready = max(from_text(created), from_text(run_at))
+        waits.append(max(0.0, (from_text(started) - ready).total_seconds()))
+    return sorted(waits)
