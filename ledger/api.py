@@ -17,15 +17,16 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import rebuild
+from . import holder, rebuild
 from .backends import open_backend
 from .backends.protocol import JobFilter
+from .domain import chain
 from .domain import commands as cmd
 from .domain import validate as check
 from .domain.backoff import RetryPolicy
 from .domain.model import EventType, Job
 from .domain.timeutil import MAX_BUSY_TIMEOUT, Clock, seconds
-from .errors import CorruptEvent, InvalidArgument
+from .errors import CorruptEvent, InvalidArgument, JobNotFound, WaitTimeout
 from .reads import LedgerReads
 from .service import DEFAULT_LEASE, Service
 from .transfer import EXPORT_PAGE, Importer, export_page
@@ -106,9 +107,21 @@ class Ledger(LedgerReads):
         run_at: datetime | None = None,
         max_attempts: int = 1,
         idempotency_key: str | None = None,
+        timeout: float | timedelta | None = None,
+        parent_id: str | None = None,
+        max_cost_cents: float | None = None,
+        by: str | None = None,
     ) -> str:
         """Record a new pending job and return its id. With an ``idempotency_key`` already used,
-        return the first job's id and write nothing."""
+        return the first job's id and write nothing. ``timeout`` (seconds or a timedelta): how
+        long one attempt may run before the worker interrupts it and fails the attempt (retried
+        like any failure); None: the worker's default for the queue, if it has one.
+        ``parent_id``: the job that spawns this one (a subagent). The parent must exist
+        (`JobNotFound`) and not be final (`InvalidTransition`), and ``chat_id`` must be the
+        parent's chat (`InvalidArgument` otherwise: it is not inferred, so a caller always says
+        which chat it writes to). ``max_cost_cents``: the most the job may spend; a claim
+        reserves it against the chat's budget (see `set_budget`) and `charge` keeps to it.
+        ``by``: the operator who enqueued it (recorded in the created event)."""
         command = cmd.CreateJob.checked(
             chat_id=chat_id,
             config=config,
@@ -119,6 +132,10 @@ class Ledger(LedgerReads):
             run_at=run_at,
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
+            timeout=timeout,
+            parent_id=parent_id,
+            max_cost_cents=max_cost_cents,
+            by=by,
         )
         return self._service.create([command])[0]
 
@@ -140,9 +157,22 @@ class Ledger(LedgerReads):
         lease: float | timedelta = DEFAULT_LEASE,
     ) -> Job | None:
         """Take the best claimable job (highest priority, then oldest) for ``worker_id`` under a
-        lease, rescuing expired leases first; None when nothing is claimable now."""
+        lease, rescuing expired leases first, and, on this host, running jobs whose holder
+        process is gone (`ledger.holder`); None when nothing is claimable now. The claim
+        records this process as the job's holder."""
         command = cmd.Claim.checked(worker_id=worker_id, lease=lease)
-        return self._service.claim(command, cmd.queues(queues))
+        me = holder.current()
+        facts = None if me is None else (me.host, me.boot_id, me.pid, me.start)
+        return self._service.claim(command, cmd.queues(queues), facts, holder.is_gone)
+
+    def _gone_holders_possible(self) -> bool:
+        """Whether a running job is held on this host by another process (one that may die
+        without a trace in the database): the worker's idle wait then re-checks every second."""
+        me = holder.current()
+        if me is None:
+            return False
+        held = self._backend.read("looking for local holders", lambda snap: snap.held_on(me.host))
+        return any(pid != me.pid or start != me.start for _, _, pid, start in held)
 
     def heartbeat(
         self,
@@ -172,9 +202,11 @@ class Ledger(LedgerReads):
         *,
         worker_id: str | None = None,
         attempt: int | None = None,
+        result: Any = None,
     ) -> None:
         """Mark a running job completed with its result. ``duration_seconds`` defaults to the time
-        since the job was claimed."""
+        since the job was claimed. ``result``: any JSON-native value (the rule configs and
+        payloads follow), stored in the completed event and read back as `Job.result`."""
         command = cmd.Complete.checked(
             job_id=job_id,
             summary=summary,
@@ -183,8 +215,39 @@ class Ledger(LedgerReads):
             duration_seconds=duration_seconds,
             worker_id=worker_id,
             attempt=attempt,
+            result=result,
         )
         self._service.complete(command)
+
+    def record_step(
+        self, job_id: str, name: str, result: Any = None, *, worker_id: str, attempt: int
+    ) -> None:
+        """Record that the durable step ``name`` of a running job finished with ``result``
+        (JSON-native), fenced: `LeaseLost` unless ``worker_id`` holds ``attempt``. What
+        `JobContext.step` writes; `steps` reads them back."""
+        command = cmd.RecordStep.checked(
+            job_id=job_id, name=name, result=result, worker_id=worker_id, attempt=attempt
+        )
+        self._service.record_step(command)
+
+    def wait(self, job_id: str, timeout: float | timedelta | None = None) -> Job:
+        """The job once it is final (completed, failed or cancelled), woken by the database
+        (SQLite: a commit seen through ``data_version``; PostgreSQL: NOTIFY), not a sleep loop.
+        ``timeout`` (seconds or a timedelta; None waits for ever): `WaitTimeout` (also a
+        ``TimeoutError``) when the job is not final by then. `JobNotFound` for an unknown id."""
+        check.text("job_id", job_id)
+        limit = None if timeout is None else _wait_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            job = self.get_job(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status.is_final:
+                return job
+            left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(job_id, limit or 0.0, job.status.value)
+            self._backend.wait_for_change(min(left, _WAIT_SLICE))
 
     def fail(
         self,
@@ -209,9 +272,49 @@ class Ledger(LedgerReads):
         )
         self._service.fail(command)
 
-    def cancel(self, job_id: str, *, reason: str | None = None) -> bool:
-        """Cancel a pending or running job; False (and nothing written) when it already ended."""
-        return self._service.cancel(cmd.Cancel.checked(job_id=job_id, reason=reason))
+    def cancel(
+        self,
+        job_id: str,
+        *,
+        reason: str | None = None,
+        by: str | None = None,
+        cascade: bool = True,
+    ) -> bool:
+        """Cancel a pending or running job; False (and nothing written) when it already ended.
+        ``by``: who cancelled it (an operator's name, recorded in the event). With ``cascade``
+        (the default) every pending or running descendant is cancelled too, in the same
+        transaction, each event naming this job as its ``cause``; ``cascade=False`` ends only
+        this job. A job that already ended cancels nothing below it either (cancel those one
+        by one)."""
+        command = cmd.Cancel.checked(job_id=job_id, reason=reason, by=by, cascade=cascade)
+        return self._service.cancel(command)
+
+    def charge(
+        self,
+        job_id: str,
+        cents: float,
+        *,
+        worker_id: str | None = None,
+        detail: Any = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Record spending of a running job (a ``charged`` event; ``detail``: any JSON-native
+        value saying what for). Its cost is the sum of its charges plus the ``cost_cents`` given
+        at `complete`. `BudgetExceeded`, writing nothing, when the job would pass its own
+        ``max_cost_cents`` or its chat's budget (what it spends within its reservation always
+        fits). With ``worker_id`` (and ``attempt``) fenced like `heartbeat`."""
+        command = cmd.Charge.checked(
+            job_id=job_id, cents=cents, detail=detail, worker_id=worker_id, attempt=attempt
+        )
+        self._service.charge(command)
+
+    def set_budget(self, chat_id: int, cents: float | None) -> bool:
+        """Set a chat's spending limit in cents (None removes it), as a ``budget_set`` event on
+        the chat's stream ``chat:<id>``. A claim then hands out a job of the chat only while its
+        spent + reserved + the job's ``max_cost_cents`` fits (a job without one: while anything
+        is left); raising the limit makes blocked jobs claimable at once. False, writing
+        nothing, when the limit already was that."""
+        return self._service.set_budget(cmd.SetBudget.checked(chat_id=chat_id, cents=cents))
 
     def release(
         self,
@@ -254,6 +357,50 @@ class Ledger(LedgerReads):
     def rescue_expired(self) -> int:
         """Requeue (or fail, with no attempts left) every running job whose lease ran out."""
         return self._service.rescue_expired()
+
+    # -- operator commands -------------------------------------------------------------------
+
+    def retry(self, job_id: str, *, by: str | None = None, reason: str | None = None) -> Job:
+        """Send a failed or cancelled job back to pending, claimable now, as a new attempt (a
+        ``retried`` event naming ``by``). Its used attempts stay counted; ``max_attempts`` rises
+        to ``attempts + 1`` when no attempt was left. `InvalidTransition` for any other state,
+        `JobNotFound` for an unknown id; both write nothing. Returns the job as it now is."""
+        return self._service.retry(cmd.Retry.checked(job_id=job_id, by=by, reason=reason))
+
+    def retry_failed(
+        self,
+        *,
+        queue: str | None = None,
+        since: datetime | None = None,
+        by: str | None = None,
+    ) -> int:
+        """`retry` every failed job (of ``queue``; that failed at or after ``since``) in one
+        transaction; how many were retried."""
+        return len(self.retry_failed_ids(queue=queue, since=since, by=by))
+
+    def retry_failed_ids(
+        self,
+        *,
+        queue: str | None = None,
+        since: datetime | None = None,
+        by: str | None = None,
+    ) -> list[str]:
+        """`retry_failed`, returning the ids of the jobs retried (oldest first)."""
+        command = cmd.RetryFailed.checked(queue=queue, since=since, by=by)
+        return self._service.retry_failed(command)
+
+    def pause(self, queue: str, *, by: str | None = None, reason: str | None = None) -> bool:
+        """Stop every worker (of every process) from claiming the jobs of ``queue`` until
+        `resume`; running jobs carry on. Recorded as a ``queue_paused`` event in the stream
+        ``queue:<name>``. False, writing nothing, when the queue already was paused."""
+        command = cmd.QueueAction.checked(queue=queue, by=by, reason=reason)
+        return self._service.set_paused(command, True)
+
+    def resume(self, queue: str, *, by: str | None = None, reason: str | None = None) -> bool:
+        """Let workers claim the jobs of a paused ``queue`` again (a ``queue_resumed`` event).
+        False, writing nothing, when it was not paused."""
+        command = cmd.QueueAction.checked(queue=queue, by=by, reason=reason)
+        return self._service.set_paused(command, False)
 
     # -- export and import ------------------------------------------------------------------
 
@@ -312,12 +459,33 @@ class Ledger(LedgerReads):
 
         return self._backend.write(doing, work)
 
-    def verify(self) -> rebuild.VerifyReport:
-        """Fold the log in memory and compare it with the live projection, in one snapshot."""
+    def verify(self, *, expect_head: tuple[int, str] | str | None = None) -> rebuild.VerifyReport:
+        """Fold the log in memory and compare it with the live projection, and recompute the
+        log's hash chain, in one snapshot. ``expect_head``: a head recorded earlier (`head`, or
+        its ``POS:HASH`` text); the report is not ok when the log no longer extends it."""
+        expected = None if expect_head is None else chain.check_head(expect_head)
         started = time.perf_counter()
         return self._backend.read(
-            "verifying", lambda snap: rebuild.verify(snap, started, time.perf_counter)
+            "verifying", lambda snap: rebuild.verify(snap, started, time.perf_counter, expected)
         )
+
+    def head(self) -> tuple[int, str]:
+        """(last position, its chain hash as 64 hex digits): record it, and a later
+        ``verify(expect_head=...)`` proves the log still extends it. An empty ledger's head is
+        (0, the genesis hash)."""
+        return self._backend.read("reading the head", lambda snap: snap.head())
+
+
+_WAIT_SLICE = 1.0  # the longest one backend wait lasts inside `Ledger.wait` (a safety net)
+
+
+def _wait_timeout(value: float | timedelta) -> float:
+    """`Ledger.wait`'s timeout in seconds: 0 is allowed (look once)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, bool) and isinstance(value, int | float) and value == 0:
+        return 0.0
+    return seconds("timeout", value)
 
 
 def _page(snapshot: Any, *, position: int) -> list[tuple[int, bytes]]:

@@ -132,3 +132,40 @@ class CorruptProjection(LedgerError):
             f"the {table} projection's row {key} cannot be read: {why}; the log is intact: "
             "run `ledger verify` to see what differs and `ledger replay` to rebuild it"
         )
+
+
+class WaitTimeout(LedgerError, TimeoutError):
+    """`Ledger.wait` (or `AsyncLedger.wait`) gave up: the job was not final within the timeout.
+    Nothing was written; wait again, or look at the job (`ledger show ID`)."""
+
+    def __init__(self, job_id: str, timeout: float, status: str) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.status = status
+        super().__init__(
+            f"job {job_id} is still {status} after waiting {timeout:g}s; wait longer "
+            "(a larger timeout, or None) or look at it with `ledger show`"
+        )
+
+
+class Permanent(LedgerError):
+    """Raise it from a handler for an error no retry can fix: the worker fails the job at once,
+    whatever attempts are left (``raise ledger.Permanent("bad config") from e``)."""
+
+    def __init__(self, message: str = "permanent failure") -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class BudgetExceeded(LedgerError):
+    """A charge would take a job past its own ``max_cost_cents`` or its chat past its budget;
+    nothing was written."""
+
+    def __init__(self, job_id: str, cents: float, why: str) -> None:
+        self.job_id = job_id
+        self.cents = cents
+        self.why = why
+        super().__init__(
+            f"cannot charge {cents:g} cents to job {job_id}: {why}; stop spending, or raise the "
+            "limit (`ledger budget CHAT --set CENTS`)"
+        )

@@ -11,6 +11,7 @@ these methods; nothing here knows which database it runs on.
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -24,14 +25,16 @@ from .domain import commands as cmd
 from .domain import decide
 from .domain import events as ev
 from .domain.backoff import RetryPolicy
-from .domain.model import EventType, Job
+from .backends.protocol import JobFilter
+from .domain.model import EventType, Job, JobStatus
 from .domain.state import JobState, to_job
 from .domain.timeutil import Clock, check_aware
-from .errors import ConcurrencyError, JobNotFound
+from .errors import ConcurrencyError, InvalidTransition, JobNotFound, LeaseLost, LedgerError
 from .rebuild import JOBS
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
+GoneCheck = Callable[[str | None, int | None, int | None], bool]  # (boot id, pid, start)
 RESCUE_BATCH = 100  # expired leases rescued by one claim before it looks for a job
 
 
@@ -44,7 +47,7 @@ class Step:
     def __init__(self, tx: Any, now: datetime) -> None:
         self.tx = tx
         self.now = now
-        self.fold = jobs_projection.JobsFold(tx.load_job)
+        self.fold = jobs_projection.JobsFold(tx.load_job, tx.load_queue, tx.load_budget)
         self._last = 0
 
     def job(self, job_id: str) -> JobState:
@@ -76,11 +79,19 @@ class Step:
             apply(stored)
             self._last = stored.position
 
+    def note(self, position: int) -> None:
+        """An event appended to a non-job stream (the checkpoint must move past it too)."""
+        self._last = position
+
     def flush(self) -> None:
         """Write what the fold computed so far (a query later in this command must see it)."""
-        changes = self.fold.take()
-        if changes:
-            self.tx.save_jobs(changes.new, changes.changed)
+        queues = self.fold.queues.take()  # before flush_to, which forgets every cached state
+        if queues:
+            self.tx.save_queues(queues)
+        budgets = self.fold.budgets.take()
+        if budgets:
+            self.tx.save_budgets(budgets)
+        self.fold.flush_to(self.tx.save_jobs)
 
     def finish(self) -> None:
         self.flush()
@@ -103,12 +114,42 @@ class Service:
         self._clock = clock
         self._retry_policy = retry_policy
         self._rng = rng
+        self._batch = threading.local()
+
+    def batch(self, doing: str, calls: Sequence[Callable[[], _T]]) -> list[_T | LedgerError]:
+        """Run several commands (``calls`` of the faces' methods, arguments checked as always)
+        in ONE write transaction: a worker recording the outcomes of many jobs pays for one
+        commit. A call the rules refuse (`LeaseLost`, `InvalidTransition`, `JobNotFound`: raised
+        by `decide`, before it appended anything) gives its error in its place and the others
+        go on; any other error rolls the whole batch back and is raised."""
+        now = self.now()
+
+        def transaction(tx: Any) -> list[_T | LedgerError]:
+            step = Step(tx, now)
+            self._batch.step = step
+            try:
+                results: list[_T | LedgerError] = []
+                for call in calls:
+                    try:
+                        results.append(call())
+                    except (LeaseLost, InvalidTransition, JobNotFound) as e:
+                        results.append(e)
+            finally:
+                self._batch.step = None
+            step.finish()
+            return results
+
+        return self.backend.write(doing, transaction)
 
     def now(self) -> datetime:
         return check_aware("clock()", self._clock())
 
     def run(self, doing: str, work: Callable[[Step], _T]) -> _T:
-        """Run ``work`` as one command: one write transaction, its events folded."""
+        """Run ``work`` as one command: one write transaction, its events folded (inside
+        `batch`, a part of the batch's transaction)."""
+        batch_step = getattr(self._batch, "step", None)
+        if batch_step is not None:
+            return work(batch_step)
         now = self.now()
 
         def transaction(tx: Any) -> _T:
@@ -130,18 +171,31 @@ class Service:
 
         return self.run(doing, work)
 
-    def claim(self, command: cmd.Claim, queues: tuple[str, ...] | None) -> Job | None:
+    def claim(
+        self,
+        command: cmd.Claim,
+        queues: tuple[str, ...] | None,
+        holder: tuple[str, str, int, int] | None = None,
+        is_gone: GoneCheck | None = None,
+    ) -> Job | None:
+        """``holder``: (host, boot id, pid, process start) of the claiming process, recorded on
+        the claim; with ``is_gone`` (the face's liveness check, I/O), running jobs held on the
+        same host by a process that is gone are rescued first, as expired leases are."""
         lease = float(command.lease)  # type: ignore[arg-type]
 
         def work(step: Step) -> Job | None:
-            if _rescue(step, RESCUE_BATCH):
+            rescued = _rescue(step, RESCUE_BATCH)
+            if holder is not None and is_gone is not None:
+                rescued += _rescue_gone(step, holder[0], is_gone)
+            if rescued:
                 step.flush()  # the claim query below must see the rescued jobs as pending
             job_id = step.tx.claimable(step.now, queues)
             if job_id is None:
                 return None
             state = step.job(job_id)
             until = decide.lease_until(step.now, lease)
-            step.append(job_id, decide.claim(state, command.worker_id, until), state=state)
+            events = decide.claim(state, command.worker_id, until, holder)
+            step.append(job_id, events, state=state)
             return to_job(step.job(job_id))
 
         return self.run("claiming a job", work)
@@ -168,10 +222,21 @@ class Service:
                 command.duration_seconds,
                 step.now,
                 command.attempt,
+                command.result,
             )
             step.append(command.job_id, events, state=state)
 
         self.run("completing a job", work)
+
+    def record_step(self, command: cmd.RecordStep) -> None:
+        def work(step: Step) -> None:
+            state = step.job(command.job_id)
+            events = decide.step(
+                state, command.name, command.result, command.worker_id, command.attempt
+            )
+            step.append(command.job_id, events, state=state)
+
+        self.run("recording a step", work)
 
     def fail(self, command: cmd.Fail) -> None:
         policy, rng = self._retry_policy, self._rng
@@ -196,7 +261,9 @@ class Service:
     def cancel(self, command: cmd.Cancel) -> bool:
         def work(step: Step) -> bool:
             state = step.job(command.job_id)
-            events = decide.cancel(state, command.reason)
+            if command.cascade and not state.status.is_final:
+                _cancel_subtree(step, state)
+            events = decide.cancel(state, command.reason, command.by)
             if events:
                 step.append(command.job_id, events, state=state)
             return bool(events)
@@ -223,6 +290,88 @@ class Service:
     def rescue_expired(self) -> int:
         return self.run("rescuing expired leases", lambda step: _rescue(step, None))
 
+    # -- operator commands ---------------------------------------------------------------------
+
+    def retry(self, command: cmd.Retry) -> Job:
+        def work(step: Step) -> Job:
+            state = step.job(command.job_id)
+            step.append(command.job_id, decide.retry(state, command.by, command.reason), state=state)
+            return to_job(step.job(command.job_id))
+
+        return self.run("retrying a job", work)
+
+    def retry_failed(self, command: cmd.RetryFailed) -> list[str]:
+        """Retry every failed job that matches, in one transaction; their ids, oldest first."""
+
+        def work(step: Step) -> list[str]:
+            where = JobFilter(statuses=(JobStatus.FAILED,), queue=command.queue, order="oldest")
+            chosen = [s for s in step.tx.jobs(where) if cmd.failed_since(s, command.since)]
+            for state in chosen:
+                step.append(state.id, decide.retry(state, command.by), state=state)
+            return [s.id for s in chosen]
+
+        return self.run("retrying failed jobs", work)
+
+    def charge(self, command: cmd.Charge) -> None:
+        """Record spending on a running job, within its max_cost_cents and its chat's budget
+        (the chat's budget row is locked first on PostgreSQL, as a claim locks it)."""
+
+        def work(step: Step) -> None:
+            state = step.job(command.job_id)
+            budget = step.fold.budgets.state(state.chat_id)
+            limit = None if budget is None else budget.limit_cents
+            used = step.tx.budget_usage(state.chat_id) if limit is not None else (0.0, 0.0)
+            events = decide.charge(
+                state,
+                command.cents,
+                command.detail,
+                command.worker_id,
+                command.attempt,
+                limit,
+                sum(used),
+            )
+            step.append(command.job_id, events, state=state)
+
+        self.run("charging a job", work)
+
+    def set_budget(self, command: cmd.SetBudget) -> bool:
+        """Set (or remove, with None) a chat's limit; False, writing nothing, when unchanged."""
+
+        def work(step: Step) -> bool:
+            state = step.fold.budgets.state(command.chat_id)
+            current = None if state is None else state.limit_cents
+            if state is not None and current == command.cents:
+                return False
+            if state is None and command.cents is None:
+                return False
+            event = ev.BudgetSet(chat_id=command.chat_id, limit_cents=command.cents)
+            version = 0 if state is None else state.version
+            stream = ev.chat_stream(command.chat_id)
+            for stored in step.tx.append(stream, version, [event], step.now):
+                step.fold.apply(stored)
+                step.note(stored.position)
+            return True
+
+        return self.run("setting a budget", work)
+
+    def set_paused(self, command: cmd.QueueAction, paused: bool) -> bool:
+        """Pause (or resume) a queue; False, writing nothing, when it already was."""
+
+        def work(step: Step) -> bool:
+            stream = ev.queue_stream(command.queue)
+            state = step.fold.queues.state(command.queue)
+            if (state is not None and state.paused) == paused:
+                return False
+            kind = ev.QueuePaused if paused else ev.QueueResumed
+            event = kind(by=command.by, reason=command.reason)
+            version = 0 if state is None else state.version
+            for stored in step.tx.append(stream, version, [event], step.now):
+                step.fold.apply(stored)
+                step.note(stored.position)
+            return True
+
+        return self.run("pausing a queue" if paused else "resuming a queue", work)
+
 
 def _create(step: Step, created: ev.JobCreated, batch: dict[str, str]) -> str:
     key = created.idempotency_key
@@ -230,11 +379,49 @@ def _create(step: Step, created: ev.JobCreated, batch: dict[str, str]) -> str:
         existing = batch.get(key) or step.tx.job_with_key(key)  # this batch, then the ledger
         if existing is not None:
             return existing
+    if created.parent_id is not None:  # a subagent: its parent must be alive, in its chat
+        decide.spawn(step.job(created.parent_id), created.chat_id)
     job_id = str(uuid.uuid4())
     step.append(job_id, [created], new=True)
     if key is not None:
         batch[key] = job_id
     return job_id
+
+
+def _cancel_subtree(step: Step, root: JobState) -> None:
+    """Cancel every pending or running job below ``root`` (its own cancel follows), each event
+    naming ``root`` as its cause. Read again until nothing new turns up: on PostgreSQL a child
+    created just before its parent was locked is seen by the next read."""
+    seen: set[str] = set()
+    while True:
+        below = [s for s in step.tx.descendants(root.id) if s.id not in seen]
+        if not below:
+            return
+        for found in below:
+            seen.add(found.id)
+            state = step.job(found.id)  # the fold's view (PostgreSQL: locks the row)
+            if not state.status.is_final:
+                step.append(state.id, decide.cancel_below(state, root.id), state=state)
+        step.flush()  # the next read of the subtree sees these as cancelled
+
+
+def _rescue_gone(step: Step, host: str, is_gone: GoneCheck) -> int:
+    """Rescue the running jobs held on ``host`` whose holder process is gone (`is_gone`: boot
+    id, pid, start time -> certainly not running), under the rules of an expired lease."""
+    rescued = 0
+    for job_id, boot_id, pid, start in step.tx.held_on(host):
+        if not is_gone(boot_id, pid, start):
+            continue
+        state = step.job(job_id)  # locked on PostgreSQL: re-check it is still that holder's
+        if state.status is not JobStatus.RUNNING or (
+            state.holder_pid,
+            state.holder_start,
+            state.holder_boot_id,
+        ) != (pid, start, boot_id):
+            continue
+        step.append(job_id, decide.expire(state, holder_gone=True), state=state)
+        rescued += 1
+    return rescued
 
 
 def _rescue(step: Step, limit: int | None) -> int:

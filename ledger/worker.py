@@ -1,62 +1,93 @@
 """`Worker`: the claim loop every caller would otherwise write, with heartbeats and true outcomes.
 
-A worker claims a job and runs ``handler(job, ctx)`` in a thread of its own while a second
-thread heartbeats the lease; the worker's own thread waits for the handler and records what
-really happened. Why a thread for the handler: so that a stop can stop *waiting* for a handler
-that will not return (grace period, second signal) and still release the job it holds.
+A worker claims up to ``concurrency`` jobs and runs ``handler(job, ctx)`` on each: an ``async
+def`` handler as a task on one event loop (a thread of the worker's own), a plain one in a thread
+of its own. One heartbeat thread keeps every lease alive; the worker's own thread claims, watches
+deadlines and signals, and records what really happened (the outcomes of jobs that end together
+are recorded in one write transaction). Why a thread (or a task) per handler: so that a stop can
+stop *waiting* for a handler that will not return (grace period, second signal) and still release
+the job it holds.
 
 The rules, all in one place:
 
-- A handler returns a `Result`, a ``str`` (the summary) or ``None`` (empty summary): the job
-  completes. Anything else, or a result the ledger refuses (a NaN cost, text that is not valid
-  Unicode), fails the job with an error saying what was wrong. An exception fails it too (a retry
-  when attempts are left), with its type, message and traceback recorded.
+- A handler returns a `Result`, a ``str`` (the summary), ``None`` (empty summary) or any other
+  JSON-native value or msgspec Struct (the job's ``result``, summary empty): the job completes
+  and `Job.result` reads the value back. A value the ledger refuses (a set, a NaN, a cost that
+  is not finite, text that is not valid Unicode) fails the job with an error saying what was
+  wrong. An exception fails it too (a retry when attempts are left), with its type, message and
+  traceback recorded; `ledger.Permanent`, or an exception type in ``no_retry`` for the job's
+  queue, fails it for good at once.
+- Timeouts: a job's ``timeout`` (or the worker's ``timeouts[queue]`` default) bounds one attempt.
+  Past it the attempt fails with error type ``Timeout`` (retried like any failure): an async
+  handler's task is cancelled; a plain handler sees ``ctx.timed_out`` (``ctx.check()`` raises) and
+  the worker stops waiting for it.
 - Stopping is not cancelling. ``ctx.cancelled``: the job was cancelled or is no longer this
   worker's; nothing the handler does is recorded any more. ``ctx.stopping``: the worker was asked
-  to stop (SIGTERM, Ctrl-C, `Worker.stop`); the handler has ``grace_period`` seconds to finish.
-  While stopping, a handler that returns a `Result` or a ``str`` finished its work and the job
-  completes; one that returns ``None`` or raises gave up, and the job is *released*: back to
-  pending, the attempt not counted. A handler still running when the grace period ends, or at a
-  second signal, is abandoned and its job released. An interrupted job is never a success.
-- A handler that raises ``KeyboardInterrupt`` or ``SystemExit`` interrupts the worker: the job is
-  released and the worker stops. No exception, of any kind, leaves a job running.
+  to stop (SIGTERM, Ctrl-C, `Worker.stop`); it claims nothing more and every handler in flight has
+  ``grace_period`` seconds to finish. While stopping, a handler that returns a value finished its
+  work and the job completes; one that returns ``None`` or raises gave up, and the job is
+  *released*: back to pending, the attempt not counted. A handler still running when the grace
+  period ends, or at a second signal, is abandoned (an async one is cancelled) and its job
+  released. An interrupted job is never a success.
+- A handler that raises ``KeyboardInterrupt`` or ``SystemExit`` interrupts the worker: its job is
+  released and the worker stops (the others in flight get the grace period). No exception, of
+  any kind, leaves a job running.
+- Limits: ``queue_concurrency`` (at most N jobs of a queue at once) and ``rate_limits`` (at most
+  R claims of a queue per second) hold *per worker process*, not across workers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
+import inspect
 import logging
 import os
+import queue as queue_module
 import signal
 import socket
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from types import FrameType
 from typing import Any
+
+import msgspec
 
 from .api import Ledger
 from .domain import commands
 from .domain import validate as check
 from .domain.model import EventType, Job, Result
 from .domain.timeutil import seconds
-from .errors import InvalidArgument, InvalidTransition, JobInterrupted, LeaseLost, LedgerError
+from .errors import (
+    InvalidArgument,
+    InvalidTransition,
+    JobInterrupted,
+    LeaseLost,
+    LedgerError,
+    Permanent,
+)
 from .service import DEFAULT_LEASE
 
 log = logging.getLogger("ledger.worker")
 
-Handler = Callable[[Job, "JobContext"], "Result | str | None"]
+Handler = Callable[[Job, "JobContext"], Any]
 
 DEFAULT_GRACE = 30.0
-_TICK = 0.05  # how often the worker's thread looks at signals and the grace deadline
+MAX_CONCURRENCY = 10_000
+_TICK = 0.05  # how often the worker's thread looks at signals and deadlines when nothing happens
 _MAX_TEXT = 64 * 1024  # an error message or traceback longer than this is clipped in the middle
+TIMEOUT_ERROR = "Timeout"  # the error_type of an attempt that ran past its timeout
 
 
 class JobContext:
-    """What a handler gets besides its job: a way to log activity, and the two flags
-    ``cancelled`` (the job is not ours any more) and ``stopping`` (the worker wants to stop)."""
+    """What a handler gets besides its job: a way to log activity and run durable steps, and the
+    flags ``cancelled`` (the job is not ours any more), ``stopping`` (the worker wants to stop)
+    and ``timed_out`` (the attempt ran past its timeout)."""
 
     def __init__(self, ledger: Ledger, job: Job, worker_id: str) -> None:
         self.job = job
@@ -64,11 +95,13 @@ class JobContext:
         self._ledger = ledger
         self._lost = threading.Event()
         self._stopping = threading.Event()
+        self._timed_out = threading.Event()
+        self._steps: dict[str, Any] | None = None  # name -> recorded result, read once
 
     @property
     def cancelled(self) -> bool:
-        """True once the job was cancelled or is no longer this worker's (lease lost, or
-        released at a forced stop). Nothing the handler returns is recorded after that."""
+        """True once the job was cancelled or is no longer this worker's (lease lost, timed
+        out, or released at a forced stop). Nothing the handler returns is recorded after that."""
         return self._lost.is_set()
 
     @property
@@ -78,14 +111,22 @@ class JobContext:
 
     @property
     def stopping(self) -> bool:
-        """True once the worker was asked to stop: finish quickly and return a `Result` (or str)
-        to have the job completed, or return None / raise to have it released."""
+        """True once the worker was asked to stop: finish quickly and return a value to have the
+        job completed, or return None / raise to have it released."""
         return self._stopping.is_set()
 
+    @property
+    def timed_out(self) -> bool:
+        """True once the attempt ran past its timeout: the worker has failed it already (a retry
+        when attempts are left); stop working on it."""
+        return self._timed_out.is_set()
+
     def check(self) -> None:
-        """Raise `JobInterrupted` when the job was cancelled or the worker is stopping, so a
-        handler can bail out with one call; the worker releases the job (or, if it is not ours
-        any more, leaves it alone). Never makes the job a failure."""
+        """Raise `JobInterrupted` when the job timed out, was cancelled or the worker is stopping,
+        so a handler can bail out with one call; the worker releases the job (or, if it is not
+        ours any more, leaves it alone). Never makes the job a failure by itself."""
+        if self._timed_out.is_set():
+            raise JobInterrupted(self.job.id, "the attempt ran past its timeout")
         if self._lost.is_set():
             raise JobInterrupted(self.job.id, "the job was cancelled or is no longer this worker's")
         if self._stopping.is_set():
@@ -104,27 +145,109 @@ class JobContext:
             return False
         return True
 
+    # -- durable steps -----------------------------------------------------------------------
 
-class _Outcome:
-    """What the handler thread hands back: a return value or the exception it raised."""
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` once for this job and record its result (JSON-native; a Struct is stored
+        as its fields) as a ``step`` event; when the job already has a step ``name`` (recorded
+        by this attempt or an earlier one, say before a crash), return that result instead of
+        calling ``fn`` again. Returns the value as recorded (what a retry gets too).
 
-    __slots__ = ("done", "error", "value")
+        An ``async def`` ``fn`` makes this a coroutine: ``await ctx.step("llm", call_llm)``.
+        The record is fenced like every write of the attempt: when the job is no longer this
+        worker's, `JobInterrupted` is raised and ``fn``'s result is not recorded."""
+        check.text("name", name, nonempty=True)
+        if not callable(fn):
+            raise InvalidArgument("fn", fn, "expected a function taking no arguments")
+        if _is_async(fn):
+            return self._async_step(name, fn)
+        found, value = self._recorded(name)
+        if found:
+            return value
+        return self._record(name, fn())
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    async def _async_step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        found, value = await asyncio.to_thread(self._recorded, name)
+        if found:
+            return value
+        result = await fn()
+        return await asyncio.to_thread(self._record, name, result)
+
+    def _recorded(self, name: str) -> tuple[bool, Any]:
+        if self._steps is None:
+            events = self._ledger.job_events(self.job.id, types=[EventType.STEP])
+            steps: dict[str, Any] = {}
+            for event in events:
+                steps.setdefault(event.payload["name"], event.payload.get("result"))
+            self._steps = steps
+        if name in self._steps:
+            log.debug("job %s: step %r already recorded; not run again", self.job.id, name)
+            return True, self._steps[name]
+        return False, None
+
+    def _record(self, name: str, value: Any) -> Any:
+        value = _plain_value(value)
+        encoded = check.json_bytes(f"step {name!r} result", value)
+        try:
+            self._ledger.record_step(
+                self.job.id, name, value, worker_id=self.worker_id, attempt=self.job.attempts
+            )
+        except (LeaseLost, InvalidTransition) as e:
+            self._lost.set()
+            raise JobInterrupted(self.job.id, f"step {name!r} not recorded: {e}") from e
+        recorded = msgspec.json.decode(encoded)
+        assert self._steps is not None
+        self._steps[name] = recorded
+        return recorded
+
+
+class _Run:
+    """One job in flight: its context, how its handler runs, and what it handed back."""
+
+    __slots__ = (
+        "async_future",
+        "context",
+        "deadline",
+        "error",
+        "finished",
+        "job",
+        "next_beat",
+        "started",
+        "value",
+    )
+
+    def __init__(self, job: Job, context: JobContext, deadline: float | None, beat: float) -> None:
+        self.job = job
+        self.context = context
+        self.started = time.monotonic()
+        self.deadline = deadline
+        self.next_beat = self.started + beat
+        self.finished = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.async_future: concurrent.futures.Future[None] | None = None
+
+    def interrupt(self) -> None:
+        """Cancel an async handler's task (a thread cannot be interrupted: it sees the flags)."""
+        if self.async_future is not None:
+            self.async_future.cancel()
 
 
 class Worker:
     """Claims jobs and runs ``handler(job, ctx)`` on each; see the module docstring for the rules.
 
-    ``grace_period`` (seconds or a timedelta, default 30; 0 releases at once): how long a stop
-    waits for the handler in hand before releasing its job. After `run` returns,
-    ``stop_reason`` says why it stopped and ``exit_status`` is what a process should exit with
-    (0 after a clean stop; 128 + the signal's number when a handler had to be abandoned, 1 when
-    that happened without a signal; 130 or the code of a ``KeyboardInterrupt``/``SystemExit``
-    raised by a handler). ``abandoned`` is true when a handler thread may still be running.
+    ``concurrency`` (default 1): how many jobs run at once. ``grace_period`` (seconds or a
+    timedelta, default 30; 0 releases at once): how long a stop waits for the handlers in flight
+    before releasing their jobs. ``timeouts``: queue -> default timeout of its jobs (a job's own
+    ``timeout`` wins). ``no_retry``: queue -> exception types that fail a job of that queue for
+    good (``"*"``: every queue). ``queue_concurrency``: queue -> most jobs of it at once in this
+    worker; ``rate_limits``: queue -> most claims per second in this worker.
+
+    After `run` returns, ``stop_reason`` says why it stopped and ``exit_status`` is what a process
+    should exit with (0 after a clean stop; 128 + the signal's number when a handler had to be
+    abandoned, 1 when that happened without a signal; 130 or the code of a
+    ``KeyboardInterrupt``/``SystemExit`` raised by a handler). ``abandoned`` is true when a
+    handler thread may still be running.
     """
 
     def __init__(
@@ -138,11 +261,17 @@ class Worker:
         heartbeat_every: float | None = None,
         poll_interval: float = 1.0,
         grace_period: float | timedelta = DEFAULT_GRACE,
+        concurrency: int = 1,
+        timeouts: Mapping[str, float | timedelta] | None = None,
+        no_retry: Mapping[str, Sequence[type[BaseException]]] | None = None,
+        queue_concurrency: Mapping[str, int] | None = None,
+        rate_limits: Mapping[str, float] | None = None,
     ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler", handler, "expected a callable handler(job, ctx)")
         self.ledger = ledger
         self.handler = handler
+        self.is_async = _is_async(handler)
         if worker_id is not None:
             check.text("worker_id", worker_id, nonempty=True)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -152,12 +281,32 @@ class Worker:
         self.heartbeat_every = seconds("heartbeat_every", heartbeat_every or self.lease / 3)
         self.poll_interval = seconds("poll_interval", poll_interval)
         self.grace_period = _grace(grace_period)
+        self.concurrency = check.integer("concurrency", concurrency, minimum=1)
+        if self.concurrency > MAX_CONCURRENCY:
+            raise InvalidArgument("concurrency", concurrency, f"at most {MAX_CONCURRENCY}")
+        self.timeouts = {
+            q: seconds(f"timeouts[{q!r}]", t) for q, t in _mapping("timeouts", timeouts).items()
+        }
+        self.no_retry = {
+            q: _exception_types(q, types) for q, types in _mapping("no_retry", no_retry).items()
+        }
+        self.queue_concurrency = {
+            q: check.integer(f"queue_concurrency[{q!r}]", n, minimum=1)
+            for q, n in _mapping("queue_concurrency", queue_concurrency).items()
+        }
+        self.rate_limits = {q: _rate(q, r) for q, r in _mapping("rate_limits", rate_limits).items()}
         self.stop_reason: str | None = None
         self.exit_status = 0
         self.abandoned = False
         self._stop = threading.Event()
         self._force = threading.Event()
-        self._context: JobContext | None = None
+        self._wake = threading.Event()  # a handler finished, the ledger changed, a stop came
+        self._finished: queue_module.SimpleQueue[_Run] = queue_module.SimpleQueue()
+        self._runs: dict[str, _Run] = {}
+        self._runs_lock = threading.Lock()
+        self._next_claim: dict[str, float] = {}  # queue -> earliest next claim (rate limits)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._signals = 0  # counted by the signal handler, which touches nothing else
         self._signals_seen = 0
         self._last_signal = 0
@@ -166,46 +315,51 @@ class Worker:
     # -- control -----------------------------------------------------------------------------
 
     def stop(self, reason: str = "stop() called") -> None:
-        """Ask the worker to stop: the handler in hand gets the grace period to finish."""
+        """Ask the worker to stop: it claims nothing more, and the handlers in flight get the
+        grace period to finish."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
-        context = self._context
-        if context is not None:
-            context._stopping.set()
+        for run in self._in_flight():
+            run.context._stopping.set()
+        self._wake.set()
 
     def force_stop(self, reason: str = "force_stop() called") -> None:
-        """Stop now: the job in hand is released without waiting for its handler."""
+        """Stop now: the jobs in flight are released without waiting for their handlers."""
         self.stop(reason)
         self._force.set()
+        self._wake.set()
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, *, max_jobs: int | None = None, stop_when_idle: bool = False) -> int:
         """Work jobs until stopped, ``max_jobs`` were handled, or (with ``stop_when_idle``) no job
-        is claimable right now. Returns how many jobs were handled (claimed)."""
+        is claimable right now and none is in flight. Returns how many jobs were handled
+        (claimed)."""
         restore = self._install_signal_handlers()
-        handled = 0
         queues = ", ".join(self.queues) if self.queues else "all"
         log.info(
-            "worker %s started: ledger %s, queues %s, pid %d, lease %gs, grace %gs",
+            "worker %s started: ledger %s, queues %s, pid %d, lease %gs, grace %gs%s",
             self.worker_id,
             self.ledger.path,
             queues,
             os.getpid(),
             self.lease,
             self.grace_period,
+            f", concurrency {self.concurrency}" if self.concurrency > 1 else "",
         )
+        beating = threading.Event()
+        beater = threading.Thread(
+            target=self._heartbeats, args=(beating,), name="ledger-heartbeat", daemon=True
+        )
+        beater.start()
+        handled = 0
         try:
-            while not self._stopping_now() and (max_jobs is None or handled < max_jobs):
-                if self.run_once():
-                    handled += 1
-                elif stop_when_idle:
-                    self.stop_reason = self.stop_reason or "no claimable job (--stop-when-idle)"
-                    break
-                else:
-                    self._idle()
+            handled = self._loop_until_done(max_jobs, stop_when_idle)
         finally:
+            beating.set()
+            beater.join()
+            self._close_loop()
             restore()
             if self.stop_reason is None and max_jobs is not None and handled >= max_jobs:
                 self.stop_reason = f"handled {max_jobs} job(s) (max_jobs)"
@@ -218,10 +372,139 @@ class Worker:
         return handled
 
     def run_once(self) -> bool:
-        """Claim and handle one job; False when none was claimable."""
-        job = self.ledger.claim(self.worker_id, queues=self.queues, lease=self.lease)
-        if job is None:
+        """Claim and handle one job (waiting for its handler); False when none was claimable."""
+        return self.run(max_jobs=1, stop_when_idle=True) == 1
+
+    def _loop_until_done(self, max_jobs: int | None, stop_when_idle: bool) -> int:
+        handled = 0
+        claim_due = 0.0  # monotonic time of the next claim attempt (after an empty claim)
+        grace_ends: float | None = None
+        try:
+            while True:
+                self._take_signals()
+                if self._settle_finished():
+                    claim_due = 0.0  # a slot is free again
+                self._check_deadlines()
+                if self._stop.is_set():
+                    if not self._runs:
+                        break
+                    now = time.monotonic()
+                    if grace_ends is None:
+                        grace_ends = now + self.grace_period
+                        log.info(
+                            "waiting up to %gs for %d handler(s) to finish",
+                            self.grace_period,
+                            len(self._runs),
+                        )
+                    if self._force.is_set():
+                        self._abandon_all(self.stop_reason or "forced stop")
+                        break
+                    if now >= grace_ends:
+                        why = f"the handler did not finish within the {self.grace_period:g}s grace"
+                        self._abandon_all(why)
+                        break
+                    self._wait(min(_TICK, grace_ends - now))
+                    continue
+                room = self.concurrency - len(self._runs)
+                if max_jobs is not None:
+                    room = min(room, max_jobs - handled)
+                if room <= 0:
+                    if not self._runs:  # max_jobs handled and nothing left in flight
+                        break
+                    self._wait(_TICK)
+                    continue
+                now = time.monotonic()
+                if now >= claim_due:
+                    claimed = self._claim_up_to(room)
+                    handled += claimed
+                    if claimed == room:
+                        continue
+                    if stop_when_idle and not self._runs and not self._rate_waiting(now):
+                        self.stop_reason = self.stop_reason or "no claimable job (--stop-when-idle)"
+                        break
+                    claim_due = self._next_claim_time(now)
+                if self._idle(min(_TICK, max(claim_due - time.monotonic(), 0.0))):
+                    claim_due = 0.0  # the ledger changed: it may hold a claimable job
+        except BaseException:
+            # The worker's own thread is interrupted (an error of the ledger, an interrupt
+            # outside signal handling): no job may be left running.
+            self._abandon_all("the worker's loop was interrupted")
+            raise
+        return handled
+
+    def _idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for something to do; True when the ledger changed.
+
+        With no job in flight: the backend's wake-up (a new job, a retry coming due: within
+        milliseconds), as a single worker always did. With jobs in flight: a handler ending
+        (which frees a slot and is recorded at once); a job someone else creates meanwhile is
+        seen at the next end, or within ``poll_interval``."""
+        if timeout <= 0:
             return False
+        if self._runs:
+            self._wait(timeout)
+            return False
+        changed = self.ledger._wait_for_change(timeout, self._wake)
+        woken = self._wake.is_set()
+        self._wake.clear()
+        return changed and not woken
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a handler finishes, the ledger changes, a stop comes, or ``timeout``."""
+        if (timeout > 0 and self._wake.wait(timeout)) or timeout <= 0:
+            self._wake.clear()
+
+    def _rate_waiting(self, now: float) -> bool:
+        """Whether a rate-limited queue gets room later (so the worker is not idle yet)."""
+        return any(at > now for at in self._next_claim.values())
+
+    def _next_claim_time(self, now: float) -> float:
+        """After an empty claim: the next try is at most ``poll_interval`` away, sooner when a
+        rate-limited queue gets room again (and at once when the ledger changes)."""
+        due = now + self.poll_interval
+        for at in self._next_claim.values():
+            if at > now:
+                due = min(due, at)
+        return due
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def _claim_up_to(self, room: int) -> int:
+        claimed = 0
+        while claimed < room and not self._stopping_now():
+            queues = self._claimable_queues()
+            if queues == ():
+                break
+            job = self.ledger.claim(self.worker_id, queues=queues, lease=self.lease)
+            if job is None:
+                break
+            claimed += 1
+            self._start(job)
+        return claimed
+
+    def _claimable_queues(self) -> list[str] | tuple[()] | None:
+        """The queues a claim may take from now: the worker's, less those at their concurrency
+        or rate limit (``()``: none). Without limits, simply the worker's queues."""
+        if not self.queue_concurrency and not self.rate_limits:
+            return self.queues
+        now = time.monotonic()
+        running: dict[str, int] = {}
+        for run in self._runs.values():
+            running[run.job.queue] = running.get(run.job.queue, 0) + 1
+        full = {q for q, n in self.queue_concurrency.items() if running.get(q, 0) >= n}
+        full |= {q for q, at in self._next_claim.items() if at > now}
+        if not full:
+            return self.queues
+        names = self.queues if self.queues is not None else self._pending_queues()
+        allowed = [q for q in names if q not in full]
+        return allowed or ()
+
+    def _pending_queues(self) -> list[str]:
+        """Every queue with a pending job (for a worker on all queues that must leave some out)."""
+        counts = self.ledger.stats().counts.get("pending", {})
+        return sorted(q for q, n in counts.items() if n)
+
+    def _start(self, job: Job) -> None:
         log.info(
             "claimed job %s (queue %s, attempt %d of %d)",
             job.id,
@@ -229,95 +512,167 @@ class Worker:
             job.attempts,
             job.max_attempts,
         )
+        rate = self.rate_limits.get(job.queue)
+        if rate is not None:
+            now = time.monotonic()
+            self._next_claim[job.queue] = max(now, self._next_claim.get(job.queue, now)) + 1 / rate
+        timeout = job.timeout if job.timeout is not None else self.timeouts.get(job.queue)
         context = JobContext(self.ledger, job, self.worker_id)
-        self._context = context
-        try:
-            if self._stopping_now():  # the stop came with the claim: do not start the handler
-                context._stopping.set()
-                self._release(job, "worker stopping before the handler started")
-                return True
-            beating = threading.Event()
-            beater = threading.Thread(
-                target=self._heartbeat,
-                args=(context, beating),
-                name="ledger-heartbeat",
-                daemon=True,
-            )
-            beater.start()
-            try:
-                self._handle(job, context)
-            finally:
-                beating.set()
-                beater.join()
-        finally:
-            self._context = None
-        return True
-
-    def _stopping_now(self) -> bool:
-        self._take_signals()
-        return self._stop.is_set()
-
-    def _idle(self) -> None:
-        """Wait for a change in the ledger (a new job, a retry coming due: the backend's
-        wake-up, within milliseconds) or at most ``poll_interval`` before the next claim,
-        waking for signals and stops."""
-        deadline = time.monotonic() + self.poll_interval
-        while not self._stopping_now():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self.ledger._wait_for_change(min(left, _TICK), self._stop):
-                return
-
-    # -- one job -----------------------------------------------------------------------------
-
-    def _handle(self, job: Job, context: JobContext) -> None:
-        started = time.monotonic()
-        outcome = _Outcome()
-        thread = threading.Thread(
-            target=_call_handler,
-            args=(self.handler, job, context, outcome),
-            name=f"ledger-handler-{job.id[:8]}",
-            daemon=True,  # an abandoned handler must not keep the process alive
-        )
-        thread.start()
-        log.debug("job %s: handler running in thread %s", job.id, thread.name)
-        why = self._wait_for(outcome)
-        duration = time.monotonic() - started
-        if why is not None:
-            self._abandon(job, context, why)
-        elif outcome.error is not None:
-            self._after_error(job, context, outcome.error, duration)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        run = _Run(job, context, deadline, self.heartbeat_every)
+        with self._runs_lock:
+            self._runs[job.id] = run
+        if self._stop.is_set():  # the stop came with the claim: do not start the handler
+            context._stopping.set()
+            self._forget(run)
+            self._release(job, "worker stopping before the handler started")
+            return
+        if self.is_async:
+            loop = self._event_loop()
+            run.async_future = asyncio.run_coroutine_threadsafe(self._call_async(run), loop)
         else:
-            self._after_return(job, context, outcome.value, duration)
+            thread = threading.Thread(
+                target=self._call_sync,
+                args=(run,),
+                name=f"ledger-handler-{job.id[:8]}",
+                daemon=True,  # an abandoned handler must not keep the process alive
+            )
+            thread.start()
+            log.debug("job %s: handler running in thread %s", job.id, thread.name)
 
-    def _wait_for(self, outcome: _Outcome) -> str | None:
-        """Wait for the handler; the reason to give up on it (a forced stop, the grace period
-        ran out), or None once it returned or raised."""
-        grace_ends: float | None = None
-        while not outcome.done.wait(_TICK):
-            self._take_signals()
-            if self._force.is_set():
-                return self.stop_reason or "forced stop"
-            if self._stop.is_set():
-                now = time.monotonic()
-                if grace_ends is None:
-                    grace_ends = now + self.grace_period
-                    log.info("waiting up to %gs for the handler to finish", self.grace_period)
-                elif now >= grace_ends:
-                    return f"the handler did not finish within the {self.grace_period:g}s grace"
-        return None
+    def _in_flight(self) -> list[_Run]:
+        with self._runs_lock:
+            return list(self._runs.values())
 
-    def _abandon(self, job: Job, context: JobContext, why: str) -> None:
-        """Give the job back while its handler still runs; the handler is left to itself (it
-        sees ``ctx.cancelled``, and its log calls are refused) and its outcome is ignored."""
-        context._lost.set()
+    # -- running handlers --------------------------------------------------------------------
+
+    def _call_sync(self, run: _Run) -> None:
+        """A handler thread: every exception, of any kind, is handed to the worker's thread."""
+        try:
+            run.value = self.handler(run.job, run.context)
+        except BaseException as e:  # the worker decides what each means
+            run.error = e
+        finally:
+            self._finished.put(run)
+            self._wake.set()
+
+    async def _call_async(self, run: _Run) -> None:
+        try:
+            run.value = await self.handler(run.job, run.context)
+        except BaseException as e:  # CancelledError too: the worker knows why it cancelled
+            run.error = e
+        finally:
+            self._finished.put(run)
+            self._wake.set()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's event loop, in a thread of its own (started at the first async job)."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self._loop_thread = threading.Thread(target=serve, name="ledger-loop", daemon=True)
+            self._loop_thread.start()
+            ready.wait()
+            self._loop = loop
+        return self._loop
+
+    def _close_loop(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        if not self.abandoned:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0)
+            if not thread.is_alive():
+                loop.close()
+        self._loop = self._loop_thread = None
+
+    # -- deadlines, stops ---------------------------------------------------------------------
+
+    def _check_deadlines(self) -> None:
+        """Fail every attempt past its timeout (retried when attempts are left)."""
+        now = time.monotonic()
+        late = [r for r in self._runs.values() if r.deadline is not None and now >= r.deadline]
+        for run in late:
+            self._forget(run)
+            run.context._timed_out.set()
+            run.context._lost.set()  # nothing it does is recorded any more
+            run.interrupt()
+            timeout = run.deadline - run.started if run.deadline is not None else 0.0
+            message = f"the attempt ran past its timeout of {timeout:g}s"
+            log.warning("job %s: %s; failing the attempt", run.job.id, message)
+            self._fail_with(run, message, TIMEOUT_ERROR, None, now - run.started, retry=True)
+
+    def _abandon_all(self, why: str) -> None:
+        """Give every job in flight back while its handler still runs; the handler is left to
+        itself (an async one is cancelled; a thread sees ``ctx.cancelled`` and its writes are
+        refused) and its outcome is ignored."""
+        self._settle_finished()
+        runs = self._in_flight()
+        if not runs:
+            return
         self.abandoned = True
         self.exit_status = 128 + self._stop_signal if self._stop_signal else 1
-        log.warning("abandoning the handler of job %s: %s", job.id, why)
-        self._release(job, f"worker stopping: {why}")
+        for run in runs:
+            self._forget(run)
+            run.context._lost.set()
+            run.interrupt()
+            log.warning("abandoning the handler of job %s: %s", run.job.id, why)
+        self._batched(
+            [functools.partial(self._release, r.job, f"worker stopping: {why}") for r in runs]
+        )
 
-    def _after_return(self, job: Job, context: JobContext, value: Any, duration: float) -> None:
+    def _forget(self, run: _Run) -> None:
+        with self._runs_lock:
+            self._runs.pop(run.job.id, None)
+        run.finished = True
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _settle_finished(self) -> int:
+        """Record the outcomes of every handler that ended since the last look, in one write
+        transaction when there are several."""
+        done: list[_Run] = []
+        while True:
+            try:
+                run = self._finished.get_nowait()
+            except queue_module.Empty:
+                break
+            if run.finished:  # timed out or abandoned already: its outcome is ignored
+                continue
+            self._forget(run)
+            done.append(run)
+        if done:
+            self._batched([functools.partial(self._settle, run) for run in done])
+        return len(done)
+
+    def _batched(self, calls: list[Callable[[], None]]) -> None:
+        """Make each call (each records one job's outcome through the ledger's commands); several
+        go in one transaction, and should that fail they are made one by one."""
+        if len(calls) > 1:
+            try:
+                self.ledger._service.batch("recording job outcomes", calls)
+                return
+            except LedgerError as e:
+                log.warning("recording %d outcomes together failed (%s); one by one", len(calls), e)
+        for call in calls:
+            call()
+
+    def _settle(self, run: _Run) -> None:
+        duration = time.monotonic() - run.started
+        if run.error is not None:
+            self._after_error(run, run.error, duration)
+        else:
+            self._after_return(run, run.value, duration)
+
+    def _after_return(self, run: _Run, value: Any, duration: float) -> None:
+        job, context = run.job, run.context
         if context.cancelled:
             log.info(
                 "job %s was cancelled or taken over while its handler ran; left as it is", job.id
@@ -329,7 +684,7 @@ class Worker:
         try:
             result = _to_result(value)
         except InvalidArgument as e:
-            self._fail(job, context, e, duration)
+            self._fail(run, e, duration)
             return
         try:
             self.ledger.complete(
@@ -340,9 +695,10 @@ class Worker:
                 round(duration),
                 worker_id=self.worker_id,
                 attempt=job.attempts,
+                result=result.result,
             )
         except InvalidArgument as e:
-            self._fail(job, context, e, duration, "the handler's result could not be recorded: ")
+            self._fail(run, e, duration, "the handler's result could not be recorded: ")
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not completed: %s", job.id, e)
         else:
@@ -353,9 +709,8 @@ class Worker:
                 duration,
             )
 
-    def _after_error(
-        self, job: Job, context: JobContext, error: BaseException, duration: float
-    ) -> None:
+    def _after_error(self, run: _Run, error: BaseException, duration: float) -> None:
+        job, context = run.job, run.context
         name = _type_name(error)
         if isinstance(error, KeyboardInterrupt | SystemExit):
             self._interrupted_by(error)
@@ -363,8 +718,17 @@ class Worker:
             log.info("job %s was cancelled or taken over; its handler raised %s", job.id, name)
         elif isinstance(error, KeyboardInterrupt | SystemExit) or context.stopping:
             self._release(job, f"worker stopping: the handler raised {name}: {_message(error)}")
+        elif isinstance(error, asyncio.CancelledError):
+            # Cancelled by nobody the worker knows of (the handler's own code): a failure.
+            self._fail(run, error, duration)
         else:
-            self._fail(job, context, error, duration)
+            self._fail(run, error, duration, retry=not self._permanent(job, error))
+
+    def _permanent(self, job: Job, error: BaseException) -> bool:
+        if isinstance(error, Permanent):
+            return True
+        types = self.no_retry.get(job.queue, ()) + self.no_retry.get("*", ())
+        return bool(types) and isinstance(error, types)
 
     def _interrupted_by(self, error: KeyboardInterrupt | SystemExit) -> None:
         """A handler raised an interrupt: the worker stops, with the status it asks for."""
@@ -378,30 +742,62 @@ class Worker:
 
     def _fail(
         self,
-        job: Job,
-        context: JobContext,
+        run: _Run,
         error: BaseException,
         duration: float,
         prefix: str = "",
+        *,
+        retry: bool = True,
     ) -> None:
-        """Record the failure: an error event with type, message and traceback, then the fail
-        itself (with the type), each written so that the failure can always be recorded."""
         name = _type_name(error)
         message = prefix + (_message(error) or name)
         tb = _clean("".join(traceback.format_exception(error)))
-        if not _log_error(context, {"error": message, "type": name, "traceback": tb}):
-            _log_error(context, {"error": message, "type": name})
+        self._fail_with(run, message, name, tb, duration, retry=retry)
+
+    def _fail_with(
+        self,
+        run: _Run,
+        message: str,
+        name: str,
+        tb: str | None,
+        duration: float,
+        *,
+        retry: bool,
+    ) -> None:
+        """Record the failure: an error event with type, message and traceback, then the fail
+        itself (with the type), each written so that the failure can always be recorded."""
+        job = run.job
+        payload = {"error": message, "type": name}
+        if tb is None or not _log_error(
+            self.ledger, job, self.worker_id, {**payload, "traceback": tb}
+        ):
+            _log_error(self.ledger, job, self.worker_id, payload)
         try:
             self.ledger.fail(
-                job.id, message, worker_id=self.worker_id, error_type=name, attempt=job.attempts
+                job.id,
+                message,
+                worker_id=self.worker_id,
+                error_type=name,
+                attempt=job.attempts,
+                retry=retry,
             )
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not failed: %s", job.id, e)
             return
         except LedgerError as e:
+            if _in_batch(self.ledger):
+                raise
             log.error("could not record the failure of job %s (%s): %s", job.id, name, e)
             return
-        log.info("job %s failed after %.2fs: %s: %s", job.id, duration, name, _clip(message, 200))
+        final = "" if retry else " (not retried)"
+        log.info(
+            "job %s failed after %.2fs%s: %s: %s",
+            job.id,
+            duration,
+            final,
+            name,
+            _clip(message, 200),
+        )
 
     def _release(self, job: Job, reason: str) -> None:
         try:
@@ -411,30 +807,50 @@ class Worker:
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not released: %s", job.id, e)
         except LedgerError as e:
+            if _in_batch(self.ledger):
+                raise
             log.error("could not release job %s (its lease will expire): %s", job.id, e)
         else:
             log.info("job %s released (%s)", job.id, _clip(reason, 200))
 
-    def _heartbeat(self, context: JobContext, done: threading.Event) -> None:
-        while not done.wait(self.heartbeat_every):
-            try:
-                self.ledger.heartbeat(
-                    context.job.id,
-                    worker_id=self.worker_id,
-                    lease=self.lease,
-                    attempt=context.job.attempts,
-                )
-            except (LeaseLost, InvalidTransition) as e:
-                cancelled = getattr(e, "status", None) == "cancelled"
-                log.log(logging.INFO if cancelled else logging.WARNING, "%s", e)
-                context._lost.set()
-                return
-            except LedgerError as e:  # a busy or full disk: keep trying until the lease says no
-                log.warning("heartbeat for job %s failed: %s", context.job.id, e)
-            else:
-                log.debug("heartbeat for job %s", context.job.id)
+    # -- heartbeats --------------------------------------------------------------------------
+
+    def _heartbeats(self, done: threading.Event) -> None:
+        """One thread for every job in flight: each is heartbeaten ``heartbeat_every`` seconds
+        after its claim and its last beat; a beat refused marks that job's context lost."""
+        tick = min(self.heartbeat_every, 0.25)
+        while not done.wait(tick):
+            now = time.monotonic()
+            for run in self._in_flight():
+                if run.finished or now < run.next_beat:
+                    continue
+                run.next_beat = now + self.heartbeat_every
+                self._beat(run)
+
+    def _beat(self, run: _Run) -> None:
+        context = run.context
+        try:
+            self.ledger.heartbeat(
+                context.job.id,
+                worker_id=self.worker_id,
+                lease=self.lease,
+                attempt=context.job.attempts,
+            )
+        except (LeaseLost, InvalidTransition) as e:
+            cancelled = getattr(e, "status", None) == "cancelled"
+            log.log(logging.INFO if cancelled else logging.WARNING, "%s", e)
+            context._lost.set()
+            run.interrupt()  # an async handler's task stops at once; a thread sees the flag
+        except LedgerError as e:  # a busy or full disk: keep trying until the lease says no
+            log.warning("heartbeat for job %s failed: %s", context.job.id, e)
+        else:
+            log.debug("heartbeat for job %s", context.job.id)
 
     # -- signals -----------------------------------------------------------------------------
+
+    def _stopping_now(self) -> bool:
+        self._take_signals()
+        return self._stop.is_set()
 
     def _take_signals(self) -> None:
         """Act on signals counted since the last look (in the worker's thread, not in the
@@ -444,11 +860,11 @@ class Worker:
             name = signal.Signals(self._last_signal).name
             if self._stop.is_set():
                 self._stop_signal = self._last_signal
-                log.warning("%s again: forcing the stop, releasing the job in hand", name)
+                log.warning("%s again: forcing the stop, releasing the jobs in hand", name)
                 self.force_stop(f"{name}, twice")
             else:
                 log.info(
-                    "%s: stopping (the job in hand gets %gs; send it again to force)",
+                    "%s: stopping (the jobs in hand get %gs; send it again to force)",
                     name,
                     self.grace_period,
                 )
@@ -472,39 +888,85 @@ class Worker:
         return restore
 
 
-def _call_handler(handler: Handler, job: Job, context: JobContext, outcome: _Outcome) -> None:
-    """The handler thread: every exception, of any kind, is handed to the worker's thread."""
-    try:
-        outcome.value = handler(job, context)
-    except BaseException as e:  # the worker decides what each means
-        outcome.error = e
-    finally:
-        outcome.done.set()
+def _is_async(fn: object) -> bool:
+    """An ``async def`` function (or a callable object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - the method itself is what is asked about
+    )
+
+
+def _in_batch(ledger: Ledger) -> bool:
+    return getattr(ledger._service._batch, "step", None) is not None
+
+
+def _plain_value(value: Any) -> Any:
+    """A Struct (or a dataclass) as its fields, so a handler may return its own records."""
+    if isinstance(value, msgspec.Struct) and not isinstance(value, Result):
+        return msgspec.to_builtins(value)
+    return value
 
 
 def _to_result(value: Any) -> Result:
     if isinstance(value, Result):
+        if value.result is not None:
+            plain = _plain_value(value.result)
+            check.json_bytes("handler result", plain)
+            return msgspec.structs.replace(value, result=plain)
         return value
     if value is None:
         return Result("")
     if isinstance(value, str):
         return Result(value)
-    why = f"a handler returns a Result, a str or None, not {type(value).__qualname__}"
-    try:
-        error = InvalidArgument("handler result", value, why)
-    except Exception:  # a value whose repr itself fails
-        error = InvalidArgument("handler result", type(value), why)
-    raise error
+    plain = _plain_value(value)
+    check.json_bytes("handler result", plain)  # refused: says what is wrong, and where
+    return Result("", result=plain)
 
 
-def _log_error(context: JobContext, payload: dict[str, str]) -> bool:
+def _log_error(ledger: Ledger, job: Job, worker_id: str, payload: dict[str, str]) -> bool:
     """The error event; False when the ledger refused the payload (so a smaller one is tried)."""
     try:
-        context.log(EventType.ERROR, payload)
+        ledger.log_event(
+            job.id, EventType.ERROR, payload, worker_id=worker_id, attempt=job.attempts
+        )
+    except (LeaseLost, InvalidTransition):
+        return True  # not ours any more: the fail below says so too
+    except InvalidArgument as e:
+        log.warning("could not log the error event of job %s: %s", job.id, e)
+        return False
     except LedgerError as e:
-        log.warning("could not log the error event of job %s: %s", context.job.id, e)
+        if _in_batch(ledger):
+            raise
+        log.warning("could not log the error event of job %s: %s", job.id, e)
         return False
     return True
+
+
+def _mapping(name: str, value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(name, value, "expected a dict of queue name -> setting")
+    for key in value:
+        check.text(f"{name} queue", key, nonempty=True)
+    return dict(value)
+
+
+def _exception_types(queue: str, types: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, Sequence | set | frozenset) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        raise InvalidArgument(f"no_retry[{queue!r}]", types, "expected a list of exception types")
+    return tuple(types)
+
+
+def _rate(queue: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise InvalidArgument(
+            f"rate_limits[{queue!r}]", value, "expected jobs per second: a number above 0"
+        )
+    return float(value)
 
 
 def _type_name(error: BaseException) -> str:

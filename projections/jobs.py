@@ -21,6 +21,9 @@ from ledger.domain.model import JobStatus
 from ledger.domain.state import JobState
 from ledger.errors import CorruptEvent
 
+from .budgets import BudgetsFold, BudgetState
+from .queues import QueuesFold, QueueState
+
 _replace = msgspec.structs.replace
 _encoder = msgspec.json.Encoder()
 _PENDING, _RUNNING = JobStatus.PENDING, JobStatus.RUNNING
@@ -79,6 +82,10 @@ def created(stored: StoredEvent) -> JobState:
         idempotency_key=event.idempotency_key,
         created_position=stored.position,
         lease_seconds=None,
+        result_json=None,
+        timeout_seconds=event.timeout,
+        parent_id=event.parent_id,
+        max_cost_cents=event.max_cost_cents,
     )
 
 
@@ -104,7 +111,20 @@ def _claimed(state: JobState, e: ev.JobClaimed, at: datetime) -> Changes:
         "lease_expires_at": e.lease_expires_at,
         "attempts": state.attempts + 1,
         "lease_seconds": (e.lease_expires_at - at).total_seconds(),
+        "holder_host": e.host,
+        "holder_boot_id": e.boot_id,
+        "holder_pid": e.pid,
+        "holder_start": e.process_start,
     }
+
+
+# A job back in pending has no holder process any more.
+_NO_HOLDER: Changes = {
+    "holder_host": None,
+    "holder_boot_id": None,
+    "holder_pid": None,
+    "holder_start": None,
+}
 
 
 def _heartbeat(state: JobState, e: ev.HeartbeatRecorded, at: datetime) -> Changes:
@@ -118,7 +138,7 @@ def _ended(status: JobStatus, at: datetime, **more: Any) -> Changes:
 
 def _requeued(**more: Any) -> Changes:
     """Back to pending: no worker and no lease any more."""
-    return {"status": _PENDING, "worker_id": None, "lease_expires_at": None, **more}
+    return {"status": _PENDING, "worker_id": None, "lease_expires_at": None, **_NO_HOLDER, **more}
 
 
 def _completed(state: JobState, e: ev.JobCompleted, at: datetime) -> Changes:
@@ -127,10 +147,20 @@ def _completed(state: JobState, e: ev.JobCompleted, at: datetime) -> Changes:
         at,
         result_summary=e.summary,
         result_status=e.result_status,
-        cost_cents=e.cost_cents,
+        cost_cents=_plus(state.cost_cents, e.cost_cents),  # with what it charged before
         duration_seconds=e.duration_seconds,
         error_message=None,
+        result_json=None if e.result is None else _encoder.encode(e.result).decode(),
     )
+
+
+def _plus(cost: float | None, cents: float) -> float:
+    """A job's cost after spending ``cents`` more (None: it recorded none yet)."""
+    return cents if cost is None else cost + cents
+
+
+def _charged(state: JobState, e: ev.JobCharged, at: datetime) -> Changes:
+    return {"cost_cents": _plus(state.cost_cents, e.cents)}
 
 
 def _failed(state: JobState, e: ev.JobFailed, at: datetime) -> Changes:
@@ -142,9 +172,10 @@ def _retry_scheduled(state: JobState, e: ev.RetryScheduled, at: datetime) -> Cha
 
 
 def _lease_expired(state: JobState, e: ev.LeaseExpired, at: datetime) -> Changes:
+    message = holder_gone_message(state) if e.holder_gone else lease_expired_message(state)
     if e.final:
-        return _ended(_FAILED, at, error_message=lease_expired_message(state))
-    return _requeued(error_message=lease_expired_message(state), run_at=at)
+        return _ended(_FAILED, at, error_message=message)
+    return _requeued(error_message=message, run_at=at)
 
 
 def _cancelled(state: JobState, e: ev.JobCancelled, at: datetime) -> Changes:
@@ -153,6 +184,15 @@ def _cancelled(state: JobState, e: ev.JobCancelled, at: datetime) -> Changes:
 
 def _released(state: JobState, e: ev.JobReleased, at: datetime) -> Changes:
     return _requeued(attempts=max(state.attempts - 1, 0))
+
+
+def _retried(state: JobState, e: ev.JobRetried, at: datetime) -> Changes:
+    """An operator's retry: pending again, claimable at once; the attempts used stay counted
+    and at least one more is allowed (``max_attempts`` is raised to ``attempts + 1`` if needed).
+    The last error stays in ``error_message`` until the next outcome replaces it."""
+    return _requeued(
+        run_at=at, completed_at=None, max_attempts=max(state.max_attempts, state.attempts + 1)
+    )
 
 
 # One rule per lifecycle event type, and the command of the transition table it carries out; a
@@ -166,6 +206,8 @@ _RULES: dict[type, Any] = {
     ev.LeaseExpired: _lease_expired,
     ev.JobCancelled: _cancelled,
     ev.JobReleased: _released,
+    ev.JobRetried: _retried,
+    ev.JobCharged: _charged,
 }
 COMMAND_OF_EVENT: dict[type, str] = {
     ev.JobCreated: "create",
@@ -177,8 +219,19 @@ COMMAND_OF_EVENT: dict[type, str] = {
     ev.LeaseExpired: "expire",
     ev.JobCancelled: "cancel",
     ev.JobReleased: "release",
+    ev.JobRetried: "retry",
+    ev.JobCharged: "charge",
     **{cls: "log" for cls in ev.ACTIVITY_EVENTS.values()},
+    ev.StepRecorded: "log",  # a durable step's result: activity of the running attempt
 }
+
+
+def holder_gone_message(state: JobState) -> str:
+    return (
+        f"holder gone: worker {state.worker_id!r} (process {state.holder_pid} on "
+        f"{state.holder_host}) is no longer running (attempt {state.attempts} of "
+        f"{state.max_attempts})"
+    )
 
 
 def lease_expired_message(state: JobState) -> str:
@@ -195,9 +248,11 @@ class JobChanges(msgspec.Struct, frozen=True):
 
     new: list[JobState]
     changed: list[tuple[JobState, tuple[str, ...]]]
+    queues: list[QueueState] = []  # queue states changed (projections/queues.py)
+    budgets: list[BudgetState] = []  # chat budgets changed (projections/budgets.py)
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.changed)
+        return bool(self.new or self.changed or self.queues or self.budgets)
 
 
 class JobsFold:
@@ -208,10 +263,19 @@ class JobsFold:
     within the events folded. A live command folds its few events and hands `take` to the
     backend; replay folds the whole log, taking a batch whenever `len` reaches its limit."""
 
-    __slots__ = ("_dirty", "_load", "_new", "_states")
+    __slots__ = ("_dirty", "_load", "_new", "_states", "budgets", "queues")
 
-    def __init__(self, load: Callable[[str], JobState | None] | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[str], JobState | None] | None = None,
+        load_queue: Callable[[str], QueueState | None] | None = None,
+        load_budget: Callable[[int], BudgetState | None] | None = None,
+    ) -> None:
         self._load = load
+        # A queue's own events (stream ``queue:<name>``) fold into the queues projection; other
+        # non-job streams (`ev.StreamEvent`) are not the jobs fold's business and are skipped.
+        self.queues = QueuesFold(load_queue)
+        self.budgets = BudgetsFold(load_budget)  # a chat's own events (stream ``chat:<id>``)
         self._states: dict[str, JobState | None] = {}
         self._new: dict[str, None] = {}  # insertion-ordered
         self._dirty: dict[str, dict[str, None]] = {}  # job -> changed field names, in order
@@ -231,7 +295,14 @@ class JobsFold:
         """Tell the fold a job has no state yet (its id was just minted), saving a lookup."""
         self._states.setdefault(job_id, None)
 
-    def apply(self, stored: StoredEvent) -> JobState:
+    def apply(self, stored: StoredEvent) -> JobState | None:
+        """Fold one event; None for an event of a stream that is not a job's."""
+        if isinstance(stored.event, ev.StreamEvent):
+            if isinstance(stored.event, ev.QueueEvent):
+                self.queues.apply(stored)
+            elif isinstance(stored.event, ev.ChatEvent):
+                self.budgets.apply(stored)
+            return None
         job_id = stored.job_id
         # A creation has no state before it (the log's rules refuse a second one), so replay
         # never looks its jobs up in the table it is rebuilding.
@@ -240,25 +311,74 @@ class JobsFold:
         self._states[job_id] = state
         if moved is None:
             self._new[job_id] = None
-        elif job_id not in self._new:
+        else:
+            self._mark(job_id, moved)
+            if "cost_cents" in moved and before is not None:
+                delta = (state.cost_cents or 0.0) - (before.cost_cents or 0.0)
+                state = self._roll_up(stored, state, delta)
+        return state
+
+    def _mark(self, job_id: str, moved: Changes | tuple[str, ...]) -> None:
+        if job_id not in self._new:
             dirty = self._dirty.get(job_id)
             if dirty is None:
                 self._dirty[job_id] = dict.fromkeys(moved)
             else:
                 dirty.update(dict.fromkeys(moved))
-        return state
+
+    def _roll_up(self, stored: StoredEvent, state: JobState, delta: float) -> JobState:
+        """A job's cost moved by ``delta``: so do its own subtree cost and every ancestor's
+        (loaded through ``load`` when not folded in this batch: the fold is what keeps
+        `JobState.subtree_cost_cents`, so replay rebuilds it)."""
+        if not delta:
+            return state
+        mine = _replace(state, subtree_cost_cents=state.subtree_cost_cents + delta)
+        self._states[state.id] = mine
+        self._mark(state.id, ("subtree_cost_cents",))
+        parent_id = state.parent_id
+        while parent_id is not None:
+            parent = self.state(parent_id)
+            if parent is None:
+                raise CorruptEvent(
+                    stored.position,
+                    ev.tag_of(stored.event),
+                    f"job {state.id}'s ancestor {parent_id} does not exist; the log was damaged",
+                )
+            self._states[parent_id] = _replace(
+                parent, subtree_cost_cents=parent.subtree_cost_cents + delta
+            )
+            self._mark(parent_id, ("subtree_cost_cents",))
+            parent_id = parent.parent_id
+        return mine
 
     def states(self) -> Iterator[JobState]:
         """Every state held (for verify, which folds the whole log in memory)."""
         return (s for s in self._states.values() if s is not None)
+
+    def flush_to(
+        self,
+        save: Callable[[list[JobState], list[tuple[JobState, tuple[str, ...]]]], None],
+    ) -> None:
+        """`take`, handing the changes to ``save(new, changed)``; nothing when nothing changed
+        (a live command's hot path: no `JobChanges` is built)."""
+        if self._new or self._dirty:
+            states = self._states
+            new = [states[j] for j in self._new]
+            changed = [(states[j], tuple(names)) for j, names in self._dirty.items()]
+            self.reset()
+            save(new, changed)  # type: ignore[arg-type]
+        else:
+            self.reset()
 
     def take(self) -> JobChanges:
         """What changed since the last `take`, forgetting every cached state."""
         states = self._states
         new = [states[j] for j in self._new]
         changed = [(states[j], tuple(names)) for j, names in self._dirty.items()]
+        queues = self.queues.take()
+        budgets = self.budgets.take()
         self.reset()
-        return JobChanges(new, changed)  # type: ignore[arg-type]
+        return JobChanges(new, changed, queues, budgets)  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Forget everything (after a rolled-back command, or a `take`)."""
@@ -266,6 +386,8 @@ class JobsFold:
             self._states.clear()
             self._new.clear()
             self._dirty.clear()
+        self.queues.reset()
+        self.budgets.reset()
 
 
 class JobsProjection:
@@ -273,7 +395,7 @@ class JobsProjection:
     rebuilds it when the version it stored differs) and a new fold."""
 
     name: str = "jobs"
-    schema_version: int = 1
+    schema_version: int = 4  # 2: result_json, timeout_seconds; 3: trees and budgets; 4: holders
 
     def fold(self, load: Callable[[str], JobState | None] | None = None) -> JobsFold:
         return JobsFold(load)

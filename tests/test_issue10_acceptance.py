@@ -230,9 +230,9 @@ HANDLERS = textwrap.dedent(
         if kind == "ok":
             return Result("fine", "success", 2.5)
         if kind == "dict":
-            return {"a": 1}
-        if kind == "int":
-            return 5
+            return {1: "a"}  # a dict is a result since issue 13; int keys are refused
+        if kind == "set":
+            return {5}
         if kind == "nan":
             return Result("x", "success", float("nan"))
         if kind == "surrogate":
@@ -419,7 +419,7 @@ def test_second_signal_forces_the_stop_releases_and_exits_non_zero(
 def test_bad_returns_and_raises_fail_their_jobs_and_the_worker_goes_on(
     workdir: Path, db: str
 ) -> None:
-    kinds = ["dict", "int", "nan", "surrogate", "raise_surrogate", "custom", "ok"]
+    kinds = ["dict", "set", "nan", "surrogate", "raise_surrogate", "custom", "ok"]
     ids = {kind: new_job(db, kind=kind) for kind in kinds}
     proc = start_worker(workdir, db, "by_kind", "--stop-when-idle")
     _, err = proc.communicate(timeout=30)
@@ -437,8 +437,8 @@ def test_bad_returns_and_raises_fail_their_jobs_and_the_worker_goes_on(
             assert job.error_message, kind
             assert "retry_scheduled" in event_types(handle, job.id), kind
         errors = {kind: job.error_message or "" for kind, job in jobs.items()}
-        assert "dict" in errors["dict"]
-        assert "int" in errors["int"]
+        assert "not a str" in errors["dict"]
+        assert "set" in errors["set"]
         assert "cost_cents" in errors["nan"]
         assert "\\udcff" in errors["raise_surrogate"]  # escaped, still recorded
         assert jobs["custom"].error_message == "over quota"
@@ -492,10 +492,10 @@ class _BadStr(Exception):
 @pytest.mark.parametrize(
     ("handler", "needle"),
     [
-        (lambda job, ctx: {"a": 1}, "dict"),
-        (lambda job, ctx: 7, "int"),
+        (lambda job, ctx: {1: "a"}, "not a str"),  # a dict result is fine since issue 13
+        (lambda job, ctx: (7,), "tuple"),
         (lambda job, ctx: b"bytes", "bytes"),
-        (lambda job, ctx: True, "bool"),
+        (lambda job, ctx: {True}, "set"),
         (lambda job, ctx: Result("x", "success", float("nan")), "cost_cents"),
         (lambda job, ctx: Result("x", "success", float("inf")), "cost_cents"),
         (lambda job, ctx: "\ud800", "summary"),

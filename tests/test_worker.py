@@ -245,9 +245,10 @@ class Unusual(BaseException):
 
 BAD_OUTCOMES: dict[str, tuple[object, str]] = {
     # kind: (what the handler returns, or raises if an exception; words the error must hold)
-    "dict": ({"summary": "x"}, "not dict"),
-    "int": (7, "not int"),
-    "bool": (True, "not bool"),
+    # (a dict, an int, a bool is a result since issue 13; values JSON cannot hold are refused)
+    "int keys": ({1: "x"}, "not a str"),
+    "tuple": ((7,), "tuple"),
+    "set": ({True}, "set"),
     "nan cost": (Result("x", cost_cents=float("nan")), "cost_cents"),
     "str cost": (Result("x", cost_cents="1"), "cost_cents"),  # type: ignore[arg-type]
     "surrogate summary": ("half \udcff", "not valid Unicode"),

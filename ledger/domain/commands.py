@@ -24,6 +24,7 @@ from . import events as ev
 from . import validate as check
 from .backoff import RetryPolicy
 from .model import ACTIVITY_TYPES, EventType, JobStatus
+from .state import JobState
 from .timeutil import check_aware, seconds
 
 Int64 = Annotated[int, Meta(ge=check.INT64_MIN, le=check.INT64_MAX)]
@@ -33,6 +34,17 @@ Name = Annotated[str, Meta(min_length=1)]
 # NaN fails every comparison, so these bounds refuse NaN as well as the infinities.
 Finite = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
 Aware = Annotated[datetime, Meta(tz=True)]
+Cents = Finite  # an amount of cents; `cents` refuses a negative one
+
+
+def cents(name: str, value: float | None) -> float | None:
+    """An amount of cents as a float, refusing a negative one (NaN and infinity are refused by
+    the `Finite` type before)."""
+    if value is None:
+        return None
+    if value < 0:
+        raise InvalidArgument(name, value, "must not be negative (an amount of cents, 0 or more)")
+    return float(value)
 Duration = float | timedelta  # checked by `timeutil.seconds`: positive and not too long
 
 _AT = re.compile(r"^(?P<why>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
@@ -54,7 +66,12 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         except msgspec.ValidationError as e:
             raise _invalid(e, args, where) from None
         for name in cls._texts:
-            check.text(where + name, getattr(command, name), optional=True)
+            value = getattr(command, name)
+            # the common case, checked here without a call: None, or plain ASCII of sane length
+            if value is not None and not (
+                type(value) is str and value.isascii() and len(value) <= check.MAX_PAYLOAD_BYTES
+            ):
+                check.text(where + name, value, optional=True)
         return command.refined(where)
 
     def refined(self, where: str) -> Self:
@@ -116,14 +133,25 @@ class CreateJob(Command, frozen=True, kw_only=True):
     run_at: Aware | None = None
     max_attempts: Attempts = 1
     idempotency_key: Name | None = None
+    timeout: Duration | None = None
+    parent_id: Name | None = None
+    max_cost_cents: Cents | None = None
+    by: str | None = None  # the operator who enqueued it
 
-    _texts: ClassVar[tuple[str, ...]] = ("user_id", "queue", "idempotency_key")
+    _texts: ClassVar[tuple[str, ...]] = ("user_id", "queue", "idempotency_key", "parent_id", "by")
 
     def refined(self, where: str) -> Self:
         check.json_value(where + "config", self.config)
+        command = self
+        if self.max_cost_cents is not None:
+            most = cents(where + "max_cost_cents", self.max_cost_cents)
+            command = msgspec.structs.replace(command, max_cost_cents=most)
+        if self.timeout is not None:
+            timeout = seconds(where + "timeout", self.timeout)
+            command = msgspec.structs.replace(command, timeout=timeout)
         if self.run_at is None:
-            return self
-        return msgspec.structs.replace(self, run_at=check_aware(where + "run_at", self.run_at))
+            return command
+        return msgspec.structs.replace(command, run_at=check_aware(where + "run_at", self.run_at))
 
     def event(self) -> ev.JobCreated:
         return ev.JobCreated(
@@ -136,6 +164,10 @@ class CreateJob(Command, frozen=True, kw_only=True):
             run_at=self.run_at,
             max_attempts=self.max_attempts,
             idempotency_key=self.idempotency_key,
+            timeout=None if self.timeout is None else float(self.timeout),  # type: ignore[arg-type]
+            parent_id=self.parent_id,
+            max_cost_cents=None if self.max_cost_cents is None else float(self.max_cost_cents),
+            by=self.by,
         )
 
 
@@ -183,8 +215,32 @@ class Complete(Command, frozen=True, kw_only=True):
     duration_seconds: Count | None = None
     worker_id: Name | None = None
     attempt: Attempts | None = None
+    result: Any = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "summary", "result_status", "worker_id")
+
+    def refined(self, where: str) -> Self:
+        if self.result is None:
+            return self
+        # Encoded once, by the JSON-native rule payloads follow; the event carries the bytes.
+        encoded = msgspec.Raw(check.json_bytes(where + "result", self.result))
+        return msgspec.structs.replace(self, result=encoded)
+
+
+class RecordStep(Command, frozen=True, kw_only=True):
+    """A durable step's result (`JobContext.step`), fenced by the worker and its attempt."""
+
+    job_id: str
+    name: Name
+    worker_id: Name
+    attempt: Attempts
+    result: Any = None
+
+    _texts: ClassVar[tuple[str, ...]] = ("job_id", "name", "worker_id")
+
+    def refined(self, where: str) -> Self:
+        encoded = msgspec.Raw(check.json_bytes(where + "result", self.result))
+        return msgspec.structs.replace(self, result=encoded)
 
 
 class Fail(Command, frozen=True, kw_only=True):
@@ -201,8 +257,69 @@ class Fail(Command, frozen=True, kw_only=True):
 class Cancel(Command, frozen=True, kw_only=True):
     job_id: str
     reason: str | None = None
+    cascade: bool = True  # cancel the pending and running descendants too
+    by: str | None = None  # the operator who acted
 
-    _texts: ClassVar[tuple[str, ...]] = ("job_id", "reason")
+    _texts: ClassVar[tuple[str, ...]] = ("job_id", "reason", "by")
+
+
+class Retry(Command, frozen=True, kw_only=True):
+    """An operator's retry of one failed or cancelled job."""
+
+    job_id: str
+    by: str | None = None
+    reason: str | None = None
+
+    _texts: ClassVar[tuple[str, ...]] = ("job_id", "by", "reason")
+
+
+class RetryFailed(Command, frozen=True, kw_only=True):
+    """Retry every failed job (of ``queue``; finished at or after ``since``)."""
+
+    queue: Name | None = None
+    since: Aware | None = None
+    by: str | None = None
+
+    _texts: ClassVar[tuple[str, ...]] = ("queue", "by")
+
+
+def failed_since(state: JobState, since: datetime | None) -> bool:
+    """Whether a failed job is one `RetryFailed` with ``since`` takes."""
+    return since is None or (state.completed_at is not None and state.completed_at >= since)
+
+
+class QueueAction(Command, frozen=True, kw_only=True):
+    """Pause or resume a queue."""
+
+    queue: Name
+    by: str | None = None
+    reason: str | None = None
+
+    _texts: ClassVar[tuple[str, ...]] = ("queue", "by", "reason")
+
+
+class Charge(Command, frozen=True, kw_only=True):
+    """Spending on a running job; ``detail`` is any JSON-native value (what was bought)."""
+
+    job_id: str
+    cents: Cents
+    detail: Any = None
+    worker_id: Name | None = None
+    attempt: Attempts | None = None
+
+    _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
+
+    def refined(self, where: str) -> Self:
+        check.json_value(where + "detail", self.detail)
+        return msgspec.structs.replace(self, cents=cents(where + "cents", self.cents))
+
+
+class SetBudget(Command, frozen=True, kw_only=True):
+    chat_id: Int64
+    cents: Cents | None
+
+    def refined(self, where: str) -> Self:
+        return msgspec.structs.replace(self, cents=cents(where + "cents", self.cents))
 
 
 class Release(Command, frozen=True, kw_only=True):

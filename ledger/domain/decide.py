@@ -12,7 +12,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..errors import InvalidArgument, LeaseLost
+from ..errors import BudgetExceeded, InvalidArgument, InvalidTransition, LeaseLost
 from . import events as ev
 from .backoff import RetryPolicy
 from .model import EventType, JobStatus
@@ -42,9 +42,27 @@ def _check_holder(
     require(state.id, state.status, command, verb=verb)
 
 
-def claim(state: JobState, worker_id: str, lease_until: datetime) -> list[ev.Event]:
+def claim(
+    state: JobState,
+    worker_id: str,
+    lease_until: datetime,
+    holder: tuple[str, str, int, int] | None = None,
+) -> list[ev.Event]:
+    """``holder``: (host, boot id, pid, process start) of the claiming process, when known."""
     require(state.id, state.status, "claim")
-    return [ev.JobClaimed(worker_id=worker_id, lease_expires_at=lease_until)]
+    if holder is None:
+        return [ev.JobClaimed(worker_id=worker_id, lease_expires_at=lease_until)]
+    host, boot_id, pid, start = holder
+    return [
+        ev.JobClaimed(
+            worker_id=worker_id,
+            lease_expires_at=lease_until,
+            host=host,
+            boot_id=boot_id,
+            pid=pid,
+            process_start=start,
+        )
+    ]
 
 
 def heartbeat(
@@ -66,8 +84,10 @@ def complete(
     duration_seconds: int | None,
     now: datetime,
     attempt: int | None = None,
+    result: Any = None,
 ) -> list[ev.Event]:
-    """``duration_seconds`` None: the whole seconds since the job was claimed."""
+    """``duration_seconds`` None: the whole seconds since the job was claimed. ``result``: the
+    handler's value, already checked and encoded (`commands.Complete`)."""
     _check_holder(state, worker_id, "complete", attempt=attempt)
     if duration_seconds is None:
         started = state.started_at or now
@@ -79,6 +99,7 @@ def complete(
             cost_cents=cost_cents,
             duration_seconds=duration_seconds,
             worker_id=worker_id,
+            result=result,
         )
     ]
 
@@ -107,12 +128,99 @@ def fail(
     return [ev.JobFailed(error=error, worker_id=worker_id, error_type=error_type)]
 
 
-def cancel(state: JobState, reason: str | None) -> list[ev.Event]:
+def cancel(state: JobState, reason: str | None, by: str | None = None) -> list[ev.Event]:
     """Cancelling a finished job is not an error: it answers False (no events), as the original."""
     if state.status in FINAL:
         return []
     require(state.id, state.status, "cancel")
-    return [ev.JobCancelled(reason=reason)]
+    return [ev.JobCancelled(reason=reason, by=by)]
+
+
+def spawn(parent: JobState, chat_id: int) -> None:
+    """A child job may be created under ``parent`` (it raises otherwise): a finished agent
+    spawns nothing, and a child belongs to its parent's chat."""
+    if parent.status in FINAL:
+        raise InvalidTransition(
+            parent.id,
+            parent.status.value,
+            "spawn a child of",
+            "only a pending or running job can have children",
+        )
+    if chat_id != parent.chat_id:
+        raise InvalidArgument(
+            "chat_id",
+            chat_id,
+            f"a child belongs to its parent's chat: parent {parent.id} is in chat "
+            f"{parent.chat_id}; pass that chat_id",
+        )
+
+
+def cancel_below(state: JobState, ancestor_id: str) -> list[ev.Event]:
+    """A pending or running descendant of a cancelled job: cancelled with it."""
+    require(state.id, state.status, "cancel")
+    reason = f"cancelled with its ancestor {ancestor_id}"
+    return [ev.JobCancelled(reason=reason, cause=ancestor_id)]
+
+
+def reservation(state: JobState) -> float:
+    """What a job may still spend of its ``max_cost_cents`` (0 without one)."""
+    if state.max_cost_cents is None:
+        return 0.0
+    return max(state.max_cost_cents - (state.cost_cents or 0.0), 0.0)
+
+
+def blocked_reason(state: JobState, limit_cents: float | None, used_cents: float) -> str | None:
+    """Why a pending job is not handed out by a claim because of its chat's budget (None: it
+    is not held back by it); the same rule as the backends' claim queries."""
+    if state.status is not JobStatus.PENDING or limit_cents is None:
+        return None
+    left = max(limit_cents - used_cents, 0.0)
+    if state.max_cost_cents is None:
+        if used_cents < limit_cents:
+            return None
+        return (
+            f"chat {state.chat_id}'s budget is spent ({used_cents:g} of {limit_cents:g} cents "
+            "spent or reserved); raise it with `ledger budget` or wait for running jobs to end"
+        )
+    need = reservation(state)
+    if used_cents + need <= limit_cents:
+        return None
+    return (
+        f"waiting for budget: its max_cost_cents reservation of {need:g} does not fit in the "
+        f"{left:g} cents chat {state.chat_id} has left (limit {limit_cents:g}); raise it with "
+        "`ledger budget` or wait for running jobs to end"
+    )
+
+
+def charge(
+    state: JobState,
+    cents: float,
+    detail: Any,
+    worker_id: str | None,
+    attempt: int | None,
+    limit_cents: float | None,
+    used_cents: float,
+) -> list[ev.Event]:
+    """Spending on a running job. Refused (`BudgetExceeded`) past the job's own maximum, or
+    when the part beyond the job's reservation does not fit in what its chat has left
+    (``used_cents``: the chat's spent + reserved, this job's reservation included)."""
+    _check_holder(state, worker_id, "charge", attempt=attempt)
+    spent = state.cost_cents or 0.0
+    if state.max_cost_cents is not None and spent + cents > state.max_cost_cents:
+        raise BudgetExceeded(
+            state.id,
+            cents,
+            f"it has spent {spent:g} of its max_cost_cents {state.max_cost_cents:g}",
+        )
+    beyond = cents - min(cents, reservation(state))
+    if limit_cents is not None and beyond > 0 and used_cents + beyond > limit_cents:
+        raise BudgetExceeded(
+            state.id,
+            cents,
+            f"chat {state.chat_id} has {max(limit_cents - used_cents, 0.0):g} of its "
+            f"{limit_cents:g} cents left",
+        )
+    return [ev.JobCharged(cents=cents, detail=detail, worker_id=worker_id, attempt=state.attempts)]
 
 
 def log(
@@ -134,10 +242,26 @@ def log(
     return [ev.ACTIVITY_EVENTS[event_type](payload=payload, worker_id=worker_id, attempt=attempt)]
 
 
-def expire(state: JobState) -> list[ev.Event]:
-    """An expired lease: retried when attempts are left, else the job fails."""
+def step(state: JobState, name: str, result: Any, worker_id: str, attempt: int) -> list[ev.Event]:
+    """A durable step's result, fenced like every write of an attempt: only the worker that
+    holds this very attempt may record it (`LeaseLost` otherwise)."""
+    _check_holder(state, worker_id, "log", verb=f"record step {name!r} of", attempt=attempt)
+    return [ev.StepRecorded(name=name, result=result, worker_id=worker_id, attempt=attempt)]
+
+
+def retry(state: JobState, by: str | None, reason: str | None = None) -> list[ev.Event]:
+    """An operator's retry of a failed or cancelled job: back to pending, claimable now."""
+    require(state.id, state.status, "retry")
+    return [ev.JobRetried(by=by, reason=reason)]
+
+
+def expire(state: JobState, holder_gone: bool = False) -> list[ev.Event]:
+    """An expired lease (or, ``holder_gone``, a holder process that no longer exists): retried
+    when attempts are left, else the job fails."""
     require(state.id, state.status, "expire")
     final = state.attempts >= state.max_attempts
+    if holder_gone:
+        return [ev.LeaseExpired(worker_id=state.worker_id, final=final, holder_gone=True)]
     return [ev.LeaseExpired(worker_id=state.worker_id, final=final)]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -33,11 +33,23 @@ class JobCreated(Event, tag="created", frozen=True):
     run_at: datetime | None = None
     max_attempts: int = 1
     idempotency_key: str | None = None
+    timeout: float | None = None  # seconds an attempt may run before the worker interrupts it
+    by: str | None = None  # the operator who enqueued it (`ledger enqueue --by`), when one did
+    parent_id: str | None = None  # the job that spawned it (a subagent's parent)
+    max_cost_cents: float | None = None  # what it may spend at most; a claim reserves it
 
 
 class JobClaimed(Event, tag="claimed", frozen=True):
+    """``host``, ``boot_id``, ``pid``, ``process_start``: where the holder runs (`ledger.holder`;
+    absent in older logs and where the platform cannot tell), so a claim on the same host can
+    see that the holder process is gone and rescue the job at once."""
+
     worker_id: str
     lease_expires_at: datetime
+    host: str | None = None
+    boot_id: str | None = None
+    pid: int | None = None
+    process_start: int | None = None  # clock ticks since boot (/proc/<pid>/stat field 22)
 
 
 class HeartbeatRecorded(Event, tag="heartbeat", frozen=True):
@@ -51,6 +63,7 @@ class JobCompleted(Event, tag="completed", frozen=True):
     cost_cents: float
     duration_seconds: int
     worker_id: str | None = None
+    result: Any = None  # the handler's return value (JSON-native), absent in older logs
 
 
 class JobFailed(Event, tag="failed", frozen=True):
@@ -73,9 +86,21 @@ class LeaseExpired(Event, tag="lease_expired", frozen=True):
 
     worker_id: str | None
     final: bool
+    holder_gone: bool = False  # rescued because the holder's process is gone, not by the clock
 
 
 class JobCancelled(Event, tag="cancelled", frozen=True):
+    reason: str | None = None
+    by: str | None = None  # who cancelled it, when an operator named themselves
+    cause: str | None = None  # the ancestor whose cancel cascaded to this job
+
+
+class JobRetried(Event, tag="retried", frozen=True):
+    """An operator sent a failed or cancelled job back to pending for one more attempt
+    (its used attempts stay counted; ``max_attempts`` rises to allow one more if needed).
+    ``by``: the operator who asked (None when the caller did not name one)."""
+
+    by: str | None = None
     reason: str | None = None
 
 
@@ -84,6 +109,25 @@ class JobReleased(Event, tag="released", frozen=True):
 
     worker_id: str
     reason: str | None = None
+
+
+class StepRecorded(Event, tag="step", frozen=True):
+    """A durable step of a running attempt finished: ``ctx.step(name, fn)`` returns ``result``
+    instead of running ``fn`` again, in this attempt and every retry of the job."""
+
+    name: str
+    result: Any = None
+    worker_id: str | None = None
+    attempt: int | None = None
+
+
+class JobCharged(Event, tag="charged", frozen=True):
+    """Spending of a running job (`Ledger.charge`): its cost grows by ``cents``."""
+
+    cents: float
+    detail: Any = None
+    worker_id: str | None = None
+    attempt: int | None = None
 
 
 class Activity(Event, frozen=True):
@@ -111,6 +155,44 @@ class ErrorLogged(Activity, tag="error", frozen=True):
     pass
 
 
+class StreamEvent(Event, frozen=True):
+    """Base of an event that belongs to a stream other than a job's: a queue's (and, later, a
+    chat's). Such a stream lives in the same events table, its id (the ``job_id`` column) is
+    ``<stream_prefix><name>`` and its versions run 1, 2, 3, ... like a job's, but it has no
+    created event and the jobs fold skips it. A subclass sets ``stream_prefix``."""
+
+    stream_prefix: ClassVar[str] = ""
+
+
+class QueueEvent(StreamEvent, frozen=True):
+    """An operator's action on a whole queue; stream id ``queue:<name>``."""
+
+    stream_prefix: ClassVar[str] = "queue:"
+    by: str | None = None  # the operator who acted (None when the caller did not name one)
+    reason: str | None = None
+
+
+class QueuePaused(QueueEvent, tag="queue_paused", frozen=True):
+    """No worker claims a job of this queue until it is resumed (running jobs carry on)."""
+
+
+class QueueResumed(QueueEvent, tag="queue_resumed", frozen=True):
+    """The queue's jobs are claimable again."""
+
+
+class ChatEvent(StreamEvent, frozen=True):
+    """An event of a whole chat; stream id ``chat:<chat_id>``."""
+
+    stream_prefix: ClassVar[str] = "chat:"
+
+
+class BudgetSet(ChatEvent, tag="budget_set", frozen=True):
+    """A chat's spending limit (None: unlimited). Claims and charges of its jobs keep to it."""
+
+    chat_id: int
+    limit_cents: float | None = None
+
+
 AnyEvent = (
     JobCreated
     | JobClaimed
@@ -121,10 +203,16 @@ AnyEvent = (
     | LeaseExpired
     | JobCancelled
     | JobReleased
+    | JobCharged
+    | BudgetSet
+    | JobRetried
+    | QueuePaused
+    | QueueResumed
     | Started
     | Progress
     | ToolCall
     | ErrorLogged
+    | StepRecorded
 )
 
 ACTIVITY_EVENTS: dict[EventType, type[Started | Progress | ToolCall | ErrorLogged]] = {
@@ -142,6 +230,41 @@ _raw_decoder = msgspec.json.Decoder()
 
 # tag -> function from an old raw dict to the current shape. Empty while the format is at v1.
 _UPCASTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+QUEUE_STREAM = QueueEvent.stream_prefix
+CHAT_STREAM = ChatEvent.stream_prefix
+
+
+def chat_stream(chat_id: int) -> str:
+    """The stream id of a chat's own events (its budget)."""
+    return f"{CHAT_STREAM}{chat_id}"
+
+
+def queue_stream(queue: str) -> str:
+    """The stream id of a queue's own events."""
+    return QUEUE_STREAM + queue
+
+
+def stream_prefixes() -> tuple[str, ...]:
+    """The id prefixes of every non-job stream kind (a job's id never starts with one)."""
+    found = {
+        cls.stream_prefix for cls in AnyEvent.__args__ if issubclass(cls, StreamEvent)
+    }
+    return tuple(sorted(p for p in found if p))
+
+
+def stream_problem(stream_id: str, event: Event) -> str | None:
+    """Why ``event`` cannot belong to the stream ``stream_id``, or None: a stream event must be
+    in a stream of its kind, a job's event must not be in one."""
+    if isinstance(event, StreamEvent):
+        if not stream_id.startswith(event.stream_prefix):
+            return f"a {tag_of(event)} event belongs to a {event.stream_prefix}... stream"
+        return None
+    for prefix in stream_prefixes():
+        if stream_id.startswith(prefix):
+            return f"a job's {tag_of(event)} event cannot be in the {prefix}... stream"
+    return None
 
 
 def tag_of(event: Event) -> str:

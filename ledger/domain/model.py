@@ -45,11 +45,19 @@ class EventType(enum.StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     LEASE_EXPIRED = "lease_expired"
     RELEASED = "released"
+    CHARGED = "charged"  # spending recorded on a running job (`Ledger.charge`)
+    BUDGET_SET = "budget_set"  # a chat's budget limit (on the chat's stream, ``chat:<id>``)
+    RETRIED = "retried"  # an operator sent a failed or cancelled job back to pending
+    # a queue's own stream (``queue:<name>``): operator actions on the whole queue
+    QUEUE_PAUSED = "queue_paused"
+    QUEUE_RESUMED = "queue_resumed"
     # worker activity (the original's event types)
     STARTED = "started"
     PROGRESS = "progress"
     TOOL_CALL = "tool_call"
     ERROR = "error"
+    # durable steps (ctx.step)
+    STEP = "step"
 
 
 ACTIVITY_TYPES = frozenset(
@@ -84,6 +92,24 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int
     lease_expires_at: datetime | None
     idempotency_key: str | None
+    result: Any = None  # what the handler returned (completed jobs), as JSON-native values
+    timeout: float | None = None  # seconds an attempt may run (None: no limit of its own)
+    parent_id: str | None = None  # the job that spawned this one (None: a root)
+    max_cost_cents: float | None = None  # what the job may spend at most (its claim reserves it)
+    subtree_cost_cents: float = 0.0  # its own cost plus that of every descendant
+    blocked_reason: str | None = None  # why a pending job is not handed out (its chat's budget)
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True):
+    """A chat's spending: ``limit_cents`` None when unlimited (then ``remaining_cents`` is None
+    too). ``spent_cents``: the cost of the chat's jobs so far (charges and completed costs);
+    ``reserved_cents``: what running jobs may still spend of their ``max_cost_cents``."""
+
+    chat_id: int
+    limit_cents: float | None
+    spent_cents: float
+    reserved_cents: float
+    remaining_cents: float | None
 
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,3 +134,4 @@ class Result(msgspec.Struct, frozen=True):
     summary: str
     result_status: str = "success"
     cost_cents: float = 0.0
+    result: Any = None  # any JSON-native value, read back as `Job.result`

@@ -47,6 +47,15 @@ class JobState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     idempotency_key: str | None
     created_position: int
     lease_seconds: float | None
+    result_json: str | None = None  # the completed event's result, as its JSON text
+    timeout_seconds: float | None = None  # the created event's timeout
+    parent_id: str | None = None  # the job that spawned it
+    max_cost_cents: float | None = None  # what it may spend at most (a claim reserves it)
+    subtree_cost_cents: float = 0.0  # its own cost plus every descendant's
+    holder_host: str | None = None  # where the running attempt's holder runs (its claim)
+    holder_boot_id: str | None = None
+    holder_pid: int | None = None
+    holder_start: int | None = None  # the holder process's start time (clock ticks since boot)
 
 
 FIELDS: tuple[str, ...] = JobState.__struct_fields__
@@ -79,4 +88,9 @@ def to_job(state: JobState) -> Job:
         max_attempts=state.max_attempts,
         lease_expires_at=state.lease_expires_at,
         idempotency_key=state.idempotency_key,
+        result=None if state.result_json is None else _config_decoder.decode(state.result_json),
+        timeout=state.timeout_seconds,
+        parent_id=state.parent_id,
+        max_cost_cents=state.max_cost_cents,
+        subtree_cost_cents=state.subtree_cost_cents,
     )

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at timestamptz NOT NULL,
     UNIQUE (job_id, version)
 );
+-- The chain hash of each event (ledger/domain/chain.py: SHA-256 hex over the previous hash and
+-- the event), written by the appending transaction with the row; NULL for events written before
+-- the chain existed (the chain covers them from the first append after the upgrade).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS hash text;
 
 -- The last position handed out. Only the events insert trigger moves it, one step per event,
 -- inside the appending transaction: a rolled-back append rolls the counter back with it (no
@@ -177,6 +181,43 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_posi
 CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- Added by the async/worker issue (projection schema 2): the handler's result (its JSON text)
+-- and the job's timeout. ADD COLUMN IF NOT EXISTS so an existing database upgrades in place.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_json text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_seconds double precision;
+-- Added by subagent trees and budgets (projection schema 3): the parent job, the most a job may
+-- spend (its claim reserves it), and the cost of the job with all its descendants.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS parent_id text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_cost_cents double precision;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS subtree_cost_cents double precision NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, created_at, created_position)
+    WHERE parent_id IS NOT NULL;
+-- Added by instant local rescue (projection schema 4): where a running job's holder runs (host,
+-- boot id, pid, process start time), so a claim on that host sees when the holder is gone.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_host text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_boot_id text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_pid bigint;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_start bigint;
+
+-- The budgets projection (projections/budgets.py): one row per chat whose budget was set (its
+-- stream 'chat:<id>' in events). A claim locks its chat's row FOR UPDATE and keeps to the limit.
+CREATE TABLE IF NOT EXISTS budgets (
+    chat_id bigint PRIMARY KEY,
+    limit_cents double precision,
+    changed_at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
+
+-- The queues projection (projections/queues.py): one row per queue an operator paused or
+-- resumed (its stream 'queue:<name>' in events). The claim query skips the jobs of a paused one.
+CREATE TABLE IF NOT EXISTS queues (
+    queue text PRIMARY KEY,
+    paused boolean NOT NULL,
+    by text,
+    reason text,
+    changed_at timestamptz NOT NULL,
+    version bigint NOT NULL
+);
 
 -- Per projection: the last position applied and the projection's schema version, so replay
 -- rebuilds after a projection changes and a catch-up starts where it stopped.
