@@ -24,10 +24,18 @@ class Transition(msgspec.Struct, frozen=True):
     sources: frozenset[JobStatus]
     targets: frozenset[JobStatus]
     why: str
+    operator: bool = False  # only an operator's command (`ledger retry`), never a worker's
 
 
-def _t(command: str, sources: set[JobStatus], targets: set[JobStatus], why: str) -> Transition:
-    return Transition(command, frozenset(sources), frozenset(targets), why)
+def _t(
+    command: str,
+    sources: set[JobStatus],
+    targets: set[JobStatus],
+    why: str,
+    *,
+    operator: bool = False,
+) -> Transition:
+    return Transition(command, frozenset(sources), frozenset(targets), why, operator)
 
 
 TRANSITIONS: dict[str, Transition] = {
@@ -52,13 +60,24 @@ TRANSITIONS: dict[str, Transition] = {
         ),
         _t("release", {RUNNING}, {PENDING}, "its worker stopped first; the attempt does not count"),
         _t("cancel", {PENDING, RUNNING}, {CANCELLED}, "someone cancelled it"),
+        _t("charge", {RUNNING}, {RUNNING}, "its worker recorded spending: its cost grows"),
+        _t(
+            "retry",
+            {FAILED, CANCELLED},
+            {PENDING},
+            "an operator sends it back for one more attempt (`ledger retry`)",
+            operator=True,
+        ),
     )
 }
 
 STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
-# A final state is one no command leaves.
+# A final state is one no worker or lifecycle command leaves: the job's run is over. Only an
+# operator's `retry` (a new decision by a person, recorded as its own event) reopens one.
 FINAL: frozenset[JobStatus] = frozenset(
-    s for s in STATUSES if not any(s in t.sources for t in TRANSITIONS.values())
+    s
+    for s in STATUSES
+    if not any(s in t.sources for t in TRANSITIONS.values() if not t.operator)
 )
 
 
@@ -82,6 +101,10 @@ def transition_table() -> str:
         targets = ", ".join(s.value for s in STATUSES if s in t.targets)
         lines.append(f"| `{t.command}` | {sources} | {targets} | {t.why} |")
     final = ", ".join(s.value for s in STATUSES if s in FINAL)
+    operators = ", ".join(f"`{t.command}`" for t in TRANSITIONS.values() if t.operator)
     lines.append("")
-    lines.append(f"Final states (no command leaves them): {final}.")
+    lines.append(
+        f"Final states (no worker or lifecycle command leaves them): {final}; only an "
+        f"operator's {operators} reopens one."
+    )
     return "\n".join(lines)
