@@ -31,8 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .. import web
     except ImportError as e:
+        missing = (e.name or "a package").split(".")[0]
         sys.stderr.write(
-            f"ledger: error: ledger serve needs the web extra ({e.name} is missing): "
+            f"ledger: error: ledger serve needs the web extra ({missing} is missing): "
             "pip install 'jobledger[web]'\n"
         )
         return 1
