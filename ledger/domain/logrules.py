@@ -77,7 +77,19 @@ class LogCheck:
         if known is None:
             known = 0 if self._prior is None else self._prior(job_id)
         expected = known + 1
-        created = type(stored.event) is ev.JobCreated
+        event = stored.event
+        misplaced = ev.stream_problem(job_id, event)
+        if misplaced is not None:
+            return f"{misplaced} (stream {job_id})"
+        if isinstance(event, ev.StreamEvent):  # a queue's stream: versions only, no created
+            if version != expected:
+                return (
+                    f"stream {job_id} is at version {expected - 1}, so its next event must be "
+                    f"version {expected}, not {version!r}"
+                )
+            self._versions[job_id] = version
+            return _field_problem(event)
+        created = type(event) is ev.JobCreated
         if version != expected:
             if type(version) is not int or version < 1:
                 return f"its version {version!r} is not a whole number from 1 up"

@@ -23,7 +23,7 @@ def test_export_then_import_gives_the_same_ledger(
     copy = open_ledger()
     report = copy.import_events(source.export_events())
     assert state(copy) == state(source)
-    assert (report.events, report.jobs) == (source.last_position(), 8)
+    assert (report.events, report.jobs) == (source.last_position(), 9)
     assert copy.verify().ok
 
 
