@@ -4,10 +4,12 @@ Every change to a job is an event appended to an append-only log; the ``jobs`` t
 projection updated in the same transaction, and `Ledger.replay` rebuilds it from the log.
 """
 
+from .aio import AsyncLedger
 from .api import Ledger
 from .domain.backoff import RetryPolicy
-from .domain.model import EventType, Job, JobEvent, JobStatus, Result
+from .domain.model import Budget, EventType, Job, JobEvent, JobStatus, Result
 from .errors import (
+    BudgetExceeded,
     ConcurrencyError,
     CorruptEvent,
     InvalidArgument,
@@ -17,13 +19,18 @@ from .errors import (
     LeaseLost,
     LedgerBusy,
     LedgerError,
+    Permanent,
     SchemaError,
     StorageError,
+    WaitTimeout,
 )
 from .rebuild import Difference, ReplayReport, VerifyReport
 from .worker import JobContext, Worker
 
 __all__ = [
+    "AsyncLedger",
+    "Budget",
+    "BudgetExceeded",
     "ConcurrencyError",
     "CorruptEvent",
     "Difference",
@@ -40,11 +47,13 @@ __all__ = [
     "Ledger",
     "LedgerBusy",
     "LedgerError",
+    "Permanent",
     "ReplayReport",
     "Result",
     "RetryPolicy",
     "SchemaError",
     "StorageError",
     "VerifyReport",
+    "WaitTimeout",
     "Worker",
 ]

@@ -79,6 +79,7 @@ Handler = Callable[[Job, "JobContext"], Any]
 
 DEFAULT_GRACE = 30.0
 MAX_CONCURRENCY = 10_000
+LOCAL_RECHECK = 1.0  # seconds: the longest idle wait while a local process holds a job
 _TICK = 0.05  # how often the worker's thread looks at signals and deadlines when nothing happens
 _MAX_TEXT = 64 * 1024  # an error message or traceback longer than this is clipped in the middle
 TIMEOUT_ERROR = "Timeout"  # the error_type of an attempt that ran past its timeout
@@ -144,6 +145,23 @@ class JobContext:
             self._lost.set()
             return False
         return True
+
+    def charge(self, cents: float, detail: Any = None) -> None:
+        """Record spending of this attempt (a ``charged`` event, fenced by worker and attempt).
+        `BudgetExceeded` (nothing written) when the job would pass its ``max_cost_cents`` or its
+        chat's budget: stop spending. `JobInterrupted` (``cancelled`` set) when the job is no
+        longer this worker's: the spending is not recorded on another worker's attempt."""
+        try:
+            self._ledger.charge(
+                self.job.id,
+                cents,
+                worker_id=self.worker_id,
+                detail=detail,
+                attempt=self.job.attempts,
+            )
+        except (LeaseLost, InvalidTransition) as e:
+            self._lost.set()
+            raise JobInterrupted(self.job.id, f"charge not recorded: {e}") from e
 
     # -- durable steps -----------------------------------------------------------------------
 
@@ -460,8 +478,12 @@ class Worker:
 
     def _next_claim_time(self, now: float) -> float:
         """After an empty claim: the next try is at most ``poll_interval`` away, sooner when a
-        rate-limited queue gets room again (and at once when the ledger changes)."""
+        rate-limited queue gets room again (and at once when the ledger changes). While another
+        process on this host holds a running job, at most `LOCAL_RECHECK` away: its death
+        changes nothing in the database, and the next claim rescues its job (`ledger.holder`)."""
         due = now + self.poll_interval
+        if self.poll_interval > LOCAL_RECHECK and self.ledger._gone_holders_possible():
+            due = now + LOCAL_RECHECK
         for at in self._next_claim.values():
             if at > now:
                 due = min(due, at)

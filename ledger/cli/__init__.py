@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import LedgerError
-from . import inspect, maintain, operate, serve, work
+from . import inspect, maintain, operate, serve, trees, work
 from .common import check_db_path, db_default
 
-GROUPS = (inspect, maintain, work, serve, operate)
+GROUPS = (inspect, maintain, work, serve, operate, trees)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,10 +36,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     with open_ledger(args, readonly=True) as ledger:
         job = ledger.find_job(args.job_id)
         events = ledger.job_events(job.id)
+        children = ledger.children(job.id)
         if args.json:
-            out(fmt.to_json({"job": job, "events": events}))
+            out(fmt.to_json({"job": job, "children": children, "events": events}))
         else:
-            out(fmt.job_details(job) + "\n\nevents:")
+            out(fmt.job_details(job))
+            if children:  # the subagents it spawned (`ledger tree` shows the whole subtree)
+                out("\nchildren:")
+                for child in children:
+                    out(f"  {child.id}  {child.status.value}")
+            out("\nevents:")
             for event in events:
                 out(fmt.event_line(event, with_job=False))
                 traceback = (

@@ -45,7 +45,28 @@ def format_summary(now: datetime, running: Sequence[Job], recent: Sequence[Job])
         return NOTHING
     lines: list[str] = []
     if running:
-        lines += ["## Running Subagents", *(format_running(now, j) for j in running)]
+        lines += ["## Running Subagents", *running_tree(now, running)]
     if recent:
         lines += ["", "## Recent Subagents", *(format_recent(j) for j in recent)]
     return "".join(line + "\n" for line in lines)
+
+
+def running_tree(now: datetime, running: Sequence[Job]) -> list[str]:
+    """The running jobs' lines, each one whose parent is running too indented under it (two
+    spaces a level), in the given order within a level; without parents, the original's
+    flat list exactly."""
+    present = {job.id for job in running}
+    below: dict[str, list[Job]] = {}
+    roots: list[Job] = []
+    for job in running:
+        if job.parent_id is not None and job.parent_id in present:
+            below.setdefault(job.parent_id, []).append(job)
+        else:
+            roots.append(job)
+    lines: list[str] = []
+    stack: list[tuple[Job, int]] = [(job, 0) for job in reversed(roots)]
+    while stack:  # depth first, iteratively: a deep tree never exhausts the stack
+        job, depth = stack.pop()
+        lines.append("  " * depth + format_running(now, job))
+        stack.extend((child, depth + 1) for child in reversed(below.get(job.id, [])))
+    return lines
