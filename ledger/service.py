@@ -149,7 +149,9 @@ class Service:
         `batch`, a part of the batch's transaction)."""
         batch_step = getattr(self._batch, "step", None)
         if batch_step is not None:
-            return work(batch_step)
+            result = work(batch_step)
+            batch_step.flush()  # the next command of the batch queries what this one wrote
+            return result
         now = self.now()
 
         def transaction(tx: Any) -> _T:

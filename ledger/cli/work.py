@@ -15,6 +15,14 @@ from ..worker import Handler, Worker
 from .common import DEMO_DB, AddCommand, natural, out
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--concurrency``)."""
+    value = natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def load_handler(spec: str) -> Handler:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
@@ -48,6 +56,7 @@ def cmd_work(args: argparse.Namespace) -> int:
             lease=args.lease,
             poll_interval=args.poll_interval,
             grace_period=args.grace,
+            concurrency=args.concurrency,
         )
         handled = worker.run(max_jobs=args.max_jobs, stop_when_idle=args.stop_when_idle)
         if worker.abandoned:
@@ -90,6 +99,14 @@ def register(command: AddCommand) -> None:
         help="wait between claims when idle (1)",
     )
     p.add_argument("--max-jobs", type=natural, metavar="N", help="stop after N jobs")
+    p.add_argument(
+        "--concurrency",
+        type=positive,
+        default=1,
+        metavar="N",
+        help="run up to N jobs at once (1): an async def handler on one event loop, "
+        "a plain one in a thread per job",
+    )
     p.add_argument("--stop-when-idle", action="store_true", help="stop when nothing is claimable")
     p.add_argument(
         "--retry-delay",

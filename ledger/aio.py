@@ -1,0 +1,254 @@
+"""`AsyncLedger`: every `Ledger` call as an awaitable that never blocks the event loop.
+
+The choice: one domain and one service, not an async copy of them. An `AsyncLedger` owns a
+`Ledger` and a single-thread executor; every call runs the sync method there and the caller
+awaits its result. So the rules, the transactions and the backends are exactly those of `Ledger`
+(nothing to keep in step), calls made by one task run in the order they were made, and the
+event loop only ever waits on a future. Writes are serialised by the database anyway (one writer
+at a time on SQLite; row locks on PostgreSQL), so one thread costs a write nothing; a read queued
+behind a write waits for it, which is the price of the simplicity. Open several `AsyncLedger`s
+(or use `Ledger` from threads) for reads in parallel.
+
+`wait` does not hold that thread while it waits: one watcher thread per `AsyncLedger` waits on
+the backend's wake-up (`Backend.wait_for_change`: SQLite ``data_version``, PostgreSQL NOTIFY) and
+wakes every waiting task, so any number of ``await lg.wait(...)`` cost one thread.
+
+Iterators (`iter_events`, `follow`, `export_events`) become async iterators: each page or item is
+fetched on the ledger's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from .api import Ledger, _wait_timeout
+from .domain import validate as check
+from .domain.model import Job
+from .errors import JobNotFound, LedgerError, WaitTimeout
+
+_T = TypeVar("_T")
+_WATCH_SLICE = 0.25  # the longest one backend wait lasts in the watcher (so close is prompt)
+_WAIT_SLICE = 1.0  # a waiting task re-reads its job at least this often (a safety net)
+_DONE = object()
+
+
+class AsyncLedger:
+    """A `Ledger` for asyncio code: ``async with AsyncLedger("ledger.db") as lg:``.
+
+    Takes `Ledger`'s arguments (a path, ``":memory:"`` or a ``postgresql://`` URL, and the same
+    keywords), or an open `Ledger` to wrap (which it then does not close). The ledger is opened
+    on the ledger's thread at ``async with`` (or at the first call). Every public `Ledger` method
+    is an ``async`` method here with the same arguments and results."""
+
+    def __init__(self, target: str | os.PathLike[str] | Ledger = "ledger.db", **kwargs: Any):
+        self._target = target
+        self._kwargs = kwargs
+        self._owned = not isinstance(target, Ledger)
+        self._ledger: Ledger | None = None if self._owned else target  # type: ignore[assignment]
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-aio")
+        self._opening: asyncio.Future[Ledger] | None = None
+        self._watcher: threading.Thread | None = None
+        self._watching = threading.Event()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncLedger:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> Ledger:
+        """Open the ledger (once); the `Ledger` it runs on."""
+        if self._closed:
+            raise LedgerError("this AsyncLedger was closed; open a new one")
+        if self._ledger is not None:
+            return self._ledger
+        if self._opening is None:
+            loop = asyncio.get_running_loop()
+            factory = functools.partial(Ledger, self._target, **self._kwargs)  # type: ignore[arg-type]
+            self._opening = asyncio.ensure_future(loop.run_in_executor(self._executor, factory))
+        try:
+            ledger = await asyncio.shield(self._opening)
+        except BaseException:
+            self._opening = None
+            raise
+        self._ledger = ledger
+        return ledger
+
+    async def close(self) -> None:
+        """Stop the watcher, close the ledger (if this object opened it), end the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watching.set()
+        watcher = self._watcher
+        ledger = self._ledger
+        loop = asyncio.get_running_loop()
+
+        def shut() -> None:
+            if watcher is not None:
+                watcher.join()
+            if ledger is not None and self._owned:
+                ledger.close()
+
+        try:
+            await loop.run_in_executor(self._executor, shut)
+        finally:
+            self._executor.shutdown(wait=False)
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.cancel()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The sync `Ledger` underneath (for a `Worker`, or code that runs in a thread)."""
+        if self._ledger is None:
+            raise LedgerError("the AsyncLedger is not open yet: use `async with` or `await open()`")
+        return self._ledger
+
+    # -- every call ----------------------------------------------------------------------------
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        ledger = await self.open()
+        bound = getattr(ledger, method)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._executor, functools.partial(bound, *args, **kwargs)
+        )
+        if isinstance(result, Iterator):  # a lazy iterator: pull it on the ledger's thread
+            return self._pull(result)
+        return result
+
+    async def _pull(self, iterator: Iterator[_T]) -> AsyncIterator[_T]:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await loop.run_in_executor(self._executor, next, iterator, _DONE)
+            if item is _DONE:
+                return
+            yield item  # type: ignore[misc]
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """Every other public method of `Ledger`, as a coroutine function."""
+        if name.startswith("_") or not callable(getattr(Ledger, name, None)):
+            raise AttributeError(f"AsyncLedger has no attribute {name!r}")
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self._call(name, *args, **kwargs)
+
+        method.__name__ = name
+        method.__doc__ = getattr(Ledger, name).__doc__
+        return method
+
+    # The most used calls, spelled out (for readers and type checkers); the rest via __getattr__.
+
+    async def create_job(self, chat_id: int, config: Any, **kwargs: Any) -> str:
+        result: str = await self._call("create_job", chat_id, config, **kwargs)
+        return result
+
+    async def get_job(self, job_id: str) -> Job | None:
+        result: Job | None = await self._call("get_job", job_id)
+        return result
+
+    async def claim(self, worker_id: str, **kwargs: Any) -> Job | None:
+        result: Job | None = await self._call("claim", worker_id, **kwargs)
+        return result
+
+    async def complete(self, job_id: str, summary: str, *args: Any, **kwargs: Any) -> None:
+        await self._call("complete", job_id, summary, *args, **kwargs)
+
+    async def fail(self, job_id: str, error: str, **kwargs: Any) -> None:
+        await self._call("fail", job_id, error, **kwargs)
+
+    async def cancel(self, job_id: str, **kwargs: Any) -> bool:
+        result: bool = await self._call("cancel", job_id, **kwargs)
+        return result
+
+    async def iter_events(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """`Ledger.iter_events` as an async iterator."""
+        iterator = await self._call("iter_events", *args, **kwargs)
+        async for item in iterator:
+            yield item
+
+    async def follow(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """`Ledger.follow` as an async iterator (each wait for new events on the ledger's
+        thread: give it a ``stop`` event, or break out of the loop, to end it)."""
+        iterator = await self._call("follow", *args, **kwargs)
+        async for item in iterator:
+            yield item
+
+    async def export_events(self, after: int = 0) -> AsyncIterator[bytes]:
+        iterator = await self._call("export_events", after)
+        async for item in iterator:
+            yield item
+
+    # -- wait ----------------------------------------------------------------------------------
+
+    async def wait(self, job_id: str, timeout: float | timedelta | None = None) -> Job:
+        """The job once it is final, woken by the database (see the module docstring);
+        `WaitTimeout` (also a ``TimeoutError``) after ``timeout`` seconds (None: no limit)."""
+        check.text("job_id", job_id)
+        limit = None if timeout is None else _wait_timeout(timeout)
+        ledger = await self.open()
+        self._start_watcher()
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            changed = loop.create_future()  # registered before the read: no change is missed
+            self._waiters.add(changed)
+            try:
+                job = await loop.run_in_executor(self._executor, ledger.get_job, job_id)
+                if job is None:
+                    raise JobNotFound(job_id)
+                if job.status.is_final:
+                    return job
+                left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(job_id, limit or 0.0, job.status.value)
+                await asyncio.wait([changed], timeout=min(left, _WAIT_SLICE))
+            finally:
+                self._waiters.discard(changed)
+
+    def _start_watcher(self) -> None:
+        if self._watcher is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._watcher = threading.Thread(target=self._watch, name="ledger-aio-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """The watcher thread: every change the backend reports wakes every waiting task."""
+        backend = self.ledger._backend
+        loop = self._loop
+        assert loop is not None
+        while not self._watching.is_set():
+            try:
+                changed = backend.wait_for_change(_WATCH_SLICE)
+            except LedgerError:  # closed under us: the waiters fall back to their slices
+                return
+            if changed and not self._watching.is_set():
+                try:
+                    loop.call_soon_threadsafe(self._wake_all)
+                except RuntimeError:  # the loop is closed
+                    return
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+__all__ = ["AsyncLedger"]
