@@ -108,6 +108,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     p95 = "-" if stats.duration_p95 is None else fmt.duration(stats.duration_p95)
     out(f"duration of completed jobs: p50 {p50}, p95 {p95}")
     out(f"total cost: {stats.total_cost_cents:.2f} cents")
+    out(
+        f"in the log: {stats.claimed} claimed, {stats.completed} completed, {stats.failed} "
+        f"failed, {stats.retried} retried, {stats.rescued} rescued"
+    )
     oldest = stats.oldest_pending
     out(
         "oldest pending: "

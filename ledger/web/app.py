@@ -199,6 +199,9 @@ def _guarded(site: Site, render: Callable[[Site, Request], Response], request: R
         return site.error(404, str(e))
     except InvalidArgument as e:
         return site.error(400, str(e))
+    except LedgerError as e:  # the database said no (busy, gone, damaged): say so, in words
+        log.warning("page %s: %s", request.url.path, e)
+        return site.error(503, f"The ledger could not be read: {e}")
 
 
 def serve(

@@ -67,7 +67,13 @@ class Site:
         return HTMLResponse(html, status_code=status_code)
 
     def error(self, status_code: int, message: str) -> HTMLResponse:
-        titles = {400: "Bad request", 403: "Refused", 404: "Not found", 409: "Conflict"}
+        titles = {
+            400: "Bad request",
+            403: "Refused",
+            404: "Not found",
+            409: "Conflict",
+            503: "Unavailable",
+        }
         title = titles.get(status_code, "Error")
         return self.render("error.html", status_code, title=title, message=message)
 

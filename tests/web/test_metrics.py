@@ -130,3 +130,11 @@ def test_serve_without_the_web_extra_is_one_line(populated: Populated) -> None:
         "ledger: error: ledger serve needs the web extra (starlette is missing): "
         "pip install 'jobledger[web]'"
     ]
+
+
+def test_stats_text_names_the_counters(
+    populated: Populated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", "--db", populated.path]) == 0
+    out = capsys.readouterr().out
+    assert "in the log: 3 claimed, 1 completed, 1 failed, 0 retried, 0 rescued" in out
