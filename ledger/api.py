@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from . import archive as archive_module
 from . import holder, rebuild
+from .archive import ArchiveReport
 from .backends import open_backend
 from .backends.protocol import JobFilter
 from .domain import chain
@@ -66,9 +68,11 @@ class Ledger(LedgerReads):
         cmd.ledger_options(clock, readonly, retry_policy, rng)
         self.readonly = readonly
         timeout_ms = int(seconds("busy_timeout", busy_timeout, maximum=MAX_BUSY_TIMEOUT) * 1000)
-        self._backend = open_backend(
-            path, readonly=readonly, durability=durability, busy_timeout_ms=timeout_ms
+        self._busy_timeout_ms = timeout_ms
+        self._reopen = functools.partial(
+            open_backend, path, readonly=readonly, durability=durability, busy_timeout_ms=timeout_ms
         )
+        self._backend = self._reopen()
         self._service = Service(
             self._backend,
             clock or system_clock,
@@ -458,6 +462,32 @@ class Ledger(LedgerReads):
             return rebuild.ReplayReport(count, jobs, time.perf_counter() - started, last)
 
         return self._backend.write(doing, work)
+
+    def archive(
+        self,
+        older_than: timedelta,
+        to: str | os.PathLike[str],
+        *,
+        progress: rebuild.Progress | None = None,
+    ) -> ArchiveReport:
+        """Move every job that finished more than ``older_than`` ago (with its whole tree) into
+        the new, sealed ledger file ``to``, and continue this ledger in a new segment holding
+        every other job and every queue and chat stream (SQLite files only; see
+        `ledger.archive` for exactly what is kept where). No event is changed or deleted:
+        each is copied into exactly one of the two files. Refuses, writing nothing, while
+        another process has the ledger open. This `Ledger` is open on the new segment after."""
+        age = archive_module.check_age(older_than)
+        path = archive_module.check_request(self.path, self._backend.name, self.readonly, to)
+        now = self._service.now()
+        self._backend.close()
+        try:
+            return archive_module.run(
+                self.path, age, path, now, self._busy_timeout_ms, progress=progress
+            )
+        finally:
+            self._backend = self._reopen()
+            self._service.backend = self._backend
+            self._backend.write(f"opening {self._backend.target}", rebuild.catch_up)
 
     def verify(self, *, expect_head: tuple[int, str] | str | None = None) -> rebuild.VerifyReport:
         """Fold the log in memory and compare it with the live projection, and recompute the

@@ -169,9 +169,8 @@ def cmd_queues(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from ..archive import archive
-
-    report = archive(args.db, older_than=args.older_than, to=args.to, progress=progress_bar)
+    with open_ledger(args, readonly=False) as ledger:
+        report = ledger.archive(args.older_than, args.to, progress=progress_bar("archiving"))
     if args.json:
         out(fmt.to_json(report))
     else:

@@ -25,11 +25,11 @@ from ...domain import events as ev
 from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
-from ...errors import StorageError
+from ...errors import ConcurrencyError, StorageError
 from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
+from . import budgets_table, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
-from . import budgets_table, queues_table
 from .connection import (
     Durability,
     configure_writer,
@@ -210,7 +210,14 @@ class SqliteTransaction(SqliteSnapshot):
     ) -> list[StoredEvent]:
         head = self._head or events.read_head(self.conn)
         self._head = None  # until this append succeeds (a failed one may have inserted some)
-        stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
+        try:
+            stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
+        except ConcurrencyError as e:
+            from . import segments  # (it imports this module)
+
+            if segments.is_seal(e.__cause__):  # the seal trigger, not a stale version
+                raise segments.sealed_error(self.conn.filename) from e
+            raise
         return stored
 
     def save_jobs(

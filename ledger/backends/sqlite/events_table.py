@@ -97,11 +97,23 @@ def _refuse_newer(user_version: int) -> None:
         )
 
 
+REPLACED_ID = 0x4A4C4758  # "JLGX": set by `ledger archive` on the file it replaced (segments)
+
+
+def _refuse_replaced(app_id: int) -> None:
+    if app_id == REPLACED_ID:
+        raise SchemaError(
+            "this ledger file was replaced by `ledger archive` while it was being opened; "
+            "open the ledger again"
+        )
+
+
 def check_openable(conn: apsw.Connection) -> tuple[int, int]:
     """Refuse, before anything is written, a file that is another app's database or a ledger
     from a newer release. An empty file (a new ledger) passes. Returns (application_id,
     user_version)."""
     app_id, user_version, objects = _markers(conn)
+    _refuse_replaced(app_id)
     if app_id not in (0, APPLICATION_ID) or (app_id == 0 and objects > 0):
         raise SchemaError(
             "this SQLite file is not a ledger (it has other tables and no ledger marker); "
@@ -135,6 +147,7 @@ def _upgrade_to_2(conn: apsw.Connection) -> None:
 def check_schema(conn: apsw.Connection) -> None:
     """Check, without writing, that an existing file is a ledger this code can read."""
     app_id, user_version, _ = _markers(conn)
+    _refuse_replaced(app_id)
     if app_id != APPLICATION_ID:
         raise SchemaError("this file is not a ledger (no ledger marker); check the --db path")
     _refuse_newer(user_version)
