@@ -42,7 +42,7 @@ def _nest(now: datetime, root: Job, below: list[Job]) -> dict[str, Any]:
     """The subtree as nested dicts (parents listed before children, so one pass suffices)."""
     nodes: dict[str, dict[str, Any]] = {}
     for job in [root, *below]:
-        node = {"job": job, "duration_seconds": _seconds(now, job), "children": []}
+        node: dict[str, Any] = {"job": job, "duration_seconds": _seconds(now, job), "children": []}
         nodes[job.id] = node
         parent = nodes.get(job.parent_id) if job.parent_id is not None else None
         if parent is not None and job is not root:

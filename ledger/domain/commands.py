@@ -45,6 +45,8 @@ def cents(name: str, value: float | None) -> float | None:
     if value < 0:
         raise InvalidArgument(name, value, "must not be negative (an amount of cents, 0 or more)")
     return float(value)
+
+
 Duration = float | timedelta  # checked by `timeutil.seconds`: positive and not too long
 
 _AT = re.compile(r"^(?P<why>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)

@@ -15,8 +15,8 @@ from ledger import (
     InvalidTransition,
     JobStatus,
     LeaseLost,
-    LedgerError,
     Ledger,
+    LedgerError,
 )
 from tests.conftest import FakeClock
 

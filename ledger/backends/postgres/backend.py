@@ -36,9 +36,9 @@ from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
 from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
+from . import budgets_table, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
-from . import budgets_table, queues_table
 from .connection import (
     check_schema,
     configure,

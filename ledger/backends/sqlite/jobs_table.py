@@ -402,10 +402,7 @@ recent_finished_for_chat_statement = statement_for(
 )
 
 
-children_statement = (
-    f"{_SELECT} WHERE parent_id = ? "
-    "ORDER BY created_at, created_position"
-)
+children_statement = f"{_SELECT} WHERE parent_id = ? ORDER BY created_at, created_position"
 # The subtree below a job, parents before their children (by depth, then age).
 descendants_statement = (
     "WITH RECURSIVE tree (id, depth) AS (SELECT id, 1 FROM jobs WHERE parent_id = ? "
