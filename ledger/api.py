@@ -426,16 +426,21 @@ class Ledger(LedgerReads):
                 return
             position = page[-1][0]
 
-    def import_events(self, lines: Iterable[bytes | str]) -> rebuild.ReplayReport:
+    def import_events(
+        self, lines: Iterable[bytes | str], *, progress: rebuild.Progress | None = None
+    ) -> rebuild.ReplayReport:
         """Load exported lines into this new or empty ledger and replay (all or nothing).
 
         Every line is checked first (see `transfer.Importer`); a refusal is an `InvalidArgument`
         naming the line, and writes nothing. The file itself was created when this `Ledger`
         opened it, before any line was read, so a refused import into a new path leaves an empty
-        ledger there: remove it if you do not want it (``ledger import`` does that for you)."""
+        ledger there: remove it if you do not want it (``ledger import`` does that for you).
+        ``progress``: called with (events replayed, events in all) by the replay after the load."""
         importer = Importer()
         try:
-            return self._rebuild("importing events", None, lambda tx: importer.load(tx, lines))
+            return self._rebuild(
+                "importing events", progress, lambda tx: importer.load(tx, lines)
+            )
         except CorruptEvent as e:  # the replay after the load refused one of its events
             raise importer.refusal(e) from e
 
@@ -489,15 +494,23 @@ class Ledger(LedgerReads):
             self._service.backend = self._backend
             self._backend.write(f"opening {self._backend.target}", rebuild.catch_up)
 
-    def verify(self, *, expect_head: tuple[int, str] | str | None = None) -> rebuild.VerifyReport:
+    def verify(
+        self,
+        *,
+        expect_head: tuple[int, str] | str | None = None,
+        progress: rebuild.Progress | None = None,
+    ) -> rebuild.VerifyReport:
         """Fold the log in memory and compare it with the live projection, and recompute the
         log's hash chain, in one snapshot. ``expect_head``: a head recorded earlier (`head`, or
-        its ``POS:HASH`` text); the report is not ok when the log no longer extends it."""
+        its ``POS:HASH`` text); the report is not ok when the log no longer extends it.
+        ``progress``: called with (events folded, events in all)."""
         expected = None if expect_head is None else chain.check_head(expect_head)
         started = time.perf_counter()
-        return self._backend.read(
-            "verifying", lambda snap: rebuild.verify(snap, started, time.perf_counter, expected)
-        )
+
+        def check(snap: Any) -> rebuild.VerifyReport:
+            return rebuild.verify(snap, started, time.perf_counter, expected, progress)
+
+        return self._backend.read("verifying", check)
 
     def head(self) -> tuple[int, str]:
         """(last position, its chain hash as 64 hex digits): record it, and a later

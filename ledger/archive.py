@@ -209,8 +209,7 @@ def run(
 ) -> ArchiveReport:
     """Archive the ledger file ``target`` (closed by the caller) into ``to``; see the module
     docstring. Refuses, writing nothing, while another process has the ledger open."""
-    from .backends.sqlite import SqliteBackend
-    from .backends.sqlite import segments
+    from .backends.sqlite import SqliteBackend, segments
 
     started = time.perf_counter()
     cut = now - older_than

@@ -209,9 +209,11 @@ def verify(
     started: float,
     clock: Callable[[], float],
     expect_head: tuple[int, str] | None = None,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Compare the live projection with a fold of the log, all read from one snapshot, and
-    recompute the log's hash chain (`verify_chain`).
+    recompute the log's hash chain (`verify_chain`). ``progress``: called with (events folded,
+    events in all) as the fold goes.
 
     Damage is reported, never raised: an event the fold refuses (undecodable, or breaking the
     log's rules), an unreadable log, a missing or reshaped projection table, a broken chain."""
@@ -223,7 +225,10 @@ def verify(
 
     fold = jobs_projection.JobsFold()
     try:
-        count, _ = fold_events(snapshot.iter_events(0), fold, LogCheck())
+        total = snapshot.last_position() if progress else 0
+        count, _ = fold_events(
+            snapshot.iter_events(0), fold, LogCheck(), progress=progress, total=total
+        )
     except CorruptEvent as e:
         diff = Difference(
             "events", e.position, None, None, None, position=e.position, problem=str(e)

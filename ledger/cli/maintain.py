@@ -13,18 +13,21 @@ from ..rebuild import VerifyReport
 from . import format as fmt
 from .common import AddCommand, open_ledger, out
 
+_EXPORT_PROGRESS_EVERY = 1_000
 SHOWN_DIFFERENCES = 50
 """`verify` prints this many differences, then says how many more there are."""
 
 
-def _progress_bar() -> Callable[[int, int], None] | None:
+def _progress_bar(what: str = "replaying") -> Callable[[int, int], None] | None:
+    """A progress callback ``(done, total)`` drawing a bar on stderr; None (silent) when
+    stderr is not a terminal, so scripts and logs never see it."""
     if not sys.stderr.isatty():
         return None
 
     def show(done: int, total: int) -> None:
-        share = done / total if total else 1.0
+        share = min(done / total, 1.0) if total else 1.0
         bar = "#" * int(share * 30)
-        sys.stderr.write(f"\rreplaying [{bar:<30}] {done}/{total} events")
+        sys.stderr.write(f"\r{what} [{bar:<30}] {done}/{total} events")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -97,7 +100,7 @@ def cmd_head(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     expected = None if args.expect_head is None else chain.parse_head(args.expect_head)
     with open_ledger(args, readonly=True) as ledger:
-        report = ledger.verify(expect_head=expected)
+        report = ledger.verify(expect_head=expected, progress=_progress_bar("verifying"))
     if args.json:
         out(fmt.to_json(report))
     elif report.ok:
@@ -128,9 +131,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     with open_ledger(args, readonly=True) as ledger:
         out = sys.stdout.buffer
+        progress = _progress_bar("exporting")
+        total = max(ledger.last_position() - args.after, 0) if progress else 0
+        done = 0
         for line in ledger.export_events(args.after):
             out.write(line + b"\n")
+            done += 1
+            if progress and done % _EXPORT_PROGRESS_EVERY == 0:
+                progress(done, total)
         out.flush()
+        if progress:
+            progress(done, max(total, done))
     return 0
 
 
@@ -148,7 +159,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with open_ledger(args, readonly=False) as ledger:
             try:
-                report = ledger.import_events(source)
+                report = ledger.import_events(source, progress=_progress_bar("importing"))
             except BaseException:
                 if created:
                     transfer.discard_empty(ledger, args.db)

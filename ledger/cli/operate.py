@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,7 @@ import msgspec
 from ..errors import InvalidArgument
 from . import format as fmt
 from .common import AddCommand, open_ledger, out
+from .maintain import _progress_bar
 
 _DURATION = re.compile(r"^(?P<n>\d+)(?P<unit>[smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -170,7 +170,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     with open_ledger(args, readonly=False) as ledger:
-        report = ledger.archive(args.older_than, args.to, progress=progress_bar("archiving"))
+        report = ledger.archive(args.older_than, args.to, progress=_progress_bar("archiving"))
     if args.json:
         out(fmt.to_json(report))
     else:
@@ -180,22 +180,6 @@ def cmd_archive(args: argparse.Namespace) -> int:
             f"({report.live_events} events): {report.size_before} -> {report.size_after} bytes"
         )
     return 0
-
-
-def progress_bar(what: str) -> Any:
-    """A progress callback ``(done, total)`` drawing on stderr, or None off a terminal."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        share = done / total if total else 1.0
-        bar = "#" * int(share * 30)
-        sys.stderr.write(f"\r{what} [{bar:<30}] {done}/{total}")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
 
 
 def _by(p: argparse.ArgumentParser) -> None:
