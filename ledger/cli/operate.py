@@ -159,7 +159,8 @@ def cmd_queues(args: argparse.Namespace) -> int:
         states = ledger.queue_states()
     if args.json:
         out(fmt.to_json(states))
-    elif not states:
+        return 0
+    if not states:
         out("no queue was ever paused")
     for s in states:
         state = "paused" if s.paused else "running"
