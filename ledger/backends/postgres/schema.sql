@@ -41,6 +41,23 @@ END
 $$;
 
 
+-- Upgrades add columns with this, not with a bare ALTER TABLE ... ADD COLUMN IF NOT EXISTS: that
+-- takes the table's ACCESS EXCLUSIVE lock even when the column is there, so a ledger opening
+-- while other processes read and claim would queue behind them and deadlock (measured: four
+-- processes opening at once). The lock is taken only when the column is really missing.
+CREATE OR REPLACE FUNCTION ledger_add_column(tab text, col text, spec text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass(quote_ident(tab)) AND attname = col AND NOT attisdropped
+    ) THEN
+        EXECUTE format('ALTER TABLE %I ADD COLUMN IF NOT EXISTS %I %s', tab, col, spec);
+    END IF;
+END
+$$;
+
+
 -- Events -------------------------------------------------------------------------------------
 
 -- data is json, not jsonb: json keeps the exact text (key order, duplicate keys, spacing,
@@ -64,7 +81,7 @@ CREATE TABLE IF NOT EXISTS events (
 -- The chain hash of each event (ledger/domain/chain.py: SHA-256 hex over the previous hash and
 -- the event), written by the appending transaction with the row; NULL for events written before
 -- the chain existed (the chain covers them from the first append after the upgrade).
-ALTER TABLE events ADD COLUMN IF NOT EXISTS hash text;
+SELECT ledger_add_column('events', 'hash', 'text');
 
 -- The last position handed out. Only the events insert trigger moves it, one step per event,
 -- inside the appending transaction: a rolled-back append rolls the counter back with it (no
@@ -183,21 +200,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 -- Added by the async/worker issue (projection schema 2): the handler's result (its JSON text)
 -- and the job's timeout. ADD COLUMN IF NOT EXISTS so an existing database upgrades in place.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS result_json text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS timeout_seconds double precision;
+SELECT ledger_add_column('jobs', 'result_json', 'text');
+SELECT ledger_add_column('jobs', 'timeout_seconds', 'double precision');
 -- Added by subagent trees and budgets (projection schema 3): the parent job, the most a job may
 -- spend (its claim reserves it), and the cost of the job with all its descendants.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS parent_id text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS max_cost_cents double precision;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS subtree_cost_cents double precision NOT NULL DEFAULT 0;
+SELECT ledger_add_column('jobs', 'parent_id', 'text');
+SELECT ledger_add_column('jobs', 'max_cost_cents', 'double precision');
+SELECT ledger_add_column('jobs', 'subtree_cost_cents', 'double precision NOT NULL DEFAULT 0');
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id, created_at, created_position)
     WHERE parent_id IS NOT NULL;
 -- Added by instant local rescue (projection schema 4): where a running job's holder runs (host,
 -- boot id, pid, process start time), so a claim on that host sees when the holder is gone.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_host text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_boot_id text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_pid bigint;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS holder_start bigint;
+SELECT ledger_add_column('jobs', 'holder_host', 'text');
+SELECT ledger_add_column('jobs', 'holder_boot_id', 'text');
+SELECT ledger_add_column('jobs', 'holder_pid', 'bigint');
+SELECT ledger_add_column('jobs', 'holder_start', 'bigint');
 
 -- The budgets projection (projections/budgets.py): one row per chat whose budget was set (its
 -- stream 'chat:<id>' in events). A claim locks its chat's row FOR UPDATE and keeps to the limit.
