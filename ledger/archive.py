@@ -82,10 +82,10 @@ def check_request(target: str, backend_name: str, readonly: bool, to: object) ->
     path = os.fspath(to)
     if not isinstance(path, str) or not path:
         raise InvalidArgument("to", to, "expected the path of the new archive file")
-    if os.path.exists(path):
-        raise InvalidArgument("to", path, "already exists; an archive is always a new file")
     if os.path.abspath(path) == os.path.abspath(target):
         raise InvalidArgument("to", path, "is the ledger itself; name a new file")
+    if os.path.exists(path):
+        raise InvalidArgument("to", path, "already exists; an archive is always a new file")
     if os.path.exists(target + LIVE_SUFFIX):
         raise LedgerError(
             f"{target + LIVE_SUFFIX} exists: an earlier archive was interrupted. If {target} "
