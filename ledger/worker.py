@@ -232,14 +232,16 @@ class _Run:
         "job",
         "next_beat",
         "started",
+        "timeout",
         "value",
     )
 
-    def __init__(self, job: Job, context: JobContext, deadline: float | None, beat: float) -> None:
+    def __init__(self, job: Job, context: JobContext, timeout: float | None, beat: float) -> None:
         self.job = job
         self.context = context
         self.started = time.monotonic()
-        self.deadline = deadline
+        self.timeout = timeout
+        self.deadline = None if timeout is None else self.started + timeout
         self.next_beat = self.started + beat
         self.finished = False
         self.value: Any = None
@@ -562,8 +564,7 @@ class Worker:
             self._next_claim[job.queue] = max(now, self._next_claim.get(job.queue, now)) + 1 / rate
         timeout = job.timeout if job.timeout is not None else self.timeouts.get(job.queue)
         context = JobContext(self.ledger, job, self.worker_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        run = _Run(job, context, deadline, self.heartbeat_every)
+        run = _Run(job, context, timeout, self.heartbeat_every)
         with self._runs_lock:
             self._runs[job.id] = run
         if self._stop.is_set():  # the stop came with the claim: do not start the handler
@@ -648,8 +649,7 @@ class Worker:
             run.context._timed_out.set()
             run.context._lost.set()  # nothing it does is recorded any more
             run.interrupt()
-            timeout = run.deadline - run.started if run.deadline is not None else 0.0
-            message = f"the attempt ran past its timeout of {timeout:g}s"
+            message = f"the attempt ran past its timeout of {run.timeout:g}s"
             log.warning("job %s: %s; failing the attempt", run.job.id, message)
             self._fail_with(run, message, TIMEOUT_ERROR, None, now - run.started, retry=True)
 
