@@ -189,10 +189,18 @@ def test_jobs_of_a_tree_or_a_budgeted_chat_stay_live(
         plain = ledger.create_job(1, {})
         ledger.claim("w")
         ledger.complete(plain, "ok", worker_id="w")
-        clock.advance(40 * DAY)
+        parent = ledger.create_job(1, {"tree": "root"})
+        ledger.claim("w")
+        child = ledger.create_job(1, {"tree": "leaf"}, parent_id=parent)
+        ledger.complete(parent, "ok", worker_id="w")
+        clock.advance(20 * DAY)
+        ledger.claim("w")
+        ledger.complete(child, "ok", worker_id="w")  # 20 days before the archive: too recent
+        clock.advance(20 * DAY)  # the parent finished 40 days before
         report = ledger.archive(timedelta(days=30), tmp_path / "a.db")
         assert report.archived_jobs == 1
         assert ledger.get_job(budgeted) is not None and ledger.get_job(plain) is None
+        assert ledger.get_job(parent) is not None and ledger.get_job(child) is not None
         assert ledger.verify().ok
 
 
