@@ -220,7 +220,7 @@ def verify(
     broken = verify_chain(snapshot, expect_head)
 
     def report(differences: list[Difference], events: int, jobs: int) -> VerifyReport:
-        differences = broken + differences
+        differences = differences + broken  # the fold's findings first, as before
         return VerifyReport(not differences, events, jobs, differences, clock() - started)
 
     fold = jobs_projection.JobsFold()

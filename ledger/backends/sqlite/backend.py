@@ -198,9 +198,11 @@ class SqliteTransaction(SqliteSnapshot):
 
     __slots__ = ("_head",)
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection, head: tuple[int, bytes] | None = None) -> None:
         super().__init__(conn)
-        self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
+        # The log's head: read once per transaction, or the one this backend's last commit
+        # left (another connection's append since then makes the first insert fail: StaleHead).
+        self._head: tuple[int, bytes] | None = head
 
     def load_job(self, job_id: str) -> JobState | None:
         return jobs.load(self.conn, job_id)
@@ -211,7 +213,15 @@ class SqliteTransaction(SqliteSnapshot):
         head = self._head or events.read_head(self.conn)
         self._head = None  # until this append succeeds (a failed one may have inserted some)
         try:
-            stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
+            try:
+                stored, self._head = events.append(
+                    self.conn, job_id, expected_version, new, at, head
+                )
+            except events.StaleHead:
+                head = events.read_head(self.conn)
+                stored, self._head = events.append(
+                    self.conn, job_id, expected_version, new, at, head
+                )
         except ConcurrencyError as e:
             from . import segments  # (it imports this module)
 
@@ -303,6 +313,7 @@ class SqliteBackend:
         self.readonly = readonly
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
+        self._head: tuple[int, bytes] | None = None  # the log's head after this backend's commit
         self._conn = connect(target, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
         self._shared_reads = target in ("", ":memory:") or "mode=memory" in target
         self._local = threading.local()
@@ -347,8 +358,12 @@ class SqliteBackend:
 
     def write(self, doing: str, work: Callable[[SqliteTransaction], _T]) -> _T:
         with self._lock:
+            tx = SqliteTransaction(self._conn, self._head)
+            self._head = None  # known again only once this transaction commits
             try:
-                return run_write(self._conn, doing, work, SqliteTransaction(self._conn))
+                result = run_write(self._conn, doing, work, tx)
+                self._head = tx._head  # committed: the head it appended (None: not known)
+                return result
             finally:
                 # Only this thread (holding the write lock) counts, so no lock is needed for it;
                 # the condition is taken only when someone waits (the common case: nobody).

@@ -196,10 +196,19 @@ def append(
         try:
             execute(insert_statement, (position, job_id, version, tag, data, at, previous.hex()))
         except apsw.ConstraintError as e:
+            if not stored and last_position(conn) != head[0]:
+                raise StaleHead from e  # another connection appended since ``head`` was read
             actual = conn.execute(job_version_statement, (job_id,)).get
             raise ConcurrencyError(job_id, expected_version, actual) from e
         stored.append(StoredEvent(position, job_id, version, recorded_at, event))
     return stored, (position, previous)
+
+
+class StaleHead(Exception):
+    """The head an append chained onto is no longer the log's last event (a cached head, and
+    another connection appended since): read the head again and append again. Only the first
+    insert can meet it: positions are gap-free, so once one insert took ``head + 1`` the head
+    was the last event."""
 
 
 def insert_exact(
