@@ -4,8 +4,11 @@ Every change to a job is an event appended to an append-only log; the ``jobs`` t
 projection updated in the same transaction, and `Ledger.replay` rebuilds it from the log.
 """
 
+from projections.queues import QueueState
+
 from .aio import AsyncLedger
 from .api import Ledger
+from .archive import ArchiveReport
 from .domain.backoff import RetryPolicy
 from .domain.model import Budget, EventType, Job, JobEvent, JobStatus, Result
 from .errors import (
@@ -28,6 +31,7 @@ from .rebuild import Difference, ReplayReport, VerifyReport
 from .worker import JobContext, Worker
 
 __all__ = [
+    "ArchiveReport",
     "AsyncLedger",
     "Budget",
     "BudgetExceeded",
@@ -48,6 +52,7 @@ __all__ = [
     "LedgerBusy",
     "LedgerError",
     "Permanent",
+    "QueueState",
     "ReplayReport",
     "Result",
     "RetryPolicy",
