@@ -244,3 +244,16 @@ def test_the_encoding_is_stable() -> None:
     digest = chain.link(chain.GENESIS, 1, "job", 1, "created", b'{"type":"created"}', "t")
     assert digest.hex() == "f7d9e100bb83648fe76a12a11f495449795caaa2ff4f39522ba9918112cfa9e8"
     assert chain.GENESIS.hex() == hashlib.sha256(b"jobledger event chain v1").hexdigest()
+
+
+def test_two_handles_appending_in_turn_keep_one_chain(db_path: str) -> None:
+    """Each backend keeps the head its last commit left; the other handle's appends since
+    then are noticed at the first insert, so the chain stays one chain."""
+    with Ledger(db_path) as first, Ledger(db_path) as second:
+        for n in range(4):
+            first.create_job(n, {"by": "first"})
+            second.create_job(n, {"by": "second"})
+            second.create_job(n, {"by": "second again"})
+        assert first.head() == second.head()
+        assert first.verify().ok and second.verify().ok
+        assert first.last_position() == 12
