@@ -188,10 +188,14 @@ def _held_value(event: ev.Event) -> object:
         return event.config
     if isinstance(event, ev.Activity):
         return event.payload
+    if type(event) is ev.JobCharged:
+        return event.detail
     return _NOTHING
 
 
 def _held_name(event: ev.Event) -> str:
+    if type(event) is ev.JobCharged:
+        return "detail"
     return "config" if type(event) is ev.JobCreated else "payload"
 
 
