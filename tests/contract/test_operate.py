@@ -4,6 +4,10 @@ written."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from ledger import EventType, InvalidArgument, InvalidTransition, JobNotFound, JobStatus, Ledger
@@ -145,3 +149,25 @@ def test_enqueue_records_who_enqueued(ledger: Ledger) -> None:
     job_id = ledger.create_job(1, CONFIG, by="erin", run_at=None)
     assert ledger.job_events(job_id)[0].payload["by"] == "erin"
     assert ledger.get_job(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_archive_works_on_a_file_and_is_refused_elsewhere(
+    ledger: Ledger, backend: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    """SQLite files archive; ``:memory:`` (no disk to bound) and PostgreSQL (its log cannot be
+    split without deleting rows) refuse with `InvalidArgument`, writing nothing."""
+    done = _failed(ledger)
+    live = ledger.create_job(1, CONFIG)
+    clock.advance(7 * 86400)
+    target = tmp_path / "archive.db"
+    if backend.name != "sqlite-file":
+        before = state(ledger)
+        with pytest.raises(InvalidArgument, match="archive works on an SQLite ledger file"):
+            ledger.archive(timedelta(days=1), target)
+        assert state(ledger) == before and not target.exists()
+        return
+    report = ledger.archive(timedelta(days=1), target)
+    assert (report.archived_jobs, report.live_jobs) == (1, 1)
+    assert ledger.get_job(done) is None and ledger.get_job(live) is not None
+    with Ledger(str(target), readonly=True) as archived:
+        assert archived.get_job(done) is not None and archived.verify().ok
