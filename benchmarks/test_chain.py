@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -89,7 +90,7 @@ def _durability(ledger: Ledger) -> str:
 
 
 def _paired(
-    benchmark,  # type: ignore[no-untyped-def]
+    benchmark: Any,
     chained: Callable[[], object],
     plain: Callable[[], object],
     impl: str,
@@ -111,7 +112,7 @@ def _paired(
 
 
 @pytest.mark.parametrize("impl", ["chained", "unchained"])
-def test_log_event_chain_cost(benchmark, pair: tuple[Ledger, Ledger], impl: str) -> None:  # type: ignore[no-untyped-def]
+def test_log_event_chain_cost(benchmark: Any, pair: tuple[Ledger, Ledger], impl: str) -> None:
     """One activity event per command: the append path at its smallest."""
     chained, plain = pair
     durability = _durability(chained)
@@ -130,7 +131,7 @@ def test_log_event_chain_cost(benchmark, pair: tuple[Ledger, Ledger], impl: str)
 
 
 @pytest.mark.parametrize("impl", ["chained", "unchained"])
-def test_create_job_chain_cost(benchmark, pair: tuple[Ledger, Ledger], impl: str) -> None:  # type: ignore[no-untyped-def]
+def test_create_job_chain_cost(benchmark: Any, pair: tuple[Ledger, Ledger], impl: str) -> None:
     chained, plain = pair
     durability = _durability(chained)
     benchmark.group = f"9 create_job chained vs unchained [{durability}]"

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -43,9 +44,9 @@ def _raw(path: str) -> apsw.Connection:
     return conn
 
 
-def _chain_problems(path: str, **kwargs: object) -> list[tuple[object, str | None, str]]:
+def _chain_problems(path: str, **kwargs: Any) -> list[tuple[Any, str, str]]:
     with Ledger(path, readonly=True) as ledger:
-        report = ledger.verify(**kwargs)  # type: ignore[arg-type]
+        report = ledger.verify(**kwargs)
     problems = [
         (d.key, d.column, d.problem or "")
         for d in report.differences
@@ -58,7 +59,7 @@ def _chain_problems(path: str, **kwargs: object) -> list[tuple[object, str | Non
 def test_a_fresh_ledger_stores_a_hash_on_every_event(db_path: str) -> None:
     _filled(db_path)
     conn = apsw.Connection(db_path)
-    rows = conn.execute(
+    rows: list[Any] = conn.execute(
         "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at, hash "
         "FROM events ORDER BY position"
     ).fetchall()
@@ -103,7 +104,7 @@ def test_a_rehashed_edit_breaks_at_the_next_event(db_path: str) -> None:
     _filled(db_path)
     conn = _raw(db_path)
     conn.execute("UPDATE events SET data = replace(data, '\"n\":1', '\"n\":7') WHERE position = 2")
-    rows = conn.execute(
+    rows: list[Any] = conn.execute(
         "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at, hash "
         "FROM events WHERE position <= 2 ORDER BY position"
     ).fetchall()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import EventType, JobStatus, Ledger, holder
+from ledger import EventType, Job, JobStatus, Ledger, holder
 from ledger.domain import commands as cmd
 from tests.conftest import ROOT
 
@@ -44,6 +44,12 @@ def _holder(db: str, worker_id: str) -> tuple[subprocess.Popen[str], str]:
     job_id = child.stdout.readline().strip()
     assert job_id not in ("", "none"), "the holder claimed nothing"
     return child, job_id
+
+
+def _job(ledger: Ledger, job_id: str) -> Job:
+    job = ledger.get_job(job_id)
+    assert job is not None
+    return job
 
 
 def _claim_as(ledger: Ledger, worker_id: str, facts: tuple[str, str, int, int]) -> str:
@@ -78,7 +84,7 @@ def test_a_live_holder_that_does_not_heartbeat_keeps_its_job(tmp_path: Path) -> 
             assert held == job_id
             for _ in range(20):
                 assert ledger.claim("other", lease=300) is None
-            job = ledger.get_job(job_id)
+            job = _job(ledger, job_id)
             assert job.status is JobStatus.RUNNING and job.worker_id == "sleepy"
             assert job.attempts == 1
         finally:
@@ -100,7 +106,7 @@ def test_a_dead_holder_on_its_last_attempt_fails_the_job(tmp_path: Path) -> None
         child.send_signal(signal.SIGKILL)
         child.wait(30)
         assert ledger.claim("other") is None
-        job = ledger.get_job(job_id)
+        job = _job(ledger, job_id)
         assert job.status is JobStatus.FAILED and job.attempts == 1
         assert "holder gone" in (job.error_message or "")
         assert "doomed" in (job.error_message or "")
@@ -115,7 +121,7 @@ def test_holders_on_other_hosts_keep_their_lease(tmp_path: Path) -> None:
         # a pid that does not run here: on another host that says nothing
         _claim_as(ledger, "far", ("elsewhere.example", me.boot_id, 2**22 + 7, 1))
         assert ledger.claim("near") is None
-        assert ledger.get_job(job_id).worker_id == "far"
+        assert _job(ledger, job_id).worker_id == "far"
         assert ledger.verify().ok
 
 
@@ -141,7 +147,7 @@ def test_this_very_process_is_never_judged_gone(tmp_path: Path) -> None:
         first = ledger.create_job(1, {})
         assert ledger.claim("me") is not None
         assert ledger.claim("me-again") is None
-        assert ledger.get_job(first).worker_id == "me"
+        assert _job(ledger, first).worker_id == "me"
         assert ledger.verify().ok
 
 
@@ -175,17 +181,17 @@ def test_a_killed_workers_job_is_started_by_another_worker_within_seconds(tmp_pa
         second = None
         try:
             _wait_for(lambda: marker.exists() and marker.read_text() != "", "w1 to start")
-            assert ledger.get_job(job_id).worker_id == "w1"
+            assert _job(ledger, job_id).worker_id == "w1"
             marker.write_text("")
             second = _work(db, "wait_for_stop", "w2", "--poll-interval", "30")
             _wait_for(lambda: _logged(db, "w2", "worker w2 started"), "w2 to start up")
-            assert ledger.get_job(job_id).worker_id == "w1"  # w1 lives: w2 took nothing
+            assert _job(ledger, job_id).worker_id == "w1"  # w1 lives: w2 took nothing
             first.send_signal(signal.SIGKILL)
             first.wait(30)
             killed = time.monotonic()
             _wait_for(lambda: marker.read_text() != "", "w2 to start the job", RESCUE_WITHIN)
             assert time.monotonic() - killed < RESCUE_WITHIN
-            job = ledger.get_job(job_id)
+            job = _job(ledger, job_id)
             assert job.worker_id == "w2" and job.status is JobStatus.RUNNING and job.attempts == 2
             assert marker.read_text() == str(second.pid)
         finally:

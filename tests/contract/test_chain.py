@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from ledger import InvalidArgument, Ledger
+from tests.contract.conftest import LedgerFactory
 
 GENESIS = hashlib.sha256(b"jobledger event chain v1").digest()
 
@@ -92,7 +93,7 @@ def test_a_malformed_expected_head_is_refused(ledger: Ledger, bad: object) -> No
         ledger.verify(expect_head=bad)  # type: ignore[arg-type]
 
 
-def test_import_keeps_the_hashes_and_the_head(open_ledger) -> None:  # type: ignore[no-untyped-def]
+def test_import_keeps_the_hashes_and_the_head(open_ledger: LedgerFactory) -> None:
     """Promise: an export imported into an empty ledger has the same hashes, so the same head,
     and verifies against the source's head."""
     source = open_ledger()
@@ -107,7 +108,7 @@ def test_import_keeps_the_hashes_and_the_head(open_ledger) -> None:  # type: ign
     assert target.verify(expect_head=source.head()).ok
 
 
-def test_import_refuses_a_line_whose_hash_does_not_fit(open_ledger) -> None:  # type: ignore[no-untyped-def]
+def test_import_refuses_a_line_whose_hash_does_not_fit(open_ledger: LedgerFactory) -> None:
     """Promise: a line whose data was changed (its hash kept), or whose hash was changed, is
     refused with an `InvalidArgument` naming the line, and nothing is imported."""
     source = open_ledger()
@@ -126,7 +127,7 @@ def test_import_refuses_a_line_whose_hash_does_not_fit(open_ledger) -> None:  # 
         assert target.last_position() == 0
 
 
-def test_import_of_lines_without_hashes_chains_them(open_ledger) -> None:  # type: ignore[no-untyped-def]
+def test_import_of_lines_without_hashes_chains_them(open_ledger: LedgerFactory) -> None:
     """Promise: an export from before the chain (no ``hash`` field) still imports; the chain
     covers its events, so the head is the one the source has."""
     source = open_ledger()

@@ -181,7 +181,7 @@ def append(
     """Append events to one job's stream after ``expected_version``, chained after ``head``
     (the log's last position and hash, `read_head`); inside a write transaction. Returns the
     stored events and the new head."""
-    stored = []
+    stored: list[StoredEvent] = []
     version = expected_version
     at = to_text(recorded_at)
     execute = conn.execute
