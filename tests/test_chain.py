@@ -258,3 +258,17 @@ def test_two_handles_appending_in_turn_keep_one_chain(db_path: str) -> None:
         assert first.head() == second.head()
         assert first.verify().ok and second.verify().ok
         assert first.last_position() == 12
+
+
+def test_a_release_0_1_0_file_opened_read_only_has_a_head_and_exports(tmp_path: Path) -> None:
+    """Read-only, the file is not upgraded (no hash column yet): the chain is computed over
+    its events, export writes null hashes, and a later read-write open agrees on the head."""
+    path = str(tmp_path / "old.db")
+    shutil.copy(DATA / "ledger-0.1.0.db", path)
+    with Ledger(path, readonly=True) as ledger:
+        head = ledger.head()
+        lines = [json.loads(line) for line in ledger.export_events()]
+    assert head[0] == len(lines) and all(line["hash"] is None for line in lines)
+    with Ledger(path) as ledger:
+        assert ledger.head() == head
+        assert ledger.verify(expect_head=head).ok

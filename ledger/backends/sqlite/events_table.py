@@ -153,21 +153,30 @@ def check_schema(conn: apsw.Connection) -> None:
     _refuse_newer(user_version)
 
 
+def _unhashed(conn: apsw.Connection, statement: str) -> str:
+    """``statement`` as it reads a file opened read-only at store schema 1 (no ``hash``
+    column yet: the upgrade adds it at the first read-write open), where every hash is NULL."""
+    if conn.execute("PRAGMA user_version").get >= 2:
+        return statement
+    return statement.replace(", hash FROM", ", NULL FROM")
+
+
 def read_head(conn: apsw.Connection) -> tuple[int, bytes]:
     """(last position, its chain hash): stored, or computed over the whole log when the last
     event has none (a log from before the chain, not yet appended to since the upgrade)."""
-    row = conn.execute(head_statement).fetchone()
+    row = conn.execute(_unhashed(conn, head_statement)).fetchone()
     if row is None:
         return 0, chain.GENESIS
     position, stored = row
     if stored is not None:
         return int(position), bytes.fromhex(stored)
-    return int(position), chain.hash_of(conn.execute(chain_upto_statement, (position,)))
+    rows = conn.execute(_unhashed(conn, chain_upto_statement), (position,))
+    return int(position), chain.hash_of(rows)
 
 
 def chain_rows(conn: apsw.Connection, after: int) -> Iterator[chain.ChainRow]:
     """The log as the chain hashes it (data as stored bytes, time as its text, stored hash)."""
-    yield from conn.execute(chain_after_statement, (after,))
+    yield from conn.execute(_unhashed(conn, chain_after_statement), (after,))
 
 
 def append(
@@ -316,7 +325,7 @@ def chat_rows(
 def raw_rows_after(conn: apsw.Connection, after: int, limit: int) -> list[chain.ChainRow]:
     """Rows exactly as stored (the time as its text, the chain hash), for export."""
     rows: list[chain.ChainRow] = conn.execute(
-        chain_after_statement + " LIMIT ?", (after, limit)
+        _unhashed(conn, chain_after_statement) + " LIMIT ?", (after, limit)
     ).fetchall()  # type: ignore[assignment]
     return rows
 
