@@ -1,0 +1,363 @@
+"""The SQLite workloads of the peer comparison (issue 17): the ledger, a minimal raw APSW
+baseline and the peers, each timed over the same N operations.
+
+Every function builds what it needs first (a backlog to claim, a log to read), then times only
+the loop of N operations with ``perf_counter`` and returns ``{"ops": ..., "seconds": ...}``.
+
+The peers use the stdlib ``sqlite3`` module, and the team's rule is no stdlib ``sqlite3`` in a
+process that opens ledger files (two SQLite libraries in one process break each other's POSIX
+locks). So the tests run the peers' functions in a child process (see ``test_peer_sqlite.py``);
+this module imports nothing from a peer or from the ledger at import time for that reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+WORKLOADS = ("create", "claim_finish", "append", "read_all", "batch100")
+PEERS = ("persist-queue", "huey", "eventsourcing")
+IMPLS = ("ledger", "raw", *PEERS)
+BATCH = 100
+# The same values as benchmarks/conftest.py's CONFIG (not imported: that module loads APSW).
+CONFIG = {"role": "coder", "task": "benchmark the ledger against raw APSW"}
+PAYLOAD = {"message": "step 3 of 10", "tokens": 1234}
+Result = dict[str, Any]
+
+# Which peer has an API for which workload; the rest are "n/a" in the tables.
+SUPPORTED = {
+    "ledger": set(WORKLOADS),
+    "raw": set(WORKLOADS),
+    "persist-queue": {"create", "claim_finish", "read_all", "batch100"},
+    "huey": {"create", "claim_finish", "read_all"},
+    "eventsourcing": {"create", "append", "read_all", "batch100"},
+}
+
+
+def supported(impl: str, workload: str) -> bool:
+    return workload in SUPPORTED[impl]
+
+
+def run(impl: str, workload: str, durability: str, n: int, directory: str) -> Result:
+    """Run one measurement in a fresh ``directory``; the entry point for tests and children.
+    ``n`` is rounded down to whole batches of 100 (at least one)."""
+    function = _REGISTRY[impl]
+    return function(workload, durability, rounded(n), Path(directory))
+
+
+def rounded(n: int) -> int:
+    return max(BATCH, n - n % BATCH)
+
+
+def _timed(loop: Callable[[], object], ops: int) -> Result:
+    started = time.perf_counter()
+    loop()
+    return {"ops": ops, "seconds": time.perf_counter() - started}
+
+
+def _times(call: Callable[[], object], n: int) -> Callable[[], None]:
+    """A loop calling ``call`` n times, for `_timed`."""
+
+    def loop() -> None:
+        for _ in range(n):
+            call()
+
+    return loop
+
+
+# -- the ledger -----------------------------------------------------------------------------------
+
+
+def _ledger(workload: str, durability: str, n: int, directory: Path) -> Result:
+    from ledger import Ledger
+
+    ledger = Ledger(str(directory / "ledger.db"), durability=durability)  # type: ignore[arg-type]
+    try:
+        result = _ledger_workload(ledger, workload, n)
+        assert ledger.verify().ok
+        return result
+    finally:
+        ledger.close()
+
+
+def _ledger_fill(ledger: Any, n: int) -> None:
+    for start in range(0, n, 1000):
+        ledger.create_jobs([{"chat_id": 7, "config": CONFIG}] * min(1000, n - start))
+
+
+def _ledger_workload(ledger: Any, workload: str, n: int) -> Result:
+    if workload == "create":
+        return _timed(_times(lambda: ledger.create_job(7, CONFIG), n), n)
+    if workload == "claim_finish":
+        _ledger_fill(ledger, n)
+
+        def claim_finish() -> None:
+            for _ in range(n):
+                job = ledger.claim("bench-worker")
+                ledger.complete(job.id, "done", "success", 1.0, 1)
+
+        return _timed(claim_finish, n)
+    if workload == "append":
+        job_id = ledger.create_job(7, CONFIG)
+        return _timed(_times(lambda: ledger.log_event(job_id, "progress", PAYLOAD), n), n)
+    if workload == "read_all":
+        _ledger_fill(ledger, n)
+        events: list[Any] = []
+        result = _timed(lambda: events.extend(ledger.read_all()), n)
+        assert len(events) == n
+        return result
+    specs = [{"chat_id": 7, "config": CONFIG}] * BATCH
+    return _timed(_times(lambda: ledger.create_jobs(specs), n // BATCH), n)
+
+
+# -- the minimal raw APSW baseline (issue 17's definition) ----------------------------------------
+
+MINIMAL_SCHEMA = (
+    "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, data TEXT NOT NULL, "
+    "version INTEGER NOT NULL)",
+    "CREATE INDEX jobs_status ON jobs (status)",
+    "CREATE TABLE events (position INTEGER PRIMARY KEY, job_id TEXT NOT NULL, "
+    "version INTEGER NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, recorded_at TEXT NOT NULL)",
+)
+_EVENT = "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+
+
+def _raw(workload: str, durability: str, n: int, directory: Path) -> Result:
+    """The least I/O each workload needs: no projection checkpoint, no version index, no
+    validation; the same JSON encoding and time stamps as the ledger's events."""
+    import msgspec
+
+    from benchmarks import raw
+
+    conn = raw.connect(str(directory / "raw.db"), durability)
+    for statement in MINIMAL_SCHEMA:
+        conn.execute(statement)
+    encode = msgspec.json.Encoder().encode
+    created = encode({"type": "created", "chat_id": 7, "config": CONFIG}).decode()
+    config = encode(CONFIG).decode()
+
+    def now() -> str:
+        return datetime.now(UTC).isoformat()
+
+    def create() -> None:
+        job_id = str(uuid.uuid4())
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO jobs VALUES (?, 'pending', ?, 1)", (job_id, config))
+        conn.execute(_EVENT, (job_id, 1, "created", created, now()))
+        conn.execute("COMMIT")
+
+    def move(kind: str, status: str, data: dict[str, Any], find: str) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(find).fetchone()
+        assert row is not None
+        job_id, version = row
+        conn.execute(
+            "UPDATE jobs SET status = ?, version = ? WHERE id = ?", (status, version + 1, job_id)
+        )
+        conn.execute(_EVENT, (job_id, version + 1, kind, encode(data).decode(), now()))
+        conn.execute("COMMIT")
+
+    def claim_finish() -> None:
+        for _ in range(n):
+            move(
+                "claimed",
+                "running",
+                {"type": "claimed", "worker_id": "bench-worker"},
+                "SELECT id, version FROM jobs WHERE status = 'pending' LIMIT 1",
+            )
+            move(
+                "completed",
+                "completed",
+                {"type": "completed", "summary": "done", "result_status": "success"},
+                "SELECT id, version FROM jobs WHERE status = 'running' LIMIT 1",
+            )
+
+    def batch() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for _ in range(BATCH):
+            conn.execute(_EVENT, (str(uuid.uuid4()), 1, "created", created, now()))
+        conn.execute("COMMIT")
+
+    progress = encode({"type": "progress", "payload": PAYLOAD}).decode()
+    try:
+        if workload == "create":
+            return _timed(_times(create, n), n)
+        if workload == "claim_finish":
+            conn.execute("BEGIN IMMEDIATE")  # the backlog, in one transaction (not timed)
+            for _ in range(n):
+                job_id = str(uuid.uuid4())
+                conn.execute("INSERT INTO jobs VALUES (?, 'pending', ?, 1)", (job_id, config))
+                conn.execute(_EVENT, (job_id, 1, "created", created, now()))
+            conn.execute("COMMIT")
+            return _timed(claim_finish, n)
+        if workload == "append":
+            job_id = str(uuid.uuid4())
+            return _timed(
+                lambda: [
+                    conn.execute(_EVENT, (job_id, v, "progress", progress, now()))
+                    for v in range(2, n + 2)
+                ],
+                n,
+            )
+        if workload == "read_all":
+            for _ in range(n // BATCH):
+                batch()
+            rows: list[Any] = []
+            result = _timed(lambda: rows.extend(raw.read_all(conn)), n)
+            assert len(rows) == n
+            return result
+        return _timed(_times(batch, n // BATCH), n)
+    finally:
+        conn.close()
+
+
+# -- the peers (run in a child process: they use stdlib sqlite3) ----------------------------------
+
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+
+def _persist_queue(workload: str, durability: str, n: int, directory: Path) -> Result:
+    """persist-queue: SQLiteAckQueue (put; get + ack) and, for batches, SQLiteQueue with
+    auto_commit=False (put x100 + task_done). It has no synchronous option: the pragma is set
+    on its one connection (``_putter``, the same as ``_getter`` without multithreading)."""
+    import persistqueue
+
+    job = {"chat_id": 7, "config": CONFIG}
+    if workload == "batch100":
+        queue: Any = persistqueue.SQLiteQueue(str(directory / "pq"), auto_commit=False)
+        queue._putter.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+
+        def batch() -> None:
+            for _ in range(n // BATCH):
+                for _ in range(BATCH):
+                    queue.put(job)
+                queue.task_done()
+
+        try:
+            return _timed(batch, n)
+        finally:
+            queue.close()
+    queue = persistqueue.SQLiteAckQueue(str(directory / "pq"), multithreading=False)
+    queue._putter.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+    try:
+        if workload == "create":
+            return _timed(_times(lambda: queue.put(job), n), n)
+        for _ in range(n):
+            queue.put(job)
+        if workload == "claim_finish":
+
+            def claim_finish() -> None:
+                for _ in range(n):
+                    item = queue.get(block=False, raw=True)
+                    queue.ack(id=item["pqid"])
+
+            result = _timed(claim_finish, n)
+            assert queue.acked_count() == n
+            return result
+        items: list[Any] = []
+        result = _timed(lambda: items.extend(queue.queue()), n)
+        assert len(items) == n
+        return result
+    finally:
+        queue.close()
+
+
+def _huey(workload: str, durability: str, n: int, directory: Path) -> Result:
+    """huey: SqliteHuey; enqueue = calling a task; claim + finish = ``dequeue`` (which deletes
+    the task row) + ``execute`` (runs it and stores its result in the kv table). ``fsync=True``
+    is its FULL; it has no NORMAL option (``fsync=False`` is synchronous=OFF), so NORMAL uses
+    a storage subclass that sets synchronous=NORMAL on each connection it opens."""
+    from huey import SqliteHuey  # type: ignore[import-untyped]
+    from huey.storage import SqliteStorage  # type: ignore[import-untyped]
+
+    class NormalStorage(SqliteStorage):
+        def _create_connection(self) -> Any:
+            conn = super()._create_connection()
+            conn.execute("pragma synchronous=1")
+            return conn
+
+    path = str(directory / "huey.db")
+    if durability == "full":
+        huey = SqliteHuey("bench", filename=path, fsync=True)
+    else:
+        huey = SqliteHuey("bench", filename=path, storage_class=NormalStorage)
+
+    @huey.task()
+    def job(chat_id: int, config: Any) -> str:
+        return "done"
+
+    if workload == "create":
+        return _timed(_times(lambda: job(7, CONFIG), n), n)
+    for _ in range(n):
+        job(7, CONFIG)
+    if workload == "claim_finish":
+
+        def claim_finish() -> None:
+            for _ in range(n):
+                huey.execute(huey.dequeue())
+
+        result = _timed(claim_finish, n)
+        assert huey.pending_count() == 0 and huey.storage.result_store_size() == n
+        return result
+    tasks: list[Any] = []
+    result = _timed(lambda: tasks.extend(huey.pending()), n)
+    assert len(tasks) == n
+    return result
+
+
+def _eventsourcing(workload: str, durability: str, n: int, directory: Path) -> Result:
+    """eventsourcing: an Application on its SQLite module; create = a new aggregate saved (one
+    event), append = one event per save of the same aggregate, batch = 100 new aggregates in
+    one ``save`` (one transaction), read = every notification mapped back to a domain event.
+    It has no synchronous setting: stdlib sqlite3's default (FULL) at both durabilities."""
+    from eventsourcing.application import Application
+
+    from benchmarks.peers.es_model import BenchJob
+
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(directory / "es.db")}
+    app: Any = Application(env=env)
+    try:
+        if workload == "create":
+            return _timed(_times(lambda: app.save(BenchJob(7, CONFIG)), n), n)
+        if workload == "append":
+            job = BenchJob(7, CONFIG)
+            app.save(job)
+
+            def append() -> None:
+                for _ in range(n):
+                    job.progress(PAYLOAD)
+                    app.save(job)
+
+            return _timed(append, n)
+
+        def batch() -> None:
+            for _ in range(n // BATCH):
+                app.save(*[BenchJob(7, CONFIG) for _ in range(BATCH)])
+
+        if workload == "batch100":
+            return _timed(batch, n)
+        batch()
+        events: list[Any] = []
+
+        def read() -> None:
+            notifications = app.recorder.select_notifications(start=None, limit=n + 1)
+            events.extend(app.mapper.to_domain_event(item) for item in notifications)
+
+        result = _timed(read, n)
+        assert len(events) == n
+        return result
+    finally:
+        app.close()
+
+
+_REGISTRY: dict[str, Callable[[str, str, int, Path], Result]] = {
+    "ledger": _ledger,
+    "raw": _raw,
+    "persist-queue": _persist_queue,
+    "huey": _huey,
+    "eventsourcing": _eventsourcing,
+}
