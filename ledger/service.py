@@ -21,11 +21,11 @@ import msgspec
 
 from projections import jobs as jobs_projection
 
+from .backends.protocol import JobFilter
 from .domain import commands as cmd
 from .domain import decide
 from .domain import events as ev
 from .domain.backoff import RetryPolicy
-from .backends.protocol import JobFilter
 from .domain.model import EventType, Job, JobStatus
 from .domain.state import JobState, to_job
 from .domain.timeutil import Clock, check_aware
@@ -297,7 +297,8 @@ class Service:
     def retry(self, command: cmd.Retry) -> Job:
         def work(step: Step) -> Job:
             state = step.job(command.job_id)
-            step.append(command.job_id, decide.retry(state, command.by, command.reason), state=state)
+            events = decide.retry(state, command.by, command.reason)
+            step.append(command.job_id, events, state=state)
             return to_job(step.job(command.job_id))
 
         return self.run("retrying a job", work)
