@@ -37,6 +37,11 @@ class BadRequest(Exception):
         super().__init__(f"{name}={value!r}: {why}")
 
 
+class NothingToDo(LedgerError):
+    """An action that had nothing to change (the job had ended, the queue was already paused):
+    answered with a 409 page; the library wrote nothing."""
+
+
 class Site:
     """What every page needs: the ledger, whether actions are on, and the templates."""
 
@@ -282,9 +287,11 @@ def act(site: Site, action: str, target: str, by: str) -> str:
         job = ledger.find_job(target)
         cancel = ledger.cancel
         if "by" in inspect.signature(cancel).parameters:
-            cancel(job.id, reason="cancelled from the dashboard", by=by)
+            done = cancel(job.id, reason="cancelled from the dashboard", by=by)
         else:
-            cancel(job.id, reason=f"cancelled from the dashboard by {by}")
+            done = cancel(job.id, reason=f"cancelled from the dashboard by {by}")
+        if not done:
+            raise NothingToDo(f"job {job.id} has already ended; nothing was written")
         return f"/jobs/{job.id}"
     if not site.can(action):
         raise InvalidArgument("action", action, "this version of the ledger does not offer it")
@@ -292,7 +299,9 @@ def act(site: Site, action: str, target: str, by: str) -> str:
         job = ledger.find_job(target)
         ledger.retry(job.id, by=by)
         return f"/jobs/{job.id}"
-    getattr(ledger, action)(target, by=by)  # pause, resume: a queue
+    if getattr(ledger, action)(target, by=by) is False:  # pause, resume: a queue
+        state = "paused" if action == "pause" else "not paused"
+        raise NothingToDo(f"queue {target!r} is already {state}; nothing was written")
     return "/"
 
 

@@ -188,6 +188,9 @@ def test_actions_with_the_token_are_recorded_naming_who_acted(
     assert client.post("/queues/reports/pause", data=form).status_code == 303
     assert "paused" in client.get("/").text
     assert client.post(f"/jobs/{populated.completed}/retry", data=form).status_code == 409
+    again = client.post(f"/jobs/{populated.pending}/cancel", data=form)
+    assert again.status_code == 409 and "already ended" in again.text
+    assert client.post("/queues/reports/pause", data=form).status_code == 409
     assert (
         client.post(f"/jobs/{populated.pending}/cancel", data={"token": TOKEN}).status_code == 400
     )
