@@ -500,7 +500,7 @@ class Worker:
         claimed = 0
         while claimed < room and not self._stopping_now():
             queues = self._claimable_queues()
-            if queues == ():
+            if isinstance(queues, tuple):  # every queue is at its limit
                 break
             n = min(room - claimed, _CLAIM_BATCH) if self._unlimited() else 1
             jobs = self._claim(queues, n)

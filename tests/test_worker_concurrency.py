@@ -275,7 +275,7 @@ def test_permanent_and_no_retry_types_fail_at_once_others_retry(db_path: str) ->
         assert jobs["permanent"].status is JobStatus.FAILED  # type: ignore[union-attr]
         assert jobs["listed"].status is JobStatus.FAILED  # type: ignore[union-attr]
         assert jobs["listed_everywhere"].status is JobStatus.FAILED  # type: ignore[union-attr]
-        assert jobs["other"].status is JobStatus.PENDING  # type: ignore[union-attr] - a retry
+        assert jobs["other"].status is JobStatus.PENDING  # type: ignore[union-attr]
         assert jobs["permanent"].error_message == "cannot ever work"  # type: ignore[union-attr]
         assert all(j.attempts == 1 for j in jobs.values())  # type: ignore[union-attr]
         assert ledger.verify().ok
