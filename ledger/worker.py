@@ -325,6 +325,7 @@ class Worker:
         self._finished: queue_module.SimpleQueue[_Run] = queue_module.SimpleQueue()
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
+        self._claim_due = 0.0
         self._next_claim: dict[str, float] = {}  # queue -> earliest next claim (rate limits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -398,13 +399,13 @@ class Worker:
 
     def _loop_until_done(self, max_jobs: int | None, stop_when_idle: bool) -> int:
         handled = 0
-        claim_due = 0.0  # monotonic time of the next claim attempt (after an empty claim)
+        self._claim_due = 0.0  # monotonic time of the next claim attempt (after an empty one)
         grace_ends: float | None = None
         try:
             while True:
                 self._take_signals()
                 if self._settle_finished():
-                    claim_due = 0.0  # a slot is free again
+                    self._claim_due = 0.0  # a slot is free again
                 self._check_deadlines()
                 if self._stop.is_set():
                     if not self._runs:
@@ -435,7 +436,7 @@ class Worker:
                     self._wait(_TICK)
                     continue
                 now = time.monotonic()
-                if now >= claim_due:
+                if now >= self._claim_due:
                     claimed = self._claim_up_to(room)
                     handled += claimed
                     if claimed == room:
@@ -443,9 +444,8 @@ class Worker:
                     if stop_when_idle and not self._runs and not self._rate_waiting(now):
                         self.stop_reason = self.stop_reason or "no claimable job (--stop-when-idle)"
                         break
-                    claim_due = self._next_claim_time(now)
-                if self._idle(min(_TICK, max(claim_due - time.monotonic(), 0.0))):
-                    claim_due = 0.0  # the ledger changed: it may hold a claimable job
+                    self._claim_due = self._next_claim_time(now)
+                self._idle()
         except BaseException:
             # The worker's own thread is interrupted (an error of the ledger, an interrupt
             # outside signal handling): no job may be left running.
@@ -453,22 +453,25 @@ class Worker:
             raise
         return handled
 
-    def _idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for something to do; True when the ledger changed.
+    def _idle(self) -> None:
+        """Wait a little (at most `_TICK`, at most until the next claim is due) for something to
+        do; when the ledger changed, the next claim is due at once.
 
         With no job in flight: the backend's wake-up (a new job, a retry coming due: within
         milliseconds), as a single worker always did. With jobs in flight: a handler ending
         (which frees a slot and is recorded at once); a job someone else creates meanwhile is
         seen at the next end, or within ``poll_interval``."""
+        timeout = min(_TICK, self._claim_due - time.monotonic())
         if timeout <= 0:
-            return False
+            return
         if self._runs:
             self._wait(timeout)
-            return False
+            return
         changed = self.ledger._wait_for_change(timeout, self._wake)
         woken = self._wake.is_set()
         self._wake.clear()
-        return changed and not woken
+        if changed and not woken:
+            self._claim_due = 0.0  # the ledger changed: it may hold a claimable job
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a handler finishes, the ledger changes, a stop comes, or ``timeout``."""
