@@ -222,3 +222,18 @@ def test_archive_cli(tmp_path: Path, db_path: str, clock: FakeClock) -> None:
     assert bad.returncode == 2 and "expected a duration" in bad.stderr
     with Ledger(db_path, readonly=True) as ledger:
         assert {j.status for j in ledger.jobs()} == {JobStatus.PENDING, JobStatus.RUNNING}
+
+
+def test_a_file_replaced_by_archive_is_refused_with_what_to_do(db_path: str) -> None:
+    """A process that opened the path just before the swap gets the old file, which the archive
+    marked as replaced before letting go of it: the open is refused (before any WAL is touched)
+    with a message saying to open the ledger again."""
+    from ledger.backends.sqlite.events_table import REPLACED_ID
+
+    Ledger(db_path).close()
+    conn = apsw.Connection(db_path)
+    conn.execute(f"PRAGMA application_id={REPLACED_ID}")
+    conn.close()
+    for readonly in (False, True):
+        with pytest.raises(LedgerError, match=r"replaced by `ledger archive`.*open the ledger"):
+            Ledger(db_path, readonly=readonly)

@@ -9,6 +9,7 @@ import os
 import pty
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -171,21 +172,15 @@ def test_queues_on_a_ledger_never_paused(db_path: str) -> None:
     assert run_cli("queues", db=db_path, check=True).stdout == "no queue was ever paused\n"
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
-def test_progress_shows_on_a_terminal_only(db_path: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with Ledger(db_path) as ledger:
-        ledger.create_jobs([{"chat_id": 1, "config": {"n": n}} for n in range(50)])
-    quiet = run_cli("verify", db=db_path, check=True)
-    assert quiet.stderr == ""  # not a terminal: silent
-    export = run_cli("export", db=db_path, check=True)
-    assert export.stderr == "" and len(export.stdout.splitlines()) == 50
+def _on_a_terminal(args: list[str], db_path: str, stdin: int | None = None) -> tuple[int, bytes]:
+    """Run ``ledger ARGS`` with stderr on a pseudo-terminal; (exit code, what stderr showed)."""
     leader, follower = pty.openpty()
     env = {**os.environ, "LEDGER_DB": db_path}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ledger", "verify"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            [sys.executable, "-m", "ledger", *args],
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=follower,
             cwd=ROOT,
             env=env,
@@ -196,12 +191,34 @@ def test_progress_shows_on_a_terminal_only(db_path: str, tmp_path) -> None:  # t
         while True:
             try:
                 chunk = os.read(leader, 4096)
-            except OSError:
+            except OSError:  # EIO: the terminal's other side is closed and drained
                 break
             if not chunk:
                 break
             seen += chunk
     finally:
         os.close(leader)
-    assert done.returncode == 0
-    assert b"verifying [" in seen and b"50/50 events" in seen
+    return done.returncode, seen
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_shows_on_a_terminal_only(db_path: str, tmp_path: Path) -> None:
+    with Ledger(db_path) as ledger:
+        ledger.create_jobs([{"chat_id": 1, "config": {"n": n}} for n in range(50)])
+    quiet = run_cli("verify", db=db_path, check=True)
+    assert quiet.stderr == ""  # not a terminal: silent
+    export = run_cli("export", db=db_path, check=True)
+    assert export.stderr == "" and len(export.stdout.splitlines()) == 50
+    dump = tmp_path / "events.jsonl"
+    dump.write_text(export.stdout)
+    code, seen = _on_a_terminal(["verify"], db_path)
+    assert code == 0 and b"verifying [" in seen and b"50/50 events" in seen
+    code, seen = _on_a_terminal(["export"], db_path)
+    assert code == 0 and b"exporting [" in seen and b"50/50 events" in seen
+    copy = str(tmp_path / "copy.db")
+    code, seen = _on_a_terminal(["import", str(dump), "--db", copy], db_path)
+    assert code == 0 and b"importing [" in seen and b"50/50 events" in seen
+    code, seen = _on_a_terminal(
+        ["archive", "--older-than", "1d", "--to", str(tmp_path / "a.db")], db_path
+    )
+    assert code == 0 and b"archiving [" in seen and b"50/50 events" in seen
