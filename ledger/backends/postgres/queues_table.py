@@ -45,9 +45,7 @@ def load(conn: Conn, queue: str, *, lock: bool = False) -> QueueState | None:
 
 def save(conn: Conn, states: Sequence[QueueState]) -> None:
     for s in states:
-        conn.execute(
-            upsert_statement, (s.queue, s.paused, s.by, s.reason, s.changed_at, s.version)
-        )
+        conn.execute(upsert_statement, (s.queue, s.paused, s.by, s.reason, s.changed_at, s.version))
 
 
 def states(conn: Conn) -> list[QueueState]:
