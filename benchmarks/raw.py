@@ -22,6 +22,8 @@ _dec = msgspec.json.Decoder()
 INSERT_EVENT = (
     "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
 )
+# Columns added after the first 26 (results, trees and budgets, holders): a new job's values.
+_LATER = tuple(0.0 if c == "subtree_cost_cents" else None for c in COLUMNS[26:])
 INSERT_JOB = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 CHECKPOINT = "UPDATE projection_checkpoints SET position = ? WHERE name = 'jobs'"
 SELECT_JOB = f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?"
@@ -57,6 +59,7 @@ def _insert_created(conn: apsw.Connection, chat_id: int, config: Any, at: str) -
     conn.execute(INSERT_JOB, (
         job_id, chat_id, None, None, _enc.encode(config).decode(), "pending", None, None, None,
         None, None, None, None, None, at, at, 1, "default", 0, at, 0, 1, None, None, position, None,
+        *_LATER,
     ))
     # fmt: on
     return job_id, position
@@ -227,6 +230,7 @@ def replay(conn: apsw.Connection, schema: list[str]) -> int:
                 e.get("idempotency_key"),
                 position,
                 None,
+                *_LATER,
             ]
             continue
         row = rows[job_id]
@@ -252,6 +256,7 @@ def replay(conn: apsw.Connection, schema: list[str]) -> int:
                 row[index["result_summary"]] = e["summary"]
                 row[index["result_status"]] = e["result_status"]
                 row[index["cost_cents"]] = e["cost_cents"]
+                row[index["subtree_cost_cents"]] = e["cost_cents"]  # no parents here: its own
                 row[index["duration_seconds"]] = e["duration_seconds"]
                 row[index["error_message"]] = None
             elif kind == "failed":

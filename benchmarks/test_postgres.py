@@ -59,8 +59,12 @@ def pg(server: str) -> Iterator[tuple[Ledger, Any]]:
 def _row(job_id: str, position: int, now: datetime) -> tuple[Any, ...]:
     return (
         job_id, 1, None, None, json.dumps(CONFIG), "pending", None, None, None, None, None, None,
-        None, None, now, now, 1, "default", 0, now, 0, 1, None, None, position, None,
+        None, None, now, now, 1, "default", 0, now, 0, 1, None, None, position, None, *_LATER,
     )  # fmt: skip
+
+
+# Columns added after the first 26 (results, trees and budgets, holders): their new-job values.
+_LATER = tuple(0.0 if c == "subtree_cost_cents" else None for c in jobs_table.COLUMNS[26:])
 
 
 def raw_create(conn: Any, now: datetime) -> str:
