@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ledger.cli import cli_reference
+from ledger.domain.transitions import transition_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CI = Path(__file__).resolve().parent.parent / ".ci" / "run"
@@ -30,6 +31,22 @@ def test_cli_reference_matches_help() -> None:
         README.write_text(text.replace(current.group(0), expected))
         return
     assert current.group(0) == expected, "README CLI reference is stale: LEDGER_UPDATE_README=1"
+
+
+def _section(start: str, end: str, body: str) -> None:
+    """Keep the README between two markers equal to ``body`` (LEDGER_UPDATE_README=1 writes it)."""
+    text = README.read_text()
+    expected = f"{start}\n{body}\n{end}"
+    current = re.search(re.escape(start) + ".*?" + re.escape(end), text, re.S)
+    assert current is not None, f"README has no {start}"
+    if os.environ.get("LEDGER_UPDATE_README") == "1":
+        README.write_text(text.replace(current.group(0), expected))
+        return
+    assert current.group(0) == expected, "README section is stale: LEDGER_UPDATE_README=1"
+
+
+def test_job_states_table_is_the_transition_table() -> None:
+    _section("<!-- transitions:start -->", "<!-- transitions:end -->", transition_table())
 
 
 def test_quick_start_runs(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,61 @@
+"""The one table of transitions is the one the code keeps: every event the ledger writes moves a
+job only along a transition `TRANSITIONS` allows for the event's command."""
+
+from __future__ import annotations
+
+from ledger import JobStatus, Ledger
+from ledger.domain.transitions import FINAL, STATUSES, TRANSITIONS
+from projections.jobs import COMMAND_OF_EVENT, evolve
+from tests.conftest import FakeClock
+
+
+def _busy(ledger: Ledger, clock: FakeClock) -> None:
+    ids = [ledger.create_job(1, {"n": n}, max_attempts=2) for n in range(7)]
+    for n, job_id in enumerate(ids):
+        ledger.claim(f"w{n}", lease=30)
+        ledger.log_event(job_id, "progress", {"n": n})
+    ledger.heartbeat(ids[0])
+    ledger.charge(ids[0], 1)  # spending on the running job: running -> running
+    ledger.complete(ids[0], "done")
+    ledger.fail(ids[1], "retry me")
+    ledger.fail(ids[2], "give up", retry=False)
+    ledger.cancel(ids[3])
+    ledger.release(ids[4], worker_id="w4")
+    ledger.log_event(ids[4], "progress", {"pending": True})
+    ledger.cancel(ids[4])
+    clock.advance(3600)
+    ledger.rescue_expired()  # ids[5], ids[6]: back to pending (attempts left)
+    for _ in range(2):
+        job = ledger.claim("late", lease=30)
+        assert job is not None
+    clock.advance(3600)
+    ledger.rescue_expired()  # the last attempts: failed
+    ledger.retry(ids[2], by="ops")  # an operator's retry: failed -> pending
+
+
+def test_every_event_moves_a_job_along_an_allowed_transition(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    _busy(ledger, clock)
+    log = ledger._backend.read("reading the log", lambda snapshot: list(snapshot.iter_events(0)))
+    states: dict = {}
+    seen_commands = set()
+    for stored in log:
+        e = stored
+        before = states.get(e.job_id)
+        after = evolve(before, stored)
+        command = COMMAND_OF_EVENT[type(stored.event)]
+        seen_commands.add(command)
+        transition = TRANSITIONS[command]
+        if before is not None:
+            assert before.status in transition.sources, (command, before.status)
+        assert after.status in transition.targets, (command, after.status)
+        states[e.job_id] = after
+    assert seen_commands == set(TRANSITIONS)  # the scenario exercises every command
+    assert ledger.verify().ok
+
+
+def test_final_states_are_the_ones_no_command_leaves() -> None:
+    assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} == FINAL
+    assert set(STATUSES) == set(JobStatus)
+    assert all(s.is_final == (s in FINAL) for s in JobStatus)
