@@ -101,6 +101,9 @@ class Importer:
             )
             self._positions.append(item.position)
             self._numbers.append(number)
+        if self._positions and self._positions[0] > 1:
+            # an export that began after position 1: the chain starts at its first event
+            tx.write_checkpoint(chain.START, 1, self._positions[0])
         return len(self._positions)
 
     def _checked(self, number: int, line: bytes) -> tuple[ExportedEvent, str, datetime]:

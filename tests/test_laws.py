@@ -177,24 +177,44 @@ def test_the_log_is_readable_with_plain_sql(ledger: Ledger) -> None:
     assert rows == [("created", 9, None), ("tool_call", None, "grep")]
 
 
+def _insert_chained(
+    conn: apsw.Connection, job_id: str, version: int, event_type: str, data: str, at: str
+) -> None:
+    """An event as an older release would have written it, chained like the ledger's own (so
+    only its shape is old, and verify's chain check passes)."""
+    from ledger.domain import chain
+
+    rows = conn.execute(
+        "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at, hash "
+        "FROM events ORDER BY position"
+    ).fetchall()
+    position = len(rows) + 1
+    digest = chain.link(
+        chain.hash_of(rows),  # type: ignore[arg-type]
+        position, job_id, version, event_type, data.encode(), at,
+    )  # fmt: skip
+    conn.execute(
+        "INSERT INTO events (position, job_id, version, type, data, recorded_at, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (position, job_id, version, event_type, data, at, digest.hex()),
+    )
+
+
 def test_old_event_shapes_still_decode(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     """Readable forever: a field added later decodes from old data with its default, and an
     upcaster turns a shape that changed into the current one before decoding."""
     job_id = ledger.create_job(1, {"a": 1})
     conn = apsw.Connection(ledger.path)
     # written before `queue`, `priority`, ... existed: every later field takes its default
-    conn.execute(
-        "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES "
-        '(\'old-job\', 1, \'created\', \'{"type":"created","chat_id":3,"config":{}}\', '
-        "'2026-01-01T00:00:00.000000+00:00')"
-    )
+    _insert_chained(
+        conn, "old-job", 1, "created", '{"type":"created","chat_id":3,"config":{}}',
+        "2026-01-01T00:00:00.000000+00:00",
+    )  # fmt: skip
     # a legacy flat progress event: {"message": ...} instead of {"payload": {...}}
-    conn.execute(
-        "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES "
-        '(?, 2, \'progress\', \'{"type":"progress","message":"old"}\', '
-        "'2026-01-01T00:00:01.000000+00:00')",
-        (job_id,),
-    )
+    _insert_chained(
+        conn, job_id, 2, "progress", '{"type":"progress","message":"old"}',
+        "2026-01-01T00:00:01.000000+00:00",
+    )  # fmt: skip
     conn.close()
 
     def upcast_progress(raw: dict) -> dict:  # type: ignore[type-arg]

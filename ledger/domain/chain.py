@@ -38,6 +38,11 @@ ALGORITHM = "sha256"
 GENESIS = hashlib.sha256(b"jobledger event chain v1").digest()
 """The "previous hash" of position 1."""
 
+START = "chain_start"
+"""The checkpoint row naming where a log begins when it is not position 1 (an import of an export
+that began later): verify starts the chain there, taking that event's stored hash as given. A
+log without it starts at 1, so events deleted from its front break the chain."""
+
 _HEADER = struct.Struct(">qqIIIQ")
 _sha256 = hashlib.sha256
 
