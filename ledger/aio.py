@@ -142,8 +142,10 @@ class AsyncLedger:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         """Every other public method of `Ledger`, as a coroutine function."""
-        if name.startswith("_") or not callable(getattr(Ledger, name, None)):
+        if name.startswith("_") or not hasattr(Ledger, name):
             raise AttributeError(f"AsyncLedger has no attribute {name!r}")
+        if not callable(getattr(Ledger, name)):  # an attribute such as ``path``: as it is
+            return getattr(self.ledger, name)
 
         async def method(*args: Any, **kwargs: Any) -> Any:
             return await self._call(name, *args, **kwargs)

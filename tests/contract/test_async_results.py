@@ -319,3 +319,30 @@ def test_async_ledger_runs_every_call_and_wait_on_this_configuration(ledger: Led
     done, again, count = asyncio.run(main())
     assert done.status is JobStatus.COMPLETED and done.result == 2 and done.timeout == 5.0
     assert again == done and count == 2
+
+
+def test_a_concurrent_worker_runs_async_and_plain_handlers_at_once(ledger: Ledger) -> None:
+    """Promise: ``Worker(concurrency=N)`` has N jobs in flight at once, on every backend: four
+    async handlers (one event loop) and then four plain ones (threads) each wait for all four."""
+    async_ids = [ledger.create_job(1, {"n": n}, queue="a") for n in range(4)]
+    arrived: list[int] = []
+
+    async def async_handler(job: Job, ctx: JobContext) -> int:
+        arrived.append(job.config["n"])
+        while len(arrived) < 4:
+            await asyncio.sleep(0.005)
+        return int(job.config["n"])
+
+    worker = Worker(ledger, async_handler, concurrency=4, queues=["a"])
+    assert worker.run(stop_when_idle=True) == 4
+    assert [ledger.get_job(i).result for i in async_ids] == [0, 1, 2, 3]  # type: ignore[union-attr]
+
+    plain_ids = [ledger.create_job(1, {"n": n}, queue="p") for n in range(4)]
+    barrier = threading.Barrier(4, timeout=WAIT)
+
+    def plain_handler(job: Job, ctx: JobContext) -> int:
+        barrier.wait()
+        return int(job.config["n"])
+
+    assert Worker(ledger, plain_handler, concurrency=4, queues=["p"]).run(stop_when_idle=True) == 4
+    assert [ledger.get_job(i).result for i in plain_ids] == [0, 1, 2, 3]  # type: ignore[union-attr]
