@@ -39,6 +39,7 @@ def busy_ledger(ledger: Ledger, clock: FakeClock) -> list[str]:
     ledger.log_event(ids[0], EventType.TOOL_CALL, {"tool": "grep", "args": ["-r", "x"]})
     ledger.heartbeat(ids[0], worker_id="w0")
     ledger.charge(ids[0], 0.0, worker_id="w0", detail={"tokens": 0})  # a charge; cost unchanged
+    ledger.record_step(ids[0], "fetch", {"ok": True}, worker_id="w0", attempt=1)  # a step
     ledger.complete(ids[0], "done", "success", 1.5, 3, worker_id="w0")
     ledger.log_event(ids[1], EventType.ERROR, {"error": "flaky"})
     ledger.fail(ids[1], "retry me", worker_id="w1")
