@@ -884,6 +884,9 @@ class Worker:
                 attempt=context.job.attempts,
             )
         except (LeaseLost, InvalidTransition) as e:
+            if run.finished:  # its outcome was recorded while this beat was on its way
+                log.debug("heartbeat for job %s after its end: %s", context.job.id, e)
+                return
             cancelled = getattr(e, "status", None) == "cancelled"
             log.log(logging.INFO if cancelled else logging.WARNING, "%s", e)
             context._lost.set()
