@@ -438,9 +438,7 @@ class Ledger(LedgerReads):
         ``progress``: called with (events replayed, events in all) by the replay after the load."""
         importer = Importer()
         try:
-            return self._rebuild(
-                "importing events", progress, lambda tx: importer.load(tx, lines)
-            )
+            return self._rebuild("importing events", progress, lambda tx: importer.load(tx, lines))
         except CorruptEvent as e:  # the replay after the load refused one of its events
             raise importer.refusal(e) from e
 

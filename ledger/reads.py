@@ -369,9 +369,7 @@ class LedgerReads:
             single=True,
         )
 
-    def failed_jobs(
-        self, *, queue: str | None = None, since: datetime | None = None
-    ) -> list[Job]:
+    def failed_jobs(self, *, queue: str | None = None, since: datetime | None = None) -> list[Job]:
         """The failed jobs `Ledger.retry_failed` would retry (of ``queue``; failed at or after
         ``since``), oldest first."""
         command = cmd.RetryFailed.checked(queue=queue, since=since)

@@ -248,9 +248,7 @@ def queue_stream(queue: str) -> str:
 
 def stream_prefixes() -> tuple[str, ...]:
     """The id prefixes of every non-job stream kind (a job's id never starts with one)."""
-    found = {
-        cls.stream_prefix for cls in AnyEvent.__args__ if issubclass(cls, StreamEvent)
-    }
+    found = {cls.stream_prefix for cls in AnyEvent.__args__ if issubclass(cls, StreamEvent)}
     return tuple(sorted(p for p in found if p))
 
 

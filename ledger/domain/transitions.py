@@ -75,9 +75,7 @@ STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
 # A final state is one no worker or lifecycle command leaves: the job's run is over. Only an
 # operator's `retry` (a new decision by a person, recorded as its own event) reopens one.
 FINAL: frozenset[JobStatus] = frozenset(
-    s
-    for s in STATUSES
-    if not any(s in t.sources for t in TRANSITIONS.values() if not t.operator)
+    s for s in STATUSES if not any(s in t.sources for t in TRANSITIONS.values() if not t.operator)
 )
 
 

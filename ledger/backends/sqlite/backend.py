@@ -372,9 +372,7 @@ class SqliteBackend:
                     with self._changed:
                         self._changed.notify_all()
 
-    def read(
-        self, doing: str, work: Callable[[SqliteSnapshot], _T], *, single: bool = False
-    ) -> _T:
+    def read(self, doing: str, work: Callable[[SqliteSnapshot], _T], *, single: bool = False) -> _T:
         if self._shared_reads:
             with self._lock:
                 return self._snapshot(self._conn, doing, work, single)
