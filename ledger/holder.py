@@ -95,6 +95,9 @@ def is_gone(boot_id: str | None, pid: int | None, start: int | None) -> bool:
         return False
     if boot_id != facts[1]:
         return True  # recorded in an earlier boot of this machine
+    me = current()
+    if me is not None and pid == me.pid and start == me.start:
+        return False  # the calling process itself: alive, no /proc read needed
     try:
         stat = _stat(pid)
     except (OSError, ValueError, IndexError):
