@@ -16,6 +16,8 @@ transaction (one snapshot), several threads in parallel. `wait_for_change` liste
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -205,15 +207,31 @@ class PostgresSnapshot:
         return queues_table.paused(self.conn)
 
 
+_TAKEN_VERSION = re.compile(r"\(job_id, version\)=\((?P<job>.*), (?P<version>\d+)\)")
+
+
+def _stale_from(error: pg_errors.UniqueViolation) -> _StaleVersion | None:
+    """The stale version a unique violation on (job_id, version) reports, from its detail."""
+    found = _TAKEN_VERSION.search(getattr(error.diag, "message_detail", None) or "")
+    if found is None:
+        return None
+    return _StaleVersion(found.group("job"), int(found.group("version")) - 1)
+
+
 class PostgresTransaction(PostgresSnapshot):
     """The write half, at READ COMMITTED; the row locks named in the module docstring make what
     it decided on stay true until it commits."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_head", "_pipeline")
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         super().__init__(conn)
         self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
+        # From the first append on, this transaction holds the log's head (the counter row):
+        # every other appender waits until it commits. So what follows (the inserts, the jobs
+        # rows, the checkpoint and the COMMIT) goes out in one pipeline, one round trip, instead
+        # of one each while the whole ledger waits (psycopg's pipeline mode).
+        self._pipeline: Any = None
 
     def load_job(self, job_id: str) -> JobState | None:
         return jobs.load(self.conn, job_id, lock=True)
@@ -227,11 +245,34 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> list[StoredEvent]:
         head = self._head or events.read_head(self.conn)
         self._head = None  # until this append succeeds (a failed one may have inserted some)
+        if self._pipeline is None:
+            self._pipeline = self.conn.pipeline()
+            self._pipeline.__enter__()
         try:
             stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
         except pg_errors.UniqueViolation as e:
             raise _StaleVersion(job_id, expected_version) from e
         return stored
+
+    def commit(self) -> None:
+        """COMMIT (sent with whatever the pipeline still holds, then waited for once)."""
+        if self._pipeline is None:
+            self.conn.commit()
+            return
+        pipeline, self._pipeline = self._pipeline, None
+        try:
+            self.conn.commit()
+        except BaseException as e:
+            pipeline.__exit__(type(e), e, e.__traceback__)
+            raise
+        pipeline.__exit__(None, None, None)
+
+    def abandon(self) -> None:
+        """Leave the pipeline (if any) after an error; the caller rolls back."""
+        if self._pipeline is not None:
+            pipeline, self._pipeline = self._pipeline, None
+            with contextlib.suppress(psycopg.Error):  # the error that got us here is the one
+                pipeline.__exit__(None, None, None)
 
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
@@ -380,11 +421,21 @@ class PostgresBackend:
 
     def _write_once(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         conn = self._writer()
+        tx = PostgresTransaction(conn)
         try:
-            result = work(PostgresTransaction(conn))
-            conn.commit()
+            result = work(tx)
+            tx.commit()
             return result
+        except pg_errors.UniqueViolation as e:
+            tx.abandon()
+            if not conn.closed:
+                conn.rollback()
+            stale = _stale_from(e)  # a deferred (pipelined) insert of a taken version
+            if stale is None:
+                raise
+            raise stale from e
         except BaseException:
+            tx.abandon()
             if not conn.closed:
                 try:
                     conn.rollback()
