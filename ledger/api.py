@@ -176,7 +176,7 @@ class Ledger(LedgerReads):
         if me is None:
             return False
         held = self._backend.read("looking for local holders", lambda snap: snap.held_on(me.host))
-        return any(pid != me.pid or start != me.start for _, _, pid, start in held)
+        return any(pid != me.pid or start != me.start for _, pid, start in held)
 
     def heartbeat(
         self,

@@ -412,14 +412,17 @@ def _rescue_gone(step: Step, host: str, is_gone: GoneCheck) -> int:
     """Rescue the running jobs held on ``host`` whose holder process is gone (`is_gone`: boot
     id, pid, start time -> certainly not running), under the rules of an expired lease."""
     rescued = 0
-    verdicts: dict[tuple[str | None, int | None, int | None], bool] = {}  # one look per process
-    for job_id, boot_id, pid, start in step.tx.held_on(host):
-        holder = (boot_id, pid, start)
-        gone = verdicts.get(holder)
-        if gone is None:
-            gone = verdicts[holder] = is_gone(boot_id, pid, start)
-        if not gone:
-            continue
+    for boot_id, pid, start in step.tx.held_on(host):  # one look per holder process
+        if is_gone(boot_id, pid, start):
+            rescued += _rescue_jobs_of(step, host, (boot_id, pid, start))
+    return rescued
+
+
+def _rescue_jobs_of(step: Step, host: str, holder: tuple[Any, Any, Any]) -> int:
+    """Rescue the running jobs a gone process (boot id, pid, start) held on ``host``."""
+    boot_id, pid, start = holder
+    rescued = 0
+    for job_id in step.tx.held_by(host, holder):
         state = step.job(job_id)  # locked on PostgreSQL: re-check it is still that holder's
         if state.status is not JobStatus.RUNNING or (
             state.holder_pid,

@@ -148,9 +148,13 @@ class Snapshot(Protocol):
         """(last position, its chain hash as hex); (0, the genesis hash) for an empty log."""
         ...
 
-    def held_on(self, host: str) -> list[tuple[str, str, int, int]]:
-        """(job id, boot id, pid, process start) of every running job whose claim recorded a
-        holder on ``host`` (`ledger.holder`)."""
+    def held_on(self, host: str) -> list[tuple[str, int, int]]:
+        """(boot id, pid, process start) of every process whose claims of running jobs
+        recorded a holder on ``host`` (`ledger.holder`): one row per process, not per job."""
+        ...
+
+    def held_by(self, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
+        """The running jobs one such process (boot id, pid, start) holds on ``host``."""
         ...
 
     # replay and verify

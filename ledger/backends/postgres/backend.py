@@ -152,8 +152,11 @@ class PostgresSnapshot:
         position, digest = events.read_head(self.conn, lock=False)
         return position, digest.hex()
 
-    def held_on(self, host: str) -> list[tuple[str, str, int, int]]:
+    def held_on(self, host: str) -> list[tuple[str, int, int]]:
         return jobs.held_on(self.conn, host)
+
+    def held_by(self, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
+        return jobs.held_by(self.conn, host, holder)
 
     # replay and verify
     def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:

@@ -269,15 +269,26 @@ def expired(conn: Conn, now: datetime, limit: int | None) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+# One row per holder process, not per job (see the SQLite twin).
 held_on_statement = (
-    "SELECT id, holder_boot_id, holder_pid, holder_start FROM jobs "
-    "WHERE status = 'running' AND holder_host = %s ORDER BY lease_expires_at"
+    "SELECT DISTINCT holder_boot_id, holder_pid, holder_start FROM jobs "
+    "WHERE status = 'running' AND holder_host = %s"
+)
+held_by_statement = (
+    "SELECT id FROM jobs WHERE status = 'running' AND holder_host = %s "
+    "AND holder_boot_id IS NOT DISTINCT FROM %s AND holder_pid IS NOT DISTINCT FROM %s "
+    "AND holder_start IS NOT DISTINCT FROM %s ORDER BY lease_expires_at"
 )
 
 
-def held_on(conn: Conn, host: str) -> list[tuple[str, str, int, int]]:
-    """(job id, boot id, pid, process start) of every running job held on ``host``."""
+def held_on(conn: Conn, host: str) -> list[tuple[str, int, int]]:
+    """(boot id, pid, process start) of every process holding a running job on ``host``."""
     return conn.execute(held_on_statement, (host,)).fetchall()
+
+
+def held_by(conn: Conn, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
+    """The running jobs that one process (boot id, pid, start) holds on ``host``."""
+    return [str(r[0]) for r in conn.execute(held_by_statement, (host, *holder))]
 
 
 def with_key(conn: Conn, key: str) -> str | None:

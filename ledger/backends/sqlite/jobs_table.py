@@ -469,15 +469,26 @@ def expired(conn: apsw.Connection, now: str, limit: int | None) -> list[str]:
 
 
 # Running jobs only (the partial lease index): the live set, however long the history.
+# One row per holder process, not per job: a claim looks at each local process once, however
+# many jobs it holds (a worker with 64 in flight).
 held_on_statement = (
-    "SELECT id, holder_boot_id, holder_pid, holder_start FROM jobs INDEXED BY jobs_lease "
-    "WHERE status = 'running' AND holder_host = ? ORDER BY lease_expires_at"
+    "SELECT DISTINCT holder_boot_id, holder_pid, holder_start FROM jobs INDEXED BY jobs_lease "
+    "WHERE status = 'running' AND holder_host = ?"
+)
+held_by_statement = (
+    "SELECT id FROM jobs INDEXED BY jobs_lease WHERE status = 'running' AND holder_host = ? "
+    "AND holder_boot_id IS ? AND holder_pid IS ? AND holder_start IS ? ORDER BY lease_expires_at"
 )
 
 
-def held_on(conn: apsw.Connection, host: str) -> list[tuple[str, str, int, int]]:
-    """(job id, boot id, pid, process start) of every running job held on ``host``."""
+def held_on(conn: apsw.Connection, host: str) -> list[tuple[str, int, int]]:
+    """(boot id, pid, process start) of every process holding a running job on ``host``."""
     return conn.execute(held_on_statement, (host,)).fetchall()  # type: ignore[return-value]
+
+
+def held_by(conn: apsw.Connection, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
+    """The running jobs that one process (boot id, pid, start) holds on ``host``."""
+    return [str(r[0]) for r in conn.execute(held_by_statement, (host, *holder))]
 
 
 def with_key(conn: apsw.Connection, key: str) -> str | None:
