@@ -79,12 +79,14 @@ class Ledger(LedgerReads):
             retry_policy or RetryPolicy(),
             rng or random.Random(),
         )
-        if not readonly:
-            try:
+        try:
+            if readonly:
+                self._backend.read(f"opening {self._backend.target}", rebuild.check_readable)
+            else:
                 self._backend.write(f"opening {self._backend.target}", rebuild.catch_up)
-            except BaseException:
-                self._backend.close()
-                raise
+        except BaseException:
+            self._backend.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -24,7 +24,14 @@ from .domain import chain
 from .domain import events as ev
 from .domain.events import StoredEvent
 from .domain.logrules import LogCheck
-from .errors import CorruptEvent, CorruptProjection, LedgerError, StorageError, UnfoldableEvent
+from .errors import (
+    CorruptEvent,
+    CorruptProjection,
+    LedgerError,
+    SchemaError,
+    StorageError,
+    UnfoldableEvent,
+)
 
 Progress = Callable[[int, int], None]  # (events done, events in all)
 _PROGRESS_EVERY = 10_000
@@ -128,6 +135,20 @@ def rebuild(tx: Any, progress: Progress | None = None) -> tuple[int, int]:
     tx.finish_jobs()
     tx.write_checkpoint(JOBS, jobs_projection.JobsProjection.schema_version, last)
     return count, last
+
+
+def check_readable(snapshot: Any) -> None:
+    """For a read-only open: refuse, in words, a ledger whose jobs projection was built by
+    another release (its columns differ, so every read would fail). Opening it once read-write
+    rebuilds it from the log; a read-only open never writes."""
+    checkpoint = snapshot.checkpoint(JOBS)
+    expected = jobs_projection.JobsProjection.schema_version
+    if checkpoint is not None and checkpoint[0] != expected:
+        raise SchemaError(
+            f"this ledger's jobs projection has version {checkpoint[0]} and this release reads "
+            f"version {expected}: open it once for writing to rebuild it from the log (for "
+            "example `ledger replay --db PATH`), then read it again"
+        )
 
 
 def catch_up(tx: Any) -> int:
