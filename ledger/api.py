@@ -79,9 +79,12 @@ class Ledger(LedgerReads):
             retry_policy or RetryPolicy(),
             rng or random.Random(),
         )
+        self._stale_projection: str | None = None
         try:
             if readonly:
-                self._backend.read(f"opening {self._backend.target}", rebuild.check_readable)
+                self._stale_projection = self._backend.read(
+                    f"opening {self._backend.target}", rebuild.stale_projection
+                )
             else:
                 self._backend.write(f"opening {self._backend.target}", rebuild.catch_up)
         except BaseException:

@@ -26,7 +26,7 @@ from .domain import validate as check
 from .domain.model import Budget, EventType, Job, JobEvent, JobStatus
 from .domain.state import JobState, to_job
 from .domain.summary import format_summary
-from .errors import InvalidArgument, JobNotFound
+from .errors import InvalidArgument, JobNotFound, SchemaError, StorageError
 from .stats import Stats
 from .stats import collect as collect_stats
 
@@ -125,7 +125,13 @@ class LedgerReads:
 
     def _read(self, doing: str, query: Callable[[Any], _T], *, single: bool = False) -> _T:
         """Run ``query`` on one consistent snapshot (``single``: it runs one statement)."""
-        return self._backend.read(doing, query, single=single)
+        try:
+            return self._backend.read(doing, query, single=single)
+        except StorageError as e:
+            stale = getattr(self, "_stale_projection", None)
+            if stale is not None:  # read-only, on a projection another release built
+                raise SchemaError(stale) from e
+            raise
 
     def _wait_for_change(self, timeout: float, stop: threading.Event | None = None) -> bool:
         """Sleep until the database may hold something new (the backend's wake-up: a commit

@@ -28,7 +28,6 @@ from .errors import (
     CorruptEvent,
     CorruptProjection,
     LedgerError,
-    SchemaError,
     StorageError,
     UnfoldableEvent,
 )
@@ -137,18 +136,19 @@ def rebuild(tx: Any, progress: Progress | None = None) -> tuple[int, int]:
     return count, last
 
 
-def check_readable(snapshot: Any) -> None:
-    """For a read-only open: refuse, in words, a ledger whose jobs projection was built by
-    another release (its columns differ, so every read would fail). Opening it once read-write
-    rebuilds it from the log; a read-only open never writes."""
+def stale_projection(snapshot: Any) -> str | None:
+    """For a read-only open: why the jobs projection cannot be read, when another release built
+    it (its columns differ), else None. The log still reads; a read of jobs then fails with this
+    in words. Opening it once read-write rebuilds it; a read-only open never writes."""
     checkpoint = snapshot.checkpoint(JOBS)
     expected = jobs_projection.JobsProjection.schema_version
-    if checkpoint is not None and checkpoint[0] != expected:
-        raise SchemaError(
-            f"this ledger's jobs projection has version {checkpoint[0]} and this release reads "
-            f"version {expected}: open it once for writing to rebuild it from the log (for "
-            "example `ledger replay --db PATH`), then read it again"
-        )
+    if checkpoint is None or checkpoint[0] == expected:
+        return None
+    return (
+        f"this ledger's jobs projection has version {checkpoint[0]} and this release reads "
+        f"version {expected}: open it once for writing to rebuild it from the log (for "
+        "example `ledger replay --db PATH`), then read it again"
+    )
 
 
 def catch_up(tx: Any) -> int:

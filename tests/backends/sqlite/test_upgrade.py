@@ -66,20 +66,22 @@ def test_release_0_1_0_ledger_opens_replays_and_verifies(tmp_path: Path) -> None
 
 
 def test_a_read_only_open_of_a_0_1_0_file_says_how_to_upgrade_it(tmp_path: Path) -> None:
-    """Its jobs table has 0.1.0's columns: read-only reads would all fail, so the open refuses in
-    words (and writes nothing); one read-write open rebuilds it, then read-only works."""
+    """Its jobs table has 0.1.0's columns: read-only, the log still reads, and a read of jobs
+    refuses in words (writing nothing); one read-write open rebuilds it, then read-only works."""
     from ledger import SchemaError
     from tests.conftest import run_cli
 
     path = str(tmp_path / "old.db")
     shutil.copy(DATA / "ledger-0.1.0.db", path)
     before = (tmp_path / "old.db").read_bytes()
-    try:
-        Ledger(path, readonly=True)
-    except SchemaError as e:
-        assert "open it once for writing" in str(e)
-    else:
-        raise AssertionError("a 0.1.0 projection opened read-only without a word")
+    with Ledger(path, readonly=True) as old:
+        assert old.last_position() == 23  # the log reads
+        try:
+            old.jobs()
+        except SchemaError as e:
+            assert "open it once for writing" in str(e)
+        else:
+            raise AssertionError("a 0.1.0 projection read read-only without a word")
     assert (tmp_path / "old.db").read_bytes() == before
     listed = run_cli("jobs", db=path)
     assert listed.returncode == 1 and listed.stderr.count("\n") == 1
