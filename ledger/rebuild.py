@@ -86,13 +86,13 @@ def fold_events(
     fold: jobs_projection.JobsFold,
     check: LogCheck,
     *,
-    save: Callable[[jobs_projection.JobChanges], None] | None = None,
+    save: Callable[[jobs_projection.JobsFold], None] | None = None,
     progress: Progress | None = None,
     total: int = 0,
     after: int = 0,
 ) -> tuple[int, int]:
     """Check and fold every event of ``stream``; (count, last position). With ``save``, the
-    fold's results are handed to it whenever the fold holds `_BATCH` jobs, and at the end."""
+    fold is handed to it to write out whenever it holds `_BATCH` jobs, and at the end."""
     count, last = 0, after
     for stored in stream:
         check.check(stored)
@@ -100,25 +100,31 @@ def fold_events(
         count += 1
         last = stored.position
         if save is not None and len(fold) >= _BATCH:
-            save(fold.take())
+            save(fold)
         if progress and count % _PROGRESS_EVERY == 0:
             progress(count, total)
     if save is not None:
-        save(fold.take())
+        save(fold)
     if progress:
         progress(count, total)
     return count, last
 
 
-def _saver(tx: Any) -> Callable[[jobs_projection.JobChanges], None]:
-    def save(changes: jobs_projection.JobChanges) -> None:
-        tx.save_jobs(changes.new, changes.changed)
-        if changes.queues:
-            tx.save_queues(changes.queues)
-        if changes.budgets:
-            tx.save_budgets(changes.budgets)
+def write_fold(tx: Any, fold: jobs_projection.JobsFold) -> None:
+    """Hand what ``fold`` computed (queue states, chat budgets, job rows) to the write
+    transaction ``tx`` and forget it: the one way a fold's results reach a backend, for live
+    commands, replay and catch-up alike."""
+    queues = fold.queues.take()  # before flush_to, which forgets every cached state
+    if queues:
+        tx.save_queues(queues)
+    budgets = fold.budgets.take()
+    if budgets:
+        tx.save_budgets(budgets)
+    fold.flush_to(tx.save_jobs)
 
-    return save
+
+def _saver(tx: Any) -> Callable[[jobs_projection.JobsFold], None]:
+    return lambda fold: write_fold(tx, fold)
 
 
 def rebuild(tx: Any, progress: Progress | None = None) -> tuple[int, int]:

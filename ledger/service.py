@@ -30,7 +30,7 @@ from .domain.model import EventType, Job, JobStatus
 from .domain.state import JobState, to_job
 from .domain.timeutil import Clock, check_aware
 from .errors import ConcurrencyError, InvalidTransition, JobNotFound, LeaseLost, LedgerError
-from .rebuild import JOBS
+from .rebuild import JOBS, write_fold
 
 _T = TypeVar("_T")
 DEFAULT_LEASE = 300.0
@@ -85,13 +85,7 @@ class Step:
 
     def flush(self) -> None:
         """Write what the fold computed so far (a query later in this command must see it)."""
-        queues = self.fold.queues.take()  # before flush_to, which forgets every cached state
-        if queues:
-            self.tx.save_queues(queues)
-        budgets = self.fold.budgets.take()
-        if budgets:
-            self.tx.save_budgets(budgets)
-        self.fold.flush_to(self.tx.save_jobs)
+        write_fold(self.tx, self.fold)
 
     def finish(self) -> None:
         self.flush()

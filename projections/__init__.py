@@ -7,6 +7,6 @@ fold, which is what makes the projection equal the fold of the log (law 3).
 """
 
 from .base import Projection
-from .jobs import JobChanges, JobsFold, JobsProjection, evolve
+from .jobs import JobsFold, JobsProjection, evolve
 
-__all__ = ["JobChanges", "JobsFold", "JobsProjection", "Projection", "evolve"]
+__all__ = ["JobsFold", "JobsProjection", "Projection", "evolve"]

@@ -241,27 +241,14 @@ def lease_expired_message(state: JobState) -> str:
     )
 
 
-class JobChanges(msgspec.Struct, frozen=True):
-    """What a fold computed since it was last taken: new jobs (in creation order, so every
-    replay inserts them in the same order) and, for each existing job it touched, the new state
-    and the names of the fields that changed (a backend writes only those)."""
-
-    new: list[JobState]
-    changed: list[tuple[JobState, tuple[str, ...]]]
-    queues: list[QueueState] = []  # queue states changed (projections/queues.py)
-    budgets: list[BudgetState] = []  # chat budgets changed (projections/budgets.py)
-
-    def __bool__(self) -> bool:
-        return bool(self.new or self.changed or self.queues or self.budgets)
-
-
 class JobsFold:
     """`evolve` over a stream of events, with the states it touched kept in memory.
 
     ``load`` fetches a job's state from wherever the fold's earlier results went (the backend's
     projection table, inside the same transaction); without one, every job must be created
-    within the events folded. A live command folds its few events and hands `take` to the
-    backend; replay folds the whole log, taking a batch whenever `len` reaches its limit."""
+    within the events folded. A live command folds its few events and flushes them to the
+    backend (`ledger.rebuild.write_fold`); replay folds the whole log, flushing a batch whenever
+    `len` reaches its limit."""
 
     __slots__ = ("_dirty", "_load", "_new", "_states", "budgets", "queues")
 
@@ -359,8 +346,10 @@ class JobsFold:
         self,
         save: Callable[[list[JobState], list[tuple[JobState, tuple[str, ...]]]], None],
     ) -> None:
-        """`take`, handing the changes to ``save(new, changed)``; nothing when nothing changed
-        (a live command's hot path: no `JobChanges` is built)."""
+        """Hand the job changes since the last flush to ``save(new, changed)`` (new jobs in
+        creation order, so every replay inserts them alike; each changed job with the names of
+        its changed fields, so a backend writes only those), then forget every cached state.
+        Nothing is called when nothing changed."""
         if self._new or self._dirty:
             states = self._states
             new = [states[j] for j in self._new]
@@ -370,18 +359,8 @@ class JobsFold:
         else:
             self.reset()
 
-    def take(self) -> JobChanges:
-        """What changed since the last `take`, forgetting every cached state."""
-        states = self._states
-        new = [states[j] for j in self._new]
-        changed = [(states[j], tuple(names)) for j, names in self._dirty.items()]
-        queues = self.queues.take()
-        budgets = self.budgets.take()
-        self.reset()
-        return JobChanges(new, changed, queues, budgets)  # type: ignore[arg-type]
-
     def reset(self) -> None:
-        """Forget everything (after a rolled-back command, or a `take`)."""
+        """Forget everything (after a rolled-back command, or a `flush_to`)."""
         if self._states:
             self._states.clear()
             self._new.clear()
