@@ -20,15 +20,16 @@ fetched on the ledger's thread.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from .aio_thread import GROUPED, LedgerThread
 from .api import Ledger, _wait_timeout
 from .domain import validate as check
 from .domain.model import Job
@@ -53,7 +54,7 @@ class AsyncLedger:
         self._kwargs = kwargs
         self._owned = not isinstance(target, Ledger)
         self._ledger: Ledger | None = None if self._owned else target  # type: ignore[assignment]
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger-aio")
+        self._executor = LedgerThread("ledger-aio", self._held_writes)
         self._opening: asyncio.Future[Ledger] | None = None
         self._watcher: threading.Thread | None = None
         self._watching = threading.Event()
@@ -121,12 +122,17 @@ class AsyncLedger:
 
     # -- every call ----------------------------------------------------------------------------
 
+    def _held_writes(self) -> AbstractContextManager[list[Any]] | None:
+        """The backend's shared-transaction block (see `ledger.aio_thread`), if it has one."""
+        ledger = self._ledger
+        held = None if ledger is None else getattr(ledger._backend, "held_writes", None)
+        return None if held is None else held()
+
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         ledger = await self.open()
         bound = getattr(ledger, method)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._executor, functools.partial(bound, *args, **kwargs)
+        result = await self._executor.call(
+            functools.partial(bound, *args, **kwargs), grouped=method in GROUPED
         )
         if isinstance(result, Iterator):  # a lazy iterator: pull it on the ledger's thread
             return self._pull(result)

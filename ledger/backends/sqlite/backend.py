@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from .connection import (
     run_write,
     wrap_sqlite_error,
 )
+from .group import Group, GroupCommit
 from .timecodec import to_text
 
 _T = TypeVar("_T")
@@ -328,6 +330,13 @@ class SqliteBackend:
         self._waiting = 0  # threads inside wait_for_change
         self._watcher: apsw.Connection | None = None
         self._seen_version: int | None = None
+        self._writes = GroupCommit(
+            self._conn,
+            self._lock,
+            self._committed,
+            self._lost,
+            enabled=not (readonly or self._shared_reads),
+        )
         try:
             if readonly:
                 self._read_on_writer("opening the ledger", events.check_schema)
@@ -360,20 +369,32 @@ class SqliteBackend:
     # -- the protocol --------------------------------------------------------------------------
 
     def write(self, doing: str, work: Callable[[SqliteTransaction], _T]) -> _T:
-        with self._lock:
+        """One command's write transaction, shared with the commands of other threads that
+        arrive meanwhile (`group`: group commit); returns once its COMMIT is durable."""
+
+        def command() -> _T:
             tx = SqliteTransaction(self._conn, self._head)
-            self._head = None  # known again only once this transaction commits
-            try:
-                result = run_write(self._conn, doing, work, tx)
-                self._head = tx._head  # committed: the head it appended (None: not known)
-                return result
-            finally:
-                # Only this thread (holding the write lock) counts, so no lock is needed for it;
-                # the condition is taken only when someone waits (the common case: nobody).
-                self._commits += 1
-                if self._waiting:
-                    with self._changed:
-                        self._changed.notify_all()
+            result = work(tx)
+            self._head = tx._head  # the head it appended (None: not known)
+            return result
+
+        return self._writes.run(doing, command)
+
+    def held_writes(self) -> AbstractContextManager[list[Group]]:
+        """`GroupCommit.held`: one thread's many commands in shared transactions."""
+        return self._writes.held()
+
+    def _committed(self) -> None:
+        # Only the thread holding the write lock counts, so no lock is needed for it; the
+        # condition is taken only when someone waits (the common case: nobody).
+        self._commits += 1
+        if self._waiting:
+            with self._changed:
+                self._changed.notify_all()
+
+    def _lost(self) -> None:
+        self._head = None  # the transaction that knew it rolled back
+        self._committed()
 
     def read(self, doing: str, work: Callable[[SqliteSnapshot], _T], *, single: bool = False) -> _T:
         if self._shared_reads:
@@ -475,6 +496,7 @@ class SqliteBackend:
                 conn.close()
             self._readers.clear()
         with self._lock:
+            self._writes.settle()
             self._conn.close()
 
 

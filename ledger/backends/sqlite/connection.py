@@ -140,42 +140,48 @@ def read_snapshot(conn: apsw.Connection, query: Callable[[], _T]) -> _T:
     try:
         result = query()
     except BaseException:
-        _rollback(conn)
+        rollback(conn)
         raise
     conn.execute("COMMIT")
     return result
 
 
-def _rollback(conn: apsw.Connection) -> None:
+def rollback(conn: apsw.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so."""
     if not conn.get_autocommit():
         conn.execute("ROLLBACK")
+
+
+def begin_immediate(conn: apsw.Connection, doing: str, retries: int = 3) -> None:
+    """``BEGIN IMMEDIATE``, retried when SQLite reports BUSY before the write lock was won (the
+    busy timeout waits; this is the bounded retry on top for the rare BUSY that the busy handler
+    does not cover, such as WAL recovery by another process)."""
+    attempt = 0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except apsw.BusyError as e:
+            if attempt == retries:
+                raise wrap_sqlite_error(e, doing) from e
+            attempt += 1
+        except apsw.Error as e:
+            raise wrap_sqlite_error(e, doing) from e
 
 
 def run_write(
     conn: apsw.Connection, doing: str, work: Callable[..., _T], *args: Any, retries: int = 3
 ) -> _T:
-    """Run ``work`` in a write transaction, retrying when SQLite reports BUSY before the write
-    lock was won (the busy timeout waits; this is the bounded retry on top for the rare BUSY that
-    the busy handler does not cover, such as WAL recovery by another process). Any exception in
+    """Run ``work`` in a write transaction of its own (`begin_immediate`). Any exception in
     ``work`` rolls everything back."""
-    attempt = 0
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except apsw.BusyError as e:
-            if attempt == retries:
-                raise wrap_sqlite_error(e, doing) from e
-            attempt += 1
-            continue
-        except apsw.Error as e:
-            raise wrap_sqlite_error(e, doing) from e
-        try:
-            result = work(*args)
-            conn.execute("COMMIT")
-            return result
-        except apsw.Error as e:
-            _rollback(conn)
-            raise wrap_sqlite_error(e, doing) from e
-        except BaseException:
-            _rollback(conn)
-            raise
+    begin_immediate(conn, doing, retries)
+    try:
+        result = work(*args)
+        conn.execute("COMMIT")
+        return result
+    except apsw.Error as e:
+        rollback(conn)
+        raise wrap_sqlite_error(e, doing) from e
+    except BaseException:
+        rollback(conn)
+        raise

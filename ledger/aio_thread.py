@@ -1,0 +1,207 @@
+"""`LedgerThread`: the one thread an `AsyncLedger`'s calls run on, and how it shares commits.
+
+Why a thread of our own rather than a ``ThreadPoolExecutor(1)``: when many tasks call at once,
+their calls are all queued by the time the thread looks, and the thread can see them together.
+It takes every call waiting (up to `MAX_BATCH`) and runs the commands among them (`GROUPED`:
+the calls that are one write transaction and read nothing after it) back to back inside the
+backend's ``held_writes()``: one transaction, a savepoint per command after the first, one
+COMMIT (one fsync) for all. Only after that COMMIT returned is any of them answered, so a task
+never sees its call succeed before its events are durable; a command that fails fails alone
+(its savepoint); if the COMMIT fails, every command in it gets the error. A call that is not
+such a command (a read, an iterator, replay) runs on its own, in order, between groups.
+
+Answers go back to the event loop in one ``call_soon_threadsafe`` per batch, not one per call:
+waking the loop costs as much as a small command does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+MAX_BATCH = 256  # calls taken off the queue at once
+# The `Ledger` methods that are exactly one write transaction: safe to answer after a shared
+# commit (each returns what it computed inside its transaction, and reads nothing after it).
+GROUPED = frozenset(
+    {
+        "create_job",
+        "create_jobs",
+        "claim",
+        "heartbeat",
+        "complete",
+        "fail",
+        "cancel",
+        "release",
+        "charge",
+        "log_event",
+    }
+)
+HeldWrites = Callable[[], AbstractContextManager[list[Any]] | None]
+
+
+class _Call:
+    __slots__ = ("fn", "future", "grouped", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[], Any],
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        loop: asyncio.AbstractEventLoop | None,
+        grouped: bool,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+        self.grouped = grouped
+
+
+Outcome = tuple[_Call, Any, BaseException | None]
+
+
+class LedgerThread(concurrent.futures.Executor):
+    """A single worker thread (an ``Executor``, for ``run_in_executor``) that runs the queued
+    commands of many tasks in shared transactions. ``held_writes`` gives the backend's
+    ``held_writes()`` context (None: the ledger is not open, or its backend has none)."""
+
+    def __init__(self, name: str, held_writes: HeldWrites) -> None:
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._held_writes = held_writes
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._stopped = False
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._put(_Call(lambda: fn(*args, **kwargs), future, None, False))
+        return future
+
+    def call(self, fn: Callable[[], Any], *, grouped: bool) -> asyncio.Future[Any]:
+        """Run ``fn`` on the thread; its answer as a future of the running loop. ``grouped``:
+        ``fn`` is one write command, which may share a commit with its neighbours."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._put(_Call(fn, future, loop, grouped))
+        return future
+
+    def _put(self, call: _Call) -> None:
+        if self._stopped:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+        self._queue.put(call)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._stopped = True
+        if self._started:
+            self._queue.put(None)
+            if wait and threading.current_thread() is not self._thread:
+                self._thread.join()
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[_Call]) -> None:
+        """Runs of grouped commands share transactions; any other call runs alone."""
+        start = 0
+        while start < len(batch):
+            end = start
+            while end < len(batch) and batch[end].grouped:
+                end += 1
+            held = self._held_writes() if end - start > 1 else None
+            if held is not None:
+                _answer(_run_held(batch[start:end], held))
+                start = end
+            else:
+                _answer([_run_one(batch[start])])
+                start += 1
+
+
+def _run_one(call: _Call) -> Outcome:
+    try:
+        return call, call.fn(), None
+    except BaseException as e:  # handed to the caller, whatever it is
+        return call, None, e
+
+
+def _run_held(calls: list[_Call], held: AbstractContextManager[list[Any]]) -> list[Outcome]:
+    """Run ``calls`` in shared transactions; a call whose transaction was lost gets the error
+    that lost it, in place of the result it computed."""
+    ran: list[tuple[_Call, Any, BaseException | None, int, int]] = []
+    with held as joined:
+        for call in calls:
+            before = len(joined)
+            call_, result, error = _run_one(call)
+            ran.append((call_, result, error, before, len(joined)))
+    outcomes: list[Outcome] = []
+    for call, result, error, first, last in ran:
+        if error is None:
+            for group in joined[first:last]:
+                lost = group.error("committing the ledger's shared transaction")
+                if lost is not None:
+                    result, error = None, lost
+                    break
+        outcomes.append((call, result, error))
+    return outcomes
+
+
+def _answer(outcomes: list[Outcome]) -> None:
+    """Hand each outcome to its caller: one wake-up per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        call = outcome[0]
+        if call.loop is None:
+            _settle(outcome)
+        else:
+            by_loop.setdefault(call.loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        _settle(outcome)
+
+
+def _settle(outcome: Outcome) -> None:
+    call, result, error = outcome
+    future = call.future
+    if future.done():  # cancelled by the caller meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
