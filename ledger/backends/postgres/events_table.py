@@ -38,14 +38,12 @@ insert_chained_statement = (
     "INSERT INTO events (position, job_id, version, type, data, recorded_at, hash) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
-head_statement = (
-    "SELECT c.last_position, e.hash FROM event_counter c "
-    "LEFT JOIN events e ON e.position = c.last_position FOR UPDATE OF c"
-)
-head_read_statement = (
-    "SELECT c.last_position, e.hash FROM event_counter c "
-    "LEFT JOIN events e ON e.position = c.last_position"
-)
+# The head from the counter row alone (schema.sql says why not a join with events).
+head_statement = "SELECT last_position, last_hash FROM event_counter FOR UPDATE"
+head_read_statement = "SELECT last_position, last_hash FROM event_counter"
+# A counter without the hash (from before its column, or after an unhashed import): its event's,
+# read by a statement of its own, so at READ COMMITTED it sees what committed before the lock.
+hash_at_statement = "SELECT hash FROM events WHERE position = %s"
 _SELECT_CHAIN = "SELECT position, job_id, version, type, data, recorded_at, hash FROM events"
 chain_after_statement = f"{_SELECT_CHAIN} WHERE position > %s ORDER BY position LIMIT %s"
 after_statement = f"{_SELECT} WHERE position > %s ORDER BY position"
@@ -67,6 +65,9 @@ def read_head(conn: Conn, *, lock: bool = True) -> tuple[int, bytes]:
     position, stored = (0, None) if row is None else (int(row[0]), row[1])
     if position == 0:
         return 0, chain.GENESIS
+    if stored is None:
+        found = conn.execute(hash_at_statement, (position,)).fetchone()
+        stored = None if found is None else found[0]
     if stored is not None:
         return position, bytes.fromhex(stored)
     rows = (row for row in chain_rows(conn, 0) if row[0] <= position)
