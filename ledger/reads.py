@@ -20,8 +20,7 @@ from projections.queues import QueueState
 
 from .backends.protocol import EventRow, JobFilter
 from .domain import commands as cmd
-from .domain import decide
-from .domain import events as ev
+from .domain import decide, reading
 from .domain import validate as check
 from .domain.model import Budget, EventType, Job, JobEvent, JobStatus
 from .domain.state import JobState, to_job
@@ -36,7 +35,6 @@ _WAKE_SLICE = 0.05  # seconds: the longest one backend wait lasts, so a stop is 
 """How many events `iter_events` and `follow` read from the log at a time."""
 _RUNNING = (JobStatus.RUNNING,)
 _FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED)
-_EVENT_TYPES = {t.value: t for t in EventType}
 
 
 class JobPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,19 +56,26 @@ class ThroughputBucket(msgspec.Struct, frozen=True, kw_only=True):
     finished: dict[str, int]
 
 
-def to_job_event(row: EventRow) -> JobEvent:
-    position, job_id, version, event_type, data, recorded_at = row
-    event = ev.decode(position, event_type, data)
-    return JobEvent(
-        position=position,
-        job_id=job_id,
-        version=version,
-        type=_EVENT_TYPES[event_type],
-        payload=ev.payload_of(event),
-        created_at=recorded_at,
-        worker_id=getattr(event, "worker_id", None),
-        attempt=getattr(event, "attempt", None),
-    )
+def _same(moment: datetime) -> datetime:
+    return moment
+
+
+def _same_at(position: int, event_type: str, moment: datetime) -> datetime:
+    return moment
+
+
+def to_job_events(rows: Sequence[EventRow]) -> list[JobEvent]:
+    """The backend's rows (their times already datetimes) as the public records."""
+    return reading.to_job_events(rows, _same, _same_at)
+
+
+def _events_after(snap: Any, after: int, limit: int | None) -> list[JobEvent]:
+    """The log after ``after``, decoded by the backend itself where it can do it without an
+    intermediate row per event (``decoded_events_after``, SQLite), else from its rows."""
+    decoded = getattr(snap, "decoded_events_after", None)
+    if decoded is not None:
+        return decoded(after, limit)
+    return to_job_events(snap.events_after(after, limit))
 
 
 def _types(types: Iterable[EventType | str] | None) -> list[str] | None:
@@ -346,7 +351,7 @@ class LedgerReads:
         names = _types(types)
         return self._read(
             "reading events",
-            lambda snap: [to_job_event(r) for r in snap.job_events(job_id, names)],
+            lambda snap: to_job_events(snap.job_events(job_id, names)),
             single=True,
         )
 
@@ -361,7 +366,7 @@ class LedgerReads:
         exclude = (EventType.HEARTBEAT.value,) if names is None else ()
         return self._read(
             "reading events",
-            lambda snap: [to_job_event(r) for r in snap.chat_events(chat_id, n, names, exclude)],
+            lambda snap: to_job_events(snap.chat_events(chat_id, n, names, exclude)),
             single=True,
         )
 
@@ -371,7 +376,7 @@ class LedgerReads:
         n = None if limit is None else check.limit(limit)
         return self._read(
             "reading events",
-            lambda snap: [to_job_event(r) for r in snap.events_after(after, n)],
+            lambda snap: _events_after(snap, after, n),
             single=True,
         )
 

@@ -112,11 +112,13 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     remaining_cents: float | None
 
 
-class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+class JobEvent(msgspec.Struct, frozen=True):
     """One stored event. ``payload`` is the worker's payload for activity events and the event's
     fields (a dict) for lifecycle events. ``worker_id`` and ``attempt``: who wrote an activity
     event and during which attempt (None when not recorded: older logs, or a caller that did not
-    name itself); ``worker_id`` is also set for lifecycle events that name a worker."""
+    name itself); ``worker_id`` is also set for lifecycle events that name a worker. Not
+    keyword-only: a read of the whole log builds one per event, and msgspec builds a Struct
+    from keywords markedly slower."""
 
     position: int
     job_id: str

@@ -25,6 +25,7 @@ from projections.queues import QueueState
 from ...domain import events as ev
 from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
+from ...domain.model import JobEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, StorageError
 from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
@@ -109,6 +110,12 @@ class SqliteSnapshot:
 
     def events_after(self, after: int, limit: int | None) -> list[EventRow]:
         return events.rows_after(self.conn, after, limit)
+
+    def decoded_events_after(self, after: int, limit: int | None) -> list[JobEvent]:
+        """`events_after` as `JobEvent`s, decoded straight from the cursor (optional in the
+        protocol: `LedgerReads.read_all` decodes `events_after` when a backend has no such
+        method)."""
+        return events.job_events_after(self.conn, after, limit)
 
     def job_events(self, job_id: str, types: Sequence[str] | None) -> list[EventRow]:
         return events.job_rows(self.conn, job_id, types)

@@ -15,9 +15,13 @@ import apsw
 from ...domain import chain
 from ...domain import events as ev
 from ...domain.events import StoredEvent
+from ...domain.model import JobEvent
+from ...domain.reading import to_job_events
 from ...errors import ConcurrencyError, CorruptEvent, SchemaError, UnfoldableEvent
 from ..protocol import EventRow
 from .timecodec import from_canonical, from_text, to_text
+
+_fromiso = datetime.fromisoformat
 
 # Identifies a ledger file (PRAGMA application_id) and the event-store format (PRAGMA user_version).
 APPLICATION_ID = 0x4A4C4752  # "JLGR"
@@ -281,6 +285,25 @@ def rows_after(conn: apsw.Connection, after: int, limit: int | None) -> list[Eve
     if limit is None:
         return _event_rows(conn.execute(select_after_statement, (after,)))
     return _event_rows(conn.execute(select_after_statement + " LIMIT ?", (after, limit)))
+
+
+def _read_time(position: int, event_type: str, text: object) -> datetime:
+    """`from_text` for `reading.to_job_events`' careful way: a `CorruptEvent` naming the event."""
+    try:
+        return from_text(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        why = f"its recorded_at {text!r}: {e}"
+        raise CorruptEvent(position, str(event_type), why) from e
+
+
+def job_events_after(conn: apsw.Connection, after: int, limit: int | None) -> list[JobEvent]:
+    """`rows_after` decoded straight from the cursor into `JobEvent`s (a full read of the log
+    builds no other object per row)."""
+    if limit is None:
+        rows = conn.execute(select_after_statement, (after,))
+    else:
+        rows = conn.execute(select_after_statement + " LIMIT ?", (after, limit))
+    return to_job_events(rows, _fromiso, _read_time)
 
 
 def last_position(conn: apsw.Connection) -> int:
