@@ -57,35 +57,46 @@ def _rate(per_second: float) -> str:
     return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.2f}"
 
 
+def _impl(param: str) -> str:
+    parts = param.split("-")
+    return next((p for p in ("raw", "minimal") if p in parts), "ledger")
+
+
 def table(data: dict) -> str:  # type: ignore[type-arg]
+    """One row per group: the ledger against the same-rows raw baseline and, where the group
+    has one, against the minimal raw baseline (issue 17's), separately timed and interleaved."""
     groups: dict[str, dict[str, dict]] = {}  # type: ignore[type-arg]
     for bench in data["benchmarks"]:
         name = bench["name"]
-        impl = "raw" if "raw" in bench["param"].split("-") else "ledger"
         label = bench["group"]
         if "finished" in name:
             label = f"{label} (N={bench['params']['finished']:,})"
-        groups.setdefault(label, {})[impl] = bench
+        groups.setdefault(label, {})[_impl(bench["param"])] = bench
     lines = [
         "| group | ledger median | ledger ops/s | raw ops/s | ratio | ratio, interleaved "
-        "| items/s (ledger) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| minimal ops/s | vs minimal | vs minimal, interleaved | items/s (ledger) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label in sorted(groups):
-        pair = groups[label]
-        if "ledger" not in pair or "raw" not in pair:
+        found = groups[label]
+        if "ledger" not in found or "raw" not in found:
             continue
-        led, raw = pair["ledger"]["stats"]["median"], pair["raw"]["stats"]["median"]
-        extra = pair["ledger"].get("extra_info", {})
+        led, raw = found["ledger"]["stats"]["median"], found["raw"]["stats"]["median"]
+        extra = found["ledger"].get("extra_info", {})
         items = extra.get("items", 1)
-        paired = extra.get("paired_raw_median")
-        interleaved = "-" if paired is None else f"{paired / led:.2f}"
         shown = f"{led * 1e3:.3f} ms" if led < 1 else f"{led:.2f} s"
+        least = found.get("minimal", {}).get("stats", {}).get("median")
         lines.append(
             f"| {label} | {shown} | {_rate(1 / led)} | {_rate(1 / raw)} | {raw / led:.2f} "
-            f"| {interleaved} | {_rate(items / led)} |"
+            f"| {_ratio(extra.get('paired_raw_median'), led)} "
+            f"| {'-' if least is None else _rate(1 / least)} | {_ratio(least, led)} "
+            f"| {_ratio(extra.get('paired_minimal_median'), led)} | {_rate(items / led)} |"
         )
     return "\n".join(lines)
+
+
+def _ratio(baseline: float | None, ledger: float) -> str:
+    return "-" if baseline is None else f"{baseline / ledger:.2f}"
 
 
 if __name__ == "__main__":

@@ -9,20 +9,36 @@ ratios.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
 import pytest
 
-from benchmarks import raw
+from benchmarks import minimal, raw
 from benchmarks.conftest import CONFIG, fresh_pair, size
 from ledger import Ledger
 
 # More rounds where a call is fast (no fsync): medians of tens of microseconds are noisy.
 ROUNDS = {"full": size(500, 3), "normal": size(3000, 3)}
+Trio = tuple[Ledger, apsw.Connection, apsw.Connection]
+
+
+@pytest.fixture(params=["full", "normal"])
+def trio(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Trio]:
+    """The ledger, the same-rows raw connection and the minimal raw connection."""
+    ledger, conn = fresh_pair(tmp_path, request.param)
+    least = minimal.connect(str(tmp_path / "minimal.db"), request.param)
+    yield ledger, conn, least
+    ledger.close()
+    conn.close()
+    least.close()
+
+
+IMPLS = ["ledger", "raw", "minimal"]
 
 
 def _run(
@@ -31,24 +47,34 @@ def _run(
     raw_call: Callable[[], object],  # type: ignore[no-untyped-def]
     impl: str,
     rounds: int,
+    minimal_call: Callable[[], object],
 ) -> None:
-    if impl == "raw":
-        benchmark.pedantic(raw_call, rounds=rounds, iterations=1, warmup_rounds=min(20, rounds))
+    """``raw``: the same rows as the ledger (`benchmarks.raw`); ``minimal``: the least I/O the
+    workload needs (`benchmarks.minimal`, issue 17's baseline). The ledger entry runs one call
+    of each before each of its rounds and records their medians (paired_*_median)."""
+    if impl != "ledger":
+        call = raw_call if impl == "raw" else minimal_call
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=min(20, rounds))
         return
     paired: list[float] = []
+    paired_minimal: list[float] = []
 
-    def timed_raw() -> None:
+    def timed_baselines() -> None:
         started = time.perf_counter()
         raw_call()
-        paired.append(time.perf_counter() - started)
+        middle = time.perf_counter()
+        minimal_call()
+        paired.append(middle - started)
+        paired_minimal.append(time.perf_counter() - middle)
 
-    benchmark.pedantic(ledger_call, setup=timed_raw, rounds=rounds, warmup_rounds=0)
+    benchmark.pedantic(ledger_call, setup=timed_baselines, rounds=rounds, warmup_rounds=0)
     benchmark.extra_info["paired_raw_median"] = statistics.median(paired)
+    benchmark.extra_info["paired_minimal_median"] = statistics.median(paired_minimal)
 
 
-@pytest.mark.parametrize("impl", ["ledger", "raw"])
-def test_create_job(benchmark, pair: tuple[Ledger, apsw.Connection], impl: str) -> None:  # type: ignore[no-untyped-def]
-    ledger, conn = pair
+@pytest.mark.parametrize("impl", IMPLS)
+def test_create_job(benchmark, trio: Trio, impl: str) -> None:  # type: ignore[no-untyped-def]
+    ledger, conn, least = trio
     durability = ledger_durability(ledger)
     benchmark.group = f"1 create_job [{durability}]"
     _run(
@@ -57,31 +83,34 @@ def test_create_job(benchmark, pair: tuple[Ledger, apsw.Connection], impl: str) 
         lambda: raw.create_job(conn, 7, CONFIG),
         impl,
         ROUNDS[durability],
+        lambda: minimal.create(least, CONFIG),
     )
     assert ledger.verify().ok
 
 
-@pytest.mark.parametrize("impl", ["ledger", "raw"])
-def test_log_event(benchmark, pair: tuple[Ledger, apsw.Connection], impl: str) -> None:  # type: ignore[no-untyped-def]
-    ledger, conn = pair
+@pytest.mark.parametrize("impl", IMPLS)
+def test_log_event(benchmark, trio: Trio, impl: str) -> None:  # type: ignore[no-untyped-def]
+    ledger, conn, least = trio
     durability = ledger_durability(ledger)
     benchmark.group = f"3 log_event [{durability}]"
     payload = {"message": "step 3 of 10", "tokens": 1234}
     job_id = ledger.create_job(7, CONFIG)
     raw_job = raw.create_job(conn, 7, CONFIG)
+    least_job, versions = minimal.create(least, CONFIG), itertools.count(2)
     _run(
         benchmark,
         lambda: ledger.log_event(job_id, "progress", payload),
         lambda: raw.log_event(conn, raw_job, "progress", payload),
         impl,
         ROUNDS[durability],
+        lambda: minimal.append(least, least_job, next(versions), payload),
     )
     assert ledger.verify().ok
 
 
-@pytest.mark.parametrize("impl", ["ledger", "raw"])
-def test_create_jobs_100(benchmark, pair: tuple[Ledger, apsw.Connection], impl: str) -> None:  # type: ignore[no-untyped-def]
-    ledger, conn = pair
+@pytest.mark.parametrize("impl", IMPLS)
+def test_create_jobs_100(benchmark, trio: Trio, impl: str) -> None:  # type: ignore[no-untyped-def]
+    ledger, conn, least = trio
     benchmark.group = f"5 create_jobs x100 [{ledger_durability(ledger)}]"
     benchmark.extra_info["items"] = 100
     specs = [{"chat_id": n, "config": CONFIG} for n in range(100)]
@@ -92,19 +121,22 @@ def test_create_jobs_100(benchmark, pair: tuple[Ledger, apsw.Connection], impl: 
         lambda: raw.create_jobs(conn, raw_specs),
         impl,
         size(100, 2),
+        lambda: minimal.batch(least, CONFIG),
     )
 
 
 @pytest.mark.parametrize("durability", ["full", "normal"])
-@pytest.mark.parametrize("impl", ["ledger", "raw"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_claim_complete(benchmark, tmp_path: Path, impl: str, durability: str) -> None:  # type: ignore[no-untyped-def]
     """Claim + complete (two commits per job) with a backlog of 10,000 pending jobs."""
     ledger, conn = fresh_pair(tmp_path, durability)
+    least = minimal.connect(str(tmp_path / "minimal.db"), durability)
     benchmark.group = f"2 claim+complete [{durability}]"
     backlog = size(10_000, 20)
     for _ in range(backlog // 1000 or 1):
         ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * min(backlog, 1000))
         raw.create_jobs(conn, [(1, CONFIG)] * min(backlog, 1000))
+        minimal.fill(least, CONFIG, min(backlog, 1000))
 
     def ledger_call() -> None:
         job = ledger.claim("bench-worker")
@@ -116,9 +148,17 @@ def test_claim_complete(benchmark, tmp_path: Path, impl: str, durability: str) -
         assert job_id is not None
         raw.complete(conn, job_id, "done")
 
-    _run(benchmark, ledger_call, raw_call, impl, min(ROUNDS[durability], backlog // 2))
+    _run(
+        benchmark,
+        ledger_call,
+        raw_call,
+        impl,
+        min(ROUNDS[durability], backlog // 2),
+        lambda: minimal.claim_complete(least),
+    )
     ledger.close()
     conn.close()
+    least.close()
 
 
 def ledger_durability(ledger: Ledger) -> str:

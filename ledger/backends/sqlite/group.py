@@ -41,18 +41,51 @@ FOLLOWER_CHECK = 0.1  # seconds between a follower's looks at a group nobody com
 
 class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT is
-    done (``done``), the error that lost it (``failure``; None: committed, durable)."""
+    settled (``settled``), the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("done", "failure", "size")
+    __slots__ = ("_done", "failure", "settled", "size")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._done: threading.Event | None = None  # made by the first follower, under the lock
         self.failure: apsw.Error | None = None
+        self.settled = False  # committed or lost (set under the lock)
         self.size = 0
+
+    def waiter(self) -> threading.Event:
+        """The event a follower waits on (call under the write lock): a group nobody waits
+        for (a lone caller's) never makes one."""
+        if self._done is None:
+            self._done = threading.Event()
+        return self._done
+
+    @property
+    def done(self) -> threading.Event:
+        """An event set once the group is settled (for code that waits outside the lock)."""
+        event = self.waiter()
+        if self.settled:
+            event.set()
+        return event
+
+    def settle(self) -> None:
+        """Mark it committed or lost (under the write lock) and wake its followers."""
+        self.settled = True
+        if self._done is not None:
+            self._done.set()
 
     def error(self, doing: str) -> LedgerError | None:
         """The ledger's error for a lost group (None: it committed)."""
-        return None if self.failure is None else wrap_sqlite_error(self.failure, doing)
+        return None if self.failure is None else lost_error(self.failure, doing)
+
+
+def lost_error(failure: apsw.Error, doing: str) -> LedgerError:
+    """What each caller of a lost group is told: SQLite's reason, and that nothing of its
+    command was written (SQLite's own words, such as "constraint failed" for a vetoed COMMIT,
+    say neither), so the caller knows a retry cannot write it twice."""
+    error = wrap_sqlite_error(failure, doing)
+    return type(error)(
+        f"{error}; the transaction holding this command (shared with other callers' commands) "
+        "did not commit: nothing of it was written, retry it"
+    )
 
 
 class GroupCommit:
@@ -158,21 +191,22 @@ class GroupCommit:
         if group is None or self._open is not group:  # failed alone, or already lost
             self._lock.release()
         elif self.enabled and self._queued and group.size < MAX_GROUP and self._holder is None:
+            done = group.waiter()
             self._lock.release()  # a follower: the caller waiting for the lock commits
-            self._follow(group)
+            self._follow(group, done)
         else:
             try:
                 self._commit(group)
             finally:
                 self._lock.release()
         if group is not None and group.failure is not None:
-            raise wrap_sqlite_error(group.failure, doing) from group.failure
+            raise lost_error(group.failure, doing) from group.failure
 
-    def _follow(self, group: Group) -> None:
+    def _follow(self, group: Group, done: threading.Event) -> None:
         """Wait for ``group``'s commit. A safety net, not the mechanism: should the caller
         counted as waiting never take the lock (interrupted inside ``acquire``), the follower
         finds the group still open and the lock free, and commits it itself."""
-        while not group.done.wait(FOLLOWER_CHECK):
+        while not done.wait(FOLLOWER_CHECK):
             if self._lock.acquire(blocking=False):
                 try:
                     if self._open is group:
@@ -191,14 +225,22 @@ class GroupCommit:
         else:
             self._on_commit()
         finally:
-            group.done.set()
+            group.settle()
 
     def _lose(self, group: Group, error: apsw.Error) -> None:
         self._open = None
         rollback(self._conn)
         group.failure = error
-        group.done.set()
+        group.settle()
         self._on_lost()
+
+    @property
+    def done(self) -> threading.Event:
+        """An event set once the group is settled (for code that waits outside the lock)."""
+        event = self.waiter()
+        if self.settled:
+            event.set()
+        return event
 
     def settle(self) -> None:
         """Commit the open group now (under the lock), before anything that must run outside
