@@ -1,0 +1,667 @@
+"""Group commit on SQLite (issue 17): threads on one `Ledger` share transactions and COMMITs.
+
+What is proved here, each by a test that fails without the promise: every call that returned
+is in the log, gap-free; one COMMIT carries every command waiting at that moment; nobody is
+answered before that COMMIT; a failing command fails alone (its savepoint), first or joiner; a
+COMMIT that fails loses the whole group and tells every caller in it, and the ledger goes on
+at the right positions; a lone caller commits alone and never waits; ``:memory:`` and read-only
+ledgers keep working with group commit off; closing commits an open group first.
+
+Grouping is forced, not hoped for: one thread's command is held inside its transaction (the
+write lock held) by `Gate` until the other callers are counted as waiting for the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+
+from ledger import (
+    InvalidTransition,
+    JobNotFound,
+    Ledger,
+    LedgerError,
+    StorageError,
+)
+from ledger.backends.sqlite.backend import SqliteBackend
+
+CONFIG = {"role": "coder", "task": "group commit"}
+WAIT = 30.0  # seconds: the most any wait in these tests may last before it fails
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def backend_of(ledger: Ledger) -> SqliteBackend:
+    backend = ledger._backend
+    assert isinstance(backend, SqliteBackend)
+    return backend
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds (a deadline, not a sleep that synchronises)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def queued(ledger: Ledger) -> int:
+    return backend_of(ledger)._writes._queued
+
+
+class Commits:
+    """Counts the COMMITs the write connection runs (an APSW commit hook); ``veto`` makes
+    the next ``veto`` of them roll back instead; ``at_commit`` runs inside each."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.count = 0
+        self.veto = 0
+        self.vetoed = 0
+        self.at_commit: Callable[[], None] | None = None
+        backend_of(ledger)._conn.set_commit_hook(self._hook)
+
+    def _hook(self) -> bool:
+        self.count += 1
+        if self.at_commit is not None:
+            self.at_commit()
+        if self.veto:
+            self.veto -= 1
+            self.vetoed += 1
+            return True
+        return False
+
+
+class Gate:
+    """Holds the next write command of one chosen thread inside its transaction, after its
+    work ran and with the write lock held, until `open` is called; optionally makes that
+    command raise afterwards (``fail``: a plain exception after it appended its events)."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.thread: int | None = None
+        self.fail: BaseException | None = None
+        backend = backend_of(ledger)
+        original = backend.write
+
+        def write(doing: str, work: Callable[[Any], Any]) -> Any:
+            if threading.get_ident() != self.thread:
+                return original(doing, work)
+            self.thread = None  # once
+
+            def gated(tx: Any) -> Any:
+                result = work(tx)
+                self.entered.set()
+                assert self.opened.wait(WAIT), "the gate was never opened"
+                if self.fail is not None:
+                    raise self.fail
+                return result
+
+            return original(doing, gated)
+
+        monkeypatch.setattr(backend, "write", write)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+class Caller(threading.Thread):
+    """Runs one call in a thread of its own and keeps its result or error, and what the
+    backend's commit counter said the moment the call returned."""
+
+    def __init__(self, fn: Callable[[], Any], ledger: Ledger, gate: Gate | None = None) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.ledger = ledger
+        self.gate = gate
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.commits_seen: int | None = None
+        self.returned = threading.Event()
+
+    def run(self) -> None:
+        if self.gate is not None:
+            self.gate.thread = threading.get_ident()
+        try:
+            self.result = self.fn()
+        except BaseException as e:
+            self.error = e
+        self.commits_seen = backend_of(self.ledger)._commits
+        self.returned.set()
+
+    def finish(self) -> Any:
+        self.join(WAIT)
+        assert not self.is_alive(), "a caller never returned"
+        return self.result
+
+
+def log_of(ledger: Ledger) -> dict[str, list[int]]:
+    """Each job's versions in the log, checked gap-free (positions and versions)."""
+    events = ledger.read_all()
+    assert [e.position for e in events] == list(range(1, len(events) + 1))
+    versions: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        versions[event.job_id].append(event.version)
+    for job_versions in versions.values():
+        assert job_versions == list(range(1, len(job_versions) + 1))
+    return dict(versions)
+
+
+def led(ledger: Ledger, gate: Gate, leader: Callable[[], Any], others: list[Callable[[], Any]]):
+    """Start ``leader`` held at ``gate``, then ``others`` until all are waiting for the write
+    lock; the callers, not yet released (the caller opens the gate)."""
+    first = Caller(leader, ledger, gate)
+    first.start()
+    assert gate.entered.wait(WAIT)
+    rest = [Caller(fn, ledger) for fn in others]
+    for caller in rest:
+        caller.start()
+    wait_until(lambda: queued(ledger) == len(rest), f"{len(rest)} callers waiting for the lock")
+    return first, rest
+
+
+@pytest.fixture
+def file_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger(tmp_path / "ledger.db", durability="full") as opened:
+        yield opened
+
+
+# -- 1. many threads ----------------------------------------------------------------------------
+
+
+def test_many_threads_lose_nothing_acknowledged_and_share_commits(file_ledger: Ledger) -> None:
+    """16 threads creating jobs and logging events at FULL durability: every call that returned
+    is in the log exactly (versions and positions gap-free), verify is green, and commits were
+    shared (fewer COMMITs than commands)."""
+    ledger = file_ledger
+    threads, rounds = 16, 8
+    commits = Commits(ledger)
+    start = threading.Barrier(threads)
+    acked: list[tuple[str, int]] = []
+    acked_lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            start.wait(WAIT)
+            for i in range(rounds):
+                job_id = ledger.create_job(n, {**CONFIG, "i": i})
+                mine = [(job_id, 1)]
+                mine.append((job_id, ledger.log_event(job_id, "progress", {"i": i})))
+                mine.append((job_id, ledger.log_event(job_id, "tool_call", {"n": n})))
+                with acked_lock:
+                    acked.extend(mine)
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT * 2)
+    assert not errors and not any(w.is_alive() for w in workers)
+    commands = threads * rounds * 3
+    assert len(acked) == commands
+    versions = log_of(ledger)
+    assert sorted(acked) == sorted((job, v) for job, vs in versions.items() for v in vs)
+    assert all(vs == [1, 2, 3] for vs in versions.values())
+    assert ledger.verify().ok
+    assert 0 < commits.count < commands  # shared
+
+
+# -- 2. deterministic grouping ------------------------------------------------------------------
+
+
+def test_one_commit_carries_every_waiting_command_and_nobody_returns_before_it(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one command held inside its transaction until 7 others wait for the lock: exactly
+    one COMMIT carries all 8, and no caller returned before it (each saw the commit counted)."""
+    ledger = file_ledger
+    job_id = ledger.create_job(1, CONFIG)
+    backend = backend_of(ledger)
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    before = backend._commits
+    returned_at_commit: list[int] = []
+    callers: list[Caller] = []
+    commits.at_commit = lambda: returned_at_commit.append(sum(c.returned.is_set() for c in callers))
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"leader": True}),
+        [lambda n=n: ledger.create_job(2, {**CONFIG, "n": n}) for n in range(7)],  # type: ignore[misc]
+    )
+    callers.extend([first, *rest])
+    assert not any(c.returned.is_set() for c in callers)
+    assert commits.count == 0
+    gate.open()
+    results = [c.finish() for c in callers]
+    assert [c.error for c in callers] == [None] * 8
+    assert commits.count == 1 and backend._commits == before + 1
+    assert returned_at_commit == [0]  # nobody was answered before the COMMIT
+    assert all(c.commits_seen == before + 1 for c in callers)
+    versions = log_of(ledger)
+    assert results[0] == 2 and versions[job_id] == [1, 2]
+    assert all(versions[new] == [1] for new in results[1:])
+    assert ledger.verify().ok
+
+
+def test_backend_write_from_threads_shares_one_commit(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same at the backend's own seam: `SqliteBackend.write` calls whose ``work`` is bare
+    (the first blocks on an Event until the others are queued) share one COMMIT, and each
+    gets its own result."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    commits = Commits(ledger)
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking(tx: Any) -> str:
+        entered.set()
+        assert release.wait(WAIT)
+        return "first"
+
+    first = Caller(lambda: backend.write("blocking", blocking), ledger)
+    first.start()
+    assert entered.wait(WAIT)
+    rest = [
+        Caller(lambda n=n: backend.write("joining", lambda tx: (n, tx.head())), ledger)  # type: ignore[misc]
+        for n in range(5)
+    ]
+    for caller in rest:
+        caller.start()
+    wait_until(lambda: backend._writes._queued == 5, "5 writers waiting")
+    release.set()
+    assert first.finish() == "first"
+    assert sorted(c.finish()[0] for c in rest) == list(range(5))
+    assert commits.count == 1
+
+
+# -- 3. a failing command fails alone -----------------------------------------------------------
+
+
+def test_failing_joiners_fail_alone_and_their_neighbours_commit(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one shared group, joiners that fail (InvalidTransition, JobNotFound, a plain exception
+    after appending, an SQLite error) each get their own error and leave nothing; the leader and
+    the other joiners commit, in one COMMIT."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    pending = ledger.create_job(1, CONFIG)
+    other = ledger.create_job(1, CONFIG)
+    boom_gate = Gate(ledger, monkeypatch)  # wraps write first: raises for its chosen thread
+    boom_gate.fail = RuntimeError("boom after append")
+    boom_gate.open()
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+
+    def boom() -> int:
+        boom_gate.thread = threading.get_ident()
+        return ledger.log_event(other, "progress", {"doomed": True})
+
+    def bad_sql() -> Any:
+        return backend.write("bad sql", lambda tx: tx.conn.execute("SELECT * FROM no_such_table"))
+
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(pending, "progress", {"leader": True}),
+        [
+            lambda: ledger.create_job(2, CONFIG),
+            lambda: ledger.complete(pending, "done", "success", 0.0, 1),
+            lambda: ledger.log_event("no-such-job", "progress", {}),
+            boom,
+            bad_sql,
+            lambda: ledger.log_event(other, "progress", {"kept": True}),
+        ],
+    )
+    gate.open()
+    first.finish()
+    for caller in rest:
+        caller.finish()
+    created, invalid, missing, boomed, sql, kept = rest
+    assert first.error is None and created.error is None and kept.error is None
+    assert isinstance(invalid.error, InvalidTransition)
+    assert isinstance(missing.error, JobNotFound)
+    assert isinstance(boomed.error, RuntimeError) and str(boomed.error) == "boom after append"
+    assert isinstance(sql.error, StorageError) and "no_such_table" in str(sql.error)
+    assert commits.count == 1
+    versions = log_of(ledger)
+    assert versions[pending] == [1, 2]
+    assert versions[other] == [1, 2] and kept.result == 2
+    events = ledger.job_events(other)
+    assert [e.payload for e in events[1:]] == [{"kept": True}]
+    assert versions[created.result] == [1]
+    assert ledger.get_job(pending).status == "pending"  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_a_failing_first_command_fails_alone_and_the_waiting_ones_commit(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first command of a would-be group raises after it appended an event: it rolls back
+    alone, with its own error; the callers waiting behind it commit, in one COMMIT."""
+    ledger = file_ledger
+    job_id = ledger.create_job(1, CONFIG)
+    gate = Gate(ledger, monkeypatch)
+    gate.fail = ValueError("the leader's own failure")
+    commits = Commits(ledger)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"doomed": True}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(4)]
+        + [lambda: ledger.create_job(3, CONFIG)],
+    )
+    gate.open()
+    first.finish()
+    for caller in rest:
+        caller.finish()
+    assert isinstance(first.error, ValueError) and str(first.error) == "the leader's own failure"
+    assert [c.error for c in rest] == [None] * 5
+    assert commits.count == 1
+    versions = log_of(ledger)
+    assert versions[job_id] == [1, 2, 3, 4, 5]
+    assert {"doomed": True} not in [e.payload for e in ledger.job_events(job_id)]
+    assert ledger.verify().ok
+
+
+def test_held_writes_commands_fail_alone_in_one_transaction(file_ledger: Ledger) -> None:
+    """`held_writes()` directly: one thread's commands share one transaction, invisible to
+    other connections until the block ends; failing ones (the first of them too) fail alone."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    pending = ledger.create_job(1, CONFIG)
+    commits = Commits(ledger)
+    with backend.held_writes() as joined:
+        with pytest.raises(InvalidTransition):  # the first command: nothing is open yet
+            ledger.complete(pending, "done", "success", 0.0, 1)
+        assert joined == []
+        created = ledger.create_job(2, CONFIG)
+        with pytest.raises(JobNotFound):
+            ledger.log_event("no-such-job", "progress", {})
+        version = ledger.log_event(created, "progress", {"n": 1})
+        with pytest.raises(InvalidTransition):  # a joiner
+            ledger.complete(pending, "done", "success", 0.0, 1)
+        with pytest.raises(StorageError, match="no_such_table"):
+            backend.write("bad sql", lambda tx: tx.conn.execute("SELECT * FROM no_such_table"))
+        assert ledger.log_event(pending, "progress", {"n": 2}) == 2
+        assert commits.count == 0
+        outside = apsw.Connection(backend.target, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            assert outside.execute("SELECT count(*) FROM events").get == 1
+        finally:
+            outside.close()
+    assert commits.count == 1
+    assert len(joined) >= 3 and len({id(g) for g in joined}) == 1  # one transaction
+    assert joined[0].failure is None and joined[0].error("x") is None
+    assert version == 2
+    versions = log_of(ledger)
+    assert versions == {pending: [1, 2], created: [1, 2]}
+    assert ledger.verify().ok
+
+
+# -- 4. a failed COMMIT loses the group ---------------------------------------------------------
+
+
+def test_a_vetoed_commit_loses_the_whole_group_and_tells_every_caller(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT of a shared group fails: every caller in it gets a LedgerError that says so,
+    none of their events is in the log, and the ledger goes on at the right positions."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    commits.veto = 1
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"lost": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"lost": n}) for n in range(1, 4)]
+        + [lambda: ledger.create_job(2, CONFIG)],
+    )
+    gate.open()
+    for caller in [first, *rest]:
+        caller.finish()
+        assert isinstance(caller.error, StorageError), caller.error
+        assert "did not commit: nothing of it was written" in str(caller.error)
+    assert commits.vetoed == 1 and commits.count == 1
+    assert backend._head is None  # the cached head of the lost transaction is gone
+    assert log_of(ledger) == {job_id: [1]}
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2
+    new = ledger.create_job(3, CONFIG)
+    assert log_of(ledger) == {job_id: [1, 2], new: [1]}
+    assert ledger.read_all()[-1].position == 3
+    assert ledger.verify().ok
+
+
+def test_a_vetoed_commit_of_a_lone_caller_and_of_held_writes(file_ledger: Ledger) -> None:
+    """A lone caller's failed COMMIT raises a LedgerError and writes nothing; a held block's
+    failed COMMIT marks its group (``failure``/``error``); the ledger goes on afterwards."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+    commits = Commits(ledger)
+    commits.veto = 1
+    with pytest.raises(LedgerError):
+        ledger.log_event(job_id, "progress", {"lost": True})
+    commits.veto = 1
+    with backend.held_writes() as joined:
+        ledger.log_event(job_id, "progress", {"lost": "held"})
+        ledger.create_job(2, CONFIG)
+    assert len(joined) == 2 and joined[0] is joined[1]
+    assert joined[0].failure is not None
+    error = joined[0].error("committing")
+    assert isinstance(error, StorageError) and str(error).startswith("committing")
+    assert "nothing of it was written" in str(error)
+    assert log_of(ledger) == {job_id: [1]}
+    assert ledger.log_event(job_id, "progress", {"kept": True}) == 2
+    assert log_of(ledger) == {job_id: [1, 2]}
+    assert ledger.verify().ok
+
+
+# -- 6. a lone caller ---------------------------------------------------------------------------
+
+
+def test_a_lone_caller_commits_every_command_alone_and_never_waits(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One thread: every command is its own COMMIT, runs no savepoint and never follows."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    commits = Commits(ledger)
+    followed: list[object] = []
+    original_follow = backend._writes._follow
+
+    def follow(*args: Any) -> None:
+        followed.append(args)
+        original_follow(*args)
+
+    monkeypatch.setattr(backend._writes, "_follow", follow)
+    statements: list[str] = []
+
+    def trace(cursor: Any, sql: str, bindings: Any) -> bool:
+        statements.append(sql)
+        return True
+
+    backend._conn.exec_trace = trace
+    commands = 0
+    for n in range(10):
+        job_id = ledger.create_job(n, CONFIG)
+        ledger.log_event(job_id, "progress", {"n": n})
+        commands += 2
+    backend._conn.exec_trace = None
+    assert commits.count == commands
+    assert followed == []
+    assert not any("SAVEPOINT" in sql.upper() for sql in statements)
+    assert backend._writes._open is None
+    assert ledger.verify().ok
+
+
+# -- 8. :memory: and read-only ------------------------------------------------------------------
+
+
+def test_memory_ledger_from_threads_commits_each_command_alone() -> None:
+    """``:memory:``: group commit is off (one connection serves reads too); threads still work,
+    each command its own commit."""
+    with Ledger(":memory:") as ledger:
+        backend = backend_of(ledger)
+        assert backend._writes.enabled is False
+        commits = Commits(ledger)
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                start.wait(WAIT)
+                for i in range(10):
+                    job_id = ledger.create_job(n, {**CONFIG, "i": i})
+                    ledger.log_event(job_id, "progress", {"i": i})
+            except BaseException as e:
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(WAIT)
+        assert not errors
+        versions = log_of(ledger)
+        assert len(versions) == 40 and all(vs == [1, 2] for vs in versions.values())
+        assert commits.count == 80
+        with backend.held_writes() as joined:  # off: each command commits by itself
+            ledger.create_job(9, CONFIG)
+            assert commits.count == 81
+        assert joined == []
+        assert ledger.verify().ok
+
+
+def test_readonly_ledger_reads_with_group_commit_off(tmp_path: Path) -> None:
+    """A read-only ledger has group commit off; it reads what was written and refuses writes
+    with the ledger's own error."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as writer:
+        job_id = writer.create_job(1, CONFIG)
+        writer.log_event(job_id, "progress", {"n": 1})
+    with Ledger(path, readonly=True) as reader:
+        backend = backend_of(reader)
+        assert backend._writes.enabled is False
+        assert reader.get_job(job_id).version == 2  # type: ignore[union-attr]
+        with pytest.raises(StorageError, match="read-only"):
+            reader.create_job(1, CONFIG)
+        with backend.held_writes() as joined, pytest.raises(StorageError):
+            reader.log_event(job_id, "progress", {})
+        assert joined == []
+        assert log_of(reader) == {job_id: [1, 2]}
+        assert reader.verify().ok
+
+
+# -- 9. closing with a group open ---------------------------------------------------------------
+
+
+def test_close_commits_an_open_group_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower waits on an open group (the caller it counted on never takes the lock):
+    closing the ledger commits the group, so the follower's call succeeds and is durable."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path, durability="full")
+    job_id = ledger.create_job(1, CONFIG)
+    writes = backend_of(ledger)._writes
+    monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", WAIT)  # no safety net
+    following = threading.Event()
+    original_follow = writes._follow
+
+    def follow(*args: Any) -> None:
+        following.set()
+        original_follow(*args)
+
+    monkeypatch.setattr(writes, "_follow", follow)
+    gate = Gate(ledger, monkeypatch)
+    follower = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger, gate)
+    follower.start()
+    assert gate.entered.wait(WAIT)
+    with writes._counting:
+        writes._queued += 1  # a caller counted as waiting, that never takes the lock
+    gate.open()
+    assert following.wait(WAIT)
+    assert not follower.returned.is_set()
+    ledger.close()
+    assert follower.finish() == 2 and follower.error is None
+    with writes._counting:
+        writes._queued -= 1
+    with Ledger(path) as reopened:
+        assert log_of(reopened) == {job_id: [1, 2]}
+        assert reopened.verify().ok
+
+
+def test_a_follower_whose_committer_never_comes_commits_itself(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net: should the caller counted as waiting never take the lock, the follower
+    finds the group still open and the lock free, and commits it itself."""
+    ledger = file_ledger
+    job_id = ledger.create_job(1, CONFIG)
+    writes = backend_of(ledger)._writes
+    monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", 0.01)
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    follower = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger, gate)
+    follower.start()
+    assert gate.entered.wait(WAIT)
+    with writes._counting:
+        writes._queued += 1
+    try:
+        gate.open()
+        assert follower.finish() == 2 and follower.error is None
+    finally:
+        with writes._counting:
+            writes._queued -= 1
+    assert commits.count == 1
+    assert log_of(ledger) == {job_id: [1, 2]}
+    assert ledger.verify().ok
+
+
+def test_close_while_callers_wait_commits_or_refuses_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing while a group forms: every caller either succeeded (and its write is durable)
+    or got the ledger's "closed" error; nothing acknowledged is lost."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path, durability="full")
+    job_id = ledger.create_job(1, CONFIG)
+    gate = Gate(ledger, monkeypatch)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, 4)],  # type: ignore[misc]
+    )
+    closer = threading.Thread(target=ledger.close)
+    gate.open()
+    closer.start()
+    closer.join(WAIT)
+    callers = [first, *rest]
+    for caller in callers:
+        caller.finish()
+    assert first.error is None  # the leader's group was committed, by a joiner or by close
+    ok = [c for c in callers if c.error is None]
+    for caller in callers:
+        if caller.error is not None:
+            assert isinstance(caller.error, StorageError) and "closed" in str(caller.error)
+    with Ledger(path) as reopened:
+        versions = log_of(reopened)
+        assert versions[job_id] == list(range(1, len(ok) + 2))
+        assert sorted(c.result for c in ok) == list(range(2, len(ok) + 2))
+        assert reopened.verify().ok
