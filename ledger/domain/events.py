@@ -246,10 +246,17 @@ def queue_stream(queue: str) -> str:
     return QUEUE_STREAM + queue
 
 
-def stream_prefixes() -> tuple[str, ...]:
-    """The id prefixes of every non-job stream kind (a job's id never starts with one)."""
+def _stream_prefixes() -> tuple[str, ...]:
     found = {cls.stream_prefix for cls in AnyEvent.__args__ if issubclass(cls, StreamEvent)}
     return tuple(sorted(p for p in found if p))
+
+
+_STREAM_PREFIXES = _stream_prefixes()  # computed once: replay asks for every event
+
+
+def stream_prefixes() -> tuple[str, ...]:
+    """The id prefixes of every non-job stream kind (a job's id never starts with one)."""
+    return _STREAM_PREFIXES
 
 
 def stream_problem(stream_id: str, event: Event) -> str | None:
@@ -259,10 +266,10 @@ def stream_problem(stream_id: str, event: Event) -> str | None:
         if not stream_id.startswith(event.stream_prefix):
             return f"a {tag_of(event)} event belongs to a {event.stream_prefix}... stream"
         return None
-    for prefix in stream_prefixes():
-        if stream_id.startswith(prefix):
-            return f"a job's {tag_of(event)} event cannot be in the {prefix}... stream"
-    return None
+    if not stream_id.startswith(_STREAM_PREFIXES):  # a job's id: the common case
+        return None
+    prefix = next(p for p in _STREAM_PREFIXES if stream_id.startswith(p))
+    return f"a job's {tag_of(event)} event cannot be in the {prefix}... stream"
 
 
 def tag_of(event: Event) -> str:

@@ -61,6 +61,13 @@ def _readers() -> dict[str, _Reader]:
 
 _READERS = _readers()
 _asdict = msgspec.structs.asdict
+FAILURES = _FAILURES
+
+
+def fast_decoders() -> dict[str, tuple[bytes, Callable[[Any], ev.Event]]]:
+    """tag -> (how its data starts when the ledger wrote it, its decoder): for a backend's own
+    fast loop over the log (replay), under the rule of the module docstring."""
+    return {tag: (reader[0], reader[1]) for tag, reader in _READERS.items()}
 
 
 def to_job_event(row: Row, time: CarefulTime) -> JobEvent:
