@@ -223,20 +223,27 @@ def _stale_from(error: pg_errors.UniqueViolation) -> _StaleVersion | None:
 
 class PostgresTransaction(PostgresSnapshot):
     """The write half, at READ COMMITTED; the row locks named in the module docstring make what
-    it decided on stay true until it commits."""
+    it decided on stay true until it commits.
 
-    __slots__ = ("_head", "_pipeline")
+    The writer connection stays in psycopg's pipeline mode (see `PostgresBackend._writer`): a
+    statement whose result nobody fetches (an insert, an update, BEGIN itself) goes out with
+    the next one that is fetched, or with the COMMIT, instead of costing a round trip of its
+    own. So a create is two round trips (BEGIN with the head's lock, then the rows with the
+    COMMIT), and from the first append on (when this transaction holds the log's head and every
+    other appender waits) only one."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    __slots__ = ("_claimed", "_head", "_script")
+
+    def __init__(self, conn: psycopg.Connection[Any], script: Callable[[str], None]) -> None:
         super().__init__(conn)
         self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
-        # From the first append on, this transaction holds the log's head (the counter row):
-        # every other appender waits until it commits. So what follows (the inserts, the jobs
-        # rows, the checkpoint and the COMMIT) goes out in one pipeline, one round trip, instead
-        # of one each while the whole ledger waits (psycopg's pipeline mode).
-        self._pipeline: Any = None
+        self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
+        self._claimed: JobState | None = None  # the row `claimable` locked and read
 
     def load_job(self, job_id: str) -> JobState | None:
+        claimed, self._claimed = self._claimed, None
+        if claimed is not None and claimed.id == job_id:
+            return claimed  # locked by the claim query, which read it: no second round trip
         return jobs.load(self.conn, job_id, lock=True)
 
     def checkpoint(self, name: str) -> tuple[int, int] | None:
@@ -248,34 +255,11 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> list[StoredEvent]:
         head = self._head or events.read_head(self.conn)
         self._head = None  # until this append succeeds (a failed one may have inserted some)
-        if self._pipeline is None:
-            self._pipeline = self.conn.pipeline()
-            self._pipeline.__enter__()
         try:
             stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
         except pg_errors.UniqueViolation as e:
             raise _StaleVersion(job_id, expected_version) from e
         return stored
-
-    def commit(self) -> None:
-        """COMMIT (sent with whatever the pipeline still holds, then waited for once)."""
-        if self._pipeline is None:
-            self.conn.commit()
-            return
-        pipeline, self._pipeline = self._pipeline, None
-        try:
-            self.conn.commit()
-        except BaseException as e:
-            pipeline.__exit__(type(e), e, e.__traceback__)
-            raise
-        pipeline.__exit__(None, None, None)
-
-    def abandon(self) -> None:
-        """Leave the pipeline (if any) after an error; the caller rolls back."""
-        if self._pipeline is not None:
-            pipeline, self._pipeline = self._pipeline, None
-            with contextlib.suppress(psycopg.Error):  # the error that got us here is the one
-                pipeline.__exit__(None, None, None)
 
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
@@ -289,7 +273,8 @@ class PostgresTransaction(PostgresSnapshot):
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
-        return jobs.claimable(self.conn, now, queues)
+        self._claimed = jobs.claimable(self.conn, now, queues)
+        return None if self._claimed is None else self._claimed.id
 
     def load_queue(self, queue: str) -> QueueState | None:
         return queues_table.load(self.conn, queue, lock=True)
@@ -326,7 +311,7 @@ class PostgresTransaction(PostgresSnapshot):
 
     def ensure_jobs(self) -> None:
         if not jobs.exists(self.conn):
-            self.conn.execute(schema_text().encode())
+            self._script(schema_text())
 
     def finish_jobs(self) -> None:
         return None  # the indexes stay in place through a TRUNCATE
@@ -374,6 +359,8 @@ class PostgresBackend:
         self._lock = threading.RLock()
         self._listen_lock = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
+        self._pipeline: Any = None  # the writer's psycopg Pipeline, entered by `_writer`
+        self._pipeline_block: Any = None  # the context manager that entered it
         self._closed = False
         doing = f"opening {self.target}"
         self._conn = connect(target, self._statements, doing)
@@ -424,34 +411,66 @@ class PostgresBackend:
 
     def _write_once(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         conn = self._writer()
-        tx = PostgresTransaction(conn)
+        tx = PostgresTransaction(conn, self._script)
         try:
             result = work(tx)
-            tx.commit()
+            conn.commit()  # sent with whatever the pipeline still holds, then waited for once
             return result
         except pg_errors.UniqueViolation as e:
-            tx.abandon()
-            if not conn.closed:
-                conn.rollback()
+            self._rollback(conn)
             stale = _stale_from(e)  # a deferred (pipelined) insert of a taken version
             if stale is None:
                 raise
             raise stale from e
         except BaseException:
-            tx.abandon()
-            if not conn.closed:
-                try:
-                    conn.rollback()
-                except psycopg.Error:
-                    conn.close()  # broken: the next write reconnects
+            self._rollback(conn)
             raise
 
+    def _rollback(self, conn: psycopg.Connection[Any]) -> None:
+        """End a failed transaction. In pipeline mode the statements queued after the one that
+        failed report errors of their own; the one that got us here is the one raised."""
+        if conn.closed:
+            return
+        try:
+            with contextlib.suppress(psycopg.Error):
+                if self._pipeline is not None:
+                    self._pipeline.sync()
+            conn.rollback()
+        except psycopg.Error:
+            self._drop_writer()  # broken: the next write reconnects
+
     def _writer(self) -> psycopg.Connection[Any]:
+        """The write connection, in pipeline mode for good (entered once per connection)."""
         if self._closed:
             raise StorageError("writing to the ledger: this Ledger was closed; open a new one")
         if self._conn.closed or self._conn.broken:
+            self._drop_writer()
             self._conn = connect(self._url, self._statements, f"reconnecting to {self.target}")
+        if self._pipeline is None:
+            self._enter_pipeline()
         return self._conn
+
+    def _enter_pipeline(self) -> None:
+        self._pipeline_block = self._conn.pipeline()
+        self._pipeline = self._pipeline_block.__enter__()
+
+    def _leave_pipeline(self) -> None:
+        """Sync (raising what a queued statement hit) and leave pipeline mode."""
+        block, self._pipeline, self._pipeline_block = self._pipeline_block, None, None
+        if block is not None:
+            block.__exit__(None, None, None)
+
+    def _drop_writer(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._leave_pipeline()
+        self._conn.close()
+
+    def _script(self, text: str) -> None:
+        """Run a text of several statements inside the current transaction: only the simple
+        query protocol takes those, so the pipeline is left for it and entered again."""
+        self._leave_pipeline()  # the transaction stays open
+        self._conn.execute(text.encode())
+        self._enter_pipeline()
 
     def _actual_version(self, job_id: str, doing: str) -> int:
         try:
@@ -523,7 +542,7 @@ class PostgresBackend:
                 return
             self._closed = True
             self._pool.close()
-            self._conn.close()
+            self._drop_writer()
             with self._listen_lock:
                 if self._listener is not None:
                     self._listener.close()

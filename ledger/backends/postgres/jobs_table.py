@@ -41,8 +41,12 @@ idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = %s"
 # SKIP LOCKED: a claimer passes over jobs another claimer holds instead of waiting for it, so
 # claimers never block each other and never take the same job.
 # A paused queue's jobs are passed over (the queues projection: an operator's pause).
+# The claim returns the whole row (the claim decides on it: no second query to load it) and
+# whether the job's chat has a budgets row at all (without one there is no budget row to lock
+# and check again: `still_fits` would find none).
 _CLAIM = (
-    "SELECT id FROM jobs WHERE status = 'pending' AND run_at <= %s {queues}"
+    f"SELECT {', '.join(COLUMNS)}, EXISTS (SELECT 1 FROM budgets AS b WHERE b.chat_id = "
+    "jobs.chat_id) FROM jobs WHERE status = 'pending' AND run_at <= %s {queues}"
     "AND queue NOT IN (SELECT queue FROM queues WHERE paused) "
     + budgets_table.FITS_BUDGET
     + "{skip}ORDER BY priority DESC, created_at, created_position LIMIT 1 FOR UPDATE SKIP LOCKED"
@@ -231,10 +235,11 @@ def exists(conn: Conn) -> bool:
     return bool(conn.execute(exists_statement).fetchone()[0])
 
 
-def claimable(conn: Conn, now: datetime, queues: Sequence[str] | None) -> str | None:
-    """The best claimable job, locked. The query passes over jobs that do not fit their chat's
-    budget as it was when the statement began; the chosen one is checked again under its chat's
-    budget row lock (`budgets_table.still_fits`), so two claimers never both spend one budget."""
+def claimable(conn: Conn, now: datetime, queues: Sequence[str] | None) -> JobState | None:
+    """The best claimable job, its row locked. The query passes over jobs that do not fit their
+    chat's budget as it was when the statement began; the chosen one, when its chat has a
+    budget, is checked again under that budget row's lock (`budgets_table.still_fits`), so two
+    claimers never both spend one budget."""
     skipped: list[str] = []
     for _ in range(CLAIM_TRIES):
         if queues is None:
@@ -246,10 +251,11 @@ def claimable(conn: Conn, now: datetime, queues: Sequence[str] | None) -> str | 
         row = conn.execute(statement, params).fetchone()
         if row is None:
             return None
-        job_id = str(row[0])
-        if budgets_table.still_fits(conn, job_id):
-            return job_id
-        skipped.append(job_id)
+        *values, has_budget = row
+        state = to_state(values)
+        if not has_budget or budgets_table.still_fits(conn, state.id):
+            return state
+        skipped.append(state.id)
     return None
 
 
