@@ -54,9 +54,10 @@ SNAPSHOT_CHECKS = {
         "SELECT (SELECT count(*) FROM jobs WHERE status = 'completed') - "
         "(SELECT count(*) FROM events WHERE type = 'completed')"
     ),
-    "checkpoint not at the head of the log": (
+    "checkpoint not at the head of the log": (  # -1: LIVE, in step with the whole log
         "SELECT (SELECT max(position) FROM events) - "
-        "(SELECT position FROM projection_checkpoints WHERE name = 'jobs')"
+        "(SELECT CASE position WHEN -1 THEN (SELECT max(position) FROM events) ELSE position END "
+        "FROM projection_checkpoints WHERE name = 'jobs')"
     ),
 }
 

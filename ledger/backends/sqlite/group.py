@@ -234,14 +234,6 @@ class GroupCommit:
         group.settle()
         self._on_lost()
 
-    @property
-    def done(self) -> threading.Event:
-        """An event set once the group is settled (for code that waits outside the lock)."""
-        event = self.waiter()
-        if self.settled:
-            event.set()
-        return event
-
     def settle(self) -> None:
         """Commit the open group now (under the lock), before anything that must run outside
         a transaction (closing, archiving) touches the connection."""
