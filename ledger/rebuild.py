@@ -10,6 +10,7 @@ backend's stored form, with the live rows, so it never writes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,6 +36,7 @@ from .errors import (
 Progress = Callable[[int, int], None]  # (events done, events in all)
 _PROGRESS_EVERY = 10_000
 _BATCH = 100_000  # job states kept in memory by a replay before they are written
+_SIZE_EVERY = 1000  # events between two looks at how many states the fold holds
 JOBS = "jobs"  # the jobs projection's name (its checkpoint row)
 QUEUES = "queues"  # the queues projection (its rows are folded and checkpointed with the jobs)
 BUDGETS = "budgets"  # the budgets projection (the same: folded and checkpointed with the jobs)
@@ -69,16 +71,14 @@ class VerifyReport(msgspec.Struct, frozen=True):
     seconds: float
 
 
-def _apply(fold: jobs_projection.JobsFold, stored: StoredEvent) -> None:
-    """``fold.apply``, with a failure of the fold on this event (a value it cannot use)
-    reported as this event's fault, by position, instead of a bare Python error."""
-    try:
-        fold.apply(stored)
-    except LedgerError:
-        raise
-    except (ValueError, TypeError, KeyError, OverflowError) as e:
-        why = f"{type(e).__name__}: {e}"
-        raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why) from e
+_FOLD_ERRORS = (ValueError, TypeError, KeyError, OverflowError)
+
+
+def _unfoldable(stored: StoredEvent, e: Exception) -> UnfoldableEvent:
+    """A failure of the fold on this event (a value it cannot use), reported as this event's
+    fault, by position, instead of a bare Python error."""
+    why = f"{type(e).__name__}: {e}"
+    return UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
 
 
 def fold_events(
@@ -92,17 +92,30 @@ def fold_events(
     after: int = 0,
 ) -> tuple[int, int]:
     """Check and fold every event of ``stream``; (count, last position). With ``save``, the
-    fold is handed to it to write out whenever it holds `_BATCH` jobs, and at the end."""
+    fold is handed to it to write out whenever it holds about `_BATCH` jobs (looked at every
+    `_SIZE_EVERY` events), and at the end. The loop of every replay: its per-event work is
+    kept to the check and the fold themselves."""
     count, last = 0, after
+    problem = check.problem
+    apply = fold.apply
+    every = _SIZE_EVERY if progress is None else math.gcd(_SIZE_EVERY, _PROGRESS_EVERY)
     for stored in stream:
-        check.check(stored)
-        _apply(fold, stored)
+        why = problem(stored)
+        if why is not None:
+            raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
+        try:
+            apply(stored)
+        except LedgerError:
+            raise
+        except _FOLD_ERRORS as e:
+            raise _unfoldable(stored, e) from e
         count += 1
         last = stored.position
-        if save is not None and len(fold) >= _BATCH:
-            save(fold)
-        if progress and count % _PROGRESS_EVERY == 0:
-            progress(count, total)
+        if count % every == 0:
+            if save is not None and len(fold) >= _BATCH:
+                save(fold)
+            if progress and count % _PROGRESS_EVERY == 0:
+                progress(count, total)
     if save is not None:
         save(fold)
     if progress:

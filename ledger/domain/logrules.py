@@ -34,6 +34,7 @@ def _checked_fields(cls: type) -> tuple[str, ...]:
 
 
 _CHECKED_FIELDS: dict[type, tuple[str, ...]] = {}
+_STREAM_PREFIXES = ev.stream_prefixes()
 
 
 def _field_problem(event: ev.Event) -> str | None:
@@ -78,10 +79,12 @@ class LogCheck:
             known = 0 if self._prior is None else self._prior(job_id)
         expected = known + 1
         event = stored.event
-        misplaced = ev.stream_problem(job_id, event)
-        if misplaced is not None:
-            return f"{misplaced} (stream {job_id})"
-        if isinstance(event, ev.StreamEvent):  # a queue's stream: versions only, no created
+        stream = isinstance(event, ev.StreamEvent)
+        if stream or job_id.startswith(_STREAM_PREFIXES):  # else a job's event in a job's stream
+            misplaced = ev.stream_problem(job_id, event)
+            if misplaced is not None:
+                return f"{misplaced} (stream {job_id})"
+        if stream:  # a queue's stream: versions only, no created
             if version != expected:
                 return (
                     f"stream {job_id} is at version {expected - 1}, so its next event must be "

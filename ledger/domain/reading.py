@@ -41,12 +41,10 @@ _FAILURES = (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError
 _Reader = tuple[bytes, Callable[[Any], Any], EventType, bool, bool, bool]
 
 
-def _readers() -> dict[str, _Reader]:
+def _all_readers() -> dict[str, _Reader]:
     out: dict[str, _Reader] = {}
     for cls in ev.AnyEvent.__args__:
         tag = cls.__struct_config__.tag
-        if tag in ev._UPCASTERS:  # an old shape is rewritten first: only the careful way can
-            continue
         fields = cls.__struct_fields__
         out[tag] = (
             b'{"type":' + msgspec.json.encode(tag),
@@ -59,15 +57,25 @@ def _readers() -> dict[str, _Reader]:
     return out
 
 
-_READERS = _readers()
+_ALL_READERS = _all_readers()
 _asdict = msgspec.structs.asdict
 FAILURES = _FAILURES
 
 
+def _readers() -> dict[str, _Reader]:
+    """The readers of every tag without an upcaster (asked for at each read: an old shape is
+    rewritten before it decodes, which only the careful way does)."""
+    upcasters = ev._UPCASTERS
+    if not upcasters:
+        return _ALL_READERS
+    return {tag: r for tag, r in _ALL_READERS.items() if tag not in upcasters}
+
+
 def fast_decoders() -> dict[str, tuple[bytes, Callable[[Any], ev.Event]]]:
     """tag -> (how its data starts when the ledger wrote it, its decoder): for a backend's own
-    fast loop over the log (replay), under the rule of the module docstring."""
-    return {tag: (reader[0], reader[1]) for tag, reader in _READERS.items()}
+    fast loop over the log (replay), under the rule of the module docstring; ask again for
+    each read."""
+    return {tag: (reader[0], reader[1]) for tag, reader in _readers().items()}
 
 
 def to_job_event(row: Row, time: CarefulTime) -> JobEvent:
@@ -86,7 +94,7 @@ def to_job_events(rows: Iterable[Row], time: TimeOf, careful: CarefulTime) -> li
     ``careful`` for a row that the fast way could not read."""
     out: list[JobEvent] = []
     append = out.append
-    readers = _READERS
+    readers = _readers()
     for row in rows:
         position, job_id, version, tag, data, stored_at = row
         reader = readers.get(tag)

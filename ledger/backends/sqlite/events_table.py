@@ -23,7 +23,6 @@ from ..protocol import EventRow
 from .timecodec import from_canonical, from_text, to_text
 
 _fromiso = datetime.fromisoformat
-_DECODERS = fast_decoders()
 
 # Identifies a ledger file (PRAGMA application_id) and the event-store format (PRAGMA user_version).
 APPLICATION_ID = 0x4A4C4752  # "JLGR"
@@ -280,7 +279,7 @@ def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
     ledger wrote take a fast way: `reading.fast_decoders`, and the time's shape checked by
     SQLite in the scan (`fold_after_statement`) instead of `from_canonical` (whose memo misses
     on a log, where times are nearly all distinct)."""
-    decoders = _DECODERS
+    decoders = fast_decoders()
     failures = FAILURES
     for position, job_id, version, tag, data, at, canonical in conn.execute(
         fold_after_statement, (after,)
