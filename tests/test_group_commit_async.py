@@ -158,6 +158,23 @@ def test_a_batch_is_one_commit_and_an_invalid_command_fails_alone(path: Path) ->
     asyncio.run(main())
 
 
+def test_claims_in_one_batch_take_different_jobs(path: Path) -> None:
+    """Claims sharing one transaction each see the ones before: five claims over five pending
+    jobs take five different jobs, in one COMMIT; a sixth finds none."""
+
+    async def main() -> None:
+        async with AsyncLedger(path, durability="full") as lg:
+            ids = {await lg.create_job(1, {**CONFIG, "n": n}) for n in range(5)}
+            commits = Commits(lg.ledger)
+            claims = await batched(lg, [lambda n=n: lg.claim(f"w{n}", lease=60) for n in range(6)])  # type: ignore[misc]
+            assert commits.count == 1
+            assert {job.id for job in claims[:5]} == ids and claims[5] is None
+            assert all(job.status == "running" for job in claims[:5])
+            assert lg.ledger.verify().ok
+
+    asyncio.run(main())
+
+
 def test_a_failed_commit_tells_every_coroutine_of_the_batch(path: Path) -> None:
     """The batch's COMMIT fails: every coroutine in it gets a LedgerError that says nothing was
     written, none of the events is in the log, and the next calls succeed at the right

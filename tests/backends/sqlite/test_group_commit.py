@@ -448,6 +448,55 @@ def test_a_vetoed_commit_loses_the_whole_group_and_tells_every_caller(
     assert ledger.verify().ok
 
 
+def test_a_later_command_of_a_group_sees_what_an_earlier_one_wrote(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands sharing a transaction see each other's writes: the same idempotency key in one
+    group gives one job, every caller its id."""
+    ledger = file_ledger
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.create_job(1, CONFIG, idempotency_key="once"),
+        [lambda: ledger.create_job(1, CONFIG, idempotency_key="once") for _ in range(3)],
+    )
+    gate.open()
+    ids = {c.finish() for c in [first, *rest]}
+    assert commits.count == 1 and len(ids) == 1
+    assert log_of(ledger) == {ids.pop(): [1]}
+    assert ledger.verify().ok
+
+
+def test_a_lost_group_leaves_nothing_a_retry_could_trip_on(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a lost group, retrying its commands works as if they never ran: the idempotency
+    key it used is free again and the job it claimed is still pending."""
+    ledger = file_ledger
+    job_id = ledger.create_job(1, CONFIG)
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    commits.veto = 1
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.claim("w", lease=60),
+        [lambda: ledger.create_job(2, CONFIG, idempotency_key="retry-me")],
+    )
+    gate.open()
+    for caller in [first, *rest]:
+        caller.finish()
+        assert isinstance(caller.error, StorageError)
+    assert ledger.get_job(job_id).status == "pending"  # type: ignore[union-attr]
+    claimed = ledger.claim("w", lease=60)
+    assert claimed is not None and claimed.id == job_id
+    created = ledger.create_job(2, CONFIG, idempotency_key="retry-me")
+    assert log_of(ledger) == {job_id: [1, 2], created: [1]}
+    assert ledger.verify().ok
+
+
 def test_a_vetoed_commit_of_a_lone_caller_and_of_held_writes(file_ledger: Ledger) -> None:
     """A lone caller's failed COMMIT raises a LedgerError and writes nothing; a held block's
     failed COMMIT marks its group (``failure``/``error``); the ledger goes on afterwards."""
