@@ -10,9 +10,9 @@ these methods; nothing here knows which database it runs on.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -378,11 +378,21 @@ def _create(step: Step, created: ev.JobCreated, batch: dict[str, str]) -> str:
             return existing
     if created.parent_id is not None:  # a subagent: its parent must be alive, in its chat
         decide.spawn(step.job(created.parent_id), created.chat_id)
-    job_id = str(uuid.uuid4())
+    job_id = new_job_id()
     step.append(job_id, [created], new=True)
     if key is not None:
         batch[key] = job_id
     return job_id
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID in its usual text form: ``str(uuid.uuid4())`` at half the cost
+    (no UUID object on the way), as one create spends it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _cancel_subtree(step: Step, root: JobState) -> None:

@@ -469,10 +469,11 @@ def expired(conn: apsw.Connection, now: str, limit: int | None) -> list[str]:
 
 
 # Running jobs only (the partial lease index): the live set, however long the history.
-# One row per holder process, not per job: a claim looks at each local process once, however
-# many jobs it holds (a worker with 64 in flight).
+# `held_on` gives one row per holder process, not per job: a claim looks at each local process
+# once, however many jobs it holds (a worker with 64 in flight). Made unique in Python: SQL's
+# DISTINCT builds a temporary b-tree, which cost a claim more than the scan itself.
 held_on_statement = (
-    "SELECT DISTINCT holder_boot_id, holder_pid, holder_start FROM jobs INDEXED BY jobs_lease "
+    "SELECT holder_boot_id, holder_pid, holder_start FROM jobs INDEXED BY jobs_lease "
     "WHERE status = 'running' AND holder_host = ?"
 )
 held_by_statement = (
@@ -483,7 +484,7 @@ held_by_statement = (
 
 def held_on(conn: apsw.Connection, host: str) -> list[tuple[str, int, int]]:
     """(boot id, pid, process start) of every process holding a running job on ``host``."""
-    return conn.execute(held_on_statement, (host,)).fetchall()  # type: ignore[return-value]
+    return list(dict.fromkeys(conn.execute(held_on_statement, (host,))))
 
 
 def held_by(conn: apsw.Connection, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
