@@ -302,3 +302,49 @@ def test_closing_after_a_batch_keeps_every_acknowledged_write(path: Path) -> Non
     with Ledger(path) as ledger:
         assert set(log_of(ledger)) == set(ids)
         assert ledger.verify().ok
+
+
+def test_threads_and_coroutines_on_one_ledger_share_commits_safely(path: Path) -> None:
+    """An `AsyncLedger` wrapping a `Ledger` that threads use at the same time: the ledger's
+    thread joins the threads' open groups and they join its; nothing acknowledged is lost."""
+    with Ledger(path, durability="full") as ledger:
+        start = threading.Barrier(5)
+        acked: list[tuple[str, int]] = []
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def thread(n: int) -> None:
+            try:
+                start.wait(WAIT)
+                for i in range(10):
+                    job_id = ledger.create_job(n, CONFIG)
+                    version = ledger.log_event(job_id, "progress", {"i": i})
+                    with lock:
+                        acked.extend([(job_id, 1), (job_id, version)])
+            except BaseException as e:
+                errors.append(e)
+
+        async def coroutines() -> None:
+            async with AsyncLedger(ledger) as lg:
+
+                async def one(n: int) -> None:
+                    for i in range(5):
+                        job_id = await lg.create_job(100 + n, CONFIG)
+                        version = await lg.log_event(job_id, "progress", {"i": i})
+                        with lock:
+                            acked.extend([(job_id, 1), (job_id, version)])
+
+                await asyncio.to_thread(start.wait, WAIT)
+                await asyncio.gather(*(one(n) for n in range(16)))
+
+        threads = [threading.Thread(target=thread, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        asyncio.run(coroutines())
+        for t in threads:
+            t.join(WAIT)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert len(acked) == 4 * 10 * 2 + 16 * 5 * 2
+        versions = log_of(ledger)
+        assert sorted(acked) == sorted((j, v) for j, vs in versions.items() for v in vs)
+        assert ledger.verify().ok

@@ -347,6 +347,44 @@ def test_failing_joiners_fail_alone_and_their_neighbours_commit(
     assert ledger.verify().ok
 
 
+def test_a_full_disk_under_a_joiner_fails_it_in_words_and_keeps_the_log_whole(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joiner hits a full disk (SQLite may roll back the statement or the whole shared
+    transaction): it gets the clear "full" error; every other caller either succeeded and is
+    in the log or was told its transaction did not commit and is not; the ledger goes on."""
+    ledger = file_ledger
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+    gate = Gate(ledger, monkeypatch)
+    first = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 0}), ledger, gate)
+    first.start()
+    assert gate.entered.wait(WAIT)
+    pages = backend._conn.execute("PRAGMA page_count").get
+    backend._conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # the disk is now "full"
+    big = Caller(lambda: ledger.create_job(2, {"blob": "x" * 200_000}), ledger)
+    small = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger)
+    big.start()
+    small.start()
+    wait_until(lambda: queued(ledger) == 2, "2 callers waiting for the lock")
+    gate.open()
+    callers = [first, big, small]
+    for caller in callers:
+        caller.finish()
+    backend._conn.execute("PRAGMA max_page_count = 1073741823")
+    assert isinstance(big.error, StorageError) and "full" in str(big.error)
+    for caller in (first, small):
+        if caller.error is not None:
+            assert isinstance(caller.error, StorageError), caller.error
+            assert "nothing of it was written" in str(caller.error)
+    kept = sorted(c.result for c in (first, small) if c.error is None)
+    assert kept == list(range(2, len(kept) + 2))
+    assert log_of(ledger) == {job_id: [1, *kept]}
+    assert ledger.log_event(job_id, "progress", {"after": True}) == len(kept) + 2
+    assert ledger.create_job(2, {"blob": "x" * 200_000})
+    assert ledger.verify().ok
+
+
 def test_a_failing_first_command_fails_alone_and_the_waiting_ones_commit(
     file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
