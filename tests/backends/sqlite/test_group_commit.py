@@ -197,6 +197,8 @@ def test_many_threads_lose_nothing_acknowledged_and_share_commits(file_ledger: L
                 mine = [(job_id, 1)]
                 mine.append((job_id, ledger.log_event(job_id, "progress", {"i": i})))
                 mine.append((job_id, ledger.log_event(job_id, "tool_call", {"n": n})))
+                job = ledger.get_job(job_id)  # a read after the acknowledgement sees it all
+                assert job is not None and job.version == 3
                 with acked_lock:
                     acked.extend(mine)
         except BaseException as e:
@@ -252,6 +254,31 @@ def test_one_commit_carries_every_waiting_command_and_nobody_returns_before_it(
     versions = log_of(ledger)
     assert results[0] == 2 and versions[job_id] == [1, 2]
     assert all(versions[new] == [1] for new in results[1:])
+    assert ledger.verify().ok
+
+
+def test_a_full_group_commits_without_waiting_for_more(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group holds ``MAX_GROUP`` commands at most: with 2 and five callers (one held until
+    the four others wait), the groups are 2, 2 and 1 commands: three COMMITs, all durable."""
+    ledger = file_ledger
+    job_id = ledger.create_job(1, CONFIG)
+    monkeypatch.setattr("ledger.backends.sqlite.group.MAX_GROUP", 2)
+    gate = Gate(ledger, monkeypatch)
+    commits = Commits(ledger)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, 5)],  # type: ignore[misc]
+    )
+    gate.open()
+    results = sorted(c.finish() for c in [first, *rest])
+    assert [c.error for c in [first, *rest]] == [None] * 5
+    assert commits.count == 3
+    assert results == [2, 3, 4, 5, 6]
+    assert log_of(ledger) == {job_id: [1, 2, 3, 4, 5, 6]}
     assert ledger.verify().ok
 
 
