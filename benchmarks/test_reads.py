@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import apsw
 import pytest
@@ -16,6 +19,7 @@ from ledger import Ledger
 from ledger.backends.sqlite import jobs_table as q
 from ledger.backends.sqlite.jobs_table import index_statements, table_statement
 
+_T = TypeVar("_T")
 BIG_JOBS = size(100_000, 300)  # about 1,045,000 events at full size
 READ_JOBS = size(9_570, 60)  # about 100,000 events
 CHATS = size(10_000, 30)
@@ -63,6 +67,28 @@ def replay_copy(big: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _peak_rss_growth(call: Callable[[], _T]) -> tuple[_T, float | None]:
+    """``call()`` and how far the process's peak resident memory rose above what it held
+    before, in MB (Linux: the peak is reset first; None elsewhere). Memory flat means this
+    stays the same whatever the log's length (the fold's states go out in batches)."""
+
+    def field(name: str) -> float:
+        line = next(x for x in _STATUS.read_text().splitlines() if x.startswith(name))
+        return int(line.split()[1]) / 1024
+
+    if not _CLEAR_REFS.exists():
+        return call(), None
+    gc.collect()
+    _CLEAR_REFS.write_text("5")  # the peak (VmHWM) starts again from what is resident now
+    before = field("VmRSS")
+    result = call()
+    return result, field("VmHWM") - before
+
+
 @pytest.mark.parametrize("impl", ["ledger", "raw"])
 def test_replay(benchmark, replay_copy: Path, impl: str) -> None:  # type: ignore[no-untyped-def]
     benchmark.group = "6 replay 1M events"
@@ -71,12 +97,15 @@ def test_replay(benchmark, replay_copy: Path, impl: str) -> None:  # type: ignor
         with Ledger(str(replay_copy)) as ledger:
             report = benchmark.pedantic(ledger.replay, rounds=rounds, iterations=1)
             benchmark.extra_info["items"] = report.events
+            _, benchmark.extra_info["peak_rss_growth_mb"] = _peak_rss_growth(ledger.replay)
             assert ledger.verify().ok
     else:
         conn = raw.connect(str(replay_copy))
         schema = [table_statement, *index_statements]
         count = benchmark.pedantic(raw.replay, (conn, schema), rounds=rounds, iterations=1)
         benchmark.extra_info["items"] = count
+        replay = functools.partial(raw.replay, conn, schema)
+        _, benchmark.extra_info["peak_rss_growth_mb"] = _peak_rss_growth(replay)
         conn.close()
         with Ledger(str(replay_copy)) as ledger:  # the hand fold built the same table
             assert ledger.verify().ok

@@ -35,7 +35,7 @@ from .errors import (
 
 Progress = Callable[[int, int], None]  # (events done, events in all)
 _PROGRESS_EVERY = 10_000
-_BATCH = 100_000  # job states kept in memory by a replay before they are written
+_BATCH = 20_000  # job states kept in memory by a replay before they are written (~1 KB each)
 _SIZE_EVERY = 1000  # events between two looks at how many states the fold holds
 JOBS = "jobs"  # the jobs projection's name (its checkpoint row)
 QUEUES = "queues"  # the queues projection (its rows are folded and checkpointed with the jobs)
