@@ -620,6 +620,7 @@ def test_a_lone_caller_commits_every_command_alone_and_never_waits(
     backend._conn.exec_trace = None
     assert commits.count == commands
     assert followed == []
+    assert any("COMMIT" in sql.upper() for sql in statements)  # the trace saw the writes
     assert not any("SAVEPOINT" in sql.upper() for sql in statements)
     assert backend._writes._open is None
     assert ledger.verify().ok
