@@ -206,6 +206,39 @@ def test_a_failed_commit_tells_every_coroutine_of_the_batch(path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_read_splits_a_batch_and_only_the_lost_group_fails(path: Path) -> None:
+    """A batch [write, write, read, write, write] runs as two shared transactions around the
+    read; when the first COMMIT fails only its two callers get the error, the read sees
+    nothing of it and the second group commits."""
+
+    async def main() -> None:
+        async with AsyncLedger(path, durability="full") as lg:
+            job_id = await lg.create_job(1, CONFIG)
+            commits = Commits(lg.ledger)
+            commits.veto = 1
+            outcomes = await batched(
+                lg,
+                [
+                    lambda: lg.log_event(job_id, "progress", {"lost": 1}),
+                    lambda: lg.log_event(job_id, "progress", {"lost": 2}),
+                    lambda: lg.get_job(job_id),
+                    lambda: lg.log_event(job_id, "progress", {"kept": 1}),
+                    lambda: lg.log_event(job_id, "progress", {"kept": 2}),
+                ],
+            )
+            assert commits.count == 2
+            lost1, lost2, read, kept1, kept2 = outcomes
+            assert isinstance(lost1, StorageError) and isinstance(lost2, StorageError)
+            assert read.version == 1
+            assert (kept1, kept2) == (2, 3)
+            payloads = [e.payload for e in await lg.job_events(job_id)][1:]
+            assert payloads == [{"kept": 1}, {"kept": 2}]
+            assert log_of(lg.ledger) == {job_id: [1, 2, 3]}
+            assert lg.ledger.verify().ok
+
+    asyncio.run(main())
+
+
 def test_reads_between_writes_see_their_own_acknowledged_writes(path: Path) -> None:
     """Coroutines that write and read back by turns: each read sees the writes it was already
     acknowledged, in batches that mix reads and writes."""
