@@ -208,15 +208,21 @@ class SqliteTransaction(SqliteSnapshot):
     """The write half, inside ``BEGIN IMMEDIATE``: the write lock is held from the first
     statement, so what `load_job` and `claimable` read stays true until the commit."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_found", "_head")
 
     def __init__(self, conn: apsw.Connection, head: tuple[int, bytes] | None = None) -> None:
         super().__init__(conn)
+        self._found: JobState | None = None  # read by `claimable`, for the `load_job` after it
         # The log's head: read once per transaction, or the one this backend's last commit
         # left (another connection's append since then makes the first insert fail: StaleHead).
         self._head: tuple[int, bytes] | None = head
 
     def load_job(self, job_id: str) -> JobState | None:
+        found = self._found
+        if found is not None:  # the job `claimable` just read: no second lookup
+            self._found = None
+            if found.id == job_id:
+                return found
         return jobs.load(self.conn, job_id)
 
     def append(
@@ -245,6 +251,7 @@ class SqliteTransaction(SqliteSnapshot):
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
     ) -> None:
+        self._found = None  # rows change: what `claimable` read is no longer theirs to give
         jobs.save(self.conn, new, changed)
 
     def advance_checkpoint(self, name: str, position: int) -> None:
@@ -254,7 +261,8 @@ class SqliteTransaction(SqliteSnapshot):
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
-        return jobs.claimable(self.conn, to_text(now), queues)
+        found = self._found = jobs.claimable(self.conn, to_text(now), queues)
+        return None if found is None else found.id
 
     def load_queue(self, queue: str) -> QueueState | None:
         return queues_table.load(self.conn, queue)

@@ -101,8 +101,11 @@ idempotency_statement = "SELECT id FROM jobs WHERE idempotency_key = ?"
 # job on each claim; the partial index yields them already in claim order (and SQLite refuses
 # the query outright if the index ever stops fitting it, instead of silently scanning).
 # A paused queue's jobs are passed over (`queues_table.NOT_PAUSED`: the operator's pause).
+# The whole row, not just the id: the claim goes on to load the job it found, and reading it
+# here saves that second lookup (`claimable` hands the state on).
 _CLAIM = (
-    "SELECT id FROM jobs INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? {queues}"
+    _SELECT
+    + " INDEXED BY jobs_claim WHERE status = 'pending' AND run_at <= ? {queues}"
     + NOT_PAUSED
     + FITS_BUDGET
     + "ORDER BY priority DESC, created_at, created_position LIMIT 1"
@@ -455,11 +458,15 @@ def create_indexes(conn: apsw.Connection) -> None:
         conn.execute(statement)
 
 
-def claimable(conn: apsw.Connection, now: str, queues: Sequence[str] | None) -> str | None:
+def claimable(conn: apsw.Connection, now: str, queues: Sequence[str] | None) -> JobState | None:
+    """The state of the best claimable job, or None."""
     params = (now,) if queues is None else (now, *queues)
-    found = conn.execute(claim_statement(None if queues is None else len(queues)), params)
-    row = found.fetchone()
-    return None if row is None else str(row[0])
+    try:
+        row = conn.execute(claim_statement(None if queues is None else len(queues)), params)
+        values = row.fetchone()
+    except UnicodeDecodeError as e:
+        raise _not_text("?", e) from e
+    return None if values is None else to_state(values)
 
 
 def expired(conn: apsw.Connection, now: str, limit: int | None) -> list[str]:
