@@ -1,13 +1,14 @@
 """`AsyncLedger`: every `Ledger` call as an awaitable that never blocks the event loop.
 
 The choice: one domain and one service, not an async copy of them. An `AsyncLedger` owns a
-`Ledger` and a single-thread executor; every call runs the sync method there and the caller
-awaits its result. So the rules, the transactions and the backends are exactly those of `Ledger`
-(nothing to keep in step), calls made by one task run in the order they were made, and the
-event loop only ever waits on a future. Writes are serialised by the database anyway (one writer
-at a time on SQLite; row locks on PostgreSQL), so one thread costs a write nothing; a read queued
-behind a write waits for it, which is the price of the simplicity. Open several `AsyncLedger`s
-(or use `Ledger` from threads) for reads in parallel.
+`Ledger` and a thread of its own (`ledger.aio_thread.LedgerThread`); every call runs the sync
+method there and the caller awaits its result. So the rules, the transactions and the backends
+are exactly those of `Ledger` (nothing to keep in step), calls made by one task run in the order
+they were made, and the event loop only ever waits on a future. Many tasks calling at once do
+not queue for one fsync each: the thread runs the write commands waiting at that moment in one
+shared transaction (a savepoint each) and answers them all after its one COMMIT (group commit;
+see `ledger.aio_thread`). A read queued behind a write waits for it, which is the price of the
+simplicity: open several `AsyncLedger`s (or use `Ledger` from threads) for reads in parallel.
 
 `wait` does not hold that thread while it waits: one watcher thread per `AsyncLedger` waits on
 the backend's wake-up (`Backend.wait_for_change`: SQLite ``data_version``, PostgreSQL NOTIFY) and
