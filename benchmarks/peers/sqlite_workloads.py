@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,103 +113,34 @@ def _ledger_workload(ledger: Any, workload: str, n: int) -> Result:
     return _timed(_times(lambda: ledger.create_jobs(specs), n // BATCH), n)
 
 
-# -- the minimal raw APSW baseline (issue 17's definition) ----------------------------------------
-
-MINIMAL_SCHEMA = (
-    "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, data TEXT NOT NULL, "
-    "version INTEGER NOT NULL)",
-    "CREATE INDEX jobs_status ON jobs (status)",
-    "CREATE TABLE events (position INTEGER PRIMARY KEY, job_id TEXT NOT NULL, "
-    "version INTEGER NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, recorded_at TEXT NOT NULL)",
-)
-_EVENT = "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (?, ?, ?, ?, ?)"
+# -- the minimal raw APSW baseline (issue 17's definition: benchmarks/minimal.py) ---------------
 
 
 def _raw(workload: str, durability: str, n: int, directory: Path) -> Result:
-    """The least I/O each workload needs: no projection checkpoint, no version index, no
-    validation; the same JSON encoding and time stamps as the ledger's events."""
-    import msgspec
+    """The least I/O each workload needs (`benchmarks.minimal`): no projection checkpoint, no
+    version index, no validation; the same JSON encoding and time stamps as the ledger's."""
+    from benchmarks import minimal
 
-    from benchmarks import raw
-
-    conn = raw.connect(str(directory / "raw.db"), durability)
-    for statement in MINIMAL_SCHEMA:
-        conn.execute(statement)
-    encode = msgspec.json.Encoder().encode
-    created = encode({"type": "created", "chat_id": 7, "config": CONFIG}).decode()
-    config = encode(CONFIG).decode()
-
-    def now() -> str:
-        return datetime.now(UTC).isoformat()
-
-    def create() -> None:
-        job_id = str(uuid.uuid4())
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO jobs VALUES (?, 'pending', ?, 1)", (job_id, config))
-        conn.execute(_EVENT, (job_id, 1, "created", created, now()))
-        conn.execute("COMMIT")
-
-    def move(kind: str, status: str, data: dict[str, Any], find: str) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute(find).fetchone()
-        assert row is not None
-        job_id, version = row
-        conn.execute(
-            "UPDATE jobs SET status = ?, version = ? WHERE id = ?", (status, version + 1, job_id)
-        )
-        conn.execute(_EVENT, (job_id, version + 1, kind, encode(data).decode(), now()))
-        conn.execute("COMMIT")
-
-    def claim_finish() -> None:
-        for _ in range(n):
-            move(
-                "claimed",
-                "running",
-                {"type": "claimed", "worker_id": "bench-worker"},
-                "SELECT id, version FROM jobs WHERE status = 'pending' LIMIT 1",
-            )
-            move(
-                "completed",
-                "completed",
-                {"type": "completed", "summary": "done", "result_status": "success"},
-                "SELECT id, version FROM jobs WHERE status = 'running' LIMIT 1",
-            )
-
-    def batch() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        for _ in range(BATCH):
-            conn.execute(_EVENT, (str(uuid.uuid4()), 1, "created", created, now()))
-        conn.execute("COMMIT")
-
-    progress = encode({"type": "progress", "payload": PAYLOAD}).decode()
+    conn = minimal.connect(str(directory / "raw.db"), durability)
     try:
         if workload == "create":
-            return _timed(_times(create, n), n)
+            return _timed(_times(lambda: minimal.create(conn, CONFIG), n), n)
         if workload == "claim_finish":
-            conn.execute("BEGIN IMMEDIATE")  # the backlog, in one transaction (not timed)
-            for _ in range(n):
-                job_id = str(uuid.uuid4())
-                conn.execute("INSERT INTO jobs VALUES (?, 'pending', ?, 1)", (job_id, config))
-                conn.execute(_EVENT, (job_id, 1, "created", created, now()))
-            conn.execute("COMMIT")
-            return _timed(claim_finish, n)
+            minimal.fill(conn, CONFIG, n)  # the backlog, in one transaction (not timed)
+            return _timed(_times(lambda: minimal.claim_complete(conn), n), n)
         if workload == "append":
             job_id = str(uuid.uuid4())
             return _timed(
-                lambda: [
-                    conn.execute(_EVENT, (job_id, v, "progress", progress, now()))
-                    for v in range(2, n + 2)
-                ],
-                n,
+                lambda: [minimal.append(conn, job_id, v, PAYLOAD) for v in range(2, n + 2)], n
             )
         if workload == "read_all":
             for _ in range(n // BATCH):
-                batch()
+                minimal.batch(conn, CONFIG)
             rows: list[Any] = []
-            result = _timed(lambda: rows.extend(raw.read_all(conn)), n)
+            result = _timed(lambda: rows.extend(minimal.read_all(conn)), n)
             assert len(rows) == n
             return result
-        return _timed(_times(batch, n // BATCH), n)
+        return _timed(_times(lambda: minimal.batch(conn, CONFIG), n // BATCH), n)
     finally:
         conn.close()
 
