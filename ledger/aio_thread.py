@@ -129,7 +129,10 @@ class LedgerThread(concurrent.futures.Executor):
                     stop = True
                     break
                 batch.append(item)
-            self._run(batch)
+            try:
+                self._run(batch)
+            except BaseException as e:  # never leave a caller waiting on a dead thread
+                _answer([(call, None, e) for call in batch])
             if stop:
                 return
 
