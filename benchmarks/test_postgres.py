@@ -80,15 +80,21 @@ def raw_create(conn: Any, now: datetime) -> str:
 
 
 def raw_claim_complete(conn: Any, now: datetime) -> None:
+    """Two transactions, as the ledger's two commands: the claim (its query locks and returns
+    the row) and the completion (the row locked first, as a command deciding on a job does)."""
     with conn.transaction():
-        (job_id,) = conn.execute(jobs_table.claim_any_statement, (now,)).fetchone()
-        conn.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
-        conn.execute(events_table.insert_statement, (job_id, 2, "claimed", "{}", now))
+        job_id = conn.execute(jobs_table.claim_any_statement, (now,)).fetchone()[0]
+        (position,) = conn.execute(
+            events_table.insert_statement, (job_id, 2, "claimed", "{}", now)
+        ).fetchone()
         conn.execute(
             "UPDATE jobs SET status = 'running', worker_id = 'w', lease_expires_at = %s, "
             "version = 2 WHERE id = %s",
             (now, job_id),
         )
+        conn.execute(events_table.checkpoint_advance_statement, (position, "jobs"))
+    with conn.transaction():
+        conn.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
         (position,) = conn.execute(
             events_table.insert_statement, (job_id, 3, "completed", "{}", now)
         ).fetchone()

@@ -221,6 +221,61 @@ def _stale_from(error: pg_errors.UniqueViolation) -> _StaleVersion | None:
     return _StaleVersion(found.group("job"), int(found.group("version")) - 1)
 
 
+class _Later:
+    """Writes a transaction may send at the end (`execute`/`executemany` queue them, in order):
+    the events, the jobs rows and the checkpoint a command writes, so they reach the server
+    together with the COMMIT. Used as a connection by the table modules' write functions."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[str, Any, bool]] = []
+
+    def execute(self, statement: str, params: Any = None) -> None:
+        self.queue.append((statement, params, False))
+
+    def executemany(self, statement: str, rows: Any) -> None:
+        self.queue.append((statement, rows, True))
+
+    def cursor(self) -> contextlib.AbstractContextManager[_Later]:
+        return contextlib.nullcontext(self)
+
+
+class _Now:
+    """The transaction's connection for everything else: a statement sent now first sends what
+    `_Later` holds, so every read (and every lock) sees this transaction's own writes."""
+
+    __slots__ = ("_conn", "later")
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self.later = _Later()
+
+    def send(self) -> None:
+        """Send the queued writes (pipeline mode: without waiting for their results)."""
+        queue, self.later.queue = self.later.queue, []
+        conn = self._conn
+        for statement, params, many in queue:
+            if many:
+                with conn.cursor() as cursor:
+                    cursor.executemany(statement, params)
+            else:
+                conn.execute(statement, params)
+
+    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        if self.later.queue:
+            self.send()
+        return self._conn.execute(statement, params, **kwargs)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        if self.later.queue:
+            self.send()
+        return self._conn.cursor(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
 class PostgresTransaction(PostgresSnapshot):
     """The write half, at READ COMMITTED; the row locks named in the module docstring make what
     it decided on stay true until it commits.
@@ -232,13 +287,20 @@ class PostgresTransaction(PostgresSnapshot):
     COMMIT), and from the first append on (when this transaction holds the log's head and every
     other appender waits) only one."""
 
-    __slots__ = ("_claimed", "_head", "_script")
+    __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_unhashed")
 
     def __init__(self, conn: psycopg.Connection[Any], script: Callable[[str], None]) -> None:
-        super().__init__(conn)
-        self._head: tuple[int, bytes] | None = None  # the log's head, read once per transaction
+        self._now = _Now(conn)
+        self._later = self._now.later
+        super().__init__(self._now)  # type: ignore[arg-type]  # a psycopg.Connection to its users
+        self._placeholder = -1  # the next stand-in position (see `append`)
+        self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
         self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
         self._claimed: JobState | None = None  # the row `claimable` locked and read
+
+    def send(self) -> None:
+        """Send the writes kept for the end (`_Later`); the COMMIT follows them."""
+        self._now.send()
 
     def load_job(self, job_id: str) -> JobState | None:
         claimed, self._claimed = self._claimed, None
@@ -253,21 +315,27 @@ class PostgresTransaction(PostgresSnapshot):
     def append(
         self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
     ) -> list[StoredEvent]:
-        head = self._head or events.read_head(self.conn)
-        self._head = None  # until this append succeeds (a failed one may have inserted some)
-        try:
-            stored, self._head = events.append(self.conn, job_id, expected_version, new, at, head)
-        except pg_errors.UniqueViolation as e:
-            raise _StaleVersion(job_id, expected_version) from e
+        """The events with stand-in positions below zero: the trigger hands out the real ones
+        (and the chain hashes) as the rows arrive with the COMMIT, so this transaction holds the
+        log's head only while the server runs the rest of it, never across a round trip to this
+        process. The fold folds the stand-ins; `save_jobs` and `advance_checkpoint` write them
+        as the real positions in SQL. A taken version is found at the COMMIT (`_write_once`)."""
+        stored = events.append(self._later, job_id, expected_version, new, at, self._placeholder)
+        self._placeholder -= len(stored)
         return stored
 
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
     ) -> None:
-        jobs.save(self.conn, new, changed)
+        jobs.save(self._later, new, changed)
 
     def advance_checkpoint(self, name: str, position: int) -> None:
-        events.advance_checkpoint(self.conn, name, position)
+        """A stand-in position (this transaction's own appends) is the log's head as this
+        transaction leaves it: the counter row, which it holds."""
+        if position < 0:
+            events.advance_checkpoint_to_head(self._later, name)
+        else:
+            events.advance_checkpoint(self._later, name, position)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
         events.write_checkpoint(self.conn, name, schema_version, position)
@@ -280,7 +348,7 @@ class PostgresTransaction(PostgresSnapshot):
         return queues_table.load(self.conn, queue, lock=True)
 
     def save_queues(self, states: Sequence[QueueState]) -> None:
-        queues_table.save(self.conn, states)
+        queues_table.save(self._later, states)
 
     def reset_queues(self) -> None:
         queues_table.reset(self.conn)
@@ -290,7 +358,7 @@ class PostgresTransaction(PostgresSnapshot):
         return budgets_table.load(self.conn, chat_id, lock=True)
 
     def save_budgets(self, states: Sequence[BudgetState]) -> None:
-        budgets_table.save(self.conn, states)
+        budgets_table.save(self._later, states)
 
     def reset_budgets(self) -> None:
         budgets_table.reset(self.conn)
@@ -311,6 +379,7 @@ class PostgresTransaction(PostgresSnapshot):
 
     def ensure_jobs(self) -> None:
         if not jobs.exists(self.conn):
+            self._now.send()
             self._script(schema_text())
 
     def finish_jobs(self) -> None:
@@ -326,7 +395,7 @@ class PostgresTransaction(PostgresSnapshot):
         recorded_at: datetime,
         digest: str | None = None,
     ) -> None:
-        self._head = None
+        self._unhashed = self._unhashed or digest is None
         events.insert_exact(
             self.conn, position, job_id, version, event_type, data, recorded_at, digest
         )
@@ -369,6 +438,8 @@ class PostgresBackend:
                 check_schema(self._conn)
             else:
                 create_schema(self._conn)
+                events.seed_head(self._conn)  # a counter from before it held the head's hash
+                self._conn.commit()
         except psycopg.Error as e:
             self._conn.close()
             raise wrap_error(e, doing) from e
@@ -414,6 +485,9 @@ class PostgresBackend:
         tx = PostgresTransaction(conn, self._script)
         try:
             result = work(tx)
+            tx.send()
+            if tx._unhashed:
+                events.seed_head(conn)  # appends after this import chain onto its last event
             conn.commit()  # sent with whatever the pipeline still holds, then waited for once
             return result
         except pg_errors.UniqueViolation as e:

@@ -31,6 +31,11 @@ insert_exact_statement = (
     "INSERT INTO events (position, job_id, version, type, data, recorded_at) "
     "VALUES (%s, %s, %s, %s, %s, %s)"
 )
+# A live append names neither position nor hash: the insert trigger hands out both, from the
+# counter row (see `append`).
+insert_deferred_statement = (
+    "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (%s, %s, %s, %s, %s)"
+)
 # Chained appends name their position (the chain hash covers it): the counter row, locked by
 # `read_head` for the rest of the transaction, says which is next, and the insert trigger
 # checks it is the one it hands out.
@@ -94,26 +99,36 @@ def append(
     expected_version: int,
     new: Sequence[ev.Event],
     at: datetime,
-    head: tuple[int, bytes],
-) -> tuple[list[StoredEvent], tuple[int, bytes]]:
-    """Insert the events after ``expected_version``, chained after ``head`` (`read_head`, read
-    in this transaction); returns them and the new head."""
+    placeholder: int,
+) -> list[StoredEvent]:
+    """Insert the events after ``expected_version``; the trigger gives each its position and
+    chain hash. Nothing is fetched, so the rows go out with the COMMIT (pipeline mode), and the
+    events come back with stand-in positions, ``placeholder``, ``placeholder - 1``, ... (below
+    zero: no real position is). The backend writes a stand-in as the real one in SQL."""
     stored = []
     version = expected_version
     execute = conn.execute
-    link = chain.link
-    text = to_text(at)
-    position, previous = head
+    position = placeholder
     for event in new:
         version += 1
-        position += 1
-        tag = ev.tag_of(event)
-        data = ev.encode_text(event)
-        previous = link(previous, position, job_id, version, tag, data.encode(), text)
-        row = (position, job_id, version, tag, data, at, previous.hex())
-        execute(insert_chained_statement, row)
+        row = (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
+        execute(insert_deferred_statement, row)
         stored.append(StoredEvent(position, job_id, version, at, event))
-    return stored, (position, previous)
+        position -= 1
+    return stored
+
+
+seed_statement = "UPDATE event_counter SET last_hash = %s WHERE last_hash IS NULL"
+
+
+def seed_head(conn: Conn) -> None:
+    """Record the head's hash in the counter row where it is missing (a counter from before
+    ``last_hash``, or after an import of unhashed events), so the trigger can chain onto it."""
+    row = conn.execute(head_statement).fetchone()
+    if row is None or int(row[0]) == 0 or row[1] is not None:
+        return
+    _, digest = read_head(conn)
+    conn.execute(seed_statement, (digest.hex(),))
 
 
 def insert_exact(
@@ -227,6 +242,17 @@ def write_checkpoint(conn: Conn, name: str, schema_version: int, position: int) 
 
 def advance_checkpoint(conn: Conn, name: str, position: int) -> None:
     conn.execute(checkpoint_advance_statement, (position, name))
+
+
+# Inside the appending transaction, which holds the counter row: its own last position.
+checkpoint_to_head_statement = (
+    "UPDATE projection_checkpoints SET position = (SELECT last_position FROM event_counter) "
+    "WHERE name = %s"
+)
+
+
+def advance_checkpoint_to_head(conn: Conn, name: str) -> None:
+    conn.execute(checkpoint_to_head_statement, (name,))
 
 
 type_counts_statement = 'SELECT type, count(*) FROM events GROUP BY type ORDER BY type COLLATE "C"'

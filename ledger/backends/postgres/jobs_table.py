@@ -31,6 +31,19 @@ lock_row_statement = select_row_statement + " FOR UPDATE"
 insert_statement = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 )
+# A job created in this transaction has a stand-in created_position (below zero; see the
+# backend's append): the real one is its created event's (version 1), taken from the log.
+_CREATED_AT = COLUMNS.index("created_position")
+insert_created_statement = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ("
+    + ", ".join(
+        "(SELECT position FROM events WHERE job_id = %s AND version = 1)"
+        if i == _CREATED_AT
+        else "%s"
+        for i in range(len(COLUMNS))
+    )
+    + ")"
+)
 dump_statement = f"{_SELECT} ORDER BY id"
 # COLLATE "C": prefix ranges compare code points, as SQLite's text does.
 prefix_statement = (
@@ -138,6 +151,17 @@ def row_values(state: JobState) -> tuple[Any, ...]:
     )
 
 
+def _created_values(state: JobState) -> tuple[Any, ...]:
+    values = row_values(state)
+    return (*values[:_CREATED_AT], state.id, *values[_CREATED_AT + 1 :])
+
+
+def _insert(state: JobState) -> tuple[str, tuple[Any, ...]]:
+    if state.created_position < 0:
+        return insert_created_statement, _created_values(state)
+    return insert_statement, row_values(state)
+
+
 def column_value(state: JobState, field: str) -> Any:
     value = getattr(state, field)
     return value.value if field == "status" else value
@@ -170,10 +194,14 @@ def save(
 ) -> None:
     """INSERT the new jobs in creation order and UPDATE only the changed columns of the others."""
     if len(new) == 1:
-        conn.execute(insert_statement, row_values(new[0]))
+        conn.execute(*_insert(new[0]))
     elif new:
+        own = [_created_values(s) for s in new if s.created_position < 0]  # see above
+        earlier = [row_values(s) for s in new if s.created_position >= 0]
         with conn.cursor() as cursor:
-            cursor.executemany(insert_statement, [row_values(s) for s in new])
+            for statement, rows in ((insert_created_statement, own), (insert_statement, earlier)):
+                if rows:
+                    cursor.executemany(statement, rows)
     for state, fields in changed:
         conn.execute(
             _update_statement(fields), (*[column_value(state, f) for f in fields], state.id)

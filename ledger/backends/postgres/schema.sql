@@ -100,6 +100,30 @@ INSERT INTO event_counter (id, last_position) VALUES (true, 0) ON CONFLICT (id) 
 -- counter from before this column, or after an import of unhashed events: read from events.
 SELECT ledger_add_column('event_counter', 'last_hash', 'text');
 
+-- The chain hash (ledger/domain/chain.py, encoding version 1) of an event whose row names no hash:
+-- SHA-256 over the previous hash, a header of position, version and the byte lengths, then the
+-- job id, the type, the time in the ledger's canonical text and the data's exact JSON text.
+-- verify recomputes every hash in Python, so this and chain.link cannot drift apart unseen.
+CREATE OR REPLACE FUNCTION ledger_chain_link(
+    previous bytea, pos bigint, job text, ver bigint, kind text, body text, at timestamptz
+) RETURNS text
+LANGUAGE sql STABLE AS $$
+    WITH f (job, kind, at, body) AS (SELECT convert_to(job, 'UTF8'), convert_to(kind, 'UTF8'),
+        convert_to(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), 'UTF8'),
+        convert_to(body, 'UTF8'))
+    SELECT encode(sha256(previous || int8send(pos) || int8send(ver)
+        || int4send(octet_length(f.job)) || int4send(octet_length(f.kind))
+        || int4send(octet_length(f.at)) || int8send(octet_length(f.body)::bigint)
+        || f.job || f.kind || f.at || f.body), 'hex')
+    FROM f
+$$;
+
+-- Positions and hashes are handed out here, as each row is inserted, from the counter row: the
+-- appending transaction holds that row's lock from its first event until it commits, and the
+-- ledger sends its events, its projection rows and the COMMIT together, so no other appender
+-- waits on a round trip to the client (the client learns its positions after the commit, or
+-- never: the jobs rows and the checkpoint take them from the log in SQL). A row that names its
+-- position and hash (an import, or an older client that chains in Python) is checked and kept.
 CREATE OR REPLACE FUNCTION ledger_events_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -111,8 +135,23 @@ BEGIN
         RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
             NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
     END IF;
-    UPDATE event_counter SET last_position = last_position + 1, last_hash = NEW.hash
-        RETURNING last_position INTO head;
+    IF NEW.position IS NULL AND NEW.hash IS NULL THEN
+        UPDATE event_counter SET last_position = last_position + 1,
+            last_hash = ledger_chain_link(
+                CASE WHEN last_position = 0
+                    THEN sha256(convert_to('jobledger event chain v1', 'UTF8'))
+                    ELSE decode(last_hash, 'hex') END,
+                last_position + 1, NEW.job_id, NEW.version, NEW.type, NEW.data::text,
+                NEW.recorded_at)
+            RETURNING last_position, last_hash INTO head, NEW.hash;
+        IF head IS NOT NULL AND NEW.hash IS NULL THEN
+            RAISE EXCEPTION 'the hash of event % is unknown, so event % cannot chain onto it; '
+                'open the ledger once with this release to record it', head - 1, head;
+        END IF;
+    ELSE
+        UPDATE event_counter SET last_position = last_position + 1, last_hash = NEW.hash
+            RETURNING last_position INTO head;
+    END IF;
     IF head IS NULL THEN
         RAISE EXCEPTION 'event_counter has no row; run schema.sql again to restore it';
     END IF;
@@ -137,6 +176,13 @@ $$;
 CREATE OR REPLACE FUNCTION ledger_counter_before_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- The one other change: recording the head's hash where it was unknown (a counter from
+    -- before last_hash, or after an import of unhashed events). A wrong one is no hole: the
+    -- next event chains onto it, and verify finds that event's hash wrong.
+    IF NEW.last_position = OLD.last_position AND NEW.id = OLD.id AND OLD.last_hash IS NULL
+        AND NEW.last_hash IS NOT NULL THEN
+        RETURN NEW;
+    END IF;
     IF NEW.last_position <> OLD.last_position + 1 OR NEW.id <> OLD.id THEN
         RAISE EXCEPTION 'event_counter moves one step per appended event (from % to %)',
             OLD.last_position, NEW.last_position;

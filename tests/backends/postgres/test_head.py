@@ -1,10 +1,11 @@
-"""The log's head (last position and its chain hash) as an appender reads it on PostgreSQL.
+"""The log's head (last position and its chain hash) on PostgreSQL, with appenders in parallel.
 
-An appender that waited for the counter row's lock must get the head the other appender just
-committed from that row alone. Before the counter held the hash, the head was a join with
-``events``; at READ COMMITTED the waiter then saw the counter's new version joined with its
-older snapshot of ``events`` (no such event yet), got no hash and hashed the whole log again
-while every other appender waited: about one rehash of the log per contended command."""
+The insert trigger hands out each event's position and chain hash from the counter row, which
+holds the head's hash too. A live append sends its rows with the COMMIT, so a command holds the
+head only while the server runs the end of its transaction, never while its process works. An
+appender that waited for the counter row chains onto the head the other one committed (before,
+the head was read with a join that gave a waiting appender no hash at READ COMMITTED, and it
+hashed the whole log again while every other appender waited)."""
 
 from __future__ import annotations
 
@@ -57,26 +58,61 @@ def _in_thread(call: Any, out: list[Any]) -> threading.Thread:
     return thread
 
 
-def test_a_waiting_appender_reads_the_committed_head_without_rehashing(
+def _holding(job: str, appended: threading.Event, go: threading.Event, sync: bool) -> Any:
+    """A command that appends to ``job`` and waits for ``go`` before it commits. ``sync``:
+    first make the server run the queued rows (a fetch flushes the pipeline), so it holds the
+    counter row while it waits."""
+
+    def work(step: Any) -> None:
+        step.append(job, [ev.Progress(payload={"step": 1})])
+        if sync:
+            step.tx.last_position()
+        appended.set()
+        assert go.wait(DEADLINE)
+
+    return work
+
+
+def _positions(ledger: Ledger, job: str) -> list[int]:
+    return [e.position for e in ledger.job_events(job)]
+
+
+def test_an_appender_that_is_still_working_holds_no_one_up(url: str) -> None:
+    appended, go = threading.Event(), threading.Event()
+    first, second = Ledger(url), Ledger(url)
+    try:
+        held_job, job = (j.id for j in first.jobs())
+        work = _holding(held_job, appended, go, sync=False)
+        held: list[Any] = []
+        holder = _in_thread(lambda: first._service.run("holding", work), held)
+        assert appended.wait(DEADLINE)
+        second.log_event(job, "progress", {"step": 2})  # would wait for ``go`` if held up
+        go.set()
+        holder.join(DEADLINE)
+        assert held == [None]
+        # in commit order: the second command committed first
+        assert _positions(second, job)[-1] < _positions(second, held_job)[-1]
+        assert second.verify().ok
+    finally:
+        go.set()
+        first.close()
+        second.close()
+
+
+def test_a_waiting_appender_chains_onto_the_head_just_committed(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_rehash(conn: Any, after: int) -> Iterator[Any]:
         raise AssertionError("the head was recomputed from the whole log")
 
     appended, go = threading.Event(), threading.Event()
-
-    def hold_the_head(step: Any) -> None:
-        """A command that has appended (and so holds the counter row) and waits for ``go``."""
-        step.append(held_job, [ev.Progress(payload={"step": 1})])
-        appended.set()
-        assert go.wait(DEADLINE)
-
     first, second = Ledger(url), Ledger(url)
     try:
         held_job, job = (j.id for j in first.jobs())
         monkeypatch.setattr(events_table, "chain_rows", no_rehash)
+        work = _holding(held_job, appended, go, sync=True)
         held: list[Any] = []
-        holder = _in_thread(lambda: first._service.run("holding the head", hold_the_head), held)
+        holder = _in_thread(lambda: first._service.run("holding the head", work), held)
         assert appended.wait(DEADLINE)
         logged: list[Any] = []
         waiter = _in_thread(lambda: second.log_event(job, "progress", {"step": 2}), logged)
@@ -87,7 +123,7 @@ def test_a_waiting_appender_reads_the_committed_head_without_rehashing(
         waiter.join(DEADLINE)
         assert held == [None] and len(logged) == 1 and not isinstance(logged[0], BaseException)
         monkeypatch.undo()
-        assert [e.version for e in second.job_events(job)] == [1, 2]
+        assert _positions(second, held_job)[-1] < _positions(second, job)[-1]
         assert second.verify().ok
     finally:
         go.set()
@@ -95,9 +131,9 @@ def test_a_waiting_appender_reads_the_committed_head_without_rehashing(
         second.close()
 
 
-def test_a_counter_without_its_hash_reads_it_from_the_events(url: str) -> None:
-    """A counter from before the column (or after an unhashed import) holds no hash: the head
-    comes from the last event's row, and the next append stores it in the counter again."""
+def test_a_counter_without_its_hash_gets_it_when_the_ledger_opens(url: str) -> None:
+    """A counter from before the column (or after an unhashed import) holds no hash: opening
+    the ledger records the last event's, and the trigger chains the next append onto it."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE event_counter DISABLE TRIGGER event_counter_forward")
         conn.execute("UPDATE event_counter SET last_hash = NULL")
@@ -111,3 +147,29 @@ def test_a_counter_without_its_hash_reads_it_from_the_events(url: str) -> None:
     with psycopg.connect(url) as conn:
         stored = conn.execute("SELECT last_position, last_hash FROM event_counter").fetchone()
     assert stored == (after[0], after[1])
+
+
+def test_an_import_of_unhashed_events_then_an_append_chains(url: str) -> None:
+    """Lines of an export from before the chain carry no hash: the import stores none, records
+    the head's hash computed over them in the counter, and the next append chains onto it."""
+    import json
+
+    from tests import postgres_cluster
+
+    with Ledger(url) as source:
+        lines = [json.loads(line) for line in source.export_events()]
+    for line in lines:
+        del line["hash"]
+    target_url = postgres_cluster.create_schema(postgres_cluster.shared_url(), prefix="unhashed")
+    try:
+        with Ledger(target_url) as target:
+            target.import_events(json.dumps(line) for line in lines)
+            head = target.head()
+            target.create_job(3, {"n": 3})
+            assert target.verify(expect_head=head).ok
+            assert len(target.read_all()) == len(lines) + 1
+        with psycopg.connect(target_url) as conn:
+            hashes = [h for (h,) in conn.execute("SELECT hash FROM events ORDER BY position")]
+        assert all(h is None for h in hashes[:-1]) and hashes[-1] is not None
+    finally:
+        postgres_cluster.drop_schema(target_url)
