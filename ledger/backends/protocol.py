@@ -202,7 +202,11 @@ class WriteTransaction(Snapshot, Protocol):
         self, job_id: str, expected_version: int, events: Sequence[Event], at: datetime
     ) -> list[StoredEvent]:
         """Append after ``expected_version``: `ConcurrencyError` when the job moved on. The
-        returned events carry their positions (gap-free, in commit order)."""
+        returned events carry their positions (gap-free, in commit order), or stand-ins below
+        zero (-1, -2, ... in append order) that the backend itself turns into the real ones when
+        it writes jobs rows and checkpoints (PostgreSQL: positions are handed out at COMMIT, so
+        the log's head is never held while Python works). Callers fold them and pass them to
+        `advance_checkpoint`; nothing else. The ConcurrencyError may then come at the commit."""
         ...
 
     def save_jobs(
