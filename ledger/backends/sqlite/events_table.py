@@ -66,7 +66,7 @@ _select_events = (
     "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at FROM events"
 )
 select_after_statement = f"{_select_events} WHERE position > ? ORDER BY position"
-# For a fold: also whether the time has the canonical shape (`timeutil.CANONICAL`, as a GLOB:
+# For a fold: also whether the time has the canonical shape (`timeutil.parse_text`, as a GLOB:
 # ``[0-9]`` is one ASCII digit, ``.`` and ``+`` are literal), checked by SQLite in the scan.
 _CANONICAL_GLOB = (
     "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
