@@ -73,8 +73,12 @@ class _UtcTimestamptzLoader(Loader):
 
 
 def _register_loaders(conn: psycopg.Connection[Any]) -> None:
+    """After the session's TimeZone is set: psycopg's C loader already gives `datetime.UTC`
+    when the server reports ``UTC`` (a Python loader per value costs a read ~5%), so the
+    wrapper is only for a server that names the zone otherwise."""
     types = conn.adapters.types
-    conn.adapters.register_loader(types["timestamptz"].oid, _UtcTimestamptzLoader)
+    if conn.pgconn.parameter_status(b"TimeZone") != b"UTC":
+        conn.adapters.register_loader(types["timestamptz"].oid, _UtcTimestamptzLoader)
     # json as its exact text: the ledger decodes event data itself (msgspec), byte for byte.
     conn.adapters.register_loader(types["json"].oid, TextLoader)
 
@@ -92,7 +96,6 @@ def session_statements(durability: str, lock_timeout_ms: int, readonly: bool) ->
 
 def configure(conn: psycopg.Connection[Any], statements: list[str]) -> None:
     """Apply the session settings (and the loaders) to a fresh connection; leaves it idle."""
-    _register_loaders(conn)
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
@@ -100,6 +103,7 @@ def configure(conn: psycopg.Connection[Any], statements: list[str]) -> None:
             conn.execute(statement)
     finally:
         conn.autocommit = autocommit
+    _register_loaders(conn)
 
 
 def connect(url: str, statements: list[str], doing: str, **kwargs: Any) -> psycopg.Connection[Any]:

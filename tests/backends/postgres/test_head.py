@@ -173,3 +173,29 @@ def test_an_import_of_unhashed_events_then_an_append_chains(url: str) -> None:
         assert all(h is None for h in hashes[:-1]) and hashes[-1] is not None
     finally:
         postgres_cluster.drop_schema(target_url)
+
+
+def test_the_trigger_hashes_as_the_chain_does(postgres_schema: str) -> None:
+    """The hashes the insert trigger computes in SQL equal `chain.link`'s, on times at both ends
+    of the range, non-ASCII text and JSON whose text no parser would keep."""
+    from datetime import UTC, datetime
+
+    from ledger.domain.timeutil import to_text
+
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    rows = [
+        ("job-\u2603", 1, "progress", '{"b":1,"a":2, "x" : 1e3}', datetime(1, 1, 1, tzinfo=UTC)),
+        ("caf\u00e9", 1, "t\u00e9", '"\u2603 \\u0000"', last),
+        ("job-\u2603", 2, "step", "[]", datetime(2026, 6, 30, 23, 59, 59, 123456, tzinfo=UTC)),
+    ]
+    Ledger(postgres_schema).close()  # the schema
+    with psycopg.connect(postgres_schema) as conn:
+        conn.execute("SET TimeZone TO 'UTC'")
+        for row in rows:
+            conn.execute(events_table.insert_deferred_statement, row)
+        stored = [h for (h,) in conn.execute("SELECT hash FROM events ORDER BY position")]
+        conn.rollback()  # not a ledger's log: nothing of it stays
+    previous = chain.GENESIS
+    for position, (job, version, kind, data, at) in enumerate(rows, start=1):
+        previous = chain.link(previous, position, job, version, kind, data.encode(), to_text(at))
+        assert stored[position - 1] == previous.hex()
