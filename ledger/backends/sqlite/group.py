@@ -161,7 +161,10 @@ class GroupCommit:
             result = command()
         except BaseException as e:
             return group, None, self._undo(doing, group, e)
-        self._conn.execute("RELEASE command")
+        try:
+            self._conn.execute("RELEASE command")
+        except apsw.Error as e:
+            return group, None, self._undo(doing, group, e)
         group.size += 1
         return group, result, None
 
@@ -245,8 +248,9 @@ class GroupCommit:
     def held(self) -> Iterator[list[Group]]:
         """Hold the write lock while one thread runs many commands: they share transactions
         (each a savepoint after the first) and nothing commits until the block ends. Yields
-        the list of groups the commands wrote into, in order (a command that wrote nothing
-        adds none); after the block each group's ``failure`` says whether it is durable."""
+        the list of groups the commands ran in, in order (one entry per command that reached
+        the write path, failed or not); after the block each group's ``failure`` says whether
+        what committed in it is durable."""
         joined: list[Group] = []
         with self._lock:
             if self._holder is not None or not self.enabled:  # nested, or each commits alone
