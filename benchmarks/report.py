@@ -57,8 +57,8 @@ def _rate(per_second: float) -> str:
     return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.2f}"
 
 
-def _impl(param: str) -> str:
-    parts = param.split("-")
+def _impl(param: str | None) -> str:
+    parts = (param or "").split("-")
     return next((p for p in ("raw", "minimal") if p in parts), "ledger")
 
 
@@ -71,7 +71,7 @@ def table(data: dict) -> str:  # type: ignore[type-arg]
         label = bench["group"]
         if "finished" in name:
             label = f"{label} (N={bench['params']['finished']:,})"
-        groups.setdefault(label, {})[_impl(bench["param"])] = bench
+        groups.setdefault(label, {})[_impl(bench.get("param"))] = bench
     lines = [
         "| group | ledger median | ledger ops/s | raw ops/s | ratio | ratio, interleaved "
         "| minimal ops/s | vs minimal | vs minimal, interleaved | items/s (ledger) |",
