@@ -200,3 +200,21 @@ def test_a_killed_workers_job_is_started_by_another_worker_within_seconds(tmp_pa
                     process.send_signal(signal.SIGKILL)
                     process.wait(30)
         assert ledger.verify().ok
+
+
+def test_a_gone_holder_is_found_among_many_running_jobs_of_a_live_one(tmp_path: Path) -> None:
+    """More running jobs on this host than the holder look reads row by row (64): the look
+    still names every holder process once, and the gone one's job is rescued."""
+    me = holder.current()
+    assert me is not None
+    gone = (me.host, me.boot_id, 2**22 + 7, me.start)  # above pid_max: certainly not running
+    with Ledger(str(tmp_path / "l.db"), durability="normal") as ledger:
+        ledger.create_jobs([{"chat_id": 1, "config": {}, "max_attempts": 2} for _ in range(80)])
+        for _ in range(70):
+            assert ledger.claim("me") is not None
+        orphan = _claim_as(ledger, "ghost", gone)
+        held = ledger._backend.read("test", lambda snap: snap.held_on(me.host))
+        assert sorted(held) == sorted([(me.boot_id, me.pid, me.start), gone[1:]])
+        heir = ledger.claim("heir")
+        assert heir is not None and heir.id == orphan and heir.worker_id == "heir"
+        assert ledger.verify().ok
