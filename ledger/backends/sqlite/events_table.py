@@ -409,7 +409,6 @@ _VERSION_OF_STREAM = (  # where each kind of stream's projected version is kept
     ("chat:", "SELECT version FROM budgets WHERE chat_id = ?", int),
 )
 _job_version_statement = "SELECT version FROM jobs WHERE id = ?"
-_head_position_statement = "SELECT max(position) FROM events"
 
 
 def read_checkpoint(conn: apsw.Connection, name: str) -> tuple[int, int] | None:
@@ -459,7 +458,7 @@ def write_checkpoint(conn: apsw.Connection, name: str, schema_version: int, posi
     """A projection folded up to the head is stored as LIVE, as live commands leave it, so a
     replay leaves the same rows as the commands did. (`chain.START` is a position, not a
     projection: stored as given.)"""
-    if name != chain.START and position == int(conn.execute(_head_position_statement).get or 0):
+    if name != chain.START and position == last_position(conn):
         position = LIVE
     conn.execute(checkpoint_upsert_statement, (name, schema_version, position))
 

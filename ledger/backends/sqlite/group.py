@@ -41,14 +41,13 @@ FOLLOWER_CHECK = 0.1  # seconds between a follower's looks at a group nobody com
 
 class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT is
-    settled (``settled``), the error that lost it (``failure``; None: committed, durable)."""
+    settled (`settle`), the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("_done", "failure", "settled", "size")
+    __slots__ = ("_done", "failure", "size")
 
     def __init__(self) -> None:
         self._done: threading.Event | None = None  # made by the first follower, under the lock
         self.failure: apsw.Error | None = None
-        self.settled = False  # committed or lost (set under the lock)
         self.size = 0
 
     def waiter(self) -> threading.Event:
@@ -58,17 +57,8 @@ class Group:
             self._done = threading.Event()
         return self._done
 
-    @property
-    def done(self) -> threading.Event:
-        """An event set once the group is settled (for code that waits outside the lock)."""
-        event = self.waiter()
-        if self.settled:
-            event.set()
-        return event
-
     def settle(self) -> None:
-        """Mark it committed or lost (under the write lock) and wake its followers."""
-        self.settled = True
+        """Mark it committed or lost (under the write lock): wake its followers."""
         if self._done is not None:
             self._done.set()
 
