@@ -14,7 +14,14 @@ import pytest
 
 from ledger import InvalidArgument, Ledger, RetryPolicy
 from ledger.domain.decide import lease_until
-from ledger.domain.timeutil import EARLIEST, LATEST, MAX_BUSY_TIMEOUT, MAX_SECONDS
+from ledger.domain.timeutil import (
+    EARLIEST,
+    LATEST,
+    MAX_BUSY_TIMEOUT,
+    MAX_SECONDS,
+    parse_text,
+    to_text,
+)
 from ledger.domain.validate import INT64_MAX
 from tests.conftest import FakeClock, run_cli, snapshot
 
@@ -248,3 +255,34 @@ BAD_OPTIONS: dict[str, dict[str, Any]] = {
 def test_bad_ledger_options_are_refused(db_path: str, name: str) -> None:
     _refused(lambda: Ledger(db_path, **BAD_OPTIONS[name]), name)
     assert not os.path.exists(db_path)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        EARLIEST,
+        LATEST,
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(5, 3, 4, 1, 2, 3, 7, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=UTC),  # a whole second: no fraction in msgspec's form
+        datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 6, 1, 12, 30, 0, 5, tzinfo=timezone(timedelta(hours=-11))),
+    ],
+)
+def test_the_canonical_text_of_a_time_is_its_utc_isoformat(moment: datetime) -> None:
+    """`to_text` is cut from msgspec's ISO-8601 (a shortcut): it must equal the fixed-width
+    ``isoformat`` of the instant in UTC everywhere in the range, and parse back to it."""
+    text = to_text(moment)
+    assert text == moment.astimezone(UTC).isoformat(timespec="microseconds")
+    assert parse_text(text) == moment
+
+
+def test_the_canonical_text_matches_isoformat_on_random_times() -> None:
+    rng = random.Random(17)
+    for _ in range(2000):
+        moment = EARLIEST + timedelta(
+            days=rng.randrange(0, (LATEST - EARLIEST).days),
+            microseconds=rng.choice([0, rng.randrange(86_400 * 10**6), rng.randrange(1000) * 1000]),
+        )
+        assert to_text(moment) == moment.isoformat(timespec="microseconds")

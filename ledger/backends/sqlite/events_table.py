@@ -210,15 +210,19 @@ def append(
     at = to_text(recorded_at)
     execute = conn.execute
     link = chain.link
+    tags, encode = ev.TAGS, ev.encode_bytes  # `tag_of` and `encode_text`, without their calls
     position, previous = head
     for event in new_events:
         version += 1
         position += 1
-        tag = ev.tag_of(event)
-        data = ev.encode_text(event)
-        previous = link(previous, position, job_id, version, tag, data.encode(), at)
+        tag = tags[type(event)]
+        data = encode(event)  # hashed as these bytes, stored as their text
+        previous = link(previous, position, job_id, version, tag, data, at)
         try:
-            execute(insert_statement, (position, job_id, version, tag, data, at, previous.hex()))
+            execute(
+                insert_statement,
+                (position, job_id, version, tag, data.decode(), at, previous.hex()),
+            )
         except apsw.ConstraintError as e:
             if not stored and last_position(conn) != head[0]:
                 raise StaleHead from e  # another connection appended since ``head`` was read

@@ -2,9 +2,10 @@
 
 ``2026-11-23T21:53:12.000000+00:00``: readable in the ``sqlite3`` shell, and because every value
 has the same width and offset, comparing the text compares the instants, so SQL can order and
-filter on it with an index. Formatting a datetime costs more than a whole event insert's share of
-Python, and the same instant is written many times (every event of a command shares its time;
-replay turns each text back into the datetime it came from), so both directions are memoised.
+filter on it with an index. The same instant is often written several times in a row (a command's
+time is its event's time and its row's ``updated_at``; a new job's three times are one), so the
+last one formatted is kept, looked up by identity: a dict keyed by datetime was a loss, hashing a
+new aware datetime costs more than formatting it. Texts read back are memoised by text.
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ from ...domain.timeutil import parse_text as _parse
 from ...domain.timeutil import to_text as _format
 
 _fromiso = datetime.fromisoformat
-_texts: dict[datetime, str] = {}
 _texts_back: dict[str, datetime] = {}
 _MAX = 4096
+_last: tuple[datetime | None, str] = (None, "")  # the last time formatted, and its text
 
 
 def to_text(moment: datetime) -> str:
-    text = _texts.get(moment)
-    if text is None:
-        text = _format(moment)
-        if len(_texts) >= _MAX:
-            _texts.clear()
-            _texts_back.clear()
-        _texts[moment] = text
+    global _last
+    last = _last  # one read: another thread may replace it (a tuple, swapped whole)
+    if last[0] is moment:  # held here, so never a new object at a freed one's address
+        return last[1]
+    text = _format(moment)
+    _last = (moment, text)
     return text
 
 
@@ -53,9 +53,7 @@ def from_canonical(text: str) -> datetime | None:
         return moment
     moment = _parse(text)
     if moment is not None:
-        if len(_texts) >= _MAX:
-            _texts.clear()
+        if len(_texts_back) >= _MAX:
             _texts_back.clear()
-        _texts[moment] = text
         _texts_back[text] = moment
     return moment
