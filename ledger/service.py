@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -28,7 +28,7 @@ from .domain import events as ev
 from .domain.backoff import RetryPolicy
 from .domain.model import EventType, Job, JobStatus
 from .domain.state import JobState, to_job
-from .domain.timeutil import Clock, check_aware
+from .domain.timeutil import EARLIEST, LATEST, Clock, check_aware
 from .errors import ConcurrencyError, InvalidTransition, JobNotFound, LeaseLost, LedgerError
 from .rebuild import JOBS, write_fold
 
@@ -88,7 +88,7 @@ class Step:
         write_fold(self.tx, self.fold)
 
     def finish(self) -> None:
-        self.flush()
+        write_fold(self.tx, self.fold)  # `flush`
         if self._last:
             self.tx.advance_checkpoint(JOBS, self._last)
 
@@ -136,7 +136,10 @@ class Service:
         return self.backend.write(doing, transaction)
 
     def now(self) -> datetime:
-        return check_aware("clock()", self._clock())
+        moment = self._clock()
+        if type(moment) is datetime and moment.tzinfo is UTC and EARLIEST <= moment <= LATEST:
+            return moment  # `check_aware`'s common case, without the call
+        return check_aware("clock()", moment)
 
     def run(self, doing: str, work: Callable[[Step], _T]) -> _T:
         """Run ``work`` as one command: one write transaction, its events folded (inside
@@ -163,7 +166,8 @@ class Service:
 
         def work(step: Step) -> list[str]:
             batch: dict[str, str] = {}
-            return [_create(step, command.event(), batch) for command in commands]
+            ids = iter(new_job_ids(len(commands)))  # one draw of random bytes for them all
+            return [_create(step, command.event(), batch, ids) for command in commands]
 
         return self.run(doing, work)
 
@@ -370,7 +374,8 @@ class Service:
         return self.run("pausing a queue" if paused else "resuming a queue", work)
 
 
-def _create(step: Step, created: ev.JobCreated, batch: dict[str, str]) -> str:
+def _create(step: Step, created: ev.JobCreated, batch: dict[str, str], ids: Iterator[str]) -> str:
+    """``ids``: fresh job ids (one is taken unless the idempotency key is known)."""
     key = created.idempotency_key
     if key is not None:
         existing = batch.get(key) or step.tx.job_with_key(key)  # this batch, then the ledger
@@ -378,7 +383,7 @@ def _create(step: Step, created: ev.JobCreated, batch: dict[str, str]) -> str:
             return existing
     if created.parent_id is not None:  # a subagent: its parent must be alive, in its chat
         decide.spawn(step.job(created.parent_id), created.chat_id)
-    job_id = new_job_id()
+    job_id = next(ids)
     step.append(job_id, [created], new=True)
     if key is not None:
         batch[key] = job_id
@@ -393,6 +398,22 @@ def new_job_id() -> str:
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_job_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs in their usual text form, as `str(uuid.uuid4())`
+    gives them, at a fraction of the cost: no UUID objects, and the random bytes of them all
+    read from the OS at once (a batch of creates paid one read per job)."""
+    if count == 1:
+        return [new_job_id()]
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = raw[start + 6] & 0x0F | 0x40  # version 4
+        raw[start + 8] = raw[start + 8] & 0x3F | 0x80  # the RFC 4122 variant
+        h = raw[start : start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 def _cancel_subtree(step: Step, root: JobState) -> None:

@@ -23,3 +23,24 @@ def test_created_jobs_get_such_ids(tmp_path) -> None:  # type: ignore[no-untyped
         job_id = ledger.create_job(1, {"a": 1})
         assert uuid.UUID(job_id).version == 4
         assert ledger.get_job(job_id) is not None
+
+
+def test_ids_drawn_together_are_distinct_version_4_uuids() -> None:
+    """`new_job_ids` reads the random bytes of a whole batch at once: every id still gets its
+    own 16 bytes, with the version and variant bits set."""
+    from ledger.service import new_job_ids
+
+    ids = new_job_ids(500)
+    assert len(ids) == len(set(ids)) == 500
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+    assert new_job_ids(0) == []
+
+
+def test_a_batch_of_creates_gets_distinct_ids(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ids = ledger.create_jobs([{"chat_id": 1, "config": {"n": n}} for n in range(50)])
+        assert len(set(ids)) == 50
+        assert [ledger.get_job(i).config for i in ids] == [{"n": n} for n in range(50)]  # type: ignore[union-attr]
+        assert ledger.verify().ok

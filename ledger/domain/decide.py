@@ -17,9 +17,10 @@ from . import events as ev
 from .backoff import RetryPolicy
 from .model import EventType, JobStatus
 from .state import JobState
-from .transitions import FINAL, require
+from .transitions import FINAL, TRANSITIONS, require
 
 _RUNNING = JobStatus.RUNNING
+_LOGGABLE = TRANSITIONS["log"].sources
 
 
 def _check_holder(
@@ -233,12 +234,20 @@ def log(
     """Activity on a pending or running job. A worker that names itself is fenced like heartbeat:
     it must still hold the job (`LeaseLost` otherwise), so it cannot write into an attempt that
     another worker now holds. The event records the writer and the running attempt."""
-    verb = f"log {event_type.value!r} to"
-    if worker_id is not None:
-        _check_holder(state, worker_id, "log", verb=verb, attempt=attempt)
-    else:
-        require(state.id, state.status, "log", verb=verb)
-    attempt = state.attempts if state.status is _RUNNING else None
+    status = state.status
+    if status not in _LOGGABLE or (
+        worker_id is not None
+        and (
+            status is not _RUNNING
+            or state.worker_id != worker_id
+            or (attempt is not None and state.attempts != attempt)
+        )
+    ):  # refused: the checks below raise, naming the event (its words are built only here)
+        verb = f"log {event_type.value!r} to"
+        if worker_id is not None:
+            _check_holder(state, worker_id, "log", verb=verb, attempt=attempt)
+        require(state.id, status, "log", verb=verb)
+    attempt = state.attempts if status is _RUNNING else None
     return [ev.ACTIVITY_EVENTS[event_type](payload=payload, worker_id=worker_id, attempt=attempt)]
 
 

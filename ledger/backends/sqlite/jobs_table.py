@@ -137,6 +137,7 @@ _ORDERS = {
 }
 _fromiso = datetime.fromisoformat  # `timecodec.from_text`, without the call around it
 _STATUS = {s.value: s for s in JobStatus}  # a dict lookup is 5x cheaper than JobStatus(text)
+_STATUS_TEXT = {s: s.value for s in JobStatus}  # and 4x cheaper than an enum's ``.value``
 
 
 def claim_statement(queue_count: int | None) -> str:
@@ -154,7 +155,7 @@ def row_values(state: JobState) -> tuple[Any, ...]:
         state.thread_id,
         state.user_id,
         state.config_json,
-        state.status.value,
+        _STATUS_TEXT[state.status],
         state.worker_id,
         None if state.started_at is None else _text(state.started_at),
         None if state.completed_at is None else _text(state.completed_at),
@@ -304,7 +305,8 @@ def _updater(fields: tuple[str, ...]) -> tuple[str, Callable[[JobState], tuple[A
         statement = f"UPDATE jobs SET {assignments} WHERE id = ?"
         parts = [_column_expression(f) for f in fields]
         source = f"lambda s: ({', '.join(parts)}, s.id)"
-        params = eval(source, {"_text": to_text})  # the field names only: see above
+        names = {"_text": to_text, "_status": _STATUS_TEXT}
+        params = eval(source, names)  # the source holds field names only: see above
         cached = _update_cache[fields] = (statement, params)
     return cached
 
@@ -314,7 +316,7 @@ def _column_expression(field: str) -> str:
     if field in _TIME_COLUMNS:
         return f"(None if s.{field} is None else _text(s.{field}))"
     if field == "status":
-        return "s.status.value"
+        return "_status[s.status]"
     return f"s.{field}"
 
 
