@@ -2,65 +2,63 @@
 
 Why: at durability ``full`` every COMMIT waits for an fsync of the WAL, which costs far more
 than a command's own work; commands arriving together can share one. The obvious design (one
-writer thread draining a queue, each caller waiting on an event) hands every command from
-thread to thread under the GIL, and that costs about as much as the fsync it saves. So there is
-no writer thread: each caller runs its own command on the write connection, as a lone caller
-does, and only the *commit* is shared (the leader/follower scheme of MySQL's binlog group
-commit; PostgreSQL's ``commit_delay`` without the delay):
+writer thread draining a queue, each caller waiting on an event) hands every command to another
+thread and back, and under the GIL that costs about as much as the fsync it saves. A scheme
+where each caller runs its own command and only the commit is shared (MySQL's binlog group
+commit) still moves the write lock from thread to thread once per command. So this is *flat
+combining* (Hendler, Incze, Shavit and Tzafrir, 2010):
 
-- A caller whose command is done, and who sees another caller waiting for the write lock,
-  leaves the transaction open, lets the lock go and waits for the commit (a follower).
-- The caller that gets the lock next joins the open transaction. Its command runs inside a
-  ``SAVEPOINT``, so a command that fails rolls back alone and never its neighbours.
-- The caller that sees nobody waiting (or a full group) commits for the whole group and wakes
-  the followers. Every caller returns only once the COMMIT holding its events has returned:
-  nothing is acknowledged before it is durable; if that COMMIT fails, every caller in the group
-  gets the error, and none of their events is in the log.
+- A caller publishes its command (a `_Call`) on a queue and tries the write lock without
+  waiting. The caller that gets it is the *combiner*: it runs every published command back to
+  back on the write connection, its own first, in one transaction (a ``SAVEPOINT`` for each
+  after the first, so a command that fails rolls back alone and never its neighbours), and
+  commits once nothing more is queued (or the group is full). Then it wakes the callers of the
+  group: each wakes once, with its result, its error, or the error that lost the COMMIT.
+- A caller that finds the lock taken sleeps until a combiner has settled its command. Nothing
+  is acknowledged before the COMMIT holding it has returned; if that COMMIT fails, every caller
+  in the group gets the error, and none of their events is in the log.
+- A combiner serves a few groups at most (``MAX_ROUNDS``), then hands the queue to the first
+  waiting caller, so no caller's own return waits behind an unbounded stream of others.
+- Whoever lets the lock go with commands still queued and no one handed the queue looks once
+  more, so no command is stranded; a waiter that hears nothing for ``FOLLOWER_CHECK`` seconds
+  tries the lock itself (a safety net, not the mechanism).
 
-A lone caller never sees anyone waiting: it pays one uncontended lock to be counted, no
-savepoint and no wait. `held` is the explicit form, for one thread that runs many callers'
-commands back to back (`AsyncLedger`): its commands share a transaction until it lets go.
+A lone caller finds the lock free and nothing else queued: it pays one uncontended lock and a
+small object, no savepoint and no wait. `held` is the explicit form, for one thread that runs
+many callers' commands back to back (`AsyncLedger`): its commands share a transaction until it
+lets go.
 """
 
 from __future__ import annotations
 
 import threading
+from _thread import allocate_lock
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TypeVar
 
 import apsw
 
-from ...errors import LedgerError
+from ...errors import LedgerError, StorageError
 from .connection import begin_immediate, rollback, wrap_sqlite_error
 
 _T = TypeVar("_T")
 MAX_GROUP = 256  # commands in one transaction at most (bounds a follower's wait)
-FOLLOWER_CHECK = 0.1  # seconds between a follower's looks at a group nobody committed
+MAX_ROUNDS = 4  # groups one combiner commits before it hands the queue to a waiting caller
+FOLLOWER_CHECK = 0.1  # seconds a waiter sleeps before it looks at the write lock itself
+QUEUED, LEAD, DONE = 0, 1, 2  # a _Call's states
 
 
 class Group:
-    """One shared write transaction: how many commands it holds and, once its COMMIT is
-    settled (`settle`), the error that lost it (``failure``; None: committed, durable)."""
+    """One shared write transaction: how many commands it holds and, once its COMMIT has
+    run, the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("_done", "failure", "size")
+    __slots__ = ("failure", "size")
 
     def __init__(self) -> None:
-        self._done: threading.Event | None = None  # made by the first follower, under the lock
         self.failure: apsw.Error | None = None
         self.size = 0
-
-    def waiter(self) -> threading.Event:
-        """The event a follower waits on (call under the write lock): a group nobody waits
-        for (a lone caller's) never makes one."""
-        if self._done is None:
-            self._done = threading.Event()
-        return self._done
-
-    def settle(self) -> None:
-        """Mark it committed or lost (under the write lock): wake its followers."""
-        if self._done is not None:
-            self._done.set()
 
     def error(self, doing: str) -> LedgerError | None:
         """The ledger's error for a lost group (None: it committed)."""
@@ -75,6 +73,42 @@ def lost_error(failure: apsw.Error, doing: str) -> LedgerError:
     return type(error)(
         f"{error}; the transaction holding this command (shared with other callers' commands) "
         "did not commit: nothing of it was written, retry it"
+    )
+
+
+class _Call:
+    """One caller's command, published for whoever combines. ``wake`` is a lock taken at
+    birth: the combiner releases it once the call is settled (``DONE``) or handed the queue
+    (``LEAD``), which wakes the caller sleeping on it. A bare lock, not an `Event`: it is made
+    for every call, also a lone caller's, and costs a tenth as much."""
+
+    __slots__ = ("command", "doing", "error", "group", "ran", "result", "state", "wake")
+
+    def __init__(self, doing: str, command: Callable[[], object]) -> None:
+        self.doing = doing
+        self.command = command
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.group: Group | None = None
+        self.ran = False
+        self.state = QUEUED
+        self.wake = allocate_lock()
+        self.wake.acquire()
+
+    def outcome(self) -> object:
+        """Its result, or the error it raised, or the error that lost its group's COMMIT."""
+        if self.error is not None:
+            raise self.error
+        group = self.group
+        if group is not None and group.failure is not None:
+            raise lost_error(group.failure, self.doing) from group.failure
+        return self.result
+
+
+def _interrupted(call: _Call, error: BaseException) -> StorageError:
+    return StorageError(
+        f"{call.doing}: interrupted ({type(error).__name__}) in the thread that was running "
+        "this command for several callers; nothing of it was written, retry it"
     )
 
 
@@ -98,30 +132,151 @@ class GroupCommit:
         self._on_commit = on_commit
         self._on_lost = on_lost
         self.enabled = enabled
-        self._counting = threading.Lock()
-        self._queued = 0  # callers waiting for the write lock
+        self._pending: deque[_Call] = deque()  # published commands nobody has taken yet
         self._open: Group | None = None  # the transaction open on the connection, if any
+        self._combiner: int | None = None  # the thread running others' commands
         self._holder: int | None = None  # the thread inside `held`
         self._joined: list[Group] | None = None  # the groups `held`'s commands wrote into
 
     def run(self, doing: str, command: Callable[[], _T]) -> _T:
-        """Run ``command`` as one write: alone, or in the open group; return once durable."""
-        with self._counting:
-            self._queued += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._counting:
-                self._queued -= 1
-        try:
+        """Run ``command`` as one write: alone, or in a group; return once durable."""
+        me = threading.get_ident()
+        if me == self._holder or me == self._combiner:  # inside `held`, or nested
+            return self._inline(doing, command, me)
+        if not self.enabled:
+            return self._alone(doing, command)
+        call = _Call(doing, command)
+        self._pending.append(call)
+        if self._lock.acquire(blocking=False):
+            self._lead(None)
+        else:
+            self._await(call)
+        return call.outcome()  # type: ignore[return-value]
+
+    def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
+        """A command of the thread that already holds the lock: into its open transaction."""
+        with self._lock:
             group, result, error = self._run(doing, command)
-        except BaseException:
-            self._lock.release()
-            raise
-        self._finish(doing, group)  # releases the lock
+            if group is not None and self._holder == me and self._joined is not None:
+                self._joined.append(group)  # committed when `held` lets go
         if error is not None:
             raise error
         return result  # type: ignore[return-value]
+
+    def _alone(self, doing: str, command: Callable[[], _T]) -> _T:
+        """Group commit off: the command in a transaction of its own."""
+        with self._lock:
+            group, result, error = self._run(doing, command)
+            if group is not None and self._open is group:
+                self._commit(group)
+        if error is not None:
+            raise error
+        if group is not None and group.failure is not None:
+            raise lost_error(group.failure, doing) from group.failure
+        return result  # type: ignore[return-value]
+
+    def _await(self, call: _Call) -> None:
+        """Sleep until a combiner settles ``call`` or hands it the queue (then combine)."""
+        while True:
+            try:
+                woke = call.wake.acquire(timeout=FOLLOWER_CHECK)
+            except BaseException:
+                self._abandon(call)
+                raise
+            if woke:
+                if call.state == LEAD:
+                    self._lock.acquire()
+                    self._lead(call)
+                return
+            if call.state == DONE:
+                continue  # settled just now: its wake is released, the next look returns
+            if self._lock.acquire(blocking=False):  # nobody answered: combine, it may be us
+                self._lead(call if call.state == LEAD else None)
+                return
+
+    def _abandon(self, call: _Call) -> None:
+        """The caller was interrupted while waiting: withdraw its command if nobody took it
+        (then nothing of it is written); else it runs, and its outcome goes unreported."""
+        with suppress(ValueError):
+            self._pending.remove(call)
+
+    def _lead(self, first: _Call | None) -> None:
+        """Combine, holding the lock (``first``: a call handed the queue, run first); let the
+        lock go, and look once more for commands published while it was being let go."""
+        while True:
+            handed = self._combine(first)  # releases the lock
+            if handed or not self._pending or not self._lock.acquire(blocking=False):
+                return
+            first = None
+
+    def _combine(self, first: _Call | None) -> bool:
+        """Under the lock: run the queued commands in groups and commit each; hand the queue
+        to a waiting caller after ``MAX_ROUNDS`` groups. Releases the lock; returns whether it
+        handed the queue on (then that caller looks after what is queued)."""
+        self._combiner = threading.get_ident()
+        served: list[_Call] = []
+        interrupt: BaseException | None = None
+        handed = False
+        try:
+            for _ in range(MAX_ROUNDS):
+                start = len(served)
+                while interrupt is None:
+                    if first is not None:
+                        call, first = first, None
+                    else:
+                        group = self._open
+                        if group is not None and group.size >= MAX_GROUP:
+                            break
+                        try:
+                            call = self._pending.popleft()
+                        except IndexError:
+                            break
+                    served.append(call)
+                    interrupt = self._serve(call)
+                if self._open is not None:
+                    self._commit(self._open)
+                for call in served[start:]:
+                    call.state = DONE
+                    call.wake.release()
+                if interrupt is not None or not self._pending:
+                    break
+        finally:
+            if self._open is not None:  # interrupted between a command and its COMMIT
+                self._lose(self._open, apsw.AbortError("interrupted before COMMIT"))
+            for call in served:
+                if call.state != DONE:
+                    if not call.ran:
+                        call.error = _interrupted(call, apsw.AbortError())
+                    call.state = DONE
+                    call.wake.release()
+            self._combiner = None
+            if self._pending:
+                try:
+                    lead = self._pending.popleft()
+                except IndexError:
+                    pass
+                else:
+                    lead.state = LEAD
+                    lead.wake.release()
+                    handed = True
+            self._lock.release()
+        if interrupt is not None:
+            raise interrupt
+        return handed
+
+    def _serve(self, call: _Call) -> BaseException | None:
+        """Run one published command in the open group or a new one; returns an interrupt
+        (KeyboardInterrupt, SystemExit) to raise in this thread once the group is settled."""
+        try:
+            call.group, call.result, call.error = self._run(call.doing, call.command)
+        except BaseException as e:
+            call.group, call.error = None, e
+        call.ran = True
+        error = call.error
+        if error is None or isinstance(error, Exception):
+            return None
+        call.error = _interrupted(call, error)  # its command was rolled back
+        return error
 
     def _run(
         self, doing: str, command: Callable[[], _T]
@@ -173,40 +328,6 @@ class GroupCommit:
             return wrap_sqlite_error(error, doing)
         return error
 
-    def _finish(self, doing: str, group: Group | None) -> None:
-        """Commit ``group`` or leave it to the next caller; then let the lock go and, as a
-        follower, wait for the commit. Raises the group's failure."""
-        me = threading.get_ident()
-        if group is not None and self._joined is not None and self._holder == me:
-            self._joined.append(group)  # inside `held`: committed when it lets go
-            self._lock.release()
-            return
-        if group is None or self._open is not group:  # failed alone, or already lost
-            self._lock.release()
-        elif self.enabled and self._queued and group.size < MAX_GROUP and self._holder is None:
-            done = group.waiter()
-            self._lock.release()  # a follower: the caller waiting for the lock commits
-            self._follow(group, done)
-        else:
-            try:
-                self._commit(group)
-            finally:
-                self._lock.release()
-        if group is not None and group.failure is not None:
-            raise lost_error(group.failure, doing) from group.failure
-
-    def _follow(self, group: Group, done: threading.Event) -> None:
-        """Wait for ``group``'s commit. A safety net, not the mechanism: should the caller
-        counted as waiting never take the lock (interrupted inside ``acquire``), the follower
-        finds the group still open and the lock free, and commits it itself."""
-        while not done.wait(FOLLOWER_CHECK):
-            if self._lock.acquire(blocking=False):
-                try:
-                    if self._open is group:
-                        self._commit(group)
-                finally:
-                    self._lock.release()
-
     def _commit(self, group: Group) -> None:
         self._open = None
         try:
@@ -217,22 +338,22 @@ class GroupCommit:
             self._on_lost()
         else:
             self._on_commit()
-        finally:
-            group.settle()
 
     def _lose(self, group: Group, error: apsw.Error) -> None:
         self._open = None
         rollback(self._conn)
         group.failure = error
-        group.settle()
         self._on_lost()
 
     def settle(self) -> None:
-        """Commit the open group now (under the lock), before anything that must run outside
-        a transaction (closing, archiving) touches the connection."""
+        """Run what is queued and commit the open group now, before anything that must run
+        outside a transaction (closing, archiving) touches the connection."""
         with self._lock:
             if self._open is not None:
                 self._commit(self._open)
+            if self._pending and self._combiner is None:
+                self._lock.acquire()  # _combine lets one level go
+                self._combine(None)
 
     @contextmanager
     def held(self) -> Iterator[list[Group]]:
@@ -242,14 +363,22 @@ class GroupCommit:
         the write path, failed or not); after the block each group's ``failure`` says whether
         what committed in it is durable."""
         joined: list[Group] = []
-        with self._lock:
-            if self._holder is not None or not self.enabled:  # nested, or each commits alone
-                yield joined
-                return
-            self._holder, self._joined = threading.get_ident(), joined
+        self._lock.acquire()
+        if self._holder is not None or not self.enabled:  # nested, or each commits alone
             try:
                 yield joined
             finally:
-                self._holder, self._joined = None, None
+                self._lock.release()
+            return
+        self._holder, self._joined = threading.get_ident(), joined
+        try:
+            yield joined
+        finally:
+            self._holder, self._joined = None, None
+            try:
                 if self._open is not None:
                     self._commit(self._open)
+            finally:
+                self._lock.release()
+                if self._pending and self._lock.acquire(blocking=False):
+                    self._lead(None)  # callers of other threads that queued meanwhile

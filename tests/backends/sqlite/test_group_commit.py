@@ -54,7 +54,8 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 def queued(ledger: Ledger) -> int:
-    return backend_of(ledger)._writes._queued
+    """Callers whose command is published and not yet taken by a combiner."""
+    return len(backend_of(ledger)._writes._pending)
 
 
 class Commits:
@@ -307,7 +308,7 @@ def test_backend_write_from_threads_shares_one_commit(
     ]
     for caller in rest:
         caller.start()
-    wait_until(lambda: backend._writes._queued == 5, "5 writers waiting")
+    wait_until(lambda: queued(ledger) == 5, "5 writers waiting")
     release.set()
     assert first.finish() == "first"
     assert sorted(c.finish()[0] for c in rest) == list(range(5))
@@ -593,18 +594,18 @@ def test_a_vetoed_commit_of_a_lone_caller_and_of_held_writes(file_ledger: Ledger
 def test_a_lone_caller_commits_every_command_alone_and_never_waits(
     file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One thread: every command is its own COMMIT, runs no savepoint and never follows."""
+    """One thread: every command is its own COMMIT, runs no savepoint and never waits."""
     ledger = file_ledger
     backend = backend_of(ledger)
     commits = Commits(ledger)
     followed: list[object] = []
-    original_follow = backend._writes._follow
+    original_await = backend._writes._await
 
-    def follow(*args: Any) -> None:
+    def wait(*args: Any) -> None:
         followed.append(args)
-        original_follow(*args)
+        original_await(*args)
 
-    monkeypatch.setattr(backend._writes, "_follow", follow)
+    monkeypatch.setattr(backend._writes, "_await", wait)
     statements: list[str] = []
 
     def trace(cursor: Any, sql: str, bindings: Any) -> bool:
@@ -687,63 +688,52 @@ def test_readonly_ledger_reads_with_group_commit_off(tmp_path: Path) -> None:
 # -- 9. closing with a group open ---------------------------------------------------------------
 
 
-def test_close_commits_an_open_group_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A follower waits on an open group (the caller it counted on never takes the lock):
-    closing the ledger commits the group, so the follower's call succeeds and is durable."""
+def test_close_runs_the_queued_commands_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's command is queued while something else holds the write lock (here the test
+    itself, as a `held_writes` block or a close does): closing the ledger runs it and commits
+    it before the connection goes, so the call succeeds and is durable."""
     path = tmp_path / "ledger.db"
     ledger = Ledger(path, durability="full")
     job_id = ledger.create_job(1, CONFIG)
-    writes = backend_of(ledger)._writes
+    backend = backend_of(ledger)
     monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", WAIT)  # no safety net
-    following = threading.Event()
-    original_follow = writes._follow
-
-    def follow(*args: Any) -> None:
-        following.set()
-        original_follow(*args)
-
-    monkeypatch.setattr(writes, "_follow", follow)
-    gate = Gate(ledger, monkeypatch)
-    follower = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger, gate)
-    follower.start()
-    assert gate.entered.wait(WAIT)
-    with writes._counting:
-        writes._queued += 1  # a caller counted as waiting, that never takes the lock
-    gate.open()
-    assert following.wait(WAIT)
-    assert not follower.returned.is_set()
-    ledger.close()
-    assert follower.finish() == 2 and follower.error is None
-    with writes._counting:
-        writes._queued -= 1
+    backend._lock.acquire()
+    try:
+        caller = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger)
+        caller.start()
+        wait_until(lambda: queued(ledger) == 1, "the command queued")
+        assert not caller.returned.is_set()
+        ledger.close()
+    finally:
+        backend._lock.release()
+    assert caller.finish() == 2 and caller.error is None
     with Ledger(path) as reopened:
         assert log_of(reopened) == {job_id: [1, 2]}
         assert reopened.verify().ok
 
 
-def test_a_follower_whose_committer_never_comes_commits_itself(
+def test_a_queued_command_nobody_takes_is_run_by_its_own_caller(
     file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The safety net: should the caller counted as waiting never take the lock, the follower
-    finds the group still open and the lock free, and commits it itself."""
+    """The safety net: should the write lock be let go with a command queued and nobody
+    looking (a holder that is not a combiner), its caller wakes after ``FOLLOWER_CHECK``,
+    takes the lock itself and runs it."""
     ledger = file_ledger
     job_id = ledger.create_job(1, CONFIG)
-    writes = backend_of(ledger)._writes
+    backend = backend_of(ledger)
     monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", 0.01)
-    gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger)
-    follower = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger, gate)
-    follower.start()
-    assert gate.entered.wait(WAIT)
-    with writes._counting:
-        writes._queued += 1
+    backend._lock.acquire()
     try:
-        gate.open()
-        assert follower.finish() == 2 and follower.error is None
+        caller = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger)
+        caller.start()
+        wait_until(lambda: queued(ledger) == 1, "the command queued")
     finally:
-        with writes._counting:
-            writes._queued -= 1
-    assert commits.count == 1
+        backend._lock.release()  # a bare release: no look at the queue
+    assert caller.finish() == 2 and caller.error is None
+    assert commits.count == 1 and queued(ledger) == 0
     assert log_of(ledger) == {job_id: [1, 2]}
     assert ledger.verify().ok
 
