@@ -469,7 +469,9 @@ class SqliteBackend:
     def _wait(self, deadline: float) -> bool:
         with self._changed:
             commits = self._commits
-        if not self._shared_reads and self._watch_version() is None:
+        # The first look answers too: a commit of another process that landed since the last
+        # look (between two waits) moved data_version, and this look is the one that sees it.
+        if not self._shared_reads and self._watch_version() is not False:
             return True
         while True:
             left = deadline - time.monotonic()
