@@ -28,7 +28,7 @@ from tests.backends.sqlite.test_group_commit import (
     Commits,
     Gate,
     backend_of,
-    led,
+    log_behind_one,
     log_of,
     queued,
     wait_until,
@@ -61,18 +61,9 @@ def test_the_combiner_runs_the_queued_commands_on_its_own_thread(
     monkeypatch.setattr(backend, "write", write)
     gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger)
-    first, rest = led(
-        ledger,
-        gate,
-        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
-        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, 6)],  # type: ignore[misc]
-    )
-    gate.open()
-    results = sorted(c.finish() for c in [first, *rest])
-    assert [c.error for c in [first, *rest]] == [None] * 6
-    assert results == [2, 3, 4, 5, 6, 7]
+    callers = log_behind_one(ledger, gate, job_id, 6)
     assert commits.count == 1
-    assert len(ran_on) == 6 and set(ran_on) == {first.ident}
+    assert len(ran_on) == 6 and set(ran_on) == {callers[0].ident}
     assert log_of(ledger) == {job_id: [1, 2, 3, 4, 5, 6, 7]}
     assert ledger.verify().ok
 
@@ -90,20 +81,11 @@ def test_a_combiner_hands_the_queue_on_after_max_rounds(
     commits = Commits(ledger)
     committed_by: list[int] = []
     commits.at_commit = lambda: committed_by.append(threading.get_ident())
-    first, rest = led(
-        ledger,
-        gate,
-        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
-        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, 5)],  # type: ignore[misc]
-    )
-    gate.open()
-    results = sorted(c.finish() for c in [first, *rest])
-    assert [c.error for c in [first, *rest]] == [None] * 5
-    assert results == [2, 3, 4, 5, 6]
+    callers = log_behind_one(ledger, gate, job_id, 5)
     assert commits.count == 3
-    assert committed_by[0] == first.ident
+    assert committed_by[0] == callers[0].ident
     assert len(set(committed_by)) == 3  # handed on twice
-    assert set(committed_by) <= {c.ident for c in [first, *rest]}
+    assert set(committed_by) <= {c.ident for c in callers}
     assert log_of(ledger) == {job_id: [1, 2, 3, 4, 5, 6]}
     assert ledger.verify().ok
 

@@ -169,6 +169,25 @@ def led(ledger: Ledger, gate: Gate, leader: Callable[[], Any], others: list[Call
     return first, rest
 
 
+def log_behind_one(ledger: Ledger, gate: Gate, job_id: str, count: int) -> list[Caller]:
+    """``count`` callers logging on ``job_id``: the first held at ``gate`` until the others
+    are queued, then let go; returns them once all answered, each without an error, their
+    versions the next ``count`` ones."""
+    before = ledger.get_job(job_id).version  # type: ignore[union-attr]
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, count)],  # type: ignore[misc]
+    )
+    gate.open()
+    callers = [first, *rest]
+    results = sorted(c.finish() for c in callers)
+    assert [c.error for c in callers] == [None] * count
+    assert results == list(range(before + 1, before + count + 1))
+    return callers
+
+
 @pytest.fixture
 def file_ledger(tmp_path: Path) -> Iterator[Ledger]:
     with Ledger(tmp_path / "ledger.db", durability="full") as opened:
@@ -268,17 +287,8 @@ def test_a_full_group_commits_without_waiting_for_more(
     monkeypatch.setattr("ledger.backends.sqlite.group.MAX_GROUP", 2)
     gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger)
-    first, rest = led(
-        ledger,
-        gate,
-        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
-        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(1, 5)],  # type: ignore[misc]
-    )
-    gate.open()
-    results = sorted(c.finish() for c in [first, *rest])
-    assert [c.error for c in [first, *rest]] == [None] * 5
+    log_behind_one(ledger, gate, job_id, 5)
     assert commits.count == 3
-    assert results == [2, 3, 4, 5, 6]
     assert log_of(ledger) == {job_id: [1, 2, 3, 4, 5, 6]}
     assert ledger.verify().ok
 
