@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -20,40 +19,10 @@ import pytest
 
 from ledger import AsyncLedger, InvalidTransition, JobNotFound, Ledger, LedgerError, StorageError
 from ledger.backends.sqlite.backend import SqliteBackend
+from tests.backends.sqlite.test_group_commit import Commits, log_of
 
 CONFIG = {"role": "coder", "task": "group commit async"}
 WAIT = 30.0  # seconds: the most any wait here may last before the test fails
-
-
-class Commits:
-    """Counts the COMMITs of the write connection (an APSW commit hook); ``veto``: turn the
-    next ``veto`` of them into a rollback."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.count = 0
-        self.veto = 0
-        backend = ledger._backend
-        assert isinstance(backend, SqliteBackend)
-        backend._conn.set_commit_hook(self._hook)
-
-    def _hook(self) -> bool:
-        self.count += 1
-        if self.veto:
-            self.veto -= 1
-            return True
-        return False
-
-
-def log_of(ledger: Ledger) -> dict[str, list[int]]:
-    """Each job's versions in the log, checked gap-free (positions and versions)."""
-    events = ledger.read_all()
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    versions: dict[str, list[int]] = defaultdict(list)
-    for event in events:
-        versions[event.job_id].append(event.version)
-    for job_versions in versions.values():
-        assert job_versions == list(range(1, len(job_versions) + 1))
-    return dict(versions)
 
 
 async def batched(
