@@ -57,3 +57,22 @@ def test_a_refused_event_is_not_remembered() -> None:
     assert check.problem(created) is None
     assert check.problem(StoredEvent(2, "j", 2, AT, ev.Progress(attempt=2**63))) is not None
     assert check.problem(StoredEvent(3, "j", 2, AT, ev.Progress(attempt=1))) is None
+
+
+def test_a_job_first_seen_mid_log_continues_from_its_prior_version() -> None:
+    """A catch-up's check asks ``prior`` once per job it has not seen, then takes the fast way
+    from there; a job's event in a stream's id is refused however often the stream was seen."""
+    asked: list[str] = []
+    check = LogCheck(lambda job_id: asked.append(job_id) or 4)
+    claimed = ev.JobClaimed(worker_id="w", lease_expires_at=AT)
+    got = [
+        check.problem(StoredEvent(n, "j", version, AT, event))
+        for n, (version, event) in enumerate(
+            [(5, ev.Progress()), (6, claimed), (7, ev.Progress()), (9, ev.Progress())], start=1
+        )
+    ]
+    assert got[:3] == [None, None, None] and asked == ["j"]
+    assert got[3] is not None and "must be version 8, not 9" in got[3]
+    stream = [("queue:q", n, ev.QueuePaused()) for n in range(1, 4)]
+    *_, misplaced = _problems(*stream, ("queue:q", 4, ev.Progress()))
+    assert misplaced is not None and "cannot be in the queue:... stream" in misplaced

@@ -43,6 +43,10 @@ _FOLLOWING = frozenset(
 )
 
 
+# The checked fields of each type that takes the fast way (most have none: activity events).
+_FOLLOWING_FIELDS: dict[type, tuple[str, ...]] = {cls: _checked_fields(cls) for cls in _FOLLOWING}
+
+
 def _field_problem(event: ev.Event) -> str | None:
     """A decoded field no command could have written: an int that does not fit in 64 bits, a
     naive time."""
@@ -66,33 +70,39 @@ def _field_problem(event: ev.Event) -> str | None:
 class LogCheck:
     """Checks events in position order against the log's rules (see the module docstring)."""
 
-    __slots__ = ("_prior", "_versions")
+    __slots__ = ("_jobs", "_prior", "_versions")
 
     def __init__(self, prior: Callable[[str], int] | None = None) -> None:
         """``prior``: a job's version before the first event checked (for a fold that starts
         after the log's beginning); without it every job starts at 0."""
+        # The last version of each job (an id that is a text and not like a stream's: only the
+        # careful way below puts one here) and, apart, of each other stream.
+        self._jobs: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         self._prior = prior
 
     def problem(self, stored: StoredEvent) -> str | None:
         """Why ``stored`` cannot follow the events checked so far, or None; remembers it."""
         job_id = stored.job_id
+        known = self._jobs.get(job_id)
+        if known is not None:  # the common case, decided as below: a known job's next event
+            names = _FOLLOWING_FIELDS.get(type(stored.event))  # not a creation, not a stream's
+            if names is not None and stored.version == known + 1:
+                problem = _field_problem(stored.event) if names else None
+                if problem is None:
+                    self._jobs[job_id] = stored.version
+                return problem
+        return self._careful(stored, known)
+
+    def _careful(self, stored: StoredEvent, known: int | None) -> str | None:
+        """`problem` for every event the fast way does not decide."""
+        job_id = stored.job_id
         version = stored.version
-        known = self._versions.get(job_id)
         event = stored.event
-        if (  # the common case, decided as below: a known job's next event, not its creation
-            known is not None
-            and type(event) in _FOLLOWING
-            and version == known + 1
-            and type(job_id) is str
-            and not job_id.startswith(_STREAM_PREFIXES)
-        ):
-            problem = _field_problem(event)
-            if problem is None:
-                self._versions[job_id] = version
-            return problem
         if type(job_id) is not str or not job_id:
             return f"its job id {job_id!r} is not a non-empty text"
+        if known is None:
+            known = self._versions.get(job_id)
         if known is None:
             known = 0 if self._prior is None else self._prior(job_id)
         expected = known + 1
@@ -125,7 +135,7 @@ class LogCheck:
             return f"job {job_id} has no created event before it (it starts with this one)"
         problem = _field_problem(stored.event)
         if problem is None:
-            self._versions[job_id] = version
+            self._jobs[job_id] = version  # not like a stream's id: `misplaced` said so
         return problem
 
     def check(self, stored: StoredEvent) -> None:
