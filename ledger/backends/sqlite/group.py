@@ -23,8 +23,9 @@ combining* (Hendler, Incze, Shavit and Tzafrir, 2010):
   more, so no command is stranded; a waiter that hears nothing for ``FOLLOWER_CHECK`` seconds
   tries the lock itself (a safety net, not the mechanism).
 
-A lone caller finds the lock free and nothing else queued: it pays one uncontended lock and a
-small object, no savepoint and no wait. `held` is the explicit form, for one thread that runs
+A lone caller finds the lock free and nothing queued: it runs its command at once, as with group
+commit off (no published call, no savepoint, no wait), and only looks at the queue before its
+COMMIT, to take in whatever others queued meanwhile. `held` is the explicit form, for one thread that runs
 many callers' commands back to back (`AsyncLedger`): its commands share a transaction until it
 lets go.
 """
@@ -145,6 +146,8 @@ class GroupCommit:
             return self._inline(doing, command, me)
         if not self.enabled:
             return self._alone(doing, command)
+        if not self._pending and self._lock.acquire(blocking=False):
+            return self._first(doing, command, me)
         call = _Call(doing, command)
         self._pending.append(call)
         if self._lock.acquire(blocking=False):
@@ -152,6 +155,32 @@ class GroupCommit:
         else:
             self._await(call)
         return call.outcome()  # type: ignore[return-value]
+
+    def _first(self, doing: str, command: Callable[[], _T], me: int) -> _T:
+        """The lock was free and nothing queued (a lone caller, mostly): run the command as
+        is, no published call; then commit, together with whatever others queued meanwhile."""
+        self._combiner = me
+        try:
+            group, result, _ = self._run(doing, command)  # a failing first command raises
+        except BaseException:
+            self._combiner = None
+            self._lock.release()
+            if self._pending and self._lock.acquire(blocking=False):
+                self._lead(None)
+            raise
+        self._combiner = None
+        if self._pending:  # callers queued while it ran: into its transaction, then commit
+            self._lead(None)
+        else:
+            try:
+                self._commit(group)  # type: ignore[arg-type]
+            finally:
+                self._lock.release()
+            if self._pending and self._lock.acquire(blocking=False):
+                self._lead(None)
+        if group is not None and group.failure is not None:
+            raise lost_error(group.failure, doing) from group.failure
+        return result  # type: ignore[return-value]
 
     def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
         """A command of the thread that already holds the lock: into its open transaction."""
