@@ -95,7 +95,8 @@ def fold_events(
     fold is handed to it to write out whenever it holds about `_BATCH` jobs (looked at every
     `_SIZE_EVERY` events), and at the end. The loop of every replay: its per-event work is
     kept to the check and the fold themselves."""
-    count, last = 0, after
+    count = 0
+    stored: StoredEvent | None = None
     problem = check.problem
     apply = fold.apply
     every = _SIZE_EVERY if progress is None else math.gcd(_SIZE_EVERY, _PROGRESS_EVERY)
@@ -110,7 +111,6 @@ def fold_events(
         except _FOLD_ERRORS as e:
             raise _unfoldable(stored, e) from e
         count += 1
-        last = stored.position
         if count % every == 0:
             if save is not None and len(fold) >= _BATCH:
                 save(fold)
@@ -120,7 +120,7 @@ def fold_events(
         save(fold)
     if progress:
         progress(count, total)
-    return count, last
+    return count, after if stored is None else stored.position
 
 
 def write_fold(tx: Any, fold: jobs_projection.JobsFold) -> None:

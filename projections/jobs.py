@@ -50,7 +50,7 @@ def advance(state: JobState | None, stored: StoredEvent) -> tuple[JobState, Move
     the same), because replay spends most of its fold on these."""
     if state is None:
         return created(stored), None
-    if type(stored.event) not in _RULES and type(stored.event) is not ev.JobCreated:
+    if type(stored.event) in _ACTIVITY_TYPES:
         return (
             _replace(state, version=stored.version, updated_at=stored.recorded_at),
             _ACTIVITY_MOVED,
@@ -223,6 +223,9 @@ _RULES: dict[type, Any] = {
     ev.JobRetried: _retried,
     ev.JobCharged: _charged,
 }
+# The job events without a rule (`advance`'s short way) and every job event (not a stream's).
+_JOB_TYPES = frozenset(c for c in ev.AnyEvent.__args__ if not issubclass(c, ev.StreamEvent))
+_ACTIVITY_TYPES = frozenset(c for c in _JOB_TYPES if c not in _RULES and c is not ev.JobCreated)
 COMMAND_OF_EVENT: dict[type, str] = {
     ev.JobCreated: "create",
     ev.JobClaimed: "claim",
@@ -299,7 +302,7 @@ class JobsFold:
     def apply(self, stored: StoredEvent) -> JobState | None:
         """Fold one event; None for an event of a stream that is not a job's."""
         event = stored.event
-        if isinstance(event, ev.StreamEvent):
+        if type(event) not in _JOB_TYPES and isinstance(event, ev.StreamEvent):
             if isinstance(event, ev.QueueEvent):
                 self.queues.apply(stored)
             elif isinstance(event, ev.ChatEvent):

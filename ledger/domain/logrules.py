@@ -43,7 +43,7 @@ _FOLLOWING = frozenset(
 )
 
 
-# The checked fields of each type that takes the fast way (most have none: activity events).
+# The checked fields of each type that takes the fast way (activity events: only ``attempt``).
 _FOLLOWING_FIELDS: dict[type, tuple[str, ...]] = {cls: _checked_fields(cls) for cls in _FOLLOWING}
 
 
@@ -86,12 +86,23 @@ class LogCheck:
         job_id = stored.job_id
         known = self._jobs.get(job_id)
         if known is not None:  # the common case, decided as below: a known job's next event
-            names = _FOLLOWING_FIELDS.get(type(stored.event))  # not a creation, not a stream's
+            event = stored.event
+            names = _FOLLOWING_FIELDS.get(type(event))  # not a creation, not a stream's
             if names is not None and stored.version == known + 1:
-                problem = _field_problem(stored.event) if names else None
-                if problem is None:
-                    self._jobs[job_id] = stored.version
-                return problem
+                for name in names:  # None, an int in range, a UTC time: fine; else ask in full
+                    value = getattr(event, name)
+                    if value is None:
+                        continue
+                    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+                        continue
+                    if type(value) is datetime and value.tzinfo is UTC:
+                        continue
+                    problem = _field_problem(event)
+                    if problem is not None:
+                        return problem
+                    break
+                self._jobs[job_id] = stored.version
+                return None
         return self._careful(stored, known)
 
     def _careful(self, stored: StoredEvent, known: int | None) -> str | None:
