@@ -95,6 +95,49 @@ def table(data: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+def group_commit_table(data: dict) -> str:  # type: ignore[type-arg]
+    """Group 10: each row's throughput (items/s) against the naive raw group commit with as
+    many callers, and against one producer of its own kind (issue 17's 2.5x and 4x goals); the
+    lone caller with group commit on and off, alternated call by call."""
+    rates: dict[tuple[str, int], float] = {}
+    lone: dict[str, tuple[float, float]] = {}
+    for bench in data["benchmarks"]:
+        params = bench.get("params", {})
+        median = bench["stats"]["median"]
+        if bench["name"].startswith("test_group_commit["):
+            items = bench.get("extra_info", {}).get("items", 1)
+            rates[(params["impl"], params["callers"])] = items / median
+        elif bench["name"].startswith("test_lone_caller["):
+            other = bench.get("extra_info", {}).get("paired_other_median")
+            if params.get("grouping") == "on" and other is not None:
+                lone[params["durability"]] = (median, other)
+    if not rates and not lone:
+        return ""
+    lines = [
+        "| callers | ledger items/s | naive raw items/s | ledger/raw | ledger vs one producer "
+        "| raw vs one caller |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (impl, callers), rate in sorted(rates.items()):
+        if impl == "raw":
+            continue
+        raw = rates.get(("raw", callers))
+        one = rates.get((impl, 1))
+        raw_one = rates.get(("raw", 1))
+        lines.append(
+            f"| {callers} {impl.removeprefix('ledger-')} | {_rate(rate)} "
+            f"| {'-' if raw is None else _rate(raw)} | {_ratio(rate, raw) if raw else '-'} "
+            f"| {'-' if one is None else f'{rate / one:.2f}x'} "
+            f"| {'-' if raw is None or raw_one is None else f'{raw / raw_one:.2f}x'} |"
+        )
+    for durability, (on, off) in sorted(lone.items()):
+        lines.append(
+            f"| 1, group commit on vs off [{durability}] | {on * 1e3:.3f} ms | {off * 1e3:.3f} ms "
+            f"| {off / on:.2f} | | |"
+        )
+    return "\n".join(lines)
+
+
 def _ratio(baseline: float | None, ledger: float) -> str:
     return "-" if baseline is None else f"{baseline / ledger:.2f}"
 
@@ -103,3 +146,6 @@ if __name__ == "__main__":
     results = run(sys.argv[1:])
     print(f"\nMachine: {machine()}\n")
     print(table(results))
+    extra = group_commit_table(results)
+    if extra:
+        print(f"\nGroup commit (group 10, durability full unless marked):\n\n{extra}")
