@@ -9,10 +9,11 @@ All of it happens before any transaction starts, so bad input writes nothing.
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Self
 
@@ -67,18 +68,34 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             command = msgspec.convert(args, cls)
         except msgspec.ValidationError as e:
             raise _invalid(e, args, where) from None
-        for name in cls._texts:
-            value = getattr(command, name)
+        texts = _TEXT_GETTERS.get(cls) or _text_getter(cls)
+        for value in texts(command):
             # the common case, checked here without a call: None, or plain ASCII of sane length
             if value is not None and not (
                 type(value) is str and value.isascii() and len(value) <= check.MAX_PAYLOAD_BYTES
             ):
-                check.text(where + name, value, optional=True)
+                for name in cls._texts:  # the careful way, naming the argument
+                    check.text(where + name, getattr(command, name), optional=True)
+                break
         return command.refined(where)
 
     def refined(self, where: str) -> Self:
         """The rules msgspec cannot state; returns the command, normalised where needed."""
         return self
+
+
+_TEXT_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _text_getter(cls: type[Command]) -> Callable[[Any], tuple[Any, ...]]:
+    """A command class's `_texts` values in one call (`operator.attrgetter`, made once)."""
+    names = cls._texts
+    if len(names) > 1:
+        getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    else:
+        getter = lambda command: tuple(getattr(command, name) for name in names)  # noqa: E731
+    _TEXT_GETTERS[cls] = getter
+    return getter
 
 
 def _invalid(

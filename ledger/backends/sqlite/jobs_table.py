@@ -21,7 +21,7 @@ from ...errors import CorruptProjection
 from ..protocol import JobFilter
 from .budgets_table import FITS_BUDGET
 from .queues_table import NOT_PAUSED
-from .timecodec import from_text, optional_text, to_text
+from .timecodec import from_text, known_times, optional_text, to_text
 
 COLUMNS: tuple[str, ...] = tuple("config" if f == "config_json" else f for f in FIELDS)
 _TIME_COLUMNS = frozenset(
@@ -249,6 +249,13 @@ def _to_state(values: Sequence[Any]) -> JobState:
     known = _STATUS.get(status)
     if known is None:
         raise CorruptProjection("jobs", job_id, f"its status {status!r} is not a job status")
+    _time = known_times.get  # a time this process wrote or read: no parsing
+    if started_at is not None:
+        started_at = _time(started_at) or _fromiso(started_at)
+    if completed_at is not None:
+        completed_at = _time(completed_at) or _fromiso(completed_at)
+    if lease_expires_at is not None:
+        lease_expires_at = _time(lease_expires_at) or _fromiso(lease_expires_at)
     return JobState(
         id=job_id,
         chat_id=chat_id,
@@ -257,22 +264,22 @@ def _to_state(values: Sequence[Any]) -> JobState:
         config_json=config,
         status=known,
         worker_id=worker_id,
-        started_at=None if started_at is None else _fromiso(started_at),
-        completed_at=None if completed_at is None else _fromiso(completed_at),
+        started_at=started_at,
+        completed_at=completed_at,
         result_summary=result_summary,
         result_status=result_status,
         cost_cents=cost_cents,
         duration_seconds=duration_seconds,
         error_message=error_message,
-        created_at=_fromiso(created_at),
-        updated_at=_fromiso(updated_at),
+        created_at=_time(created_at) or _fromiso(created_at),
+        updated_at=_time(updated_at) or _fromiso(updated_at),
         version=version,
         queue=queue,
         priority=priority,
-        run_at=_fromiso(run_at),
+        run_at=_time(run_at) or _fromiso(run_at),
         attempts=attempts,
         max_attempts=max_attempts,
-        lease_expires_at=None if lease_expires_at is None else _fromiso(lease_expires_at),
+        lease_expires_at=lease_expires_at,
         idempotency_key=idempotency_key,
         created_position=created_position,
         lease_seconds=lease_seconds,

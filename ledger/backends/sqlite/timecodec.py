@@ -10,13 +10,17 @@ new aware datetime costs more than formatting it. Texts read back are memoised b
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ...domain.timeutil import parse_text as _parse
 from ...domain.timeutil import to_text as _format
 
 _fromiso = datetime.fromisoformat
-_texts_back: dict[str, datetime] = {}
+# Canonical texts and the instants they name: filled by `to_text` (what a command writes, its
+# next command reads back: a claim's times, a job's created_at) and `from_canonical`, read by
+# `jobs_table` in place of parsing (a str's hash is cheaper than ``fromisoformat``).
+known_times: dict[str, datetime] = {}
+_texts_back = known_times
 _MAX = 4096
 _last: tuple[datetime | None, str] = (None, "")  # the last time formatted, and its text
 
@@ -28,6 +32,10 @@ def to_text(moment: datetime) -> str:
         return last[1]
     text = _format(moment)
     _last = (moment, text)
+    if type(moment) is datetime and moment.tzinfo is UTC:  # exactly what parsing text gives
+        if len(known_times) >= _MAX:
+            known_times.clear()
+        known_times[text] = moment
     return text
 
 
