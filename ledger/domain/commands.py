@@ -92,8 +92,11 @@ def _text_getter(cls: type[Command]) -> Callable[[Any], tuple[Any, ...]]:
     names = cls._texts
     if len(names) > 1:
         getter: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
+    elif names:
+        only = names[0]
+        getter = lambda command: (getattr(command, only),)  # noqa: E731
     else:
-        getter = lambda command: tuple(getattr(command, name) for name in names)  # noqa: E731
+        getter = lambda command: ()  # noqa: E731
     _TEXT_GETTERS[cls] = getter
     return getter
 
