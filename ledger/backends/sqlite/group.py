@@ -25,9 +25,9 @@ combining* (Hendler, Incze, Shavit and Tzafrir, 2010):
 
 A lone caller finds the lock free and nothing queued: it runs its command at once, as with group
 commit off (no published call, no savepoint, no wait), and only looks at the queue before its
-COMMIT, to take in whatever others queued meanwhile. `held` is the explicit form, for one thread that runs
-many callers' commands back to back (`AsyncLedger`): its commands share a transaction until it
-lets go.
+COMMIT, to take in whatever others queued meanwhile. `held` is the explicit form, for one thread
+that runs many callers' commands back to back (`AsyncLedger`): its commands share a transaction
+until it lets go.
 """
 
 from __future__ import annotations
@@ -104,6 +104,14 @@ class _Call:
         if group is not None and group.failure is not None:
             raise lost_error(group.failure, self.doing) from group.failure
         return self.result
+
+
+def _wake(call: _Call) -> None:
+    """Wake ``call``'s caller (under the write lock, where every wake is released). Its lock
+    is already open when the call was handed the queue and its caller, having timed out
+    before that, took the write lock itself and ran it: nobody sleeps on it then."""
+    if call.wake.locked():
+        call.wake.release()
 
 
 def _interrupted(call: _Call, error: BaseException) -> StorageError:
@@ -266,7 +274,7 @@ class GroupCommit:
                     self._commit(self._open)
                 for call in served[start:]:
                     call.state = DONE
-                    call.wake.release()
+                    _wake(call)
                 if interrupt is not None or not self._pending:
                     break
         finally:
@@ -277,7 +285,7 @@ class GroupCommit:
                     if not call.ran:
                         call.error = _interrupted(call, apsw.AbortError())
                     call.state = DONE
-                    call.wake.release()
+                    _wake(call)
             self._combiner = None
             if self._pending:
                 try:

@@ -162,3 +162,47 @@ def test_a_caller_interrupted_while_queued_withdraws_its_command(
     assert [e.payload for e in ledger.job_events(job_id)[1:]] == [{"n": 0}]
     assert log_of(ledger) == {job_id: [1, 2]}
     assert ledger.verify().ok
+
+
+def test_a_caller_handed_the_queue_just_after_its_wait_timed_out_runs_its_command(
+    ledger: Ledger,
+) -> None:
+    """The race behind the safety net: a waiter's sleep times out at the moment a combiner
+    hands it the queue (its wake is released, nobody will sleep on it), and it takes the write
+    lock itself: it runs its own command once and answers with its result (waking a wake that
+    is already open raised RuntimeError)."""
+    from _thread import allocate_lock
+
+    from ledger.backends.sqlite.group import LEAD, _Call
+
+    writes = backend_of(ledger)._writes
+    call = _Call("a handed-on command", lambda: "ran")
+
+    class LateWake:
+        """Times out on the first sleep, just as the queue is handed to it."""
+
+        def __init__(self) -> None:
+            self.lock = allocate_lock()
+            self.lock.acquire()
+            self.first = True
+
+        def acquire(self, timeout: float = -1) -> bool:
+            if self.first:
+                self.first = False
+                call.state = LEAD
+                self.lock.release()
+                return False
+            return self.lock.acquire(timeout=timeout)
+
+        def release(self) -> None:
+            self.lock.release()
+
+        def locked(self) -> bool:
+            return self.lock.locked()
+
+    call.wake = LateWake()  # type: ignore[assignment]
+    writes._await(call)
+    assert call.outcome() == "ran"
+    assert queued(ledger) == 0 and writes._combiner is None
+    assert ledger.create_job(1, CONFIG)  # the write lock was let go
+    assert ledger.verify().ok
