@@ -130,7 +130,9 @@ class AsyncLedger:
         return None if held is None else held()
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        ledger = await self.open()
+        ledger = self._ledger
+        if ledger is None or self._closed:  # not open yet (or closed: open() says so)
+            ledger = await self.open()
         bound = getattr(ledger, method)
         result = await self._executor.call(
             functools.partial(bound, *args, **kwargs), grouped=method in GROUPED
@@ -159,6 +161,7 @@ class AsyncLedger:
 
         method.__name__ = name
         method.__doc__ = getattr(Ledger, name).__doc__
+        self.__dict__[name] = method  # found there from now on: __getattr__ runs once a name
         return method
 
     # The most used calls, spelled out (for readers and type checkers); the rest via __getattr__.
