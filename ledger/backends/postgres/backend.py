@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg import IsolationLevel
@@ -37,7 +37,8 @@ from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
-from ..protocol import Backend, EventRow, JobFilter, WriteTransaction
+from ..protocol import Backend, JobFilter, WriteTransaction
+from ..table_reads import TableReads
 from . import budgets_table, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
@@ -80,75 +81,26 @@ class _StaleVersion(Exception):
         self.expected = expected
 
 
-class PostgresSnapshot:
-    """Reads on one connection, inside the transaction that holds it."""
+class PostgresSnapshot(TableReads):
+    """Reads on one connection, inside the transaction that holds it.
+    The reads alike on every backend are `TableReads`'; here are the ones that differ."""
 
     __slots__ = ("conn",)
+    _jobs: ClassVar[Any] = jobs
+    _events: ClassVar[Any] = events
+    _budgets: ClassVar[Any] = budgets_table
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
     # jobs
-    def job(self, job_id: str) -> JobState | None:
-        return jobs.load(self.conn, job_id)
-
-    def job_ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
-        return jobs.prefix(self.conn, prefix, limit)
-
-    def jobs(self, where: JobFilter) -> list[JobState]:
-        return jobs.select(self.conn, where)
-
     def count_jobs(self, where: JobFilter) -> int:
         return jobs.count(self.conn, where)
-
-    def job_counts(self) -> list[tuple[str, str, int]]:
-        return jobs.counts(self.conn)
 
     def finished_since(self, since: datetime) -> dict[str, int]:
         return jobs.finished_since(self.conn, since)
 
-    def completed_durations(self) -> list[int]:
-        return jobs.durations(self.conn)
-
-    def total_cost(self) -> float:
-        return jobs.total_cost(self.conn)
-
-    # the dashboard's and the metrics' reads
-    def search_jobs(
-        self, where: JobFilter, text: str | None, offset: int, limit: int
-    ) -> list[JobState]:
-        return jobs.search(self.conn, where, text, offset, limit)
-
-    def search_totals(self, where: JobFilter, text: str | None) -> tuple[int, float]:
-        return jobs.search_totals(self.conn, where, text)
-
-    def oldest_pending_by_queue(self) -> dict[str, datetime]:
-        return jobs.oldest_pending(self.conn)
-
-    def cost_by_chat(self) -> dict[int, float]:
-        return jobs.cost_by_chat(self.conn)
-
-    def queue_waits(self) -> list[float]:
-        return jobs.queue_waits(self.conn)
-
-    def event_type_counts(self) -> dict[str, int]:
-        return events.type_counts(self.conn)
-
     # the log
-    def last_position(self) -> int:
-        return events.last_position(self.conn)
-
-    def events_after(self, after: int, limit: int | None) -> list[EventRow]:
-        return events.rows_after(self.conn, after, limit)
-
-    def job_events(self, job_id: str, types: Sequence[str] | None) -> list[EventRow]:
-        return events.job_rows(self.conn, job_id, types)
-
-    def chat_events(
-        self, chat_id: int, limit: int, types: Sequence[str] | None, exclude: Sequence[str]
-    ) -> list[EventRow]:
-        return events.chat_rows(self.conn, chat_id, limit, types, exclude)
-
     def export_rows(self, after: int, limit: int) -> list[ChainRow]:
         """Rows as stored: data its JSON text, the time an aware UTC datetime, the hash."""
         return events.export_rows(self.conn, after, limit)
@@ -163,12 +115,6 @@ class PostgresSnapshot:
         position, digest = events.read_head(self.conn, lock=False)
         return position, digest.hex()
 
-    def held_on(self, host: str) -> list[tuple[str, int, int]]:
-        return jobs.held_on(self.conn, host)
-
-    def held_by(self, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
-        return jobs.held_by(self.conn, host, holder)
-
     # replay and verify
     def iter_events(self, after: int = 0) -> Iterator[StoredEvent]:
         try:
@@ -179,39 +125,11 @@ class PostgresSnapshot:
     def version_at(self, job_id: str, position: int) -> int:
         return events.version_at(self.conn, job_id, position)
 
-    def checkpoint(self, name: str) -> tuple[int, int] | None:
-        return events.read_checkpoint(self.conn, name)
-
-    def has_jobs_table(self) -> bool:
-        return jobs.exists(self.conn)
-
     def dump_jobs(self) -> list[tuple[str, dict[str, Any]]]:
         try:
             return list(jobs.dump(self.conn))
         except psycopg.Error as e:
             raise wrap_error(e, "reading the jobs projection") from e
-
-    def stored_form(self, state: JobState) -> dict[str, Any]:
-        return jobs.stored_form(state)
-
-    # trees and budgets
-    def children(self, job_id: str) -> list[JobState]:
-        return jobs.children(self.conn, job_id)
-
-    def descendants(self, job_id: str) -> list[JobState]:
-        return jobs.descendants(self.conn, job_id)
-
-    def budget(self, chat_id: int) -> BudgetState | None:
-        return budgets_table.load(self.conn, chat_id)
-
-    def budget_usage(self, chat_id: int) -> tuple[float, float]:
-        return budgets_table.usage(self.conn, chat_id)
-
-    def budget_states(self) -> list[BudgetState]:
-        return budgets_table.states(self.conn)
-
-    def has_budget_limits(self) -> bool:
-        return budgets_table.any_limit(self.conn)
 
     # queues (the queues projection)
     def queue_states(self) -> list[QueueState]:
