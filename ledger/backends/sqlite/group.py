@@ -172,9 +172,7 @@ class GroupCommit:
             group, result, _ = self._run(doing, command)  # a failing first command raises
         except BaseException:
             self._combiner = None
-            self._lock.release()
-            if self._pending and self._lock.acquire(blocking=False):
-                self._lead(None)
+            self._let_go()
             raise
         self._combiner = None
         if self._pending:  # callers queued while it ran: into its transaction, then commit
@@ -183,9 +181,7 @@ class GroupCommit:
             try:
                 self._commit(group)  # type: ignore[arg-type]
             finally:
-                self._lock.release()
-            if self._pending and self._lock.acquire(blocking=False):
-                self._lead(None)
+                self._let_go()
         if group is not None and group.failure is not None:
             raise lost_error(group.failure, doing) from group.failure
         return result  # type: ignore[return-value]
@@ -237,6 +233,13 @@ class GroupCommit:
         with suppress(ValueError):
             self._pending.remove(call)
 
+    def _let_go(self) -> None:
+        """Release the lock taken outside `_combine` (no queue handed on), and look once more:
+        a command queued while it was held is run now, not left to the safety net."""
+        self._lock.release()
+        if self._pending and self._lock.acquire(blocking=False):
+            self._lead(None)
+
     def _lead(self, first: _Call | None) -> None:
         """Combine, holding the lock (``first``: a call handed the queue, run first); let the
         lock go, and look once more for commands published while it was being let go."""
@@ -287,15 +290,14 @@ class GroupCommit:
                     call.state = DONE
                     _wake(call)
             self._combiner = None
-            if self._pending:
-                try:
-                    lead = self._pending.popleft()
-                except IndexError:
-                    pass
-                else:
-                    lead.state = LEAD
-                    lead.wake.release()
-                    handed = True
+            try:
+                lead = self._pending.popleft()  # `_abandon` may empty it without the lock
+            except IndexError:
+                pass
+            else:
+                lead.state = LEAD
+                lead.wake.release()
+                handed = True
             self._lock.release()
         if interrupt is not None:
             raise interrupt
@@ -416,6 +418,4 @@ class GroupCommit:
                 if self._open is not None:
                     self._commit(self._open)
             finally:
-                self._lock.release()
-                if self._pending and self._lock.acquire(blocking=False):
-                    self._lead(None)  # callers of other threads that queued meanwhile
+                self._let_go()  # and run what callers of other threads queued meanwhile
