@@ -20,7 +20,7 @@ from typing import Any
 
 WORKLOADS = ("create", "claim_finish", "append", "read_all", "batch100")
 PEERS = ("persist-queue", "huey", "eventsourcing")
-IMPLS = ("ledger", "raw", *PEERS)
+IMPLS = ("ledger", "raw", "same-rows", *PEERS)
 BATCH = 100
 # The same values as benchmarks/conftest.py's CONFIG (not imported: that module loads APSW).
 CONFIG = {"role": "coder", "task": "benchmark the ledger against raw APSW"}
@@ -31,6 +31,7 @@ Result = dict[str, Any]
 SUPPORTED = {
     "ledger": set(WORKLOADS),
     "raw": set(WORKLOADS),
+    "same-rows": set(WORKLOADS),
     "persist-queue": {"create", "claim_finish", "read_all", "batch100"},
     "huey": {"create", "claim_finish", "read_all"},
     "eventsourcing": {"create", "append", "read_all", "batch100"},
@@ -141,6 +142,48 @@ def _raw(workload: str, durability: str, n: int, directory: Path) -> Result:
             assert len(rows) == n
             return result
         return _timed(_times(lambda: minimal.batch(conn, CONFIG), n // BATCH), n)
+    finally:
+        conn.close()
+
+
+# -- the same rows by hand (benchmarks/raw.py: the ledger's own statements, schema and pragmas) --
+
+
+def _same_rows(workload: str, durability: str, n: int, directory: Path) -> Result:
+    """The ledger's own rows and statements written by hand (no validation, no fold): what the
+    ledger's I/O alone reaches, so a peer ahead of this figure is ahead on I/O the laws need."""
+    from benchmarks import raw
+    from ledger import Ledger
+
+    path = str(directory / "same-rows.db")
+    Ledger(path).close()  # the ledger's schema, indexes and LIVE checkpoint
+    conn = raw.connect(path, durability)
+    try:
+        if workload == "create":
+            return _timed(_times(lambda: raw.create_job(conn, 7, CONFIG), n), n)
+        if workload == "claim_finish":
+            for start in range(0, n, 1000):
+                raw.create_jobs(conn, [(7, CONFIG)] * min(1000, n - start))
+
+            def claim_finish() -> None:
+                for _ in range(n):
+                    job_id = raw.claim(conn, "bench-worker")
+                    assert job_id is not None
+                    raw.complete(conn, job_id, "done")
+
+            return _timed(claim_finish, n)
+        if workload == "append":
+            job_id = raw.create_job(conn, 7, CONFIG)
+            return _timed(_times(lambda: raw.log_event(conn, job_id, "progress", PAYLOAD), n), n)
+        if workload == "read_all":
+            for _ in range(n // BATCH):
+                raw.create_jobs(conn, [(7, CONFIG)] * BATCH)
+            rows: list[Any] = []
+            result = _timed(lambda: rows.extend(raw.read_all(conn)), n)
+            assert len(rows) == n
+            return result
+        specs = [(7, CONFIG)] * BATCH
+        return _timed(_times(lambda: raw.create_jobs(conn, specs), n // BATCH), n)
     finally:
         conn.close()
 
@@ -286,6 +329,7 @@ def _eventsourcing(workload: str, durability: str, n: int, directory: Path) -> R
 
 _REGISTRY: dict[str, Callable[[str, str, int, Path], Result]] = {
     "ledger": _ledger,
+    "same-rows": _same_rows,
     "raw": _raw,
     "persist-queue": _persist_queue,
     "huey": _huey,
