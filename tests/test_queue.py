@@ -230,3 +230,31 @@ def test_claim_and_rescue_queries_use_partial_indexes_without_sorting(ledger: Le
         assert "TEMP B-TREE" not in plan, plan  # no sort of every pending job per claim
         full_scans = [step for step in plan.split(" | ") if step.strip() == "SCAN jobs"]
         assert not full_scans, plan
+
+
+def test_status_listings_walk_an_index_and_never_scan_finished_jobs(ledger: Ledger) -> None:
+    """jobs_status leaves running jobs out (a claim and a complete would each move one between
+    its status regions): running listings walk the partial jobs_lease, every other status
+    jobs_status, and a filter of several statuses one index per status."""
+    from ledger.backends.protocol import JobFilter
+
+    ledger.create_jobs([{"chat_id": 1, "config": CONFIG} for _ in range(50)])
+    running, pending, done = JobStatus.RUNNING, JobStatus.PENDING, JobStatus.COMPLETED
+    for where, indexes in (
+        (JobFilter(statuses=(running,), order="started"), ["jobs_lease"]),
+        (JobFilter(statuses=(running,), chat_id=1, order="started"), ["jobs_lease"]),
+        (JobFilter(statuses=(done,), order="newest", limit=5), ["jobs_status"]),
+        (JobFilter(statuses=(JobStatus.FAILED,), order="oldest"), ["jobs_status"]),
+        (JobFilter(statuses=(done, JobStatus.FAILED), order="finished"), ["jobs_status"]),
+        (JobFilter(statuses=(pending, running), order="newest"), ["jobs_status", "jobs_lease"]),
+    ):
+        statement = q.statement_for(where)
+        plan = _plan(ledger.path, statement, tuple(range(statement.count("?"))))
+        for index in indexes:
+            assert f"INDEX {index}" in plan, (where, plan)
+        assert not [s for s in plan.split(" | ") if s.strip() == "SCAN jobs"], (where, plan)
+    listed = {s: [j.status for j in ledger.jobs(status=s.value)] for s in (running, pending)}
+    assert listed == {running: [], pending: [pending] * 50}
+    ledger.claim("w")
+    assert [j.status for j in ledger.running_jobs()] == [running]
+    assert ledger.count_jobs(status="running") == 1 and ledger.count_jobs(status="pending") == 49

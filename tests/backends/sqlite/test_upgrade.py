@@ -89,3 +89,38 @@ def test_a_read_only_open_of_a_0_1_0_file_says_how_to_upgrade_it(tmp_path: Path)
     assert run_cli("replay", db=path).returncode == 0
     with Ledger(path, readonly=True) as ledger:
         assert len(ledger.jobs()) == 6 and ledger.verify().ok
+
+
+_FULL_STATUS_INDEX = "CREATE INDEX jobs_status ON jobs (status, created_at, created_position)"
+
+
+def test_a_projection_with_the_full_status_index_gets_the_partial_one_on_open(
+    tmp_path: Path,
+) -> None:
+    """Projection schema 4 indexed every job in jobs_status; 5 leaves running jobs out. A file
+    of 4 rebuilds its projection on the next writable open, which replaces the index, and
+    holds the same rows afterwards."""
+    import apsw
+
+    path = str(tmp_path / "v4.db")
+    with Ledger(path) as ledger:
+        ledger.create_jobs([{"chat_id": 1, "config": {}}] * 3)
+        done = ledger.claim("w")
+        assert done is not None
+        ledger.complete(done.id, "ok")
+        ledger.claim("w")
+    rows = table_dump(path)
+    conn = apsw.Connection(path)
+    conn.execute("DROP INDEX jobs_status")
+    conn.execute(_FULL_STATUS_INDEX)
+    conn.execute("UPDATE projection_checkpoints SET schema_version = 4 WHERE name = 'jobs'")
+    conn.close()
+    with Ledger(path) as ledger:
+        assert ledger.verify().ok
+        statuses = [j.status.value for j in ledger.jobs(limit=10)]
+        assert sorted(statuses) == ["completed", "pending", "running"]
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    sql = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'jobs_status'").get
+    conn.close()
+    assert "WHERE" in str(sql) and "'running'" not in str(sql)
+    assert table_dump(path) == rows
