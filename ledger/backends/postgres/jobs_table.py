@@ -218,8 +218,11 @@ def _filtered(head: str, where: JobFilter, *, order: bool) -> tuple[str, list[An
     clauses: list[str] = []
     params: list[Any] = []
     if where.statuses is not None:
-        clauses.append("status = ANY(%s)")
-        params.append([JobStatus(s).value for s in where.statuses])
+        # Written into the statement (the enum's own values), not a parameter: the planner
+        # proves a partial index fits (jobs_status leaves running out, jobs_lease holds only
+        # running) from constants only, and a prepared statement's generic plan has none.
+        names = ", ".join(f"'{JobStatus(s).value}'" for s in where.statuses)
+        clauses.append(f"status IN ({names})")
     if where.chat_id is not None:
         clauses.append("chat_id = %s")
         params.append(where.chat_id)

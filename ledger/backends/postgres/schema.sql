@@ -249,7 +249,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs
     (priority DESC, created_at, created_position, queue, run_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position);
+-- jobs_status leaves running jobs out (projection schema 5): jobs_lease holds them, and a claim
+-- or a complete no longer moves a job's entry between two status regions of this index. The
+-- index of an older release (every job, no predicate) is replaced.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('jobs_status')
+               AND indpred IS NULL) THEN
+        DROP INDEX jobs_status;
+    END IF;
+END
+$$;
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position)
+    WHERE status <> 'running';
 CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
