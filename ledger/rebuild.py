@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import Any
 
 import msgspec
@@ -100,22 +101,25 @@ def fold_events(
     problem = check.problem
     apply = fold.apply
     every = _SIZE_EVERY if progress is None else math.gcd(_SIZE_EVERY, _PROGRESS_EVERY)
-    for stored in stream:
-        why = problem(stored)
-        if why is not None:
-            raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
-        try:
-            apply(stored)
-        except LedgerError:
-            raise
-        except _FOLD_ERRORS as e:
-            raise _unfoldable(stored, e) from e
-        count += 1
-        if count % every == 0:
-            if save is not None and len(fold) >= _BATCH:
-                save(fold)
-            if progress and count % _PROGRESS_EVERY == 0:
-                progress(count, total)
+    numbered = enumerate(stream, 1)
+    while True:  # ``every`` events at a time: no test per event (and the count is enumerate's)
+        before = count
+        for count, stored in islice(numbered, every):  # noqa: B007 (read after the loop)
+            why = problem(stored)
+            if why is not None:
+                raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
+            try:
+                apply(stored)
+            except LedgerError:
+                raise
+            except _FOLD_ERRORS as e:
+                raise _unfoldable(stored, e) from e
+        if count - before < every:
+            break
+        if save is not None and len(fold) >= _BATCH:
+            save(fold)
+        if progress and count % _PROGRESS_EVERY == 0:
+            progress(count, total)
     if save is not None:
         save(fold)
     if progress:

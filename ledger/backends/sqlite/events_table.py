@@ -66,12 +66,12 @@ _select_events = (
     "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at FROM events"
 )
 select_after_statement = f"{_select_events} WHERE position > ? ORDER BY position"
-# For a fold: also whether the time has the canonical shape (`timeutil.parse_text`, as a GLOB:
-# ``[0-9]`` is one ASCII digit, ``.`` and ``+`` are literal), checked by SQLite in the scan.
-_CANONICAL_GLOB = (
-    "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
-    ".[0-9][0-9][0-9][0-9][0-9][0-9]+00:00'"
-)
+# For a fold: also whether the time has the canonical shape (`timeutil.parse_text`), checked by
+# SQLite in the scan as a GLOB that fixes the width, every separator and the offset (``?`` is
+# one character). The digits are left to ``fromisoformat``, which the fast way parses with: with
+# each separator in its place it refuses anything but an ASCII digit in every other place (tested
+# place by place), and a ``[0-9]`` class per digit made this GLOB 60% of the scan's SQLite time.
+_CANONICAL_GLOB = "'????-??-??T??:??:??.??????+00:00'"
 fold_after_statement = (
     "SELECT position, job_id, version, type, CAST(data AS BLOB), recorded_at, "
     f"recorded_at GLOB {_CANONICAL_GLOB} FROM events WHERE position > ? ORDER BY position"
