@@ -4,12 +4,14 @@ rebuild writes are the rows `row_values` makes."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import apsw
 import msgspec
 import pytest
 
-from ledger import Ledger
-from ledger.backends.sqlite import events_table
+from ledger import JobStatus, Ledger
+from ledger.backends.sqlite import events_table, jobs_table
 from ledger.domain.logrules import LogCheck
 from ledger.errors import UnfoldableEvent
 from projections.jobs import JobsFold, evolve
@@ -109,3 +111,25 @@ def test_the_folds_inline_steps_give_the_states_evolve_gives(
     assert grandchild.subtree_cost_cents == root.subtree_cost_cents == 3.75
     assert ledger.replay().jobs == 3
     assert ledger.verify().ok
+
+
+def test_a_bulk_insert_writes_the_rows_row_values_makes(ledger: Ledger, clock: FakeClock) -> None:
+    """`jobs_table.bulk_rows` (replay's batches) builds each row its own way: over every state
+    of a busy log (pending, running, finished, retried; times shared between columns or not)
+    it gives `row_values`' rows, value for value and type for type."""
+    _busy(ledger, clock)
+    assert ledger.claim("w", lease=30) is not None  # the retried child: running again
+    failed = ledger.create_job(1, {"n": "fails"})
+    assert ledger.claim("w", lease=30) is not None
+    ledger.fail(failed, "no", retry=False)
+    ledger.create_job(1, {"n": "later"}, run_at=clock() + timedelta(hours=1))
+    fold = JobsFold()
+    for stored in _log_of(ledger):
+        fold.apply(stored)
+    states = list(fold.states())
+    assert {s.status for s in states} == set(JobStatus)
+    bulk = jobs_table.bulk_rows(states)
+    for state, row in zip(states, bulk, strict=True):
+        expected = jobs_table.row_values(state)
+        assert tuple(row) == expected
+        assert [type(v) for v in row] == [type(v) for v in expected]
