@@ -33,6 +33,7 @@ from ..table_reads import TableReads
 from . import budgets_table, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
+from .checkpoints import Checkpointer
 from .connection import (
     Durability,
     configure_writer,
@@ -262,6 +263,7 @@ class SqliteBackend:
         self._waiting = 0  # threads inside wait_for_change
         self._watcher: apsw.Connection | None = None
         self._seen_version: int | None = None
+        self._checkpoints: Checkpointer | None = None  # a writable file's WAL checkpoints
         self._writes = GroupCommit(
             self._conn,
             self._lock,
@@ -281,6 +283,9 @@ class SqliteBackend:
                     lambda conn: configure_writer(conn, durability, busy_timeout_ms),
                 )
                 run_write(self._conn, f"opening {target}", self._initialize)
+                if not self._shared_reads:  # a WAL to checkpoint (not a memory database)
+                    self._checkpoints = Checkpointer(target, busy_timeout_ms)
+                    self._conn.set_wal_hook(self._checkpoints.hook)
         except BaseException:
             self._conn.close()
             raise
@@ -431,6 +436,8 @@ class SqliteBackend:
             self._readers.clear()
         with self._lock:
             self._writes.settle()
+            if self._checkpoints is not None:
+                self._checkpoints.close()  # before the write connection's close checkpoints
             self._conn.close()
 
 

@@ -1,0 +1,145 @@
+"""WAL checkpoints off the commit path (`ledger.backends.sqlite.checkpoints`): they run on a
+thread of their own, the WAL stays bounded under writes that never pause, closing stops the
+thread, and a process killed in the middle of it all loses nothing it acknowledged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import apsw
+
+from ledger import Ledger
+from ledger.backends.sqlite import checkpoints
+from ledger.backends.sqlite.backend import SqliteBackend
+from tests.conftest import ROOT
+
+CONFIG = {"role": "coder", "task": "fill the WAL"}
+
+
+def _checkpointer(ledger: Ledger) -> checkpoints.Checkpointer:
+    backend = ledger._backend
+    assert isinstance(backend, SqliteBackend) and backend._checkpoints is not None
+    return backend._checkpoints
+
+
+def _wal_pages(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return 0 if not wal.exists() else (wal.stat().st_size - 32) // (4096 + 24)
+
+
+def _threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ledger checkpoints")]
+
+
+def _fill(ledger: Ledger, pages: int) -> int:
+    """Create jobs one command at a time until the commits have written ``pages`` WAL pages."""
+    written = 0
+    ck = _checkpointer(ledger)
+    last = ck._pages
+    while written < pages:
+        ledger.create_job(7, CONFIG)
+        now = ck._pages
+        written += now - last if now >= last else now
+        last = now
+    return written
+
+
+def test_checkpoints_run_on_a_thread_of_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as ledger:
+        ck = _checkpointer(ledger)
+        assert _threads() == []  # nothing started until the WAL needs it
+        _fill(ledger, checkpoints.START + 50)
+        ck.idle()
+        assert ck.background >= 1
+        assert ck.inline == 0  # the writer did not copy the WAL itself
+        assert _threads() == [f"ledger checkpoints {path}"]
+        # what was copied is in the database file itself: read it with the WAL out of the way
+        copied = apsw.Connection(
+            f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READONLY
+        )
+        assert copied.execute("SELECT count(*) FROM jobs").get > 0
+        copied.close()
+    assert _threads() == []
+
+
+def test_the_wal_stays_bounded_when_writes_never_pause(tmp_path: Path) -> None:
+    """A checkpoint running beside a writer never catches up with the WAL's end, so the WAL
+    would only grow; the writer's own checkpoint at LIMIT lets it start over."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as ledger:
+        written = _fill(ledger, 3 * checkpoints.LIMIT)
+        ck = _checkpointer(ledger)
+        assert written >= 3 * checkpoints.LIMIT
+        assert ck.inline >= 1
+        assert _wal_pages(path) < 2 * checkpoints.LIMIT  # not the 3 x LIMIT written
+        count = ledger.count_jobs()
+    assert not Path(f"{path}-wal").exists()  # the last close checkpointed and removed it
+    with Ledger(path, readonly=True) as reopened:
+        assert reopened.count_jobs() == count
+        assert reopened.verify().ok
+
+
+def test_a_reader_keeps_what_it_reads_while_checkpoints_run(tmp_path: Path) -> None:
+    """A read transaction left open pins its snapshot: checkpoints copy only what it no longer
+    needs, and it keeps reading the same state however much is written meanwhile."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as ledger:
+        ledger.create_jobs([{"chat_id": 7, "config": CONFIG}] * 10)
+        reader = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        reader.execute("BEGIN")
+        before = reader.execute("SELECT count(*) FROM jobs").get
+        _fill(ledger, 2 * checkpoints.START)
+        _checkpointer(ledger).idle()
+        assert reader.execute("SELECT count(*) FROM jobs").get == before == 10
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT count(*) FROM jobs").get == ledger.count_jobs() > 10
+        reader.close()
+
+
+def test_a_read_only_or_memory_ledger_has_no_checkpointer(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    Ledger(path).close()
+    for ledger in (Ledger(path, readonly=True), Ledger(":memory:")):
+        backend = ledger._backend
+        assert isinstance(backend, SqliteBackend) and backend._checkpoints is None
+        ledger.close()
+
+
+def test_sigkill_while_checkpoints_run_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """A child creates jobs without a pause (a background checkpoint is running most of the
+    time) and prints each id once create_job returned; it is killed at several points."""
+    db = tmp_path / "ledger.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    acked: list[str] = []
+    for round_number, kill_after in enumerate((400, 1500, 3000)):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.checkpoint_child", str(db)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert child.stdout is not None
+        this_round = 0
+        for line in child.stdout:
+            text = line.decode().strip()
+            if len(text) == 36:  # a whole id (the line the kill tears is not counted)
+                acked.append(text)
+                this_round += 1
+            if this_round >= kill_after:
+                break
+        assert this_round >= kill_after, child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        conn = apsw.Connection(str(db))
+        assert conn.execute("PRAGMA integrity_check").get == "ok"
+        stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+        conn.close()
+        missing = set(acked) - stored
+        assert not missing, f"round {round_number}: acknowledged jobs lost: {sorted(missing)[:3]}"
+    with Ledger(db) as ledger:
+        assert ledger.verify().ok
+        assert ledger.count_jobs() >= len(acked)
