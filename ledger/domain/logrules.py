@@ -84,11 +84,13 @@ class LogCheck:
     def problem(self, stored: StoredEvent) -> str | None:
         """Why ``stored`` cannot follow the events checked so far, or None; remembers it."""
         job_id = stored.job_id
-        known = self._jobs.get(job_id)
+        jobs = self._jobs
+        known = jobs.get(job_id)
         if known is not None:  # the common case, decided as below: a known job's next event
             event = stored.event
             names = _FOLLOWING_FIELDS.get(type(event))  # not a creation, not a stream's
-            if names is not None and stored.version == known + 1:
+            version = stored.version
+            if names is not None and version == known + 1:
                 for name in names:  # None, an int in range, a UTC time: fine; else ask in full
                     value = getattr(event, name)
                     if value is None:
@@ -101,7 +103,7 @@ class LogCheck:
                     if problem is not None:
                         return problem
                     break
-                self._jobs[job_id] = stored.version
+                jobs[job_id] = version
                 return None
         return self._careful(stored, known)
 
