@@ -30,10 +30,9 @@ from ...domain.state import JobState
 from ...errors import ConcurrencyError, StorageError
 from ..protocol import Backend, JobFilter, WriteTransaction
 from ..table_reads import TableReads
-from . import budgets_table, queues_table
+from . import budgets_table, checkpoints, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
-from .checkpoints import Checkpointer
 from .connection import (
     Durability,
     configure_writer,
@@ -263,7 +262,7 @@ class SqliteBackend:
         self._waiting = 0  # threads inside wait_for_change
         self._watcher: apsw.Connection | None = None
         self._seen_version: int | None = None
-        self._checkpoints: Checkpointer | None = None  # a writable file's WAL checkpoints
+        self._checkpoints: checkpoints.Checkpointer | None = None  # a writable file's
         self._writes = GroupCommit(
             self._conn,
             self._lock,
@@ -284,8 +283,7 @@ class SqliteBackend:
                 )
                 run_write(self._conn, f"opening {target}", self._initialize)
                 if not self._shared_reads:  # a WAL to checkpoint (not a memory database)
-                    self._checkpoints = Checkpointer(target, busy_timeout_ms)
-                    self._conn.set_wal_hook(self._checkpoints.hook)
+                    self._checkpoints = checkpoints.attach(self._conn, target, busy_timeout_ms)
         except BaseException:
             self._conn.close()
             raise
@@ -295,6 +293,7 @@ class SqliteBackend:
         self._conn.execute(events.checkpoint_schema_statement)
         queues_table.create(self._conn)
         budgets_table.create(self._conn)
+        jobs.upgrade_indexes(self._conn)
 
     def _read_on_writer(self, doing: str, query: Callable[[apsw.Connection], _T]) -> _T:
         with self._lock:

@@ -72,12 +72,13 @@ def connect(
     *,
     readonly: bool = False,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    create: bool = True,
 ) -> apsw.Connection:
-    flags = (
-        apsw.SQLITE_OPEN_READONLY
-        if readonly
-        else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-    )
+    """A connection with the ledger's pragmas; ``create=False`` refuses a missing file."""
+    if readonly:
+        flags = apsw.SQLITE_OPEN_READONLY
+    else:
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     flags |= apsw.SQLITE_OPEN_URI
     refuse_hard_links(path)
     try:

@@ -4,14 +4,18 @@ thread, and a process killed in the middle of it all loses nothing it acknowledg
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import apsw
+import pytest
 
 from ledger import Ledger
 from ledger.backends.sqlite import checkpoints
@@ -33,7 +37,7 @@ def _wal_pages(path: Path) -> int:
 
 
 def _threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ledger checkpoints")]
+    return [t.name for t in threading.enumerate() if t.name.startswith("ledger checkpoint")]
 
 
 def _fill(ledger: Ledger, pages: int) -> int:
@@ -58,7 +62,7 @@ def test_checkpoints_run_on_a_thread_of_their_own(tmp_path: Path) -> None:
         ck.idle()
         assert ck.background >= 1
         assert ck.inline == 0  # the writer did not copy the WAL itself
-        assert _threads() == [f"ledger checkpoints {path}"]
+        assert _threads() == []  # the thread ended with its checkpoint: nothing holds the file
         # what was copied is in the database file itself: read it with the WAL out of the way
         copied = apsw.Connection(
             f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READONLY
@@ -143,3 +147,72 @@ def test_sigkill_while_checkpoints_run_loses_nothing_acknowledged(tmp_path: Path
     with Ledger(db) as ledger:
         assert ledger.verify().ok
         assert ledger.count_jobs() >= len(acked)
+
+
+def test_a_failing_thread_start_fails_no_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook runs after SQLite committed: a thread that cannot start (interpreter shutdown,
+    a process limit) is logged, the command still returns, and the writer's own checkpoint at
+    LIMIT keeps the WAL bounded."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as ledger:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        written = _fill(ledger, checkpoints.LIMIT + 200)  # every create returned
+        ck = _checkpointer(ledger)
+        assert ck.background == 0 and ck.inline >= 1
+        assert written >= checkpoints.LIMIT
+        count = ledger.count_jobs()
+    monkeypatch.undo()
+    with Ledger(path) as reopened:
+        assert reopened.count_jobs() == count and reopened.verify().ok
+
+
+def test_a_ledger_dropped_without_close_leaves_nothing_holding_the_file(tmp_path: Path) -> None:
+    """No thread waits between checkpoints and none keeps a connection: once a dropped
+    `Ledger` is collected, archiving (which needs the file to itself) is not refused."""
+    path = tmp_path / "ledger.db"
+    dropped = Ledger(path, durability="normal")
+    _fill(dropped, checkpoints.START + 50)
+    _checkpointer(dropped).idle()
+    del dropped
+    gc.collect()
+    assert _threads() == []
+    with Ledger(path) as ledger:
+        report = ledger.archive(timedelta(0), tmp_path / "archive.db")
+        assert report is not None and ledger.verify().ok
+
+
+def test_a_forked_child_starts_none_of_its_parents_checkpoints(tmp_path: Path) -> None:
+    """A child inherits the parent's `Ledger` objects but not their threads; its own `Ledger`
+    checkpoints as usual. Forks land while the parent's checkpoints run."""
+    parent = Ledger(tmp_path / "parent.db", durability="normal")
+    inherited = _checkpointer(parent)
+    children = []
+    for n in range(12):
+        _fill(parent, checkpoints.START // 2)  # a checkpoint starts about every other round
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 when all holds, 1 (or a hang) when not
+            code = 1
+            try:
+                inherited._start()
+                started = inherited._thread is not None and inherited._thread.is_alive()
+                with Ledger(tmp_path / f"child{n}.db", durability="normal") as own:
+                    own.create_jobs([{"chat_id": 7, "config": CONFIG}] * 20)
+                    code = 0 if not started and own.count_jobs() == 20 else 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    deadline = time.monotonic() + 60
+    for pid in children:
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:  # a hung child: fail, not hang
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"child {pid} hung (its SQLite locked by a fork mid-checkpoint?)")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    parent.close()
