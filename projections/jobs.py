@@ -408,8 +408,8 @@ class JobsProjection:
     rebuilds it when the version it stored differs) and a new fold."""
 
     name: str = "jobs"
-    schema_version: int = 5  # 2: result_json, timeout_seconds; 3: trees and budgets; 4: holders;
-    # 5: jobs_status leaves running jobs out (SQLite and PostgreSQL: its index changed)
+    schema_version: int = 4  # 2: result_json, timeout_seconds; 3: trees and budgets; 4: holders
+    # (an index-only change needs no new version: the backend swaps the index on open)
 
     def fold(self, load: Callable[[str], JobState | None] | None = None) -> JobsFold:
         return JobsFold(load)

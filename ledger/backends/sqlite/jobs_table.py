@@ -557,6 +557,21 @@ def create_indexes(conn: apsw.Connection) -> None:
         conn.execute(statement)
 
 
+_STATUS_INDEX = next(s for s in index_statements if " jobs_status " in s)
+_status_index_sql = "SELECT sql FROM sqlite_schema WHERE type = 'index' AND name = 'jobs_status'"
+
+
+def upgrade_indexes(conn: apsw.Connection) -> None:
+    """Replace, in the open's write transaction, an index whose definition changed while the
+    rows it indexes did not: jobs_status of a file from before it left running jobs out. An
+    index swap takes milliseconds where a new projection version would replay the whole log
+    (with the write lock held) on the first open of every older file."""
+    sql = conn.execute(_status_index_sql).get
+    if isinstance(sql, str) and " WHERE " not in sql:
+        conn.execute("DROP INDEX jobs_status")
+        conn.execute(_STATUS_INDEX)
+
+
 def claimable(conn: apsw.Connection, now: str, queues: Sequence[str] | None) -> JobState | None:
     """The state of the best claimable job, or None."""
     params = (now,) if queues is None else (now, *queues)
