@@ -16,6 +16,8 @@ from typing import Any
 import apsw
 import msgspec
 
+from ledger.backends.sqlite import checkpoints
+
 SCHEMA = (
     "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, data TEXT NOT NULL, "
     "version INTEGER NOT NULL)",
@@ -38,6 +40,9 @@ def connect(path: str, durability: str) -> apsw.Connection:
     conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
     for statement in SCHEMA:
         conn.execute(statement)
+    # WAL checkpoints the ledger's way (a background thread; the writer only copies the tail at
+    # 4000 pages), so both sides do the same checkpoint work in the same place
+    checkpoints.attach(conn, path, 30_000)
     return conn
 
 

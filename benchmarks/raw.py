@@ -16,6 +16,7 @@ from typing import Any
 import apsw
 import msgspec
 
+from ledger.backends.sqlite import checkpoints
 from ledger.backends.sqlite.jobs_table import COLUMNS
 from ledger.domain.timeutil import to_text as to_db
 
@@ -56,6 +57,7 @@ def connect(path: str, durability: str = "full") -> apsw.Connection:
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")
+    checkpoints.attach(conn, path, 30_000)  # WAL checkpoints the ledger's way, in the same place
     return conn
 
 
