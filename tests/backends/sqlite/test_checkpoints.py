@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -36,10 +35,6 @@ def _wal_pages(path: Path) -> int:
     return 0 if not wal.exists() else (wal.stat().st_size - 32) // (4096 + 24)
 
 
-def _threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ledger checkpoint")]
-
-
 def _fill(ledger: Ledger, pages: int) -> int:
     """Create jobs one command at a time until the commits have written ``pages`` WAL pages."""
     written = 0
@@ -57,19 +52,18 @@ def test_checkpoints_run_on_a_thread_of_their_own(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with Ledger(path, durability="normal") as ledger:
         ck = _checkpointer(ledger)
-        assert _threads() == []  # nothing started until the WAL needs it
+        assert ck.background == 0 and not ck.running()  # nothing started until the WAL needs it
         _fill(ledger, checkpoints.START + 50)
         ck.idle()
         assert ck.background >= 1
         assert ck.inline == 0  # the writer did not copy the WAL itself
-        assert _threads() == []  # the thread ended with its checkpoint: nothing holds the file
+        assert not ck.running()  # the thread ended with its checkpoint: nothing holds the file
         # what was copied is in the database file itself: read it with the WAL out of the way
         copied = apsw.Connection(
             f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READONLY
         )
         assert copied.execute("SELECT count(*) FROM jobs").get > 0
         copied.close()
-    assert _threads() == []
 
 
 def test_the_wal_stays_bounded_when_writes_never_pause(tmp_path: Path) -> None:
@@ -156,12 +150,12 @@ def test_a_failing_thread_start_fails_no_commit(
     a process limit) is logged, the command still returns, and the writer's own checkpoint at
     LIMIT keeps the WAL bounded."""
 
-    def refuse(self: threading.Thread) -> None:
+    def refuse(function: object, args: object) -> None:
         raise RuntimeError("can't start new thread")
 
     path = tmp_path / "ledger.db"
     with Ledger(path, durability="normal") as ledger:
-        monkeypatch.setattr(threading.Thread, "start", refuse)
+        monkeypatch.setattr(checkpoints._thread, "start_new_thread", refuse)
         written = _fill(ledger, checkpoints.LIMIT + 200)  # every create returned
         ck = _checkpointer(ledger)
         assert ck.background == 0 and ck.inline >= 1
@@ -181,7 +175,6 @@ def test_a_ledger_dropped_without_close_leaves_nothing_holding_the_file(tmp_path
     _checkpointer(dropped).idle()
     del dropped
     gc.collect()
-    assert _threads() == []
     with Ledger(path) as ledger:
         report = ledger.archive(timedelta(0), tmp_path / "archive.db")
         assert report is not None and ledger.verify().ok
@@ -200,7 +193,7 @@ def test_a_forked_child_starts_none_of_its_parents_checkpoints(tmp_path: Path) -
             code = 1
             try:
                 inherited._start()
-                started = inherited._thread is not None and inherited._thread.is_alive()
+                started = len(os.listdir("/proc/self/task")) > 1  # a thread of the parent's
                 with Ledger(tmp_path / f"child{n}.db", durability="normal") as own:
                     own.create_jobs([{"chat_id": 7, "config": CONFIG}] * 20)
                     code = 0 if not started and own.count_jobs() == 20 else 1
