@@ -411,13 +411,18 @@ class PostgresBackend:
 
     def _write_once(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         conn = self._writer()
+        # The writer is in autocommit mode and opens its transactions itself: psycopg, left to
+        # open them, waits for each BEGIN's answer in pipeline mode (a round trip of its own);
+        # this BEGIN goes out with the transaction's first statement instead.
+        conn.execute("BEGIN")
         tx = PostgresTransaction(conn, self._script)
         try:
             result = work(tx)
             tx.send()
             if tx._unhashed:
                 events.seed_head(conn)  # appends after this import chain onto its last event
-            conn.commit()  # sent with whatever the pipeline still holds, then waited for once
+            conn.execute("COMMIT")  # sent with whatever the pipeline still holds,
+            self._pipeline.sync()  # then waited for once
             return result
         except pg_errors.UniqueViolation as e:
             self._rollback(conn)
@@ -443,7 +448,8 @@ class PostgresBackend:
             self._drop_writer()  # broken: the next write reconnects
 
     def _writer(self) -> psycopg.Connection[Any]:
-        """The write connection, in pipeline mode for good (entered once per connection)."""
+        """The write connection, in autocommit and pipeline mode for good (entered once per
+        connection, after the schema's own transaction at open)."""
         if self._closed:
             raise StorageError("writing to the ledger: this Ledger was closed; open a new one")
         if self._conn.closed or self._conn.broken:
@@ -451,6 +457,8 @@ class PostgresBackend:
             doing = f"reconnecting to {self.target}"
             self._conn = connect(self._url, self._statements + WRITER_STATEMENTS, doing)
         if self._pipeline is None:
+            if not self._conn.autocommit:  # idle here: `_write_once` sends BEGIN and COMMIT
+                self._conn.autocommit = True
             self._enter_pipeline()
         return self._conn
 
