@@ -112,13 +112,16 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     remaining_cents: float | None
 
 
-class JobEvent(msgspec.Struct, frozen=True):
+class JobEvent(msgspec.Struct, frozen=True, gc=False):
     """One stored event. ``payload`` is the worker's payload for activity events and the event's
     fields (a dict) for lifecycle events. ``worker_id`` and ``attempt``: who wrote an activity
     event and during which attempt (None when not recorded: older logs, or a caller that did not
     name itself); ``worker_id`` is also set for lifecycle events that name a worker. Not
     keyword-only: a read of the whole log builds one per event, and msgspec builds a Struct
-    from keywords markedly slower."""
+    from keywords markedly slower. Not tracked by the garbage collector (``gc=False``): a read
+    of 100,000 events spent a quarter of its time in collections walking them (445 against
+    300-366 ms); an event holds only what was decoded from its row, which never refers back
+    to it."""
 
     position: int
     job_id: str
