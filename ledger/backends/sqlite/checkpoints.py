@@ -25,9 +25,12 @@ hook turns SQLite's own automatic checkpoint off; what bounds the WAL instead:
   back to `LIMIT` pages). With one writing `Ledger` the ``-wal`` file stays near `LIMIT` pages
   (16 MB at 4 KB pages, where SQLite's default keeps it near 4 MB).
 - Several writers on one file (processes, or `Ledger` objects) commit in between each other's
-  checkpoints, and a checkpoint cannot copy what a reader's snapshot still needs: then, as with
-  SQLite's own checkpoints, the WAL restarts only when a checkpoint meets a pause, and grows
-  until it does.
+  checkpoints, so neither the thread nor a writer's tail copy lets the WAL restart, and their
+  checkpoints collide. A `Ledger` that sees another connection's commits (``PRAGMA
+  data_version``, looked at every `START` pages) checkpoints as SQLite does by itself from
+  then on: inside the commit that finds `START` pages in the WAL.
+- A checkpoint cannot copy what a reader's snapshot still needs; as with SQLite's own, a long
+  read transaction lets the WAL grow until it ends.
 
 Forking: a thread inside SQLite when a process forks would leave the child's SQLite locked for
 good, so a fork waits for a running checkpoint (`os.register_at_fork`), and the child starts
@@ -90,6 +93,8 @@ class Checkpointer:
         self._closed = False
         self._pages = 0  # the WAL's length at the last commit (shorter now: it restarted)
         self._next = START  # the WAL's length at which the next checkpoint starts
+        self._version: int | None = None  # PRAGMA data_version at the last look
+        self.shared = False  # another connection writes the file: SQLite's own checkpoints
         self.background = 0  # checkpoints a thread ran (for tests and diagnostics)
         self.inline = 0  # checkpoints the writer ran itself, at `LIMIT`
 
@@ -98,9 +103,18 @@ class Checkpointer:
         stays cheap (a comparison, mostly). It never raises: the commit it follows is durable
         already, and an error here would be reported as that commit's."""
         try:
+            if self.shared:  # SQLite's own way (its default hook does just this)
+                if pages >= START:
+                    self._checkpoint_inline(conn)
+                return apsw.SQLITE_OK
             if pages < self._pages:  # the WAL started over
                 self._next = START
             self._pages = pages
+            if pages >= self._next and self._another_writer(conn):
+                self.shared = True
+                log.info("%s has another writer: SQLite's own checkpoints from now", self._path)
+                self._checkpoint_inline(conn)
+                return apsw.SQLITE_OK
             if pages >= LIMIT:
                 self._checkpoint_inline(conn)
             elif pages >= self._next:
@@ -109,6 +123,17 @@ class Checkpointer:
         except Exception:
             log.warning("starting a checkpoint of %s failed", self._path, exc_info=True)
         return apsw.SQLITE_OK
+
+    def _another_writer(self, conn: apsw.Connection) -> bool:
+        """Whether another connection committed to this file since the last look (``PRAGMA
+        data_version`` moves for other connections' commits only; a look from the shared
+        memory, no I/O). Several writers commit in between each other's checkpoints, so
+        neither the thread nor the writer's tail copy ever lets the WAL restart, and their
+        checkpoints collide: measured with 3 processes of 2 writers, the WAL grew to 88-161 MB
+        and 10-15% fewer jobs were written than with SQLite's own checkpoints (44-62 MB)."""
+        version = int(conn.execute("PRAGMA data_version").get)
+        before, self._version = self._version, version
+        return before is not None and before != version
 
     def _checkpoint_inline(self, conn: apsw.Connection) -> None:
         """Copy the WAL's tail, so the next transaction restarts it. Busy (a thread, or another

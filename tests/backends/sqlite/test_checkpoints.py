@@ -209,3 +209,40 @@ def test_a_forked_child_starts_none_of_its_parents_checkpoints(tmp_path: Path) -
             time.sleep(0.01)
         assert os.waitstatus_to_exitcode(done[1]) == 0
     parent.close()
+
+
+def test_a_file_with_another_writer_checkpoints_the_sqlite_way(tmp_path: Path) -> None:
+    """Two writers commit in between each other's checkpoints, so a background thread would
+    never let the WAL restart: once a Ledger sees another connection's commits (PRAGMA
+    data_version), it checkpoints as SQLite does by itself, and the WAL keeps restarting."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as one, Ledger(path, durability="normal") as two:
+        ck = _checkpointer(one)
+        for _ in range(5000):  # a few thousand WAL pages at most
+            one.create_job(1, CONFIG)
+            two.create_job(2, CONFIG)
+            if ck.shared and _checkpointer(two).shared:
+                break
+        assert ck.shared and _checkpointer(two).shared
+        shared_at, high_water = ck.background, _wal_pages(path)
+        for _ in range(600):  # some 5,000 WAL pages more
+            one.create_job(1, CONFIG)
+            two.create_job(2, CONFIG)
+        assert ck.background == shared_at  # no thread started since
+        assert _wal_pages(path) <= high_water + 100  # it restarted: the file did not grow
+        assert one.count_jobs() == two.count_jobs()
+    with Ledger(path) as reopened:
+        assert reopened.verify().ok
+
+
+def test_a_lone_writer_is_not_taken_for_two(tmp_path: Path) -> None:
+    """Its own commits, its checkpoint thread and a reader move nothing that says another
+    writer: it keeps checkpointing off the commit path."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path, durability="normal") as ledger, Ledger(path, readonly=True) as reader:
+        for _ in range(4):
+            _fill(ledger, checkpoints.START)
+            assert reader.count_jobs() > 0
+        ck = _checkpointer(ledger)
+        ck.idle()
+        assert not ck.shared and ck.background >= 2
