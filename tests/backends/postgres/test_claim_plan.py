@@ -10,21 +10,10 @@ from datetime import UTC, datetime
 import pytest
 
 from ledger import Ledger
-from ledger.backends.postgres import backend, jobs_table
-from ledger.backends.postgres.connection import connect, session_statements
+from ledger.backends.postgres import jobs_table
+from tests.backends.postgres.plans import writer_plan
 
 pytest.importorskip("psycopg", reason="psycopg is not installed")
-
-
-def _plan(url: str, statement: str, params: tuple[object, ...]) -> str:
-    statements = session_statements("full", 30_000, False) + backend.WRITER_STATEMENTS
-    conn = connect(url, statements, "explaining")
-    try:
-        rows = conn.execute("EXPLAIN " + statement, params).fetchall()
-        conn.rollback()
-    finally:
-        conn.close()
-    return "\n".join(row[0] for row in rows)
 
 
 def test_a_claim_walks_the_claim_index_on_an_unanalyzed_backlog(postgres_schema: str) -> None:
@@ -40,7 +29,7 @@ def test_a_claim_walks_the_claim_index_on_an_unanalyzed_backlog(postgres_schema:
             (jobs_table.claim_any_statement, (now,)),
             (jobs_table.claim_queues_statement, (now, ["default"])),
         ):
-            plan = _plan(postgres_schema, statement, params)
+            plan = writer_plan(postgres_schema, statement, params)
             assert "Index Scan using jobs_claim on jobs" in plan, plan
             assert "Sort" not in plan.split("SubPlan")[0], plan
         assert ledger.verify().ok

@@ -8,25 +8,18 @@ from __future__ import annotations
 import pytest
 
 from ledger import JobStatus, Ledger
-from ledger.backends.postgres import backend, jobs_table
+from ledger.backends.postgres import jobs_table
 from ledger.backends.postgres.connection import connect, session_statements
 from ledger.backends.protocol import JobFilter
+from tests.backends.postgres.plans import writer_plan
 
 pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 
 def _plan(url: str, where: JobFilter) -> str:
     statement, params = jobs_table._filtered(jobs_table._SELECT, where, order=True)
-    statements = session_statements("full", 30_000, False) + backend.WRITER_STATEMENTS
-    conn = connect(url, statements, "explaining")
-    try:
-        conn.execute("ANALYZE jobs")
-        conn.execute("SET enable_seqscan = off")  # the table is small: ask which index fits
-        rows = conn.execute("EXPLAIN " + statement, params).fetchall()
-        conn.rollback()
-    finally:
-        conn.close()
-    return "\n".join(row[0] for row in rows)
+    # the table is small: analyzed, and with sequential scans off, to ask which index fits
+    return writer_plan(url, statement, params, before=("ANALYZE jobs", "SET enable_seqscan = off"))
 
 
 def test_status_listings_walk_the_index_that_holds_that_status(postgres_schema: str) -> None:
