@@ -249,9 +249,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs
     (priority DESC, created_at, created_position, queue, run_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
--- jobs_status leaves running jobs out (projection schema 5): jobs_lease holds them, and a claim
--- or a complete no longer moves a job's entry between two status regions of this index. The
--- index of an older release (every job, no predicate) is replaced.
+-- jobs_status leaves running jobs out: jobs_lease holds them, and a claim or a complete no
+-- longer moves a job's entry between two status regions of this index. The index of an older
+-- release (every job, no predicate) is replaced in place (the projection keeps its version).
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('jobs_status')

@@ -96,7 +96,7 @@ class Checkpointer:
         self._version: int | None = None  # PRAGMA data_version at the last look
         self.shared = False  # another connection writes the file: SQLite's own checkpoints
         self.background = 0  # checkpoints a thread ran (for tests and diagnostics)
-        self.inline = 0  # checkpoints the writer ran itself, at `LIMIT`
+        self.inline = 0  # checkpoints the writer ran itself (at `LIMIT`, or `shared`)
 
     def hook(self, conn: apsw.Connection, database: str, pages: int) -> int:
         """The write connection's WAL hook: called after each commit, with the GIL held, so it
