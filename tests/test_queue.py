@@ -248,12 +248,20 @@ def test_status_listings_walk_an_index_and_never_scan_finished_jobs(ledger: Ledg
         (JobFilter(statuses=(JobStatus.FAILED,), order="oldest"), ["jobs_status"]),
         (JobFilter(statuses=(done, JobStatus.FAILED), order="finished"), ["jobs_status"]),
         (JobFilter(statuses=(pending, running), order="newest"), ["jobs_status", "jobs_lease"]),
+        # the backlog, not the chat's whole history
+        (JobFilter(statuses=(pending,), chat_id=1, order="newest"), ["jobs_status"]),
     ):
         statement = q.statement_for(where)
         plan = _plan(ledger.path, statement, tuple(range(statement.count("?"))))
         for index in indexes:
             assert f"INDEX {index}" in plan, (where, plan)
         assert not [s for s in plan.split(" | ") if s.strip() == "SCAN jobs"], (where, plan)
+    # several statuses without running: one walk of jobs_status in order (an IN list, which a
+    # LIMIT stops early), not one search per status merged and sorted
+    for order in ("newest", "oldest"):
+        where = JobFilter(statuses=(done, JobStatus.FAILED, pending), order=order, limit=5)
+        plan = _plan(ledger.path, q.statement_for(where), (5,))
+        assert "INDEX jobs_status" in plan and "MULTI-INDEX OR" not in plan, plan
     listed = {s: [j.status for j in ledger.jobs(status=s.value)] for s in (running, pending)}
     assert listed == {running: [], pending: [pending] * 50}
     ledger.claim("w")

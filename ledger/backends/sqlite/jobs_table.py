@@ -458,17 +458,32 @@ def _build(head: str, where: JobFilter, *, order: bool) -> str:
     """Running jobs of any chat: INDEXED BY jobs_lease, the running set (sorted afterwards).
     Running jobs of one chat are left to the planner, which walks that chat's jobs in jobs_chat:
     forcing jobs_lease there made the summary of a chat walk every running job of every chat
-    (25x slower with 5,000 running jobs). Several statuses: an OR of one term per status, so
-    that each walks its own index (`_status_term`)."""
+    (25x slower with 5,000 running jobs). Pending jobs of one chat walk the pending region of
+    jobs_status (``+chat_id`` keeps jobs_chat out): the backlog is the live set, where the
+    chat's jobs are its whole history (counting one chat's pending jobs among 10,000 of its
+    finished ones: 10.8 ms through jobs_chat, 0.09 ms so). Several statuses without running:
+    an IN list with jobs_status's own WHERE beside it (`_LISTED`, which lets SQLite see that
+    the partial index fits), so that each status is walked in order and a LIMIT stops early
+    (an OR of the statuses sorted every match: 100 ms for the newest 50 of 40,000 finished
+    jobs, 0.26 ms so). With running among them: an OR of one term per status, each walking
+    its own index (`_status_term`)."""
     clauses = []
     statuses = where.statuses
     if statuses is not None:
-        terms = [_status_term(JobStatus(s), alone=len(statuses) == 1) for s in statuses]
-        clauses.append(terms[0] if len(terms) == 1 else f"({' OR '.join(terms)})")
+        if len(statuses) > 1 and JobStatus.RUNNING not in statuses:
+            listed = ", ".join(f"'{JobStatus(s).value}'" for s in statuses)
+            clauses.append(f"status IN ({listed}) AND ({_LISTED})")
+        else:
+            terms = [_status_term(JobStatus(s), alone=len(statuses) == 1) for s in statuses]
+            clauses.append(terms[0] if len(terms) == 1 else f"({' OR '.join(terms)})")
         if tuple(statuses) == _RUNNING and where.chat_id is None:
             head += " INDEXED BY jobs_lease"
     if where.chat_id is not None:
-        clauses.append("chat_id = ?")
+        clauses.append(
+            "+chat_id = ?"
+            if statuses is not None and tuple(statuses) == _PENDING
+            else "chat_id = ?"
+        )
     if where.queue is not None:
         clauses.append("queue = ?")
     statement = head + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
