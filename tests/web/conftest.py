@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("starlette", reason="the dashboard needs the web extra: jobledger[web]")
-pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+pytest.importorskip("httpx2", reason="Starlette's TestClient needs httpx2 (the test extra)")
 
 from starlette.testclient import TestClient
 
