@@ -235,15 +235,21 @@ def test_claim_and_rescue_queries_use_partial_indexes_without_sorting(ledger: Le
 def test_status_listings_walk_an_index_and_never_scan_finished_jobs(ledger: Ledger) -> None:
     """jobs_status leaves running jobs out (a claim and a complete would each move one between
     its status regions): running listings walk the partial jobs_lease (one chat's: that chat's
-    jobs in jobs_chat, not every running job of every chat), every other status jobs_status,
-    and a filter of several statuses one index per status."""
+    entries in jobs_chat_status, not every running job of every chat), every other status
+    jobs_status, and a filter of several statuses one index per status."""
     from ledger.backends.protocol import JobFilter
 
     ledger.create_jobs([{"chat_id": 1, "config": CONFIG} for _ in range(50)])
     running, pending, done = JobStatus.RUNNING, JobStatus.PENDING, JobStatus.COMPLETED
     for where, indexes in (
         (JobFilter(statuses=(running,), order="started"), ["jobs_lease"]),
-        (JobFilter(statuses=(running,), chat_id=1, order="started"), ["jobs_chat"]),
+        # one chat's running and latest finished jobs (the summary): that chat's entries of
+        # those statuses, not its whole history
+        (JobFilter(statuses=(running,), chat_id=1, order="started"), ["jobs_chat_status"]),
+        (
+            JobFilter(statuses=(done, JobStatus.FAILED), chat_id=1, order="finished", limit=3),
+            ["jobs_chat_status"],
+        ),
         (JobFilter(statuses=(done,), order="newest", limit=5), ["jobs_status"]),
         (JobFilter(statuses=(JobStatus.FAILED,), order="oldest"), ["jobs_status"]),
         (JobFilter(statuses=(done, JobStatus.FAILED), order="finished"), ["jobs_status"]),

@@ -125,3 +125,40 @@ def test_a_projection_with_the_full_status_index_gets_the_partial_one_on_open(
     conn.close()
     assert "WHERE" in str(sql) and "'running'" not in str(sql)
     assert table_dump(path) == rows
+
+
+def test_a_projection_without_jobs_chat_status_gets_it_on_open(tmp_path: Path) -> None:
+    """jobs_chat_status came after projection version 4: a file without it reads as it is
+    (the summary walks the chat in jobs_chat, same answer), and its next writable open builds
+    it from the jobs table, without a replay; the summary then reads through it."""
+    import apsw
+
+    from ledger.backends.protocol import JobFilter
+    from ledger.backends.sqlite import jobs_table
+    from ledger.domain.model import JobStatus
+
+    path = str(tmp_path / "old.db")
+    with Ledger(path) as ledger:
+        ledger.create_jobs([{"chat_id": 7, "config": {"n": n}} for n in range(4)])
+        done = ledger.claim("w")
+        assert done is not None
+        ledger.complete(done.id, "ok")
+        ledger.claim("w")
+        summary = ledger.active_jobs_summary(7)
+    rows = table_dump(path)
+    conn = apsw.Connection(path)
+    conn.execute("DROP INDEX jobs_chat_status")
+    conn.close()
+    with Ledger(path, readonly=True) as ledger:
+        assert ledger.active_jobs_summary(7) == summary
+    with Ledger(path) as ledger:
+        assert ledger.active_jobs_summary(7) == summary and ledger.verify().ok
+    running = JobFilter(statuses=(JobStatus.RUNNING,), chat_id=7, order="started")
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    plan = " | ".join(
+        str(r[3])
+        for r in conn.execute("EXPLAIN QUERY PLAN " + jobs_table.statement_for(running), (7,))
+    )
+    conn.close()
+    assert "INDEX jobs_chat_status" in plan, plan
+    assert table_dump(path) == rows
