@@ -233,8 +233,10 @@ def _filtered(head: str, where: JobFilter, *, order: bool) -> tuple[str, list[An
     if order:
         statement += f" ORDER BY {_ORDERS[where.order]}"
         if where.limit is not None:
-            statement += " LIMIT %s"
-            params.append(where.limit)
+            # Written in, as the statuses are: with ``LIMIT %s`` the plan psycopg prepares
+            # after a few runs assumes a tenth of the matches and sorts them all (a chat's
+            # three latest finished jobs among its 2,250: 2.6-3.3 ms, the index walk 0.04 ms).
+            statement += f" LIMIT {int(where.limit)}"
     return statement, params
 
 

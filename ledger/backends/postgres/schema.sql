@@ -263,6 +263,12 @@ $$;
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at, created_position)
     WHERE status <> 'running';
 CREATE INDEX IF NOT EXISTS jobs_chat ON jobs (chat_id, created_at, created_position);
+-- A chat's latest finished jobs (the summary's three) from its newest ends, not a sort of its
+-- whole history (SQLite's jobs_chat_status serves the same reads; here the planner, with its
+-- statistics, takes one chat's running jobs from jobs_lease or jobs_chat). Pending jobs are left
+-- out, so a create writes no entry here.
+CREATE INDEX IF NOT EXISTS jobs_chat_ended ON jobs
+    (chat_id, completed_at DESC NULLS LAST, created_position DESC) WHERE status <> 'pending';
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 -- Added by the async/worker issue (projection schema 2): the handler's result (its JSON text)
