@@ -93,6 +93,14 @@ class Step:
             self.tx.advance_checkpoint(JOBS, self._last)
 
 
+class _BatchStep(threading.local):
+    """The `Step` of the `batch` this thread is inside, if any. The class default answers a
+    thread that never ran one (``getattr(local, "step", None)`` made and caught an
+    AttributeError on every command of such a thread)."""
+
+    step: Step | None = None
+
+
 class Service:
     """The commands of the ledger over one backend. Thread-safe as far as the backend is
     (transactions are serialised by it)."""
@@ -108,7 +116,7 @@ class Service:
         self._clock = clock
         self._retry_policy = retry_policy
         self._rng = rng
-        self._batch = threading.local()
+        self._batch = _BatchStep()
 
     def batch(self, doing: str, calls: Sequence[Callable[[], _T]]) -> list[_T | LedgerError]:
         """Run several commands (``calls`` of the faces' methods, arguments checked as always)
@@ -144,7 +152,7 @@ class Service:
     def run(self, doing: str, work: Callable[[Step], _T]) -> _T:
         """Run ``work`` as one command: one write transaction, its events folded (inside
         `batch`, a part of the batch's transaction)."""
-        batch_step = getattr(self._batch, "step", None)
+        batch_step = self._batch.step
         if batch_step is not None:
             result = work(batch_step)
             batch_step.flush()  # the next command of the batch queries what this one wrote

@@ -125,10 +125,18 @@ class SqliteTransaction(SqliteSnapshot):
     """The write half, inside ``BEGIN IMMEDIATE``: the write lock is held from the first
     statement, so what `load_job` and `claimable` read stays true until the commit."""
 
-    __slots__ = ("_found", "_head")
+    __slots__ = ("_found", "_head", "_settled")
 
-    def __init__(self, conn: apsw.Connection, head: tuple[int, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        head: tuple[int, bytes] | None = None,
+        settled: set[str] | None = None,
+    ) -> None:
         super().__init__(conn)
+        # Checkpoints an earlier command of this same transaction (a group) already advanced
+        # to LIVE: advancing them again is an UPDATE that changes nothing (`GroupCommit.settled`).
+        self._settled: set[str] = set() if settled is None else settled
         self._found: JobState | None = None  # read by `claimable`, for the `load_job` after it
         # The log's head: read once per transaction, or the one this backend's last commit
         # left (another connection's append since then makes the first insert fail: StaleHead).
@@ -172,9 +180,13 @@ class SqliteTransaction(SqliteSnapshot):
         jobs.save(self.conn, new, changed)
 
     def advance_checkpoint(self, name: str, position: int) -> None:
-        events.advance_checkpoint(self.conn, name, position)
+        settled = self._settled
+        if name not in settled:
+            events.advance_checkpoint(self.conn, name, position)
+            settled.add(name)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
+        self._settled.discard(name)  # it may be left behind the head: no longer LIVE
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
@@ -309,7 +321,7 @@ class SqliteBackend:
         arrive meanwhile (`group`: group commit); returns once its COMMIT is durable."""
 
         def command() -> _T:
-            tx = SqliteTransaction(self._conn, self._head)
+            tx = SqliteTransaction(self._conn, self._head, self._writes.settled)
             result = work(tx)
             self._head = tx._head  # the head it appended (None: not known)
             return result
