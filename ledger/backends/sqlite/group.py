@@ -137,6 +137,9 @@ class GroupCommit:
         enabled: bool,
     ) -> None:
         self._conn = conn
+        # The transaction's own statements (SAVEPOINT, RELEASE, COMMIT) go through one cursor
+        # kept for them: `Connection.execute` makes a new cursor object for every statement.
+        self._execute = conn.cursor().execute
         self._lock = lock
         self._on_commit = on_commit
         self._on_lost = on_lost
@@ -343,7 +346,7 @@ class GroupCommit:
             group.size = 1
             return group, result, None
         try:
-            self._conn.execute("SAVEPOINT command")
+            self._execute("SAVEPOINT command")
         except apsw.Error as e:
             return group, None, wrap_sqlite_error(e, doing)
         try:
@@ -351,7 +354,7 @@ class GroupCommit:
         except BaseException as e:
             return group, None, self._undo(doing, group, e)
         try:
-            self._conn.execute("RELEASE command")
+            self._execute("RELEASE command")
         except apsw.Error as e:
             return group, None, self._undo(doing, group, e)
         group.size += 1
@@ -376,7 +379,7 @@ class GroupCommit:
     def _commit(self, group: Group) -> None:
         self._open = None
         try:
-            self._conn.execute("COMMIT")
+            self._execute("COMMIT")
         except apsw.Error as e:
             rollback(self._conn)
             group.failure = e
