@@ -40,11 +40,25 @@ def _sample(annotation: Any) -> Any:
     return samples[annotation]
 
 
-def _variants(cls: type[ev.Event]) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
-    """(name, the data's keys and values after the tag) around ``cls``'s fields."""
+def _variants(cls: type[ev.Event]) -> Iterator[tuple[str, str | None, list[tuple[str, Any]]]]:
+    """(name, the tag first or None, the data's keys and values after it) around ``cls``'s
+    fields."""
+    tag = cls.__struct_config__.tag
     fields = msgspec.structs.fields(cls)
     required = [(f.name, _sample(f.type)) for f in fields if f.required]
     every = [(f.name, _sample(f.type)) for f in fields]
+    yield "no tag", None, every
+    yield "the tag last", None, [*every, ("type", tag)]
+    yield "the tag between", None, [*every[:1], ("type", tag), *every[1:]]
+    yield "another tag last", None, [*every, ("type", "created" if tag != "created" else "step")]
+    for name, items in _tagged_variants(cls, required, every):
+        yield name, tag, items
+
+
+def _tagged_variants(
+    cls: type[ev.Event], required: list[tuple[str, Any]], every: list[tuple[str, Any]]
+) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    fields = msgspec.structs.fields(cls)
     yield "required only", required
     yield "every field", every
     yield "ints for floats", [(k, 3 if type(v) is float else v) for k, v in every]
@@ -60,10 +74,12 @@ def _variants(cls: type[ev.Event]) -> Iterator[tuple[str, list[tuple[str, Any]]]
         yield f"{f.name} twice, then wrong", [*every, (f.name, [1])]
 
 
-def _data(tag: str, items: list[tuple[str, Any]]) -> str:
-    """``{"type":<tag>, ...}`` with keys repeated as given (a dict would merge them)."""
-    body = "".join(f",{_encode(k).decode()}:{_encode(v).decode()}" for k, v in items)
-    return '{"type":' + _encode(tag).decode() + body + "}"
+def _data(tag: str | None, items: list[tuple[str, Any]]) -> str:
+    """``{"type":<tag>, ...}`` with keys repeated as given (a dict would merge them); no tag
+    for None (then give it among ``items``, or leave it out)."""
+    pairs = [("type", tag)] if tag is not None else []
+    pairs += items
+    return "{" + ",".join(f"{_encode(k).decode()}:{_encode(v).decode()}" for k, v in pairs) + "}"
 
 
 def _read(read: Any) -> tuple[str, Any]:
@@ -85,18 +101,19 @@ def _same_event(fast: JobEvent, careful: JobEvent) -> None:
 
 
 _CASES = [
-    pytest.param(cls, name, items, id=f"{cls.__struct_config__.tag}: {name}")
+    pytest.param(cls, first, items, id=f"{cls.__struct_config__.tag}: {name}")
     for cls in ev.AnyEvent.__args__
-    for name, items in _variants(cls)
+    for name, first, items in _variants(cls)
 ]
 
 
-@pytest.mark.parametrize(("cls", "name", "items"), _CASES)
+@pytest.mark.parametrize(("cls", "first", "items"), _CASES)
 def test_every_type_reads_as_the_careful_decode_reads_it(
-    cls: type[ev.Event], name: str, items: list[tuple[str, Any]]
+    cls: type[ev.Event], first: str | None, items: list[tuple[str, Any]]
 ) -> None:
     tag = cls.__struct_config__.tag
-    text = _data(tag, items)
+    text = _data(first, items)
+    name = text
     for data in (text.encode(), text):  # SQLite reads bytes, PostgreSQL text
         row = (9, "job", 2, tag, data, _AT)
         careful = _read(lambda: reading.to_job_event(row, _read_time))  # noqa: B023
