@@ -125,15 +125,23 @@ class SqliteTransaction(SqliteSnapshot):
     """The write half, inside ``BEGIN IMMEDIATE``: the write lock is held from the first
     statement, so what `load_job` and `claimable` read stays true until the commit."""
 
-    __slots__ = ("_found", "_head", "_settled")
+    __slots__ = ("_found", "_head", "_known", "_put", "_settled")
 
     def __init__(
         self,
         conn: apsw.Connection,
         head: tuple[int, bytes] | None = None,
         settled: set[str] | None = None,
+        put: apsw.Cursor | None = None,
+        known: KnownJobs | None = None,
     ) -> None:
         super().__init__(conn)
+        self._known = known  # job rows as committed, to skip reading them back (`KnownJobs`)
+        # Where the command's INSERTs and UPDATEs go: a cursor the backend keeps for them
+        # (`Connection.execute` builds a cursor object per statement, 3k instructions). The
+        # table functions only call ``execute``/``executemany`` on it, and no statement run
+        # there returns rows anyone reads later, so reusing it never cuts a read short.
+        self._put: Any = conn if put is None else put
         # Checkpoints an earlier command of this same transaction (a group) already advanced
         # to LIVE: advancing them again is an UPDATE that changes nothing (`GroupCommit.settled`).
         self._settled: set[str] = set() if settled is None else settled
@@ -148,6 +156,11 @@ class SqliteTransaction(SqliteSnapshot):
             self._found = None
             if found.id == job_id:
                 return found
+        known = self._known
+        if known is not None:
+            state = known.committed.get(job_id)
+            if state is not None:
+                return state
         return jobs.load(self.conn, job_id)
 
     def append(
@@ -158,12 +171,12 @@ class SqliteTransaction(SqliteSnapshot):
         try:
             try:
                 stored, self._head = events.append(
-                    self.conn, job_id, expected_version, new, at, head
+                    self._put, job_id, expected_version, new, at, head
                 )
             except events.StaleHead:
                 head = events.read_head(self.conn)
                 stored, self._head = events.append(
-                    self.conn, job_id, expected_version, new, at, head
+                    self._put, job_id, expected_version, new, at, head
                 )
         except ConcurrencyError as e:
             from . import segments  # (it imports this module)
@@ -177,12 +190,15 @@ class SqliteTransaction(SqliteSnapshot):
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
     ) -> None:
         self._found = None  # rows change: what `claimable` read is no longer theirs to give
-        jobs.save(self.conn, new, changed)
+        if self._known is not None:
+            changed = changed if isinstance(changed, list | tuple) else list(changed)
+            self._known.saving(new, changed)
+        jobs.save(self._put, new, changed)
 
     def advance_checkpoint(self, name: str, position: int) -> None:
         settled = self._settled
         if name not in settled:
-            events.advance_checkpoint(self.conn, name, position)
+            events.advance_checkpoint(self._put, name, position)
             settled.add(name)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
@@ -219,6 +235,8 @@ class SqliteTransaction(SqliteSnapshot):
         return jobs.with_key(self.conn, idempotency_key)
 
     def reset_jobs(self) -> None:
+        if self._known is not None:
+            self._known.forget()
         """Drop the jobs table and create it bare (indexes come after a bulk load)."""
         self.conn.execute(jobs.drop_statement)
         jobs.create(self.conn, indexes=False)
@@ -245,6 +263,72 @@ class SqliteTransaction(SqliteSnapshot):
         )
 
 
+KNOWN_JOBS = 1024  # job rows `KnownJobs` keeps at most
+
+
+class KnownJobs:
+    """The job rows as this backend's last commits left them, so a command on a job one of them
+    wrote does not read its row back (a SELECT and a row decoded: about a tenth of a grouped
+    log_event). Trusted only while nothing else writes: a transaction that begins after another
+    connection committed (or this one, around the ledger) finds ``data_version`` moved and
+    forgets everything. Within a transaction a saved job is dropped at once (later commands read
+    the row the transaction holds) and its new state waits in ``staged`` until the COMMIT;
+    a command rolled back to its savepoint, a lost transaction and a rebuild forget the staged
+    states (and, the last two, everything). The states are immutable (`JobState` is frozen)."""
+
+    __slots__ = ("_conn", "_overflow", "_version", "committed", "staged")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self.committed: dict[str, JobState] = {}
+        self.staged: dict[str, JobState] = {}
+        self._overflow = False  # more saved in the open transaction than are kept
+        self._version: int | None = None  # data_version after this backend's last commit
+
+    def begun(self) -> None:
+        """A write transaction began: anyone else's commit since ours voids what is known."""
+        self.staged.clear()
+        self._overflow = False
+        if self._conn.data_version() != self._version:
+            self.committed.clear()
+
+    def saving(
+        self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
+    ) -> None:
+        committed, staged = self.committed, self.staged
+        for state in new:
+            committed.pop(state.id, None)
+            staged[state.id] = state
+        for state, _ in changed:
+            committed.pop(state.id, None)
+            staged[state.id] = state
+        if len(staged) > KNOWN_JOBS:  # a rebuild, a big batch: not worth keeping
+            staged.clear()
+            self._overflow = True
+
+    def undone(self) -> None:
+        """A command was rolled back to its savepoint: its saves (and, to be simple, those of
+        the commands before it in the transaction) are not kept."""
+        self.staged.clear()
+
+    def committed_now(self) -> None:
+        committed = self.committed
+        if self._overflow:
+            committed.clear()
+            self._overflow = False
+        committed.update(self.staged)
+        self.staged.clear()
+        if len(committed) > KNOWN_JOBS:  # the oldest first (dicts keep insertion order)
+            for job_id in list(committed)[: len(committed) - KNOWN_JOBS]:
+                del committed[job_id]
+        self._version = self._conn.data_version()
+
+    def forget(self) -> None:
+        self.committed.clear()
+        self.staged.clear()
+        self._version = None
+
+
 class SqliteBackend:
     """A ledger in one SQLite file (or ``:memory:``). See the module docstring."""
 
@@ -264,6 +348,8 @@ class SqliteBackend:
         self._lock = threading.RLock()
         self._head: tuple[int, bytes] | None = None  # the log's head after this backend's commit
         self._conn = connect(target, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+        self._put = self._conn.cursor()  # the write transactions' INSERTs and UPDATEs
+        self._known = KnownJobs(self._conn)
         self._shared_reads = target in ("", ":memory:") or "mode=memory" in target
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
@@ -281,6 +367,8 @@ class SqliteBackend:
             self._committed,
             self._lost,
             enabled=not (readonly or self._shared_reads),
+            on_begin=self._known.begun,
+            on_undo=self._known.undone,
         )
         try:
             if readonly:
@@ -321,7 +409,9 @@ class SqliteBackend:
         arrive meanwhile (`group`: group commit); returns once its COMMIT is durable."""
 
         def command() -> _T:
-            tx = SqliteTransaction(self._conn, self._head, self._writes.settled)
+            tx = SqliteTransaction(
+                self._conn, self._head, self._writes.settled, self._put, self._known
+            )
             result = work(tx)
             self._head = tx._head  # the head it appended (None: not known)
             return result
@@ -335,6 +425,7 @@ class SqliteBackend:
     def _committed(self) -> None:
         # Only the thread holding the write lock counts, so no lock is needed for it; the
         # condition is taken only when someone waits (the common case: nobody).
+        self._known.committed_now()
         self._commits += 1
         if self._waiting:
             with self._changed:
@@ -342,6 +433,7 @@ class SqliteBackend:
 
     def _lost(self) -> None:
         self._head = None  # the transaction that knew it rolled back
+        self._known.forget()
         self._committed()
 
     def read(self, doing: str, work: Callable[[SqliteSnapshot], _T], *, single: bool = False) -> _T:
@@ -370,7 +462,9 @@ class SqliteBackend:
         if conn is None:
             if self._closed:
                 raise StorageError("reading the ledger: this Ledger was closed; open a new one")
-            conn = connect(self.target, readonly=True, busy_timeout_ms=self._busy_timeout_ms)
+            conn = connect(
+                self.target, readonly=True, busy_timeout_ms=self._busy_timeout_ms, one_thread=True
+            )
             with self._readers_lock:  # not the write lock: a read must never wait for a write
                 if self._closed:
                     conn.close()

@@ -125,7 +125,9 @@ class GroupCommit:
     """The write path of one SQLite write connection, guarded by the backend's write lock.
 
     ``on_commit`` runs after every commit (under the lock); ``on_lost`` after a transaction
-    was lost (its COMMIT failed, or SQLite rolled it back under a failing command)."""
+    was lost (its COMMIT failed, or SQLite rolled it back under a failing command);
+    ``on_begin`` once a transaction has begun, before its first command; ``on_undo`` after a
+    command of a shared transaction was rolled back to its savepoint."""
 
     def __init__(
         self,
@@ -135,6 +137,8 @@ class GroupCommit:
         on_lost: Callable[[], None],
         *,
         enabled: bool,
+        on_begin: Callable[[], None] = lambda: None,
+        on_undo: Callable[[], None] = lambda: None,
     ) -> None:
         self._conn = conn
         # The transaction's own statements (SAVEPOINT, RELEASE, COMMIT) go through one cursor
@@ -143,6 +147,8 @@ class GroupCommit:
         self._lock = lock
         self._on_commit = on_commit
         self._on_lost = on_lost
+        self._on_begin = on_begin
+        self._on_undo = on_undo
         self.enabled = enabled
         self._pending: deque[_Call] = deque()  # published commands nobody has taken yet
         self._open: Group | None = None  # the transaction open on the connection, if any
@@ -334,6 +340,7 @@ class GroupCommit:
         if group is None:  # the first command of a transaction: nobody else is in it
             self.settled.clear()
             begin_immediate(self._conn, doing)
+            self._on_begin()
             try:
                 result = command()
             except apsw.Error as e:
@@ -364,6 +371,7 @@ class GroupCommit:
         """Roll back one failed command of ``group`` to its savepoint; if SQLite already
         rolled the whole transaction back (a full disk, an I/O error), the group is lost."""
         self.settled.clear()  # the command may have been the one that settled something
+        self._on_undo()
         if not self._conn.get_autocommit():
             try:
                 self._conn.execute("ROLLBACK TO command")

@@ -1,0 +1,101 @@
+"""`KnownJobs`: a command on a job this backend's last commits wrote skips reading its row back.
+What must hold: a command never decides on a state other than the row's. Another connection's
+commit, a write around the ledger on the write connection itself, a command rolled back to its
+savepoint and a lost transaction all make the next command read the row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import msgspec
+import pytest
+
+from ledger import InvalidTransition, Ledger
+from ledger.backends.sqlite.backend import SqliteBackend
+
+CONFIG = {"role": "coder", "task": "known jobs"}
+
+
+def backend_of(ledger: Ledger) -> SqliteBackend:
+    backend = ledger._backend
+    assert isinstance(backend, SqliteBackend)
+    return backend
+
+
+def test_a_commit_leaves_its_states_known_and_equal_to_the_rows(tmp_path: Path) -> None:
+    with Ledger(str(tmp_path / "l.db")) as ledger:
+        job = ledger.create_job(1, CONFIG)
+        ledger.log_event(job, "progress", {"n": 1})
+        known = backend_of(ledger)._known.committed
+        assert job in known
+        assert known[job].version == 2
+        assert ledger.get_job(job).version == 2  # type: ignore[union-attr]
+
+
+def test_another_connections_commit_is_seen(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    with Ledger(path) as first, Ledger(path) as second:
+        job = first.create_job(1, CONFIG)
+        first.log_event(job, "progress", {})
+        assert job in backend_of(first)._known.committed
+        second.cancel(job)  # another connection moves the job on
+        with pytest.raises(InvalidTransition):  # decided on the row: cancelled
+            first.log_event(job, "progress", {})
+        assert first.get_job(job).status.value == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_write_around_the_ledger_on_its_own_connection_is_seen(tmp_path: Path) -> None:
+    with Ledger(str(tmp_path / "l.db")) as ledger:
+        job = ledger.create_job(1, CONFIG)
+        backend = backend_of(ledger)
+        with backend._lock:  # written around the ledger, outside any of its transactions
+            backend._conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (job,))
+        with pytest.raises(InvalidTransition):
+            ledger.log_event(job, "progress", {})
+
+
+def test_a_command_rolled_back_to_its_savepoint_leaves_nothing_known(tmp_path: Path) -> None:
+    with Ledger(str(tmp_path / "l.db")) as ledger:
+        job = ledger.create_job(1, CONFIG)
+        backend = backend_of(ledger)
+
+        def saves_then_fails(tx: object) -> None:
+            state = tx.load_job(job)  # type: ignore[attr-defined]
+            moved = msgspec.structs.replace(state, version=state.version + 5)
+            tx.save_jobs([], [(moved, ("version",))])  # type: ignore[attr-defined]
+            raise RuntimeError("after saving")
+
+        with backend.held_writes():
+            ledger.log_event(job, "progress", {})  # the transaction's first command
+            with pytest.raises(RuntimeError):
+                backend.write("failing", saves_then_fails)  # rolled back to its savepoint
+        known = backend._known.committed.get(job)  # (the undo forgets the whole group's saves)
+        assert known is None or known.version == 2
+        assert ledger.get_job(job).version == 2  # type: ignore[union-attr]
+        assert ledger.log_event(job, "progress", {}) == 3
+
+
+def test_a_lost_transaction_forgets_everything(tmp_path: Path) -> None:
+    with Ledger(str(tmp_path / "l.db")) as ledger:
+        job = ledger.create_job(1, CONFIG)
+        backend = backend_of(ledger)
+        assert backend._known.committed
+        backend._lost()
+        assert not backend._known.committed
+        assert ledger.log_event(job, "progress", {}) == 2
+
+
+def test_two_writers_in_turn_never_decide_on_a_stale_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "l.db")
+    with Ledger(path) as first, Ledger(path) as second:
+        job = first.create_job(1, CONFIG)
+        for n in range(10):  # each appends on top of the other's last event
+            writer = first if n % 2 else second
+            assert writer.log_event(job, "progress", {"n": n}) == n + 2
+        assert first.verify().ok
+    conn = apsw.Connection(path)
+    try:
+        assert conn.execute("SELECT version FROM jobs WHERE id = ?", (job,)).get == 11
+    finally:
+        conn.close()
