@@ -160,3 +160,16 @@ def test_times_already_datetimes_read_as_given() -> None:
     same = reading.to_job_events(rows, lambda m: m, lambda p, t, m: m)
     assert [e.created_at for e in same] == moments
     assert [e.worker_id for e in same] == ["w", "w", "w"]
+
+
+def test_equal_datetimes_in_other_zones_keep_their_own() -> None:
+    """Datetimes equal as instants but in different zones are not one time: each row keeps
+    its own (only stored text that is equal is parsed once)."""
+    from datetime import timedelta, timezone
+
+    data = '{"type":"heartbeat","worker_id":"w"}'
+    utc = _fromiso(_AT)
+    plus2 = utc.astimezone(timezone(timedelta(hours=2)))
+    rows = [(i, "job", i, "heartbeat", data, m) for i, m in enumerate((utc, plus2), start=1)]
+    read = reading.to_job_events(rows, lambda m: m, lambda p, t, m: m)
+    assert [e.created_at.utcoffset() for e in read] == [timedelta(0), timedelta(hours=2)]

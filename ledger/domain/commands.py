@@ -40,12 +40,13 @@ Cents = Finite  # an amount of cents; `cents` refuses a negative one
 
 def cents(name: str, value: float | None) -> float | None:
     """An amount of cents as a float, refusing a negative one (NaN and infinity are refused by
-    the `Finite` type before)."""
+    the `Finite` type before). ``-0.0`` becomes ``0.0``: a REAL column reads it back so, and a
+    command's answer must equal what a read of the job returns."""
     if value is None:
         return None
     if value < 0:
         raise InvalidArgument(name, value, "must not be negative (an amount of cents, 0 or more)")
-    return float(value)
+    return float(value) + 0.0
 
 
 Duration = float | timedelta  # checked by `timeutil.seconds`: positive and not too long

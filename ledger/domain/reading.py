@@ -161,7 +161,7 @@ def to_job_events(rows: Iterable[Row], time: TimeOf, careful: CarefulTime) -> li
         decode, kind, activity, defaults, has_worker, has_attempt = reader
         try:
             decoded = decode(data)
-            if stored_at != last_text:
+            if stored_at != last_text or type(stored_at) is not str:
                 at = time(stored_at)
                 last_text = stored_at
         except _FAILURES:

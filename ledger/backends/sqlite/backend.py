@@ -235,9 +235,9 @@ class SqliteTransaction(SqliteSnapshot):
         return jobs.with_key(self.conn, idempotency_key)
 
     def reset_jobs(self) -> None:
+        """Drop the jobs table and create it bare (indexes come after a bulk load)."""
         if self._known is not None:
             self._known.forget()
-        """Drop the jobs table and create it bare (indexes come after a bulk load)."""
         self.conn.execute(jobs.drop_statement)
         jobs.create(self.conn, indexes=False)
 

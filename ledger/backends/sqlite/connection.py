@@ -78,8 +78,9 @@ def connect(
     """A connection with the ledger's pragmas; ``create=False`` refuses a missing file.
     ``one_thread``: only the thread that opened it uses it (a read connection of its own), so
     SQLite need not lock the connection around every call (``SQLITE_OPEN_NOMUTEX``: its mutex
-    calls were about 6% of a full read's instructions); APSW still refuses, with an error,
-    two threads in one connection at once (a `close` from another thread during a read)."""
+    calls were about 6% of a full read's instructions). Nothing else guards it then: APSW
+    still refuses a `close` during a query, but no longer a second thread's statement on it
+    (its check goes through the mutex this removes), so never hand it to another thread."""
     if readonly:
         flags = apsw.SQLITE_OPEN_READONLY
     else:

@@ -99,3 +99,18 @@ def test_two_writers_in_turn_never_decide_on_a_stale_state(tmp_path: Path) -> No
         assert conn.execute("SELECT version FROM jobs WHERE id = ?", (job,)).get == 11
     finally:
         conn.close()
+
+
+def test_negative_zero_cents_answer_as_the_row_reads(tmp_path: Path) -> None:
+    """-0.0 cents is 0.0 cents: a command's answer (from a known state) and a read of the
+    row (a REAL column, which has no -0.0) agree, sign included."""
+    import math
+
+    with Ledger(str(tmp_path / "l.db")) as ledger:
+        job = ledger.create_job(1, CONFIG, max_cost_cents=-0.0)
+        ledger.cancel(job)
+        answered = ledger.retry(job)
+        read = ledger.get_job(job)
+        assert read is not None
+        for value in (answered.max_cost_cents, read.max_cost_cents):
+            assert value == 0.0 and math.copysign(1.0, value) == 1.0  # type: ignore[arg-type]
