@@ -440,7 +440,20 @@ class SqliteBackend:
         if self._shared_reads:
             with self._lock:
                 return self._snapshot(self._conn, doing, work, single)
-        return self._snapshot(self._reader(), doing, work, single)
+        conn = self._reader()
+        try:
+            return self._snapshot(conn, doing, work, single)
+        finally:
+            if self._closed:  # `close` ran during this read and left this connection to us
+                self._drop_reader(conn)
+
+    def _drop_reader(self, conn: apsw.Connection) -> None:
+        """Close this thread's read connection once its read is over (after `close`)."""
+        with self._readers_lock:
+            if conn in self._readers:
+                self._readers.remove(conn)
+        self._local.conn = None
+        conn.close()
 
     def _snapshot(
         self,
@@ -536,9 +549,15 @@ class SqliteBackend:
                 self._watcher = None
         with self._readers_lock:
             self._closed = True
+            busy = []
             for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+                try:
+                    conn.close()
+                except apsw.ThreadingViolationError:
+                    # a read in another thread is running on it: that thread closes it when its
+                    # read ends (`read`), and close goes on to close the write connection
+                    busy.append(conn)
+            self._readers[:] = busy
         with self._lock:
             self._writes.settle()
             if self._checkpoints is not None:
