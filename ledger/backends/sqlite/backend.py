@@ -143,7 +143,7 @@ class SqliteTransaction(SqliteSnapshot):
         # there returns rows anyone reads later, so reusing it never cuts a read short.
         self._put: Any = conn if put is None else put
         # Checkpoints an earlier command of this same transaction (a group) already advanced
-        # to LIVE: advancing them again is an UPDATE that changes nothing (`GroupCommit.settled`).
+        # to LIVE: advancing them again is an UPDATE that changes nothing (`SqliteBackend`).
         self._settled: set[str] = set() if settled is None else settled
         self._found: JobState | None = None  # read by `claimable`, for the `load_job` after it
         # The log's head: read once per transaction, or the one this backend's last commit
@@ -350,6 +350,11 @@ class SqliteBackend:
         self._conn = connect(target, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
         self._put = self._conn.cursor()  # the write transactions' INSERTs and UPDATEs
         self._known = KnownJobs(self._conn)
+        # What a command of the open transaction already made true in it, for the commands
+        # after it to skip (`SqliteTransaction.advance_checkpoint`: the checkpoints already
+        # LIVE). Forgotten, with `KnownJobs`' staged states, when a transaction begins and
+        # whenever a command is rolled back (`_begun`, `_undone`).
+        self._settled: set[str] = set()
         self._shared_reads = target in ("", ":memory:") or "mode=memory" in target
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
@@ -367,8 +372,8 @@ class SqliteBackend:
             self._committed,
             self._lost,
             enabled=not (readonly or self._shared_reads),
-            on_begin=self._known.begun,
-            on_undo=self._known.undone,
+            on_begin=self._begun,
+            on_undo=self._undone,
         )
         try:
             if readonly:
@@ -409,9 +414,7 @@ class SqliteBackend:
         arrive meanwhile (`group`: group commit); returns once its COMMIT is durable."""
 
         def command() -> _T:
-            tx = SqliteTransaction(
-                self._conn, self._head, self._writes.settled, self._put, self._known
-            )
+            tx = SqliteTransaction(self._conn, self._head, self._settled, self._put, self._known)
             result = work(tx)
             self._head = tx._head  # the head it appended (None: not known)
             return result
@@ -430,6 +433,14 @@ class SqliteBackend:
         if self._waiting:
             with self._changed:
                 self._changed.notify_all()
+
+    def _begun(self) -> None:
+        self._settled.clear()
+        self._known.begun()
+
+    def _undone(self) -> None:
+        self._settled.clear()  # the command may have been the one that settled something
+        self._known.undone()
 
     def _lost(self) -> None:
         self._head = None  # the transaction that knew it rolled back

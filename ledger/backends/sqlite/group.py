@@ -155,10 +155,6 @@ class GroupCommit:
         self._combiner: int | None = None  # the thread running others' commands
         self._holder: int | None = None  # the thread inside `held`
         self._joined: list[Group] | None = None  # the groups `held`'s commands wrote into
-        # What a command of the open transaction already made true in it, for the commands
-        # after it to skip (`SqliteTransaction.advance_checkpoint`: the checkpoints already
-        # LIVE). Forgotten when a transaction begins and whenever a command is rolled back.
-        self.settled: set[str] = set()
 
     def run(self, doing: str, command: Callable[[], _T]) -> _T:
         """Run ``command`` as one write: alone, or in a group; return once durable."""
@@ -338,7 +334,6 @@ class GroupCommit:
         and the error it raised (to be raised once the group is settled)."""
         group = self._open
         if group is None:  # the first command of a transaction: nobody else is in it
-            self.settled.clear()
             begin_immediate(self._conn, doing)
             self._on_begin()
             try:
@@ -370,7 +365,6 @@ class GroupCommit:
     def _undo(self, doing: str, group: Group, error: BaseException) -> BaseException:
         """Roll back one failed command of ``group`` to its savepoint; if SQLite already
         rolled the whole transaction back (a full disk, an I/O error), the group is lost."""
-        self.settled.clear()  # the command may have been the one that settled something
         self._on_undo()
         if not self._conn.get_autocommit():
             try:

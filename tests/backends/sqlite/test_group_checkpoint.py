@@ -1,4 +1,4 @@
-"""A group's commands advance the jobs checkpoint once (`GroupCommit.settled`): the commands after
+"""A group's commands advance the jobs checkpoint once (`SqliteBackend`): the commands after
 the first skip an UPDATE that would change nothing. What must hold: the checkpoint is LIVE after
 every transaction that wrote jobs, also when it was left behind the head before (by another
 connection, between two transactions, or before a group); the memory of "already advanced" never
@@ -62,7 +62,7 @@ def test_a_group_advances_it_and_its_later_commands_skip(tmp_path: Path) -> None
                 ledger.log_event("no-such-job", "progress", {})
             for job in jobs:
                 ledger.log_event(job, "progress", {"n": 2})
-            assert backend._writes.settled == {"jobs"}
+            assert backend._settled == {"jobs"}
         assert all(group.failure is None for group in groups)
         assert checkpoint(path) == LIVE
         leave_behind(path)
