@@ -117,6 +117,18 @@ def _annotated(snapshot: Any, states: Sequence[JobState]) -> list[Job]:
     return out
 
 
+def _job_and_limits(snapshot: Any, job_id: str) -> tuple[JobState | None, bool]:
+    """A job's state and, when it is pending, whether any chat has a budget limit (only then
+    can it be held back). Both in one read without a transaction of its own (``single``):
+    polling a pending job's status is the common call, and a second read in a transaction of
+    its own made it cost twice a finished job's (34.7 against 16.7 us). Each statement reads
+    its own snapshot, as the two reads did; the probe only decides whether to look at the
+    budgets, which `_annotated` then reads in one snapshot."""
+    state = snapshot.job(job_id)
+    pending = state is not None and state.status is JobStatus.PENDING
+    return state, pending and snapshot.has_budget_limits()
+
+
 class LedgerReads:
     """The read half of `Ledger`: queries of the jobs projection and of the log. Reads never
     open a write transaction and work on a read-only `Ledger`."""
@@ -153,10 +165,12 @@ class LedgerReads:
 
     def get_job(self, job_id: str) -> Job | None:
         check.text("job_id", job_id)
-        state = self._read("reading a job", lambda snap: snap.job(job_id), single=True)
+        state, limits = self._read(
+            "reading a job", lambda snap: _job_and_limits(snap, job_id), single=True
+        )
         if state is None:
             return None
-        if state.status is JobStatus.PENDING:  # is it held back by its chat's budget?
+        if limits:  # a pending job, and some chat has a budget: is this one held back?
             return self._read("reading a job", lambda snap: _annotated(snap, [state])[0])
         return to_job(state)
 
