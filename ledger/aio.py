@@ -25,7 +25,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -133,13 +133,21 @@ class AsyncLedger:
         ledger = self._ledger
         if ledger is None or self._closed:  # not open yet (or closed: open() says so)
             ledger = await self.open()
-        bound = getattr(ledger, method)
-        result = await self._executor.call(
-            functools.partial(bound, *args, **kwargs), grouped=method in GROUPED
-        )
-        if isinstance(result, Iterator):  # a lazy iterator: pull it on the ledger's thread
+        grouped = method in GROUPED
+        result = await self._executor.call(grouped, getattr(ledger, method), *args, **kwargs)
+        if not grouped and isinstance(result, Iterator):  # lazy: pull it on the ledger's thread
             return self._pull(result)
         return result
+
+    def _command(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """A write command (`GROUPED`, never an iterator): once open, the thread's future
+        itself, without a coroutine of `_call` around it (the per-call path of many tasks)."""
+        ledger = self._ledger
+        if ledger is None or self._closed:
+            return self._call(method, *args, **kwargs)
+        return self._executor.call(True, getattr(ledger, method), *args, **kwargs)
 
     async def _pull(self, iterator: Iterator[_T]) -> AsyncIterator[_T]:
         loop = asyncio.get_running_loop()
@@ -156,8 +164,15 @@ class AsyncLedger:
         if not callable(getattr(Ledger, name)):  # an attribute such as ``path``: as it is
             return getattr(self.ledger, name)
 
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self._call(name, *args, **kwargs)
+        if name in GROUPED:
+
+            async def method(*args: Any, **kwargs: Any) -> Any:
+                return await self._command(name, args, kwargs)
+
+        else:
+
+            async def method(*args: Any, **kwargs: Any) -> Any:
+                return await self._call(name, *args, **kwargs)
 
         method.__name__ = name
         method.__doc__ = getattr(Ledger, name).__doc__
@@ -167,7 +182,7 @@ class AsyncLedger:
     # The most used calls, spelled out (for readers and type checkers); the rest via __getattr__.
 
     async def create_job(self, chat_id: int, config: Any, **kwargs: Any) -> str:
-        result: str = await self._call("create_job", chat_id, config, **kwargs)
+        result: str = await self._command("create_job", (chat_id, config), kwargs)
         return result
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -175,17 +190,17 @@ class AsyncLedger:
         return result
 
     async def claim(self, worker_id: str, **kwargs: Any) -> Job | None:
-        result: Job | None = await self._call("claim", worker_id, **kwargs)
+        result: Job | None = await self._command("claim", (worker_id,), kwargs)
         return result
 
     async def complete(self, job_id: str, summary: str, *args: Any, **kwargs: Any) -> None:
-        await self._call("complete", job_id, summary, *args, **kwargs)
+        await self._command("complete", (job_id, summary, *args), kwargs)
 
     async def fail(self, job_id: str, error: str, **kwargs: Any) -> None:
-        await self._call("fail", job_id, error, **kwargs)
+        await self._command("fail", (job_id, error), kwargs)
 
     async def cancel(self, job_id: str, **kwargs: Any) -> bool:
-        result: bool = await self._call("cancel", job_id, **kwargs)
+        result: bool = await self._command("cancel", (job_id,), kwargs)
         return result
 
     async def iter_events(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

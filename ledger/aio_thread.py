@@ -46,16 +46,23 @@ HeldWrites = Callable[[], AbstractContextManager[list[Any]] | None]
 
 
 class _Call:
-    __slots__ = ("fn", "future", "grouped", "loop")
+    """One call: ``fn(*args, **kwargs)``, and the future its answer goes to (of ``loop``; None:
+    a ``concurrent.futures.Future``). No ``functools.partial`` or lambda: one object a call."""
+
+    __slots__ = ("args", "fn", "future", "grouped", "kwargs", "loop")
 
     def __init__(
         self,
-        fn: Callable[[], Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         loop: asyncio.AbstractEventLoop | None,
         grouped: bool,
     ) -> None:
         self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
         self.future = future
         self.loop = loop
         self.grouped = grouped
@@ -83,15 +90,22 @@ class LedgerThread(concurrent.futures.Executor):
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._put(_Call(lambda: fn(*args, **kwargs), future, None, False))
+        self._put(_Call(fn, args, kwargs, future, None, False))
         return future
 
-    def call(self, fn: Callable[[], Any], *, grouped: bool) -> asyncio.Future[Any]:
-        """Run ``fn`` on the thread; its answer as a future of the running loop. ``grouped``:
-        ``fn`` is one write command, which may share a commit with its neighbours."""
+    def call(
+        self, grouped: bool, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on the thread; its answer as a future of the running
+        loop. ``grouped``: ``fn`` is one write command, which may share a commit with its
+        neighbours."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._put(_Call(fn, future, loop, grouped))
+        call = _Call(fn, args, kwargs, future, loop, grouped)
+        if self._started and not self._stopped:  # the usual case: straight onto the queue
+            self._queue.put(call)
+        else:
+            self._put(call)
         return future
 
     def _put(self, call: _Call) -> None:
@@ -154,7 +168,7 @@ class LedgerThread(concurrent.futures.Executor):
 
 def _run_one(call: _Call) -> Outcome:
     try:
-        return call, call.fn(), None
+        return call, call.fn(*call.args, **call.kwargs), None
     except BaseException as e:  # handed to the caller, whatever it is
         return call, None, e
 
@@ -162,21 +176,23 @@ def _run_one(call: _Call) -> Outcome:
 def _run_held(calls: list[_Call], held: AbstractContextManager[list[Any]]) -> list[Outcome]:
     """Run ``calls`` in shared transactions; a call whose transaction was lost gets the error
     that lost it, in place of the result it computed."""
-    ran: list[tuple[_Call, Any, BaseException | None, int, int]] = []
+    outcomes: list[Outcome] = []
+    spans: list[tuple[int, int]] = []  # each call's groups: joined[first:last]
     with held as joined:
         for call in calls:
-            before = len(joined)
-            call_, result, error = _run_one(call)
-            ran.append((call_, result, error, before, len(joined)))
-    outcomes: list[Outcome] = []
-    for call, result, error, first, last in ran:
+            first = len(joined)
+            outcomes.append(_run_one(call))
+            spans.append((first, len(joined)))
+    doing = "committing the ledger's shared transaction"
+    lost = {id(group) for group in joined if group.error(doing) is not None}
+    if not lost:  # the usual case: every group committed
+        return outcomes
+    for i, ((call, _, error), (first, last)) in enumerate(zip(outcomes, spans, strict=True)):
         if error is None:
             for group in joined[first:last]:
-                lost = group.error("committing the ledger's shared transaction")
-                if lost is not None:
-                    result, error = None, lost
+                if id(group) in lost:  # each caller its own error object, as `GroupCommit`'s
+                    outcomes[i] = (call, None, group.error(doing))
                     break
-        outcomes.append((call, result, error))
     return outcomes
 
 
