@@ -28,7 +28,6 @@ _replace = msgspec.structs.replace
 _encoder = msgspec.json.Encoder()
 _PENDING, _RUNNING = JobStatus.PENDING, JobStatus.RUNNING
 _COMPLETED, _FAILED, _CANCELLED = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
-Changes = dict[str, Any]
 
 
 def evolve(state: JobState | None, stored: StoredEvent) -> JobState:
@@ -36,9 +35,9 @@ def evolve(state: JobState | None, stored: StoredEvent) -> JobState:
     return advance(state, stored)[0]
 
 
-Moved = Changes | tuple[str, ...]
-"""The fields an event changed: their new values, or only their names (an activity event)."""
-_ACTIVITY_MOVED = ("version", "updated_at")
+Moved = tuple[str, ...]
+"""The names of the fields an event changed (in the order a backend writes them)."""
+_ACTIVITY_MOVED: Moved = ("version", "updated_at")
 _UNSEEN: Any = object()  # `JobsFold.apply`: a job the fold holds no state (nor None) for yet
 
 
@@ -47,18 +46,30 @@ def advance(state: JobState | None, stored: StoredEvent) -> tuple[JobState, Move
     only those. It is the one place a job's state changes (`JobsFold.apply` takes its short way
     for activity events inline, tested to give the same states).
 
-    An event without a rule (activity: most of a log) moves only version and updated_at; it
-    takes a shorter way to the same state, without building the changes dict (`changes` says
-    the same), because replay spends most of its fold on these."""
+    An event without a rule (activity: most of a log) moves only version and updated_at. A
+    lifecycle event's rule builds the new state itself, with one `msgspec.structs.replace` of
+    every field it moves (version and updated_at first) and names them: no dict of changes
+    between (building, merging and spreading one cost 2-3x the replace)."""
     if state is None:
         return created(stored), None
-    if type(stored.event) in _ACTIVITY_TYPES:
+    event = stored.event
+    kind = type(event)
+    if kind in _ACTIVITY_TYPES:
         return (
             _replace(state, version=stored.version, updated_at=stored.recorded_at),
             _ACTIVITY_MOVED,
         )
-    moved = changes(state, stored)
-    return _replace(state, **moved), moved
+    rule = _RULES.get(kind)
+    if rule is None:
+        if kind is ev.JobCreated:
+            raise CorruptEvent(
+                stored.position, "created", f"job {stored.job_id} is created a second time"
+            )
+        return (  # no job event lacks both a rule and a place among the activity types
+            _replace(state, version=stored.version, updated_at=stored.recorded_at),
+            _ACTIVITY_MOVED,
+        )
+    return rule(state, event, stored)
 
 
 def created(stored: StoredEvent) -> JobState:
@@ -105,73 +116,115 @@ def created(stored: StoredEvent) -> JobState:
     )
 
 
-def changes(state: JobState, stored: StoredEvent) -> Changes:
-    """The fields ``stored`` changes on an existing job, with their new values."""
-    event = stored.event
-    if type(event) is ev.JobCreated:
-        raise CorruptEvent(
-            stored.position, "created", f"job {stored.job_id} is created a second time"
-        )
-    out: Changes = {"version": stored.version, "updated_at": stored.recorded_at}
-    rule = _RULES.get(type(event))
-    if rule is not None:  # activity events only move version and updated_at
-        out.update(rule(state, event, stored.recorded_at))
-        if "cost_cents" in out:  # its own subtree cost moves with it (ancestors: `JobsFold`)
-            delta = (out["cost_cents"] or 0.0) - (state.cost_cents or 0.0)
-            if delta:
-                out["subtree_cost_cents"] = state.subtree_cost_cents + delta
-    return out
+# Each rule: (the state after a lifecycle event, the names of the fields it set). Every one sets
+# version and updated_at first; the names are listed beside each replace, in its order.
+Rule = Callable[[JobState, Any, StoredEvent], tuple[JobState, Moved]]
+
+_CLAIMED: Moved = (
+    *_ACTIVITY_MOVED,
+    "status",
+    "worker_id",
+    "started_at",
+    "lease_expires_at",
+    "attempts",
+    "lease_seconds",
+    "holder_host",
+    "holder_boot_id",
+    "holder_pid",
+    "holder_start",
+)
 
 
-def _claimed(state: JobState, e: ev.JobClaimed, at: datetime) -> Changes:
-    return {
-        "status": _RUNNING,
-        "worker_id": e.worker_id,
-        "started_at": at,
-        "lease_expires_at": e.lease_expires_at,
-        "attempts": state.attempts + 1,
-        "lease_seconds": (e.lease_expires_at - at).total_seconds(),
-        "holder_host": e.host,
-        "holder_boot_id": e.boot_id,
-        "holder_pid": e.pid,
-        "holder_start": e.process_start,
-    }
+def _claimed(state: JobState, e: ev.JobClaimed, stored: StoredEvent) -> tuple[JobState, Moved]:
+    at = stored.recorded_at
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=at,
+        status=_RUNNING,
+        worker_id=e.worker_id,
+        started_at=at,
+        lease_expires_at=e.lease_expires_at,
+        attempts=state.attempts + 1,
+        lease_seconds=(e.lease_expires_at - at).total_seconds(),
+        holder_host=e.host,
+        holder_boot_id=e.boot_id,
+        holder_pid=e.pid,
+        holder_start=e.process_start,
+    )
+    return after, _CLAIMED
 
 
-# A job back in pending has no holder process any more.
-_NO_HOLDER: Changes = {
-    "holder_host": None,
-    "holder_boot_id": None,
-    "holder_pid": None,
-    "holder_start": None,
-}
+_HEARTBEAT: Moved = (*_ACTIVITY_MOVED, "lease_expires_at")
 
 
-def _heartbeat(state: JobState, e: ev.HeartbeatRecorded, at: datetime) -> Changes:
-    return {} if e.lease_expires_at is None else {"lease_expires_at": e.lease_expires_at}
+def _heartbeat(
+    state: JobState, e: ev.HeartbeatRecorded, stored: StoredEvent
+) -> tuple[JobState, Moved]:
+    if e.lease_expires_at is None:
+        after = _replace(state, version=stored.version, updated_at=stored.recorded_at)
+        return after, _ACTIVITY_MOVED
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=stored.recorded_at,
+        lease_expires_at=e.lease_expires_at,
+    )
+    return after, _HEARTBEAT
 
 
-def _ended(status: JobStatus, at: datetime, **more: Any) -> Changes:
-    """A final state: the job's lease ends with it (the worker is kept, as the one who ran it)."""
-    return {"status": status, "completed_at": at, "lease_expires_at": None, **more}
+# A final state: the job's lease ends with it (the worker is kept, as the one who ran it).
+_ENDED: Moved = (*_ACTIVITY_MOVED, "status", "completed_at", "lease_expires_at")
+# Back to pending: no worker, no lease and no holder process any more.
+_REQUEUED: Moved = (
+    *_ACTIVITY_MOVED,
+    "status",
+    "worker_id",
+    "lease_expires_at",
+    "holder_host",
+    "holder_boot_id",
+    "holder_pid",
+    "holder_start",
+)
+_COMPLETED_MOVED: Moved = (
+    *_ENDED,
+    "result_summary",
+    "result_status",
+    "cost_cents",
+    "duration_seconds",
+    "error_message",
+    "result_json",
+)
+_SUBTREE: Moved = ("subtree_cost_cents",)
 
 
-def _requeued(**more: Any) -> Changes:
-    """Back to pending: no worker and no lease any more."""
-    return {"status": _PENDING, "worker_id": None, "lease_expires_at": None, **_NO_HOLDER, **more}
+def _subtree_after(state: JobState, cost: float | None) -> float | None:
+    """A job's own subtree cost once its own cost is ``cost`` (ancestors: `JobsFold`), or None
+    when it does not move."""
+    delta = (cost or 0.0) - (state.cost_cents or 0.0)
+    return state.subtree_cost_cents + delta if delta else None
 
 
-def _completed(state: JobState, e: ev.JobCompleted, at: datetime) -> Changes:
-    return _ended(
-        _COMPLETED,
-        at,
+def _completed(state: JobState, e: ev.JobCompleted, stored: StoredEvent) -> tuple[JobState, Moved]:
+    at = stored.recorded_at
+    cost = _plus(state.cost_cents, e.cost_cents)  # with what it charged before
+    subtree = _subtree_after(state, cost)
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=at,
+        status=_COMPLETED,
+        completed_at=at,
+        lease_expires_at=None,
         result_summary=e.summary,
         result_status=e.result_status,
-        cost_cents=_plus(state.cost_cents, e.cost_cents),  # with what it charged before
+        cost_cents=cost,
         duration_seconds=e.duration_seconds,
         error_message=None,
         result_json=None if e.result is None else _encoder.encode(e.result).decode(),
+        subtree_cost_cents=state.subtree_cost_cents if subtree is None else subtree,
     )
+    return after, _COMPLETED_MOVED if subtree is None else _COMPLETED_MOVED + _SUBTREE
 
 
 def _plus(cost: float | None, cents: float) -> float:
@@ -179,45 +232,156 @@ def _plus(cost: float | None, cents: float) -> float:
     return cents if cost is None else cost + cents
 
 
-def _charged(state: JobState, e: ev.JobCharged, at: datetime) -> Changes:
-    return {"cost_cents": _plus(state.cost_cents, e.cents)}
+_CHARGED: Moved = (*_ACTIVITY_MOVED, "cost_cents")
 
 
-def _failed(state: JobState, e: ev.JobFailed, at: datetime) -> Changes:
-    return _ended(_FAILED, at, error_message=e.error)
+def _charged(state: JobState, e: ev.JobCharged, stored: StoredEvent) -> tuple[JobState, Moved]:
+    cost = _plus(state.cost_cents, e.cents)
+    subtree = _subtree_after(state, cost)
+    if subtree is None:
+        after = _replace(
+            state, version=stored.version, updated_at=stored.recorded_at, cost_cents=cost
+        )
+        return after, _CHARGED
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=stored.recorded_at,
+        cost_cents=cost,
+        subtree_cost_cents=subtree,
+    )
+    return after, _CHARGED + _SUBTREE
 
 
-def _retry_scheduled(state: JobState, e: ev.RetryScheduled, at: datetime) -> Changes:
-    return _requeued(error_message=e.error, run_at=e.run_at)
+_ENDED_ERROR: Moved = (*_ENDED, "error_message")
 
 
-def _lease_expired(state: JobState, e: ev.LeaseExpired, at: datetime) -> Changes:
+def _ended(
+    state: JobState, stored: StoredEvent, status: JobStatus, error: Any
+) -> tuple[JobState, Moved]:
+    """A final state, with ``error`` its error message (`_KEEP`: the message is not set)."""
+    at = stored.recorded_at
+    if error is _KEEP:
+        after = _replace(
+            state,
+            version=stored.version,
+            updated_at=at,
+            status=status,
+            completed_at=at,
+            lease_expires_at=None,
+        )
+        return after, _ENDED
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=at,
+        status=status,
+        completed_at=at,
+        lease_expires_at=None,
+        error_message=error,
+    )
+    return after, _ENDED_ERROR
+
+
+_KEEP: Any = object()  # `_ended`: no error message set
+
+
+def _failed(state: JobState, e: ev.JobFailed, stored: StoredEvent) -> tuple[JobState, Moved]:
+    return _ended(state, stored, _FAILED, e.error)
+
+
+_REQUEUED_RUN: Moved = (*_REQUEUED, "error_message", "run_at")
+
+
+def _requeued_at(
+    state: JobState, stored: StoredEvent, error: str, run_at: datetime
+) -> tuple[JobState, Moved]:
+    """Back to pending, with an error message and the time it can run again."""
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=stored.recorded_at,
+        status=_PENDING,
+        worker_id=None,
+        lease_expires_at=None,
+        holder_host=None,
+        holder_boot_id=None,
+        holder_pid=None,
+        holder_start=None,
+        error_message=error,
+        run_at=run_at,
+    )
+    return after, _REQUEUED_RUN
+
+
+def _retry_scheduled(
+    state: JobState, e: ev.RetryScheduled, stored: StoredEvent
+) -> tuple[JobState, Moved]:
+    return _requeued_at(state, stored, e.error, e.run_at)
+
+
+def _lease_expired(
+    state: JobState, e: ev.LeaseExpired, stored: StoredEvent
+) -> tuple[JobState, Moved]:
     message = holder_gone_message(state) if e.holder_gone else lease_expired_message(state)
     if e.final:
-        return _ended(_FAILED, at, error_message=message)
-    return _requeued(error_message=message, run_at=at)
+        return _ended(state, stored, _FAILED, message)
+    return _requeued_at(state, stored, message, stored.recorded_at)
 
 
-def _cancelled(state: JobState, e: ev.JobCancelled, at: datetime) -> Changes:
-    return _ended(_CANCELLED, at)
+def _cancelled(state: JobState, e: ev.JobCancelled, stored: StoredEvent) -> tuple[JobState, Moved]:
+    return _ended(state, stored, _CANCELLED, _KEEP)
 
 
-def _released(state: JobState, e: ev.JobReleased, at: datetime) -> Changes:
-    return _requeued(attempts=max(state.attempts - 1, 0))
+_RELEASED: Moved = (*_REQUEUED, "attempts")
 
 
-def _retried(state: JobState, e: ev.JobRetried, at: datetime) -> Changes:
+def _released(state: JobState, e: ev.JobReleased, stored: StoredEvent) -> tuple[JobState, Moved]:
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=stored.recorded_at,
+        status=_PENDING,
+        worker_id=None,
+        lease_expires_at=None,
+        holder_host=None,
+        holder_boot_id=None,
+        holder_pid=None,
+        holder_start=None,
+        attempts=max(state.attempts - 1, 0),
+    )
+    return after, _RELEASED
+
+
+_RETRIED: Moved = (*_REQUEUED, "run_at", "completed_at", "max_attempts")
+
+
+def _retried(state: JobState, e: ev.JobRetried, stored: StoredEvent) -> tuple[JobState, Moved]:
     """An operator's retry: pending again, claimable at once; the attempts used stay counted
     and at least one more is allowed (``max_attempts`` is raised to ``attempts + 1`` if needed).
     The last error stays in ``error_message`` until the next outcome replaces it."""
-    return _requeued(
-        run_at=at, completed_at=None, max_attempts=max(state.max_attempts, state.attempts + 1)
+    at = stored.recorded_at
+    after = _replace(
+        state,
+        version=stored.version,
+        updated_at=at,
+        status=_PENDING,
+        worker_id=None,
+        lease_expires_at=None,
+        holder_host=None,
+        holder_boot_id=None,
+        holder_pid=None,
+        holder_start=None,
+        run_at=at,
+        completed_at=None,
+        max_attempts=max(state.max_attempts, state.attempts + 1),
     )
+    return after, _RETRIED
 
 
 # One rule per lifecycle event type, and the command of the transition table it carries out; a
 # type missing here (an activity event) changes only version and updated_at.
-_RULES: dict[type, Any] = {
+_RULES: dict[type, Rule] = {
     ev.JobClaimed: _claimed,
     ev.HeartbeatRecorded: _heartbeat,
     ev.JobCompleted: _completed,
@@ -232,6 +396,7 @@ _RULES: dict[type, Any] = {
 # The job events without a rule (`advance`'s short way) and every job event (not a stream's).
 _JOB_TYPES = frozenset(c for c in ev.AnyEvent.__args__ if not issubclass(c, ev.StreamEvent))
 _ACTIVITY_TYPES = frozenset(c for c in _JOB_TYPES if c not in _RULES and c is not ev.JobCreated)
+ACTIVITY_TYPES = _ACTIVITY_TYPES
 COMMAND_OF_EVENT: dict[type, str] = {
     ev.JobCreated: "create",
     ev.JobClaimed: "claim",
@@ -273,7 +438,7 @@ class JobsFold:
     backend (`ledger.rebuild.write_fold`); replay folds the whole log, flushing a batch whenever
     `len` reaches its limit."""
 
-    __slots__ = ("_dirty", "_load", "_new", "_states", "budgets", "queues")
+    __slots__ = ("_dirty", "_load", "_new", "_states", "_touched", "budgets", "queues")
 
     def __init__(
         self,
@@ -289,6 +454,10 @@ class JobsFold:
         self._states: dict[str, JobState | None] = {}
         self._new: dict[str, None] = {}  # insertion-ordered
         self._dirty: dict[str, dict[str, None]] = {}  # job -> changed field names, in order
+        # a job created since the last flush -> its last activity event, whose version and
+        # updated_at are not in `_states` yet (`apply`: set once, when the state is next read or
+        # written, not per event); None until there is one (a command on an older job: never)
+        self._touched: dict[str, StoredEvent] | None = None
 
     def __len__(self) -> int:
         return len(self._states)
@@ -296,6 +465,8 @@ class JobsFold:
     def state(self, job_id: str) -> JobState | None:
         """The job's state with everything folded so far, or None when it does not exist."""
         if job_id in self._states:
+            if self._touched and job_id in self._touched:
+                self._settle(job_id)
             return self._states[job_id]
         state = None if self._load is None else self._load(job_id)
         self._states[job_id] = state
@@ -305,11 +476,16 @@ class JobsFold:
         """Tell the fold a job has no state yet (its id was just minted), saving a lookup."""
         self._states.setdefault(job_id, None)
 
-    def apply(self, stored: StoredEvent) -> JobState | None:
-        """Fold one event; None for an event of a stream that is not a job's.
+    def apply(self, stored: StoredEvent) -> None:
+        """Fold one event (an event of a stream that is not a job's goes to its own fold).
 
         An activity event (most of a log) takes `advance`'s short way inline, without its call:
-        version and updated_at move, nothing else."""
+        version and updated_at move, nothing else. On a job created since the last flush (a
+        replay's: most of a log) they move once for a run of them: the fold keeps the job's
+        last activity event (`_touched`) and sets its version and time when the state is next
+        read (`state`, `states`, `flush_to`). A lifecycle event on the job sets both itself (its
+        rule), so the rule sees the state as of the job's last lifecycle event but for these
+        two fields, which no rule reads."""
         event = stored.event
         kind = type(event)
         if kind not in _JOB_TYPES and isinstance(event, ev.StreamEvent):
@@ -317,7 +493,7 @@ class JobsFold:
                 self.queues.apply(stored)
             elif isinstance(event, ev.ChatEvent):
                 self.budgets.apply(stored)
-            return None
+            return
         job_id = stored.job_id
         states = self._states
         # A creation has no state before it (the log's rules refuse a second one), so replay
@@ -329,11 +505,19 @@ class JobsFold:
             if before is _UNSEEN:
                 before = self.state(job_id)
         if kind in _ACTIVITY_TYPES and before is not None:
-            state = _replace(before, version=stored.version, updated_at=stored.recorded_at)
-            states[job_id] = state
-            if job_id not in self._new:
+            if job_id in self._new:
+                touched = self._touched
+                if touched is None:
+                    touched = self._touched = {}
+                touched[job_id] = stored
+            else:
+                states[job_id] = _replace(
+                    before, version=stored.version, updated_at=stored.recorded_at
+                )
                 self._mark(job_id, _ACTIVITY_MOVED)
-            return state
+            return
+        if self._touched:
+            self._touched.pop(job_id, None)  # its version and time are this event's now
         state, moved = advance(before, stored)  # no state and no created event: raises
         states[job_id] = state
         if moved is None:
@@ -341,9 +525,35 @@ class JobsFold:
         elif before is not None:  # (always: something moved on a job that was there)
             self._mark(job_id, moved)
             if "subtree_cost_cents" in moved and state.parent_id is not None:
-                delta = (state.cost_cents or 0.0) - (before.cost_cents or 0.0)  # as `changes`
+                delta = (state.cost_cents or 0.0) - (before.cost_cents or 0.0)  # as the rule's
                 self._roll_up(stored, state, delta)
-        return state
+
+    def touch_new(self) -> tuple[dict[str, None], dict[str, StoredEvent]]:
+        """For a loop that folds the commonest event inline (replay: `rebuild.fold_events`):
+        the jobs created since the last flush, and where `apply` keeps each one's last activity
+        event. An activity event of a job of the first is folded by storing it in the second
+        under its job id, as `apply` does."""
+        if self._touched is None:
+            self._touched = {}
+        return self._new, self._touched
+
+    def _settle(self, job_id: str) -> None:
+        """Set the version and time of the job's last activity event on its state."""
+        stored = self._touched.pop(job_id)  # type: ignore[union-attr]
+        state: Any = self._states[job_id]  # a job is touched only where it has a state
+        self._states[job_id] = _replace(
+            state, version=stored.version, updated_at=stored.recorded_at
+        )
+
+    def _settle_all(self) -> None:
+        if self._touched:  # (else None, or empty)
+            states = self._states
+            for job_id, stored in self._touched.items():
+                state: Any = states[job_id]  # a job is touched only where it has a state
+                states[job_id] = _replace(
+                    state, version=stored.version, updated_at=stored.recorded_at
+                )
+            self._touched.clear()
 
     def _mark(self, job_id: str, moved: Moved) -> None:
         if job_id not in self._new:
@@ -354,7 +564,7 @@ class JobsFold:
                 dirty.update(dict.fromkeys(moved))
 
     def _roll_up(self, stored: StoredEvent, state: JobState, delta: float) -> None:
-        """A job's cost moved by ``delta`` (its own subtree cost moved with it: `changes`): so
+        """A job's cost moved by ``delta`` (its own subtree cost moved with it: the rule's): so
         does every ancestor's (loaded through ``load`` when not folded in this batch: the fold
         is what keeps `JobState.subtree_cost_cents`, so replay rebuilds it)."""
         parent_id = state.parent_id
@@ -374,6 +584,7 @@ class JobsFold:
 
     def states(self) -> Iterator[JobState]:
         """Every state held (for verify, which folds the whole log in memory)."""
+        self._settle_all()
         return (s for s in self._states.values() if s is not None)
 
     def flush_to(
@@ -385,6 +596,8 @@ class JobsFold:
         its changed fields, so a backend writes only those), then forget every cached state.
         Nothing is called when nothing changed."""
         if self._new or self._dirty:
+            if self._touched:
+                self._settle_all()
             states = self._states
             new = [states[j] for j in self._new]
             changed = [(states[j], tuple(names)) for j, names in self._dirty.items()]
@@ -399,6 +612,8 @@ class JobsFold:
             self._states.clear()
             self._new.clear()
             self._dirty.clear()
+            if self._touched:
+                self._touched.clear()
         self.queues.reset()
         self.budgets.reset()
 

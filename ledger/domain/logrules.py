@@ -45,6 +45,8 @@ _FOLLOWING = frozenset(
 
 # The checked fields of each type that takes the fast way (activity events: only ``attempt``).
 _FOLLOWING_FIELDS: dict[type, tuple[str, ...]] = {cls: _checked_fields(cls) for cls in _FOLLOWING}
+# The types whose one checked field is ``attempt``: `LogCheck.known` (a fold's inline check).
+ATTEMPT_ONLY = frozenset(cls for cls, names in _FOLLOWING_FIELDS.items() if names == ("attempt",))
 
 
 def _field_problem(event: ev.Event) -> str | None:
@@ -80,6 +82,14 @@ class LogCheck:
         self._jobs: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         self._prior = prior
+
+    @property
+    def known(self) -> dict[str, int]:
+        """The last version of each job checked so far, for a fold's loop that checks the
+        commonest event inline (replay: `rebuild.fold_events`): a job's next event (this
+        version plus one) of a type in `ATTEMPT_ONLY`, its ``attempt`` None or an int in range,
+        is one `problem` accepts, and the loop stores its version here as `problem` would."""
+        return self._jobs
 
     def problem(self, stored: StoredEvent) -> str | None:
         """Why ``stored`` cannot follow the events checked so far, or None; remembers it."""

@@ -80,6 +80,13 @@ def _payload_decoder(cls: type[ev.Event]) -> tuple[Callable[[Any], Any], dict[st
     return msgspec.json.Decoder(present).decode, start
 
 
+# tag -> the decoder of its Struct that requires the tag (a union with `_Untagged`)
+_TAGGED: dict[str, Callable[[Any], Any]] = {
+    cls.__struct_config__.tag: msgspec.json.Decoder(cls | _Untagged).decode
+    for cls in ev.AnyEvent.__args__
+}
+
+
 def _all_readers() -> dict[str, _Reader]:
     out: dict[str, _Reader] = {}
     for cls in ev.AnyEvent.__args__:
@@ -87,8 +94,7 @@ def _all_readers() -> dict[str, _Reader]:
         fields = cls.__struct_fields__
         activity = cls in _ACTIVITY
         sparse = None if activity else _payload_decoder(cls)
-        tagged = msgspec.json.Decoder(cls | _Untagged).decode
-        decode, defaults = sparse or (tagged, None)
+        decode, defaults = sparse or (_TAGGED[tag], None)
         out[tag] = (
             decode,
             EventType(tag),
@@ -100,14 +106,6 @@ def _all_readers() -> dict[str, _Reader]:
     return out
 
 
-# tag -> (how its data starts when the ledger wrote it, the decoder of its Struct)
-_STRUCT_DECODERS: dict[str, tuple[bytes, Callable[[Any], ev.Event]]] = {
-    cls.__struct_config__.tag: (
-        b'{"type":' + msgspec.json.encode(cls.__struct_config__.tag),
-        msgspec.json.Decoder(cls).decode,
-    )
-    for cls in ev.AnyEvent.__args__
-}
 _ALL_READERS = _all_readers()
 _asdict = msgspec.structs.asdict
 FAILURES = _FAILURES
@@ -123,12 +121,15 @@ def _readers() -> dict[str, _Reader]:
     return {tag: r for tag, r in _ALL_READERS.items() if tag not in upcasters}
 
 
-def fast_decoders() -> dict[str, tuple[bytes, Callable[[Any], ev.Event]]]:
-    """tag -> (how its data starts when the ledger wrote it, its decoder): for a backend's own
-    fast loop over the log (replay), which takes the decoder, of one Struct type, only for data
-    that starts so (that decoder would accept data without a tag); ask again for each read."""
+def fast_decoders() -> dict[str, Callable[[Any], ev.Event]]:
+    """tag -> the decoder of its Struct, which requires the tag as the union of every type does
+    (see the module docstring): for a backend's own fast loop over the log (replay), which
+    takes the careful way, `events.decode`, for data this decoder refuses; ask again for each
+    read (a tag with an upcaster is left out: only the careful way rewrites an old shape)."""
     upcasters = ev._UPCASTERS
-    return {tag: known for tag, known in _STRUCT_DECODERS.items() if tag not in upcasters}
+    if not upcasters:
+        return _TAGGED
+    return {tag: decode for tag, decode in _TAGGED.items() if tag not in upcasters}
 
 
 def to_job_event(row: Row, time: CarefulTime) -> JobEvent:

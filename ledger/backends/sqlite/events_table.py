@@ -288,10 +288,10 @@ def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
     for position, job_id, version, tag, data, at, canonical in conn.execute(
         fold_after_statement, (after,)
     ):
-        known = decoders.get(tag)
-        if canonical and known is not None and type(data) is bytes and data.startswith(known[0]):
+        decode = decoders.get(tag)
+        if canonical and decode is not None:
             try:
-                yield StoredEvent(position, job_id, version, _fromiso(at), known[1](data))
+                yield StoredEvent(position, job_id, version, _fromiso(at), decode(data))
                 continue
             except failures:
                 pass
