@@ -38,6 +38,7 @@ def evolve(state: JobState | None, stored: StoredEvent) -> JobState:
 Moved = tuple[str, ...]
 """The names of the fields an event changed (in the order a backend writes them)."""
 _ACTIVITY_MOVED: Moved = ("version", "updated_at")
+_ACTIVITY_DIRTY = dict.fromkeys(_ACTIVITY_MOVED)  # (read only: merged into a job's own)
 _UNSEEN: Any = object()  # `JobsFold.apply`: a job the fold holds no state (nor None) for yet
 
 
@@ -510,11 +511,15 @@ class JobsFold:
                 if touched is None:
                     touched = self._touched = {}
                 touched[job_id] = stored
-            else:
+            else:  # a live command's (or a catch-up's) job: `_mark` inline
                 states[job_id] = _replace(
                     before, version=stored.version, updated_at=stored.recorded_at
                 )
-                self._mark(job_id, _ACTIVITY_MOVED)
+                dirty = self._dirty.get(job_id)
+                if dirty is None:
+                    self._dirty[job_id] = dict.fromkeys(_ACTIVITY_MOVED)
+                else:
+                    dirty.update(_ACTIVITY_DIRTY)
             return
         if self._touched:
             self._touched.pop(job_id, None)  # its version and time are this event's now
