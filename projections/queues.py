@@ -83,7 +83,12 @@ class QueuesFold:
         return (s for s in self._states.values() if s is not None)
 
     def take(self) -> list[QueueState]:
-        """The states changed since the last `take` (in the order first changed)."""
+        """The states changed since the last `take` (in the order first changed). A command
+        that changed none (nearly all: a job's) pays one test, not a list and a reset."""
+        if not self._dirty:
+            if self._states:  # states read, none changed: forget them as `reset` does
+                self._states.clear()
+            return []
         out = [s for q in self._dirty if (s := self._states[q]) is not None]
         self.reset()
         return out
