@@ -76,11 +76,12 @@ def connect(
     one_thread: bool = False,
 ) -> apsw.Connection:
     """A connection with the ledger's pragmas; ``create=False`` refuses a missing file.
-    ``one_thread``: only the thread that opened it uses it (a read connection of its own), so
-    SQLite need not lock the connection around every call (``SQLITE_OPEN_NOMUTEX``: its mutex
-    calls were about 6% of a full read's instructions). Nothing else guards it then: APSW
-    still refuses a `close` during a query, but no longer a second thread's statement on it
-    (its check goes through the mutex this removes), so never hand it to another thread."""
+    ``one_thread``: one thread at a time uses it (a thread's own read connection; the write
+    connection, only ever used under the backend's write lock), so SQLite need not lock the
+    connection around every call (``SQLITE_OPEN_NOMUTEX``: its mutex calls were about 6% of a
+    full read's instructions). Nothing else guards it then: APSW still refuses a `close`
+    during a query, but no longer a second thread's statement on it (its check goes through
+    the mutex this removes), so never let two threads use it at once."""
     if readonly:
         flags = apsw.SQLITE_OPEN_READONLY
     else:

@@ -20,6 +20,7 @@ from ...domain.model import JobEvent
 from ...domain.reading import FAILURES, fast_decoders, to_job_events
 from ...errors import ConcurrencyError, CorruptEvent, SchemaError, UnfoldableEvent
 from ..protocol import EventRow
+from .connection import wrap_sqlite_error
 from .timecodec import from_canonical, from_text, to_text
 
 _fromiso = datetime.fromisoformat
@@ -285,18 +286,21 @@ def iter_after(conn: apsw.Connection, after: int = 0) -> Iterator[StoredEvent]:
     on a log, where times are nearly all distinct)."""
     decoders = fast_decoders()
     failures = FAILURES
-    for position, job_id, version, tag, data, at, canonical in conn.execute(
-        fold_after_statement, (after,)
-    ):
-        decode = decoders.get(tag)
-        if canonical and decode is not None:
-            try:
-                yield StoredEvent(position, job_id, version, _fromiso(at), decode(data))
-                continue
-            except failures:
-                pass
-        # the careful way: it decodes alike or raises what is wrong with the event
-        yield decode_row((position, job_id, version, tag, data, at))
+    try:
+        for position, job_id, version, tag, data, at, canonical in conn.execute(
+            fold_after_statement, (after,)
+        ):
+            decode = decoders.get(tag)
+            if canonical and decode is not None:
+                try:
+                    yield StoredEvent(position, job_id, version, _fromiso(at), decode(data))
+                    continue
+                except failures:
+                    pass
+            # the careful way: it decodes alike or raises what is wrong with the event
+            yield decode_row((position, job_id, version, tag, data, at))
+    except apsw.Error as e:  # the table is gone or reshaped: say so as the ledger's error
+        raise wrap_sqlite_error(e, "reading the log") from e
 
 
 def _event_rows(rows: Iterable[tuple[int, str, int, str, str, str]]) -> list[EventRow]:
