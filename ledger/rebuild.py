@@ -74,9 +74,14 @@ class VerifyReport(msgspec.Struct, frozen=True):
 
 
 _FOLD_ERRORS = (ValueError, TypeError, KeyError, OverflowError)
-# Activity events whose one checked field is ``attempt``: `fold_events` checks and folds them
-# inline (most of a log).
-_INLINE = jobs_projection.ACTIVITY_TYPES & ATTEMPT_ONLY
+
+
+def _inline_types() -> frozenset[type]:
+    """Activity events whose one checked field is ``attempt``: `fold_events` checks and folds
+    them inline (most of a log). Worked out at a fold, not at import: importing `projections`
+    first imports the domain, and through the package this module, while `projections.jobs` is
+    still half-built (an import-time use of it failed there)."""
+    return jobs_projection.ACTIVITY_TYPES & ATTEMPT_ONLY
 
 
 def _unfoldable(stored: StoredEvent, e: Exception) -> UnfoldableEvent:
@@ -109,7 +114,7 @@ def fold_events(
     apply = fold.apply
     known = check.known
     new, touched = fold.touch_new()
-    inline = _INLINE
+    inline = _inline_types()
     every = _SIZE_EVERY if progress is None else math.gcd(_SIZE_EVERY, _PROGRESS_EVERY)
     numbered = enumerate(stream, 1)
     while True:  # ``every`` events at a time: no test per event (and the count is enumerate's)
