@@ -10,7 +10,7 @@ changed, so a backend writes each touched row once and only the columns that mov
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -83,63 +83,38 @@ def created(stored: StoredEvent) -> JobState:
             "(run `ledger verify` for details)",
         )
     at = stored.recorded_at
-    return _replace(  # 17 fields of `_BORN`'s 36: each keyword costs a Struct's constructor too
-        _BORN,
-        id=stored.job_id,
-        chat_id=event.chat_id,
-        thread_id=event.thread_id,
-        user_id=event.user_id,
-        config_json=_encoder.encode(event.config).decode(),
-        created_at=at,
-        updated_at=at,
-        version=stored.version,
-        queue=event.queue,
-        priority=event.priority,
-        run_at=at if event.run_at is None else event.run_at,
-        max_attempts=event.max_attempts,
-        idempotency_key=event.idempotency_key,
-        created_position=stored.position,
-        timeout_seconds=event.timeout,
-        parent_id=event.parent_id,
-        max_cost_cents=event.max_cost_cents,
-    )
-
-
-# A new job's state but for what its created event sets (`created` replaces those): pending,
-# never run, no cost; every field `created` sets holds a placeholder here.
-_NOW = datetime(2000, 1, 1, tzinfo=UTC)
-_BORN = JobState(
-    id="",
-    chat_id=0,
-    thread_id=None,
-    user_id=None,
-    config_json="",
-    status=_PENDING,
-    worker_id=None,
-    started_at=None,
-    completed_at=None,
-    result_summary=None,
-    result_status=None,
-    cost_cents=None,
-    duration_seconds=None,
-    error_message=None,
-    created_at=_NOW,
-    updated_at=_NOW,
-    version=0,
-    queue="",
-    priority=0,
-    run_at=_NOW,
-    attempts=0,
-    max_attempts=0,
-    lease_expires_at=None,
-    idempotency_key=None,
-    created_position=0,
-    lease_seconds=None,
-    result_json=None,
-    timeout_seconds=None,
-    parent_id=None,
-    max_cost_cents=None,
-)
+    return JobState(  # by position, in field order (`JobState`: a seventh of 35 keywords' cost)
+        stored.job_id,  # id
+        event.chat_id,
+        event.thread_id,
+        event.user_id,
+        _encoder.encode(event.config).decode(),  # config_json
+        _PENDING,  # status
+        None,  # worker_id
+        None,  # started_at
+        None,  # completed_at
+        None,  # result_summary
+        None,  # result_status
+        None,  # cost_cents
+        None,  # duration_seconds
+        None,  # error_message
+        at,  # created_at
+        at,  # updated_at
+        stored.version,
+        event.queue,
+        event.priority,
+        at if event.run_at is None else event.run_at,  # run_at
+        0,  # attempts
+        event.max_attempts,
+        None,  # lease_expires_at
+        event.idempotency_key,
+        stored.position,  # created_position
+        None,  # lease_seconds
+        None,  # result_json
+        event.timeout,  # timeout_seconds
+        event.parent_id,
+        event.max_cost_cents,
+    )  # the rest (cost of the subtree, the holder) at their defaults
 
 
 # Each rule: (the state after a lifecycle event, the names of the fields it set). Every one sets

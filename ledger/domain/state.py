@@ -18,8 +18,12 @@ from .model import Job, JobStatus
 _config_decoder = msgspec.json.Decoder()
 
 
-class JobState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One job as the fold of its events. Field order is the storage order of every backend."""
+class JobState(msgspec.Struct, frozen=True, gc=False):
+    """One job as the fold of its events. Field order is the storage order of every backend,
+    and the two hot constructions pass the fields by position in that order (a row read back,
+    `jobs_table._to_state`; a created job, `projections.jobs.created`): msgspec builds 35
+    positional fields in about a seventh of the time of 35 keywords (0.3 against 2-4 us).
+    Everywhere else, name them; tests/test_state_positional.py pins the order."""
 
     id: str
     chat_id: int
