@@ -117,43 +117,48 @@ def fold_events(
     inline = _inline_types()
     every = _SIZE_EVERY if progress is None else math.gcd(_SIZE_EVERY, _PROGRESS_EVERY)
     numbered = enumerate(stream, 1)
-    while True:  # ``every`` events at a time: no test per event (and the count is enumerate's)
-        before = count
-        for count, stored in islice(numbered, every):  # noqa: B007 (read after the loop)
-            event = stored.event
-            if type(event) in inline:
-                job_id = stored.job_id
-                last = known.get(job_id)
-                if last is not None and job_id in new:
-                    version = stored.version
-                    if version == last + 1:
-                        attempt = event.attempt  # type: ignore[attr-defined]
-                        if attempt is None or (
-                            type(attempt) is int and INT64_MIN <= attempt <= INT64_MAX
-                        ):
-                            known[job_id] = version
-                            touched[job_id] = stored
-                            continue
-            why = problem(stored)
-            if why is not None:
-                raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
-            try:
-                apply(stored)
-            except LedgerError:
-                raise
-            except _FOLD_ERRORS as e:
-                raise _unfoldable(stored, e) from e
-        if count - before < every:
-            break
-        if save is not None and len(fold) >= _BATCH:
+    try:
+        while True:  # ``every`` events at a time: no test per event (and the count is enumerate's)
+            before = count
+            for count, stored in islice(numbered, every):  # noqa: B007 (read after the loop)
+                event = stored.event
+                if type(event) in inline:
+                    job_id = stored.job_id
+                    last = known.get(job_id)
+                    if last is not None and job_id in new:
+                        version = stored.version
+                        if version == last + 1:
+                            attempt = event.attempt  # type: ignore[attr-defined]
+                            if attempt is None or (
+                                type(attempt) is int and INT64_MIN <= attempt <= INT64_MAX
+                            ):
+                                known[job_id] = version
+                                touched[job_id] = (version, stored.recorded_at)
+                                continue
+                why = problem(stored)
+                if why is not None:
+                    raise UnfoldableEvent(stored.position, ev.tag_of(stored.event), why)
+                try:
+                    apply(stored)
+                except LedgerError:
+                    raise
+                except _FOLD_ERRORS as e:
+                    raise _unfoldable(stored, e) from e
+            if count - before < every:
+                break
+            if save is not None and len(fold) >= _BATCH:
+                save(fold)
+            if progress and count % _PROGRESS_EVERY == 0:
+                progress(count, total)
+        if save is not None:
             save(fold)
-        if progress and count % _PROGRESS_EVERY == 0:
+        if progress:
             progress(count, total)
-    if save is not None:
-        save(fold)
-    if progress:
-        progress(count, total)
-    return count, after if stored is None else stored.position
+        return count, after if stored is None else stored.position
+    finally:  # a scan left open on a refusal is closed here, under the write lock, not by
+        close = getattr(stream, "close", None)  # whichever thread frees the traceback
+        if close is not None:
+            close()
 
 
 def write_fold(tx: Any, fold: jobs_projection.JobsFold) -> None:

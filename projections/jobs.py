@@ -458,7 +458,7 @@ class JobsFold:
         # a job created since the last flush -> its last activity event, whose version and
         # updated_at are not in `_states` yet (`apply`: set once, when the state is next read or
         # written, not per event); None until there is one (a command on an older job: never)
-        self._touched: dict[str, StoredEvent] | None = None
+        self._touched: dict[str, tuple[int, datetime]] | None = None
 
     def __len__(self) -> int:
         return len(self._states)
@@ -510,7 +510,7 @@ class JobsFold:
                 touched = self._touched
                 if touched is None:
                     touched = self._touched = {}
-                touched[job_id] = stored
+                touched[job_id] = (stored.version, stored.recorded_at)
             else:  # a live command's (or a catch-up's) job: `_mark` inline
                 states[job_id] = _replace(
                     before, version=stored.version, updated_at=stored.recorded_at
@@ -533,7 +533,7 @@ class JobsFold:
                 delta = (state.cost_cents or 0.0) - (before.cost_cents or 0.0)  # as the rule's
                 self._roll_up(stored, state, delta)
 
-    def touch_new(self) -> tuple[dict[str, None], dict[str, StoredEvent]]:
+    def touch_new(self) -> tuple[dict[str, None], dict[str, tuple[int, datetime]]]:
         """For a loop that folds the commonest event inline (replay: `rebuild.fold_events`):
         the jobs created since the last flush, and where `apply` keeps each one's last activity
         event. An activity event of a job of the first is folded by storing it in the second
@@ -544,20 +544,16 @@ class JobsFold:
 
     def _settle(self, job_id: str) -> None:
         """Set the version and time of the job's last activity event on its state."""
-        stored = self._touched.pop(job_id)  # type: ignore[union-attr]
+        version, at = self._touched.pop(job_id)  # type: ignore[union-attr]
         state: Any = self._states[job_id]  # a job is touched only where it has a state
-        self._states[job_id] = _replace(
-            state, version=stored.version, updated_at=stored.recorded_at
-        )
+        self._states[job_id] = _replace(state, version=version, updated_at=at)
 
     def _settle_all(self) -> None:
         if self._touched:  # (else None, or empty)
             states = self._states
-            for job_id, stored in self._touched.items():
+            for job_id, (version, at) in self._touched.items():
                 state: Any = states[job_id]  # a job is touched only where it has a state
-                states[job_id] = _replace(
-                    state, version=stored.version, updated_at=stored.recorded_at
-                )
+                states[job_id] = _replace(state, version=version, updated_at=at)
             self._touched.clear()
 
     def _mark(self, job_id: str, moved: Moved) -> None:
