@@ -73,20 +73,13 @@ def connect(
     readonly: bool = False,
     busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     create: bool = True,
-    one_thread: bool = False,
 ) -> apsw.Connection:
-    """A connection with the ledger's pragmas; ``create=False`` refuses a missing file.
-    ``one_thread``: one thread at a time uses it (a thread's own read connection; the write
-    connection, only ever used under the backend's write lock), so SQLite need not lock the
-    connection around every call (``SQLITE_OPEN_NOMUTEX``: its mutex calls were about 6% of a
-    full read's instructions). Nothing else guards it then: APSW still refuses a `close`
-    during a query, but no longer a second thread's statement on it (its check goes through
-    the mutex this removes), so never let two threads use it at once."""
+    """A connection with the ledger's pragmas; ``create=False`` refuses a missing file."""
     if readonly:
         flags = apsw.SQLITE_OPEN_READONLY
     else:
         flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
-    flags |= apsw.SQLITE_OPEN_URI | (apsw.SQLITE_OPEN_NOMUTEX if one_thread else 0)
+    flags |= apsw.SQLITE_OPEN_URI
     refuse_hard_links(path)
     try:
         conn = apsw.Connection(path, flags=flags)
