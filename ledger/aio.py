@@ -88,6 +88,8 @@ class AsyncLedger:
             self._opening = None
             raise
         self._ledger = ledger
+        if self._closed:  # closed while it opened: `close` closes what it opened
+            raise LedgerError("this AsyncLedger was closed; open a new one")
         return ledger
 
     async def close(self) -> None:
@@ -98,6 +100,11 @@ class AsyncLedger:
         self._watching.set()
         watcher = self._watcher
         ledger = self._ledger
+        if ledger is None and self._opening is not None:  # a first call is opening it now
+            try:
+                ledger = await asyncio.shield(self._opening)
+            except BaseException:  # it did not open: nothing to close (the call says why)
+                ledger = None
         loop = asyncio.get_running_loop()
 
         def shut() -> None:

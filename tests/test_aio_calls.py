@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ledger import AsyncLedger, JobNotFound, StorageError
+from ledger import AsyncLedger, JobNotFound, LedgerError, StorageError
 from tests.backends.sqlite.test_group_commit import Commits, log_of
 from tests.test_group_commit_async import batched
 
@@ -79,3 +79,21 @@ def test_each_caller_of_a_lost_commit_gets_an_error_of_its_own(tmp_path: Path) -
             assert log_of(lg.ledger) == {job_id: [1]}
 
     asyncio.run(main())
+
+
+def test_close_while_the_first_call_opens_the_ledger(tmp_path: Path) -> None:
+    """The ledger a first call was opening when `close` ran is closed too, and that call is
+    told the AsyncLedger was closed (a LedgerError, not the executor's RuntimeError)."""
+
+    async def main() -> tuple[BaseException | None, AsyncLedger]:
+        lg = AsyncLedger(str(tmp_path / "ledger.db"))
+        call = asyncio.ensure_future(lg.create_job(1, {}))
+        await asyncio.sleep(0)  # the call is now opening the ledger on its thread
+        await lg.close()
+        [outcome] = await asyncio.gather(call, return_exceptions=True)
+        return outcome, lg
+
+    outcome, lg = asyncio.run(main())
+    assert isinstance(outcome, LedgerError) and "closed" in str(outcome), outcome
+    inner = lg._ledger
+    assert inner is not None and inner._backend._closed  # opened, then closed by close()
