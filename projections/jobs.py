@@ -291,13 +291,12 @@ def _failed(state: JobState, e: ev.JobFailed, stored: StoredEvent) -> tuple[JobS
     return _ended(state, stored, _FAILED, e.error)
 
 
-_REQUEUED_RUN: Moved = (*_REQUEUED, "error_message", "run_at")
-
-
-def _requeued_at(
-    state: JobState, stored: StoredEvent, error: str, run_at: datetime
+def _requeued(
+    state: JobState, stored: StoredEvent, moved: Moved, **more: Any
 ) -> tuple[JobState, Moved]:
-    """Back to pending, with an error message and the time it can run again."""
+    """Back to pending (`_REQUEUED`'s fields), with ``more`` set too; ``moved`` names them all,
+    `_REQUEUED`'s first. The events that requeue are few in any log, so the keywords ``more``
+    costs (a dict) do not show in a replay."""
     after = _replace(
         state,
         version=stored.version,
@@ -309,10 +308,19 @@ def _requeued_at(
         holder_boot_id=None,
         holder_pid=None,
         holder_start=None,
-        error_message=error,
-        run_at=run_at,
+        **more,
     )
-    return after, _REQUEUED_RUN
+    return after, moved
+
+
+_REQUEUED_RUN: Moved = (*_REQUEUED, "error_message", "run_at")
+
+
+def _requeued_at(
+    state: JobState, stored: StoredEvent, error: str, run_at: datetime
+) -> tuple[JobState, Moved]:
+    """Back to pending, with an error message and the time it can run again."""
+    return _requeued(state, stored, _REQUEUED_RUN, error_message=error, run_at=run_at)
 
 
 def _retry_scheduled(
@@ -338,20 +346,7 @@ _RELEASED: Moved = (*_REQUEUED, "attempts")
 
 
 def _released(state: JobState, e: ev.JobReleased, stored: StoredEvent) -> tuple[JobState, Moved]:
-    after = _replace(
-        state,
-        version=stored.version,
-        updated_at=stored.recorded_at,
-        status=_PENDING,
-        worker_id=None,
-        lease_expires_at=None,
-        holder_host=None,
-        holder_boot_id=None,
-        holder_pid=None,
-        holder_start=None,
-        attempts=max(state.attempts - 1, 0),
-    )
-    return after, _RELEASED
+    return _requeued(state, stored, _RELEASED, attempts=max(state.attempts - 1, 0))
 
 
 _RETRIED: Moved = (*_REQUEUED, "run_at", "completed_at", "max_attempts")
@@ -362,22 +357,10 @@ def _retried(state: JobState, e: ev.JobRetried, stored: StoredEvent) -> tuple[Jo
     and at least one more is allowed (``max_attempts`` is raised to ``attempts + 1`` if needed).
     The last error stays in ``error_message`` until the next outcome replaces it."""
     at = stored.recorded_at
-    after = _replace(
-        state,
-        version=stored.version,
-        updated_at=at,
-        status=_PENDING,
-        worker_id=None,
-        lease_expires_at=None,
-        holder_host=None,
-        holder_boot_id=None,
-        holder_pid=None,
-        holder_start=None,
-        run_at=at,
-        completed_at=None,
-        max_attempts=max(state.max_attempts, state.attempts + 1),
+    max_attempts = max(state.max_attempts, state.attempts + 1)
+    return _requeued(
+        state, stored, _RETRIED, run_at=at, completed_at=None, max_attempts=max_attempts
     )
-    return after, _RETRIED
 
 
 # One rule per lifecycle event type, and the command of the transition table it carries out; a
