@@ -272,90 +272,29 @@ def to_state(values: Sequence[Any]) -> JobState:
 
 
 def _to_state(values: Sequence[Any]) -> JobState:
-    (
-        job_id,
-        chat_id,
-        thread_id,
-        user_id,
-        config,
-        status,
-        worker_id,
-        started_at,
-        completed_at,
-        result_summary,
-        result_status,
-        cost_cents,
-        duration_seconds,
-        error_message,
-        created_at,
-        updated_at,
-        version,
-        queue,
-        priority,
-        run_at,
-        attempts,
-        max_attempts,
-        lease_expires_at,
-        idempotency_key,
-        created_position,
-        lease_seconds,
-        result_json,
-        timeout_seconds,
-        parent_id,
-        max_cost_cents,
-        subtree_cost_cents,
-        holder_host,
-        holder_boot_id,
-        holder_pid,
-        holder_start,
-    ) = values
-    known = _STATUS.get(status)
+    """The row's values by position (`JobState`'s field order is the columns'), the status and
+    the times converted in place: the columns `bulk_rows` converts the other way."""
+    row = list(values)
+    if len(row) != len(COLUMNS):
+        raise ValueError(f"{len(row)} columns, not the {len(COLUMNS)} of a job row")
+    known = _STATUS.get(row[_STATUS_I])
     if known is None:
-        raise CorruptProjection("jobs", job_id, f"its status {status!r} is not a job status")
+        status = row[_STATUS_I]
+        raise CorruptProjection("jobs", row[0], f"its status {status!r} is not a job status")
+    row[_STATUS_I] = known
     _time = known_times.get  # a time this process wrote or read: no parsing
-    if started_at is not None:
-        started_at = _time(started_at) or _fromiso(started_at)
-    if completed_at is not None:
-        completed_at = _time(completed_at) or _fromiso(completed_at)
-    if lease_expires_at is not None:
-        lease_expires_at = _time(lease_expires_at) or _fromiso(lease_expires_at)
-    return JobState(  # by position, in field order (`JobState`): the row's own order
-        job_id,
-        chat_id,
-        thread_id,
-        user_id,
-        config,
-        known,
-        worker_id,
-        started_at,
-        completed_at,
-        result_summary,
-        result_status,
-        cost_cents,
-        duration_seconds,
-        error_message,
-        _time(created_at) or _fromiso(created_at),
-        _time(updated_at) or _fromiso(updated_at),
-        version,
-        queue,
-        priority,
-        _time(run_at) or _fromiso(run_at),
-        attempts,
-        max_attempts,
-        lease_expires_at,
-        idempotency_key,
-        created_position,
-        lease_seconds,
-        result_json,
-        timeout_seconds,
-        parent_id,
-        max_cost_cents,
-        subtree_cost_cents,
-        holder_host,
-        holder_boot_id,
-        holder_pid,
-        holder_start,
-    )
+    for i in _OPTIONAL_TIMES:
+        text = row[i]
+        if text is not None:
+            row[i] = _time(text) or _fromiso(text)
+    for i in _TIMES:
+        text = row[i]
+        row[i] = _time(text) or _fromiso(text)
+    return JobState(*row)
+
+
+_OPTIONAL_TIMES = (_STARTED_I, _COMPLETED_I, _LEASE_I)
+_TIMES = (_CREATED_I, _UPDATED_I, _RUN_I)
 
 
 _update_cache: dict[tuple[str, ...], tuple[str, Callable[[JobState], tuple[Any, ...]]]] = {}
