@@ -107,7 +107,7 @@ def fold_events(
     kept to the check and the fold themselves, and the commonest event, the next activity
     event of a job created in this batch, is checked and folded inline, without their calls,
     exactly as `LogCheck.problem` and `JobsFold.apply` would (`LogCheck.known`,
-    `JobsFold.touch_new`; tests/test_replay_fast_way.py)."""
+    `JobsFold.touch_new`; tests/test_replay_inline.py)."""
     count = 0
     stored: StoredEvent | None = None
     problem = check.problem

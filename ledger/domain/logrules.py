@@ -34,14 +34,6 @@ def _checked_fields(cls: type) -> tuple[str, ...]:
 
 
 _CHECKED_FIELDS: dict[type, tuple[str, ...]] = {}
-# `LogCheck._created` checks these inline: keep it in step if the created event gains one.
-assert _checked_fields(ev.JobCreated) == (
-    "chat_id",
-    "thread_id",
-    "priority",
-    "run_at",
-    "max_attempts",
-), "LogCheck._created checks JobCreated's int and time fields by name"
 _STREAM_PREFIXES = ev.stream_prefixes()
 # A job's events after its creation (not a stream's own events): `LogCheck.problem`'s fast way.
 _FOLLOWING = frozenset(
@@ -53,6 +45,7 @@ _FOLLOWING = frozenset(
 
 # The checked fields of each type that takes the fast way (activity events: only ``attempt``).
 _FOLLOWING_FIELDS: dict[type, tuple[str, ...]] = {cls: _checked_fields(cls) for cls in _FOLLOWING}
+_CREATED_FIELDS = _checked_fields(ev.JobCreated)  # `LogCheck._created`'s
 # The types whose one checked field is ``attempt``: `LogCheck.known` (a fold's inline check).
 ATTEMPT_ONLY = frozenset(cls for cls, names in _FOLLOWING_FIELDS.items() if names == ("attempt",))
 
@@ -140,16 +133,17 @@ class LogCheck:
             and not job_id.startswith(_STREAM_PREFIXES)
             and job_id not in self._versions
         ):
-            event: ev.JobCreated = stored.event  # type: ignore[assignment]
-            for value in (event.chat_id, event.thread_id, event.priority, event.max_attempts):
-                if value is not None and not (
-                    type(value) is int and INT64_MIN <= value <= INT64_MAX
+            event = stored.event
+            for name in _CREATED_FIELDS:  # None, an int in range, a UTC time: fine (`problem`)
+                value = getattr(event, name)
+                if not (
+                    value is None
+                    or (type(value) is int and INT64_MIN <= value <= INT64_MAX)
+                    or (type(value) is datetime and value.tzinfo is UTC)
                 ):
                     return self._careful(stored, known)
-            run_at = event.run_at
-            if run_at is None or (type(run_at) is datetime and run_at.tzinfo is UTC):
-                self._jobs[job_id] = 1
-                return None
+            self._jobs[job_id] = 1
+            return None
         return self._careful(stored, known)
 
     def _careful(self, stored: StoredEvent, known: int | None) -> str | None:
