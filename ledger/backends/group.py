@@ -28,6 +28,12 @@ commit off (no published call, no savepoint, no wait), and only looks at the que
 COMMIT, to take in whatever others queued meanwhile. `held` is the explicit form, for one thread
 that runs many callers' commands back to back (`AsyncLedger`): its commands share a transaction
 until it lets go.
+
+The core is the same for every backend; what a backend's write connection does to begin, nest,
+commit and undo a transaction is its `Transactions` (SQLite: ``BEGIN IMMEDIATE`` and
+savepoints on an APSW connection; PostgreSQL: the same statements in psycopg's pipeline, where
+a statement's error arrives with the next sync, so a command that shares a transaction reports
+its errors before it returns, and `_first`'s lone command may defer them to its COMMIT).
 """
 
 from __future__ import annotations
@@ -37,12 +43,9 @@ from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-import apsw
-
-from ...errors import LedgerError, StorageError
-from .connection import begin_immediate, rollback, wrap_sqlite_error
+from ..errors import LedgerError, StorageError
 
 _T = TypeVar("_T")
 MAX_GROUP = 256  # commands in one transaction at most (bounds a follower's wait)
@@ -51,30 +54,73 @@ FOLLOWER_CHECK = 0.1  # seconds a waiter sleeps before it looks at the write loc
 QUEUED, LEAD, DONE = 0, 1, 2  # a _Call's states
 
 
+class Transactions(Protocol):
+    """What one backend's write connection does for `GroupCommit` (under its lock). ``error``
+    is the driver's own exception class (`apsw.Error`, `psycopg.Error`); the methods that say
+    so raise it, and `wrap` turns it into the ledger's error for a caller."""
+
+    @property
+    def error(self) -> type[Exception]: ...
+
+    def begin(self, doing: str) -> None:
+        """Open a write transaction; raises a `LedgerError` (already wrapped)."""
+
+    def savepoint(self) -> None:
+        """A savepoint for the next command of an open transaction."""
+
+    def release(self) -> None:
+        """The command after the savepoint succeeded."""
+
+    def rollback_to(self) -> None:
+        """Undo the command after the savepoint (the transaction stays open)."""
+
+    def flush(self) -> None:
+        """Make the open transaction's commands report their errors now (before another joins
+        them); SQLite's already have."""
+
+    def in_transaction(self) -> bool:
+        """Whether a transaction is still open (a failure may have ended it)."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None:
+        """End the open transaction, if any; never raises."""
+
+    def aborted(self, reason: str) -> Exception:
+        """An error of the driver's kind for a transaction this process gave up."""
+
+    def wrap(self, error: Exception, doing: str) -> LedgerError: ...
+
+
 class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT has
     run, the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("failure", "size")
+    __slots__ = ("_wrap", "failure", "size")
 
-    def __init__(self) -> None:
-        self.failure: apsw.Error | None = None
+    def __init__(self, wrap: Callable[[Exception, str], LedgerError]) -> None:
+        self.failure: Exception | None = None
         self.size = 0
+        self._wrap = wrap
 
     def error(self, doing: str) -> LedgerError | None:
-        """The ledger's error for a lost group (None: it committed)."""
-        return None if self.failure is None else lost_error(self.failure, doing)
+        """The ledger's error for a lost group (None: it committed), its cause the driver's."""
+        if self.failure is None:
+            return None
+        error = self.lost(doing)
+        error.__cause__ = self.failure
+        return error
 
-
-def lost_error(failure: apsw.Error, doing: str) -> LedgerError:
-    """What each caller of a lost group is told: SQLite's reason, and that nothing of its
-    command was written (SQLite's own words, such as "constraint failed" for a vetoed COMMIT,
-    say neither), so the caller knows a retry cannot write it twice."""
-    error = wrap_sqlite_error(failure, doing)
-    return type(error)(
-        f"{error}; the transaction holding this command (shared with other callers' commands) "
-        "did not commit: nothing of it was written, retry it"
-    )
+    def lost(self, doing: str) -> LedgerError:
+        """What each caller of a lost group is told: the database's reason, and that nothing
+        of its command was written (the database's own words, such as "constraint failed" for
+        a vetoed COMMIT, say neither), so the caller knows a retry cannot write it twice."""
+        assert self.failure is not None
+        error = self._wrap(self.failure, doing)
+        return type(error)(
+            f"{error}; the transaction holding this command (shared with other callers' "
+            "commands) did not commit: nothing of it was written, retry it"
+        )
 
 
 class _Call:
@@ -102,7 +148,7 @@ class _Call:
             raise self.error
         group = self.group
         if group is not None and group.failure is not None:
-            raise lost_error(group.failure, self.doing) from group.failure
+            raise group.lost(self.doing) from group.failure
         return self.result
 
 
@@ -121,17 +167,27 @@ def _interrupted(call: _Call, error: BaseException) -> StorageError:
     )
 
 
+def _wrapped(tx: Transactions, error: Exception, doing: str) -> LedgerError:
+    """The caller's error for a command's own failure, the driver's error as its cause (the
+    backend reads it: PostgreSQL retries a deadlock, and names a stale version)."""
+    wrapped = tx.wrap(error, doing)
+    wrapped.__cause__ = error
+    return wrapped
+
+
 class GroupCommit:
-    """The write path of one SQLite write connection, guarded by the backend's write lock.
+    """The write path of one write connection (``tx``), guarded by the backend's write lock.
 
     ``on_commit`` runs after every commit (under the lock); ``on_lost`` after a transaction
     was lost (its COMMIT failed, or SQLite rolled it back under a failing command);
     ``on_begin`` once a transaction has begun, before its first command; ``on_undo`` after a
-    command of a shared transaction was rolled back to its savepoint."""
+    command of a shared transaction was rolled back to its savepoint. ``deferring`` is True
+    while `_first` runs a lone caller's command, which may leave its errors for the COMMIT (or
+    `Transactions.flush`); any other command must report its errors before it returns."""
 
     def __init__(
         self,
-        conn: apsw.Connection,
+        tx: Transactions,
         lock: threading.RLock,
         on_commit: Callable[[], None],
         on_lost: Callable[[], None],
@@ -140,10 +196,8 @@ class GroupCommit:
         on_begin: Callable[[], None] = lambda: None,
         on_undo: Callable[[], None] = lambda: None,
     ) -> None:
-        self._conn = conn
-        # The transaction's own statements (SAVEPOINT, RELEASE, COMMIT) go through one cursor
-        # kept for them: `Connection.execute` makes a new cursor object for every statement.
-        self._execute = conn.cursor().execute
+        self._tx = tx
+        self.deferring = False
         self._lock = lock
         self._on_commit = on_commit
         self._on_lost = on_lost
@@ -177,14 +231,18 @@ class GroupCommit:
         """The lock was free and nothing queued (a lone caller, mostly): run the command as
         is, no published call; then commit, together with whatever others queued meanwhile."""
         self._combiner = me
+        self.deferring = True
         try:
             group, result, _ = self._run(doing, command)  # a failing first command raises
         except BaseException:
+            self.deferring = False
             self._combiner = None
             self._let_go()
             raise
+        self.deferring = False
         self._combiner = None
         if self._pending:  # callers queued while it ran: into its transaction, then commit
+            self._flush(group)
             self._lead(None)
         else:
             try:
@@ -192,8 +250,18 @@ class GroupCommit:
             finally:
                 self._let_go()
         if group is not None and group.failure is not None:
-            raise lost_error(group.failure, doing) from group.failure
+            raise group.lost(doing) from group.failure
         return result  # type: ignore[return-value]
+
+    def _flush(self, group: Group | None) -> None:
+        """Before others' commands join a lone caller's: its deferred errors, if any, now (a
+        failure loses its transaction, which holds nothing else, and the caller is told)."""
+        if group is None or group is not self._open:
+            return
+        try:
+            self._tx.flush()
+        except self._tx.error as e:
+            self._lose(group, e)
 
     def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
         """A command of the thread that already holds the lock: into its open transaction."""
@@ -214,7 +282,7 @@ class GroupCommit:
         if error is not None:
             raise error
         if group is not None and group.failure is not None:
-            raise lost_error(group.failure, doing) from group.failure
+            raise group.lost(doing) from group.failure
         return result  # type: ignore[return-value]
 
     def _await(self, call: _Call) -> None:
@@ -291,11 +359,11 @@ class GroupCommit:
                     break
         finally:
             if self._open is not None:  # interrupted between a command and its COMMIT
-                self._lose(self._open, apsw.AbortError("interrupted before COMMIT"))
+                self._lose(self._open, self._tx.aborted("interrupted before COMMIT"))
             for call in served:
                 if call.state != DONE:
                     if not call.ran:
-                        call.error = _interrupted(call, apsw.AbortError())
+                        call.error = _interrupted(call, self._tx.aborted("interrupted"))
                     call.state = DONE
                     _wake(call)
             self._combiner = None
@@ -332,32 +400,33 @@ class GroupCommit:
         """Under the lock: run ``command`` in the open group (a savepoint) or a new one.
         Returns the group it is in (None: it failed alone and nothing is open), its result,
         and the error it raised (to be raised once the group is settled)."""
+        tx = self._tx
         group = self._open
         if group is None:  # the first command of a transaction: nobody else is in it
-            begin_immediate(self._conn, doing)
+            tx.begin(doing)
             self._on_begin()
             try:
                 result = command()
-            except apsw.Error as e:
-                rollback(self._conn)
-                raise wrap_sqlite_error(e, doing) from e
+            except tx.error as e:
+                tx.rollback()
+                raise _wrapped(tx, e, doing) from e
             except BaseException:
-                rollback(self._conn)
+                tx.rollback()
                 raise
-            group = self._open = Group()
+            group = self._open = Group(tx.wrap)
             group.size = 1
             return group, result, None
         try:
-            self._execute("SAVEPOINT command")
-        except apsw.Error as e:
-            return group, None, wrap_sqlite_error(e, doing)
+            tx.savepoint()
+        except tx.error as e:
+            return group, None, _wrapped(tx, e, doing)
         try:
             result = command()
         except BaseException as e:
             return group, None, self._undo(doing, group, e)
         try:
-            self._execute("RELEASE command")
-        except apsw.Error as e:
+            tx.release()
+        except tx.error as e:
             return group, None, self._undo(doing, group, e)
         group.size += 1
         return group, result, None
@@ -365,33 +434,33 @@ class GroupCommit:
     def _undo(self, doing: str, group: Group, error: BaseException) -> BaseException:
         """Roll back one failed command of ``group`` to its savepoint; if SQLite already
         rolled the whole transaction back (a full disk, an I/O error), the group is lost."""
+        tx = self._tx
         self._on_undo()
-        if not self._conn.get_autocommit():
+        if tx.in_transaction():
             try:
-                self._conn.execute("ROLLBACK TO command")
-                self._conn.execute("RELEASE command")
-            except apsw.Error as e:
+                tx.rollback_to()
+            except tx.error as e:
                 self._lose(group, e)
-        if self._conn.get_autocommit() and self._open is group:
-            self._lose(group, error if isinstance(error, apsw.Error) else apsw.AbortError())
-        if isinstance(error, apsw.Error):
-            return wrap_sqlite_error(error, doing)
+        if not tx.in_transaction() and self._open is group:
+            self._lose(group, error if isinstance(error, tx.error) else tx.aborted("rolled back"))
+        if isinstance(error, tx.error):
+            return _wrapped(tx, error, doing)
         return error
 
     def _commit(self, group: Group) -> None:
         self._open = None
         try:
-            self._execute("COMMIT")
-        except apsw.Error as e:
-            rollback(self._conn)
+            self._tx.commit()
+        except self._tx.error as e:
+            self._tx.rollback()
             group.failure = e
             self._on_lost()
         else:
             self._on_commit()
 
-    def _lose(self, group: Group, error: apsw.Error) -> None:
+    def _lose(self, group: Group, error: Exception) -> None:
         self._open = None
-        rollback(self._conn)
+        self._tx.rollback()
         group.failure = error
         self._on_lost()
 

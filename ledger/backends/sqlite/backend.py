@@ -41,7 +41,7 @@ from .connection import (
     run_write,
     wrap_sqlite_error,
 )
-from .group import Group, GroupCommit
+from .group import Group, GroupCommit, SqliteTransactions
 from .timecodec import to_text
 
 _T = TypeVar("_T")
@@ -372,7 +372,7 @@ class SqliteBackend:
         self._seen_version: int | None = None
         self._checkpoints: checkpoints.Checkpointer | None = None  # a writable file's
         self._writes = GroupCommit(
-            self._conn,
+            SqliteTransactions(self._conn),
             self._lock,
             self._committed,
             self._lost,

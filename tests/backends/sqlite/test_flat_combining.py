@@ -74,8 +74,8 @@ def test_a_combiner_hands_the_queue_on_after_max_rounds(
     """With groups of 2 and one round per combiner, five queued behind one held caller make
     three groups, each committed by a different thread: the held caller's, then the first
     waiting caller's, then the next; every call is answered and durable."""
-    monkeypatch.setattr("ledger.backends.sqlite.group.MAX_GROUP", 2)
-    monkeypatch.setattr("ledger.backends.sqlite.group.MAX_ROUNDS", 1)
+    monkeypatch.setattr("ledger.backends.group.MAX_GROUP", 2)
+    monkeypatch.setattr("ledger.backends.group.MAX_ROUNDS", 1)
     job_id = ledger.create_job(1, CONFIG)
     gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger)
@@ -141,7 +141,7 @@ def test_a_caller_interrupted_while_queued_withdraws_its_command(
     the caller gets the KeyboardInterrupt, its command leaves the queue, and nothing of it is
     ever written; the combiner commits its own."""
     job_id = ledger.create_job(1, CONFIG)
-    monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", 0.01)
+    monkeypatch.setattr("ledger.backends.group.FOLLOWER_CHECK", 0.01)
     gate = Gate(ledger, monkeypatch)
     first = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 0}), ledger, gate)
     first.start()
@@ -173,7 +173,7 @@ def test_a_caller_handed_the_queue_just_after_its_wait_timed_out_runs_its_comman
     is already open raised RuntimeError)."""
     from _thread import allocate_lock
 
-    from ledger.backends.sqlite.group import LEAD, _Call
+    from ledger.backends.group import LEAD, _Call
 
     writes = backend_of(ledger)._writes
     call = _Call("a handed-on command", lambda: "ran")

@@ -284,7 +284,7 @@ def test_a_full_group_commits_without_waiting_for_more(
     the four others wait), the groups are 2, 2 and 1 commands: three COMMITs, all durable."""
     ledger = file_ledger
     job_id = ledger.create_job(1, CONFIG)
-    monkeypatch.setattr("ledger.backends.sqlite.group.MAX_GROUP", 2)
+    monkeypatch.setattr("ledger.backends.group.MAX_GROUP", 2)
     gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger)
     log_behind_one(ledger, gate, job_id, 5)
@@ -708,7 +708,7 @@ def test_close_runs_the_queued_commands_first(
     ledger = Ledger(path, durability="full")
     job_id = ledger.create_job(1, CONFIG)
     backend = backend_of(ledger)
-    monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", WAIT)  # no safety net
+    monkeypatch.setattr("ledger.backends.group.FOLLOWER_CHECK", WAIT)  # no safety net
     backend._lock.acquire()
     try:
         caller = Caller(lambda: ledger.log_event(job_id, "progress", {"n": 1}), ledger)
@@ -733,7 +733,7 @@ def test_a_queued_command_nobody_takes_is_run_by_its_own_caller(
     ledger = file_ledger
     job_id = ledger.create_job(1, CONFIG)
     backend = backend_of(ledger)
-    monkeypatch.setattr("ledger.backends.sqlite.group.FOLLOWER_CHECK", 0.01)
+    monkeypatch.setattr("ledger.backends.group.FOLLOWER_CHECK", 0.01)
     commits = Commits(ledger)
     backend._lock.acquire()
     try:

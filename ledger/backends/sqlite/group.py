@@ -1,0 +1,58 @@
+"""Group commit on SQLite: `ledger.backends.group`'s core over an APSW write connection.
+
+Every statement reports its error as it runs, so `flush` has nothing to do; the transaction's
+own statements (SAVEPOINT, RELEASE, COMMIT) go through one cursor kept for them, since
+`Connection.execute` makes a new cursor object for every statement.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from ...errors import LedgerError
+from ..group import Group, GroupCommit
+from .connection import begin_immediate, rollback, wrap_sqlite_error
+
+__all__ = ["Group", "GroupCommit", "SqliteTransactions"]
+
+
+class SqliteTransactions:
+    """`ledger.backends.group.Transactions` on one APSW connection."""
+
+    error = apsw.Error
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self._execute = conn.cursor().execute
+
+    def begin(self, doing: str) -> None:
+        begin_immediate(self._conn, doing)
+
+    def savepoint(self) -> None:
+        self._execute("SAVEPOINT command")
+
+    def release(self) -> None:
+        self._execute("RELEASE command")
+
+    def rollback_to(self) -> None:
+        self._conn.execute("ROLLBACK TO command")
+        self._conn.execute("RELEASE command")
+
+    def flush(self) -> None:
+        return None
+
+    def in_transaction(self) -> bool:
+        return not self._conn.get_autocommit()
+
+    def commit(self) -> None:
+        self._execute("COMMIT")
+
+    def rollback(self) -> None:
+        rollback(self._conn)
+
+    def aborted(self, reason: str) -> Exception:
+        return apsw.AbortError(reason)
+
+    def wrap(self, error: Exception, doing: str) -> LedgerError:
+        assert isinstance(error, apsw.Error)
+        return wrap_sqlite_error(error, doing)
