@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 import psycopg
 from psycopg import IsolationLevel
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from projections.budgets import BudgetState
@@ -37,6 +38,7 @@ from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
+from ..group import Group, GroupCommit
 from ..protocol import Backend, JobFilter, WriteTransaction
 from ..table_reads import TableReads
 from . import budgets_table, queues_table
@@ -330,6 +332,84 @@ class PostgresTransaction(PostgresSnapshot):
         )
 
 
+class _Transactions:
+    """`ledger.backends.group.Transactions` on the backend's writer connection, which stays in
+    pipeline mode: BEGIN, SAVEPOINT and RELEASE go out with the next statement whose answer is
+    awaited, and a statement's error arrives with the next sync. ``unsynced``: the server holds
+    statements of this transaction whose errors nobody has seen yet (a lone caller's command
+    leaves them for its COMMIT; `flush` syncs them before another command joins)."""
+
+    error = psycopg.Error
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self._backend = backend
+        self.unsynced = False
+
+    def begin(self, doing: str) -> None:
+        try:
+            self._backend._writer().execute("BEGIN")
+        except psycopg.Error as e:
+            raise wrap_error(e, doing) from e
+        self.unsynced = True
+
+    def savepoint(self) -> None:
+        self._backend._conn.execute("SAVEPOINT command")
+
+    def release(self) -> None:
+        self._backend._conn.execute("RELEASE command")
+
+    def rollback_to(self) -> None:
+        """A failed statement leaves the pipeline aborted until a sync: sync first (the error
+        there is the failed command's, already being reported), then roll back to the
+        savepoint, and see that it did."""
+        with contextlib.suppress(psycopg.Error):
+            self.sync()
+        conn = self._backend._conn
+        if conn.info.transaction_status not in (
+            TransactionStatus.INTRANS,
+            TransactionStatus.INERROR,
+        ):
+            raise psycopg.OperationalError("the transaction ended with the failed command")
+        conn.execute("ROLLBACK TO command")
+        conn.execute("RELEASE command")
+        self.sync()
+
+    def flush(self) -> None:
+        if self.unsynced:
+            self.sync()
+
+    def sync(self) -> None:
+        self.unsynced = False
+        pipeline = self._backend._pipeline
+        if pipeline is not None:
+            pipeline.sync()
+
+    def in_transaction(self) -> bool:
+        conn = self._backend._conn
+        if conn.closed or conn.broken:
+            return False
+        return conn.info.transaction_status in (
+            TransactionStatus.INTRANS,
+            TransactionStatus.INERROR,
+            TransactionStatus.ACTIVE,  # answers still to come, inside the transaction
+        )
+
+    def commit(self) -> None:
+        self._backend._conn.execute("COMMIT")  # with whatever the pipeline still holds,
+        self.sync()  # then waited for once
+
+    def rollback(self) -> None:
+        self.unsynced = False
+        self._backend._rollback(self._backend._conn)
+
+    def aborted(self, reason: str) -> Exception:
+        return psycopg.OperationalError(reason)
+
+    def wrap(self, error: Exception, doing: str) -> LedgerError:
+        assert isinstance(error, psycopg.Error)
+        return wrap_error(error, doing)
+
+
 class PostgresBackend:
     """A ledger in a PostgreSQL database (or in the schema its URL's ``search_path`` names).
 
@@ -360,6 +440,10 @@ class PostgresBackend:
         self._pipeline: Any = None  # the writer's psycopg Pipeline, entered by `_writer`
         self._pipeline_block: Any = None  # the context manager that entered it
         self._closed = False
+        self._transactions = _Transactions(self)
+        self._writes = GroupCommit(
+            self._transactions, self._lock, _nothing, _nothing, enabled=not readonly
+        )
         doing = f"opening {self.target}"
         self._conn = connect(target, self._statements + WRITER_STATEMENTS, doing)
         try:
@@ -394,45 +478,48 @@ class PostgresBackend:
     # -- the protocol --------------------------------------------------------------------------
 
     def write(self, doing: str, work: Callable[[PostgresTransaction], _T]) -> _T:
-        with self._lock:
-            attempt = 0
-            while True:
-                try:
-                    return self._write_once(work)
-                except _StaleVersion as e:
-                    actual = self._actual_version(e.job_id, doing)
-                    raise ConcurrencyError(e.job_id, e.expected, actual) from e.__cause__
-                except psycopg.Error as e:
-                    if is_retryable(e) and attempt < RETRIES:
-                        attempt += 1
-                        time.sleep(0.001 * attempt)
-                        continue
-                    raise wrap_error(e, doing) from e
-
-    def _write_once(self, work: Callable[[PostgresTransaction], _T]) -> _T:
-        conn = self._writer()
-        # The writer is in autocommit mode and opens its transactions itself: psycopg, left to
-        # open them, waits for each BEGIN's answer in pipeline mode (a round trip of its own);
-        # this BEGIN goes out with the transaction's first statement instead.
-        conn.execute("BEGIN")
-        tx = PostgresTransaction(conn, self._script)
-        try:
-            result = work(tx)
-            tx.send()
-            if tx._unhashed:
-                events.seed_head(conn)  # appends after this import chain onto its last event
-            conn.execute("COMMIT")  # sent with whatever the pipeline still holds,
-            self._pipeline.sync()  # then waited for once
-            return result
-        except pg_errors.UniqueViolation as e:
-            self._rollback(conn)
-            stale = _stale_from(e)  # a deferred (pipelined) insert of a taken version
-            if stale is None:
+        """One command's write transaction, shared with the commands of other threads that
+        arrive meanwhile (`ledger.backends.group`: group commit); returns once its COMMIT is
+        durable. A command PostgreSQL aborted (a deadlock, a lost race for an idempotency key)
+        runs again; a taken version is a `ConcurrencyError`."""
+        attempt = 0
+        while True:
+            try:
+                return self._writes.run(doing, lambda: self._command(work))
+            except LedgerError as e:
+                cause = e.__cause__
+                if isinstance(cause, pg_errors.UniqueViolation):
+                    stale = _stale_from(cause)  # a deferred (pipelined) insert of a taken version
+                    if stale is not None:
+                        actual = self._actual_version(stale.job_id, doing)
+                        raise ConcurrencyError(stale.job_id, stale.expected, actual) from cause
+                if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
+                    attempt += 1
+                    time.sleep(0.001 * attempt)
+                    continue
                 raise
-            raise stale from e
-        except BaseException:
-            self._rollback(conn)
-            raise
+
+    def held_writes(self) -> contextlib.AbstractContextManager[list[Group]]:
+        """`GroupCommit.held`: one thread's many commands in shared transactions."""
+        return self._writes.held()
+
+    def _command(self, work: Callable[[PostgresTransaction], _T]) -> _T:
+        """The command in the transaction `GroupCommit` opened (the writer is in autocommit
+        mode and sends its own BEGIN: psycopg, left to open transactions, waits for each BEGIN's
+        answer in pipeline mode, a round trip of its own). Its writes go out at the end; a lone
+        caller's with the COMMIT (one wait), any other's with a sync of its own, so its errors
+        are its own and a savepoint can undo it alone."""
+        conn = self._conn
+        tx = PostgresTransaction(conn, self._script)
+        result = work(tx)
+        tx.send()
+        if tx._unhashed:
+            events.seed_head(conn)  # appends after this import chain onto its last event
+        if self._writes.deferring:
+            self._transactions.unsynced = True
+        else:
+            self._transactions.sync()
+        return result
 
     def _rollback(self, conn: psycopg.Connection[Any]) -> None:
         """End a failed transaction. In pipeline mode the statements queued after the one that
@@ -485,12 +572,9 @@ class PostgresBackend:
         self._enter_pipeline()
 
     def _actual_version(self, job_id: str, doing: str) -> int:
-        try:
-            version = events.job_version(self._conn, job_id)
-            self._conn.rollback()
-            return version
-        except psycopg.Error as e:
-            raise wrap_error(e, doing) from e
+        """What the job's version is now (read as committed: the writer may be inside another
+        caller's transaction)."""
+        return self.read(doing, lambda snapshot: events.job_version(snapshot.conn, job_id))
 
     def read(
         self, doing: str, work: Callable[[PostgresSnapshot], _T], *, single: bool = False
@@ -558,6 +642,10 @@ class PostgresBackend:
             with self._listen_lock:
                 if self._listener is not None:
                     self._listener.close()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _conforms(
