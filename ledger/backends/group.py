@@ -62,13 +62,13 @@ class Transactions(Protocol):
     @property
     def error(self) -> type[Exception]: ...
 
-    def begin(self, doing: str) -> None:
+    def begin(self, doing: str) -> object:
         """Open a write transaction; raises a `LedgerError` (already wrapped)."""
 
-    def savepoint(self) -> None:
+    def savepoint(self) -> object:
         """A savepoint for the next command of an open transaction."""
 
-    def release(self) -> None:
+    def release(self) -> object:
         """The command after the savepoint succeeded."""
 
     def rollback_to(self) -> None:
@@ -81,9 +81,9 @@ class Transactions(Protocol):
     def in_transaction(self) -> bool:
         """Whether a transaction is still open (a failure may have ended it)."""
 
-    def commit(self) -> None: ...
+    def commit(self) -> object: ...
 
-    def rollback(self) -> None:
+    def rollback(self) -> object:
         """End the open transaction, if any; never raises."""
 
     def aborted(self, reason: str) -> Exception:
@@ -197,6 +197,7 @@ class GroupCommit:
         on_undo: Callable[[], None] = lambda: None,
     ) -> None:
         self._tx = tx
+        self._wrap = tx.wrap  # one bound method for every Group
         self.deferring = False
         self._lock = lock
         self._on_commit = on_commit
@@ -413,7 +414,7 @@ class GroupCommit:
             except BaseException:
                 tx.rollback()
                 raise
-            group = self._open = Group(tx.wrap)
+            group = self._open = Group(self._wrap)
             group.size = 1
             return group, result, None
         try:

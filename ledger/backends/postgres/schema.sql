@@ -108,14 +108,19 @@ CREATE OR REPLACE FUNCTION ledger_chain_link(
     previous bytea, pos bigint, job text, ver bigint, kind text, body text, at timestamptz
 ) RETURNS text
 LANGUAGE sql STABLE AS $$
-    WITH f (job, kind, at, body) AS (SELECT convert_to(job, 'UTF8'), convert_to(kind, 'UTF8'),
-        convert_to(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), 'UTF8'),
-        convert_to(body, 'UTF8'))
+    -- One expression, no CTE: PostgreSQL inlines it into the trigger's UPDATE, whose plan
+    -- PL/pgSQL keeps. With a CTE it ran as a function of its own, planned afresh for every
+    -- event (about 85 us of server time an event against 9 inline, measured in a DO loop).
     SELECT encode(sha256(previous || int8send(pos) || int8send(ver)
-        || int4send(octet_length(f.job)) || int4send(octet_length(f.kind))
-        || int4send(octet_length(f.at)) || int8send(octet_length(f.body)::bigint)
-        || f.job || f.kind || f.at || f.body), 'hex')
-    FROM f
+        || int4send(octet_length(convert_to(job, 'UTF8')))
+        || int4send(octet_length(convert_to(kind, 'UTF8')))
+        || int4send(octet_length(convert_to(
+            to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), 'UTF8')))
+        || int8send(octet_length(convert_to(body, 'UTF8'))::bigint)
+        || convert_to(job, 'UTF8') || convert_to(kind, 'UTF8')
+        || convert_to(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+            'UTF8')
+        || convert_to(body, 'UTF8')), 'hex')
 $$;
 
 -- Positions and hashes are handed out here, as each row is inserted, from the counter row: the
