@@ -1,21 +1,35 @@
-"""PostgreSQL workloads: the ledger against raw psycopg running the same statements, in one run.
+"""PostgreSQL workloads: the ledger against two raw psycopg baselines, both durabilities, one run.
 
-Each pair shares a group: create, claim+complete, append (log_event), read-all and batch create
-(create_jobs x100). The raw side runs the statements the backend runs (an event INSERT whose
-trigger hands out the position, the jobs row, the checkpoint) in one transaction per command,
-on a schema of its own on the same server, without the ledger's decide/fold/validation, and
-pipelined as tightly as those statements allow (`Raw`): the ratio is what the ledger costs on
-top of the least I/O of its own statements. Skips when no server can start; quick under
-``LEDGER_BENCH_QUICK=1``.
+Each group (create, claim+complete, append (log_event), read-all and batch create (create_jobs
+x100), at ``full`` and at ``normal``: ``synchronous_commit = off``) has three entries:
+
+- ``ledger``: `Ledger(url, durability=...)`;
+- ``raw``: raw psycopg running the statements the backend runs (an event INSERT whose trigger
+  hands out the position, the jobs row, the checkpoint), with the backend writer's session
+  settings (`WRITER_STATEMENTS`: generic plans), in one transaction per command, without
+  the ledger's decide/fold/validation, pipelined as tightly as those statements allow (`Raw`):
+  the ratio is what the library costs on top of the least I/O of its own statements;
+- ``minimal``: issue 17's baseline, the least I/O each workload needs (`benchmarks.minimal_pg`:
+  a 4-column job row and its event, a bare event insert, ...): the ratio is what the laws and the
+  library cost together.
+
+Each side has a schema of its own on the same server. The ledger entry also times one call of
+each baseline before each of its rounds (``paired_raw_median``, ``paired_minimal_median``), so
+drift on a noisy machine hits all three alike; `report.py` prints those "interleaved" ratios.
+Skips when no server can start; quick under ``LEDGER_BENCH_QUICK=1``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
+import statistics
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +39,20 @@ from benchmarks.conftest import CONFIG, size
 from ledger import EventType, Ledger
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+from benchmarks import minimal_pg  # noqa: E402
 from ledger.backends.postgres import events_table, jobs_table  # noqa: E402
-from ledger.backends.postgres.connection import schema_text  # noqa: E402
+from ledger.backends.postgres.backend import WRITER_STATEMENTS  # noqa: E402
+from ledger.backends.postgres.connection import SYNCHRONOUS_COMMIT, schema_text  # noqa: E402
 from tests import postgres_cluster  # noqa: E402
 
-ROUNDS = size(200, 5)
+# More rounds where a call is fast (no wait for the WAL flush): short medians are noisy.
+ROUNDS = {"full": size(300, 3), "normal": size(1000, 3)}
+WARMUP = size(20, 0)  # untimed calls first: psycopg prepares a statement from its fifth run
 BATCH = 100
+BATCH_ROUNDS = size(40, 2)
+READ_JOBS = size(1000, 20)
+READ_ROUNDS = size(60, 2)
+IMPLS = ["ledger", "raw", "minimal"]
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +87,77 @@ class Raw:
         self.pipeline.sync()
 
 
-@pytest.fixture
-def pg(server: str) -> Iterator[tuple[Ledger, Raw]]:
-    """A ledger and a raw connection, each in a fresh schema of its own."""
+@dataclass
+class Trio:
+    """The ledger, the same-statements raw connection and the minimal one, at ``durability``."""
+
+    ledger: Ledger
+    raw: Raw
+    least: minimal_pg.Minimal
+    durability: str
+
+
+@pytest.fixture(params=["full", "normal"])
+def pg(request: pytest.FixtureRequest, server: str) -> Iterator[Trio]:
+    """The three sides, each in a fresh schema of its own, at the durability of the param."""
+    durability = request.param
     ledger_url = postgres_cluster.create_schema(server, prefix="bench")
     raw_url = postgres_cluster.create_schema(server, prefix="benchraw")
-    ledger = Ledger(ledger_url)
+    least_url = postgres_cluster.create_schema(server, prefix="benchmin")
+    ledger = Ledger(ledger_url, durability=durability)
     conn = psycopg.connect(raw_url, autocommit=True)
     conn.execute("SET TimeZone TO 'UTC'")
+    conn.execute(f"SET synchronous_commit TO {SYNCHRONOUS_COMMIT[durability]}")
+    for statement in WRITER_STATEMENTS:  # the writer's planner settings, as the backend's
+        conn.execute(statement)
     conn.execute(schema_text().encode())
     conn.execute(events_table.checkpoint_upsert_statement, ("jobs", 1, 0))
+    least = minimal_pg.connect(least_url, durability)
     with conn.pipeline() as pipeline:
-        yield ledger, Raw(conn, pipeline)
+        yield Trio(ledger, Raw(conn, pipeline), least, durability)
     ledger.close()
     conn.close()
-    postgres_cluster.drop_schema(ledger_url)
-    postgres_cluster.drop_schema(raw_url)
+    least.close()
+    for url in (ledger_url, raw_url, least_url):
+        postgres_cluster.drop_schema(url)
+
+
+def _run(
+    benchmark: Any,
+    impl: str,
+    rounds: int,
+    ledger_call: Callable[[], object],
+    raw_call: Callable[[], object],
+    minimal_call: Callable[[], object],
+) -> None:
+    """Time ``impl``'s call. The ledger entry runs one call of each baseline before each of its
+    rounds and records their medians (paired_*_median), as benchmarks/test_writes.py does."""
+    calls = {"ledger": ledger_call, "raw": raw_call, "minimal": minimal_call}
+    for _ in range(WARMUP):
+        if impl == "ledger":
+            raw_call()
+            minimal_call()
+        calls[impl]()
+    if impl != "ledger":
+        benchmark.pedantic(calls[impl], rounds=rounds, iterations=1)
+        return
+    paired: list[float] = []
+    paired_minimal: list[float] = []
+
+    def timed_baselines() -> None:
+        started = time.perf_counter()
+        raw_call()
+        middle = time.perf_counter()
+        minimal_call()
+        paired.append(middle - started)
+        paired_minimal.append(time.perf_counter() - middle)
+
+    benchmark.pedantic(ledger_call, setup=timed_baselines, rounds=rounds, iterations=1)
+    benchmark.extra_info["paired_raw_median"] = statistics.median(paired)
+    benchmark.extra_info["paired_minimal_median"] = statistics.median(paired_minimal)
+
+
+# -- the raw side: the backend's own statements ------------------------------------------------
 
 
 def _row(job_id: str, now: datetime) -> tuple[Any, ...]:
@@ -105,6 +182,18 @@ def raw_create(raw: Raw, now: datetime) -> str:
     raw.execute(jobs_table.insert_created_statement, _row(job_id, now))
     raw.commit()
     return job_id
+
+
+def raw_create_many(raw: Raw, n: int, now: datetime) -> None:
+    """``n`` jobs in one transaction, as `create_jobs` writes them."""
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    raw.execute("BEGIN")
+    raw.executemany(
+        events_table.insert_deferred_statement,
+        [(job_id, 1, "created", _CREATED, now) for job_id in ids],
+    )
+    raw.executemany(jobs_table.insert_created_statement, [_row(job_id, now) for job_id in ids])
+    raw.commit()
 
 
 def raw_claim_complete(raw: Raw, now: datetime) -> None:
@@ -135,123 +224,119 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     raw.commit()
 
 
-@pytest.mark.benchmark(group="pg-create")
-def test_pg_create_ledger(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    ledger, _ = pg
-    benchmark.pedantic(lambda: ledger.create_job(1, CONFIG), rounds=ROUNDS, iterations=1)
-    assert ledger.verify().ok
+def raw_append(raw: Raw, job_id: str, version: int, now: datetime) -> None:
+    """An event on a job: its row locked, the event, the row's version, the checkpoint."""
+    raw.execute("BEGIN")
+    raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
+    raw.execute(
+        events_table.insert_deferred_statement,
+        (job_id, version, "progress", json.dumps({"step": 1}), now),
+    )
+    raw.execute(
+        "UPDATE jobs SET version = %s, updated_at = %s WHERE id = %s", (version, now, job_id)
+    )
+    raw.commit()
 
 
-@pytest.mark.benchmark(group="pg-create")
-def test_pg_create_raw(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    _, raw = pg
+def raw_read(raw: Raw) -> list[Any]:
+    rows: list[Any] = raw.execute(events_table.after_statement, (0,)).fetchall()
+    return rows  # psycopg has parsed each json data already
+
+
+# -- the workloads -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_create(benchmark: Any, pg: Trio, impl: str) -> None:
+    benchmark.group = f"pg-create [{pg.durability}]"
     now = datetime.now(UTC)
-    benchmark.pedantic(lambda: raw_create(raw, now), rounds=ROUNDS, iterations=1)
+    _run(
+        benchmark,
+        impl,
+        ROUNDS[pg.durability],
+        lambda: pg.ledger.create_job(7, CONFIG),
+        lambda: raw_create(pg.raw, now),
+        lambda: minimal_pg.create(pg.least, CONFIG),
+    )
+    assert pg.ledger.verify().ok
 
 
-@pytest.mark.benchmark(group="pg-claim-complete")
-def test_pg_claim_complete_ledger(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    ledger, _ = pg
-    ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * (ROUNDS + 5))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_claim_complete(benchmark: Any, pg: Trio, impl: str) -> None:
+    benchmark.group = f"pg-claim+complete [{pg.durability}]"
+    now = datetime.now(UTC)
+    backlog = ROUNDS[pg.durability] + WARMUP + 5
+    pg.ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * backlog)
+    raw_create_many(pg.raw, backlog, now)
+    minimal_pg.fill(pg.least, CONFIG, backlog)
 
     def claim_complete() -> None:
-        job = ledger.claim("w")
+        job = pg.ledger.claim("w")
         assert job is not None
-        ledger.complete(job.id, "ok", "success", worker_id="w")
+        pg.ledger.complete(job.id, "ok", "success", worker_id="w")
 
-    benchmark.pedantic(claim_complete, rounds=ROUNDS, iterations=1)
-    assert ledger.verify().ok
+    _run(
+        benchmark,
+        impl,
+        ROUNDS[pg.durability],
+        claim_complete,
+        lambda: raw_claim_complete(pg.raw, now),
+        lambda: minimal_pg.claim_complete(pg.least),
+    )
+    assert pg.ledger.verify().ok
 
 
-@pytest.mark.benchmark(group="pg-claim-complete")
-def test_pg_claim_complete_raw(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    _, raw = pg
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_append(benchmark: Any, pg: Trio, impl: str) -> None:
+    benchmark.group = f"pg-append [{pg.durability}]"
     now = datetime.now(UTC)
-    for _ in range(ROUNDS + 5):
-        raw_create(raw, now)
-    benchmark.pedantic(lambda: raw_claim_complete(raw, now), rounds=ROUNDS, iterations=1)
-
-
-@pytest.mark.benchmark(group="pg-append")
-def test_pg_append_ledger(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    ledger, _ = pg
-    job_id = ledger.create_job(1, CONFIG)
     payload = {"step": 1, "note": "progress"}
-    benchmark.pedantic(
-        lambda: ledger.log_event(job_id, EventType.PROGRESS, payload), rounds=ROUNDS, iterations=1
+    job_id = pg.ledger.create_job(1, CONFIG)
+    raw_job, raw_versions = raw_create(pg.raw, now), itertools.count(2)
+    least_job, least_versions = minimal_pg.create(pg.least, CONFIG), itertools.count(2)
+    _run(
+        benchmark,
+        impl,
+        ROUNDS[pg.durability],
+        lambda: pg.ledger.log_event(job_id, EventType.PROGRESS, payload),
+        lambda: raw_append(pg.raw, raw_job, next(raw_versions), now),
+        lambda: minimal_pg.append(pg.least, least_job, next(least_versions), payload),
+    )
+    assert pg.ledger.verify().ok
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_read_all(benchmark: Any, pg: Trio, impl: str) -> None:
+    """Every event read and decoded, READ_JOBS created events on each side."""
+    benchmark.group = f"pg-read-all [{pg.durability}]"
+    benchmark.extra_info["items"] = READ_JOBS
+    pg.ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * READ_JOBS)
+    raw_create_many(pg.raw, READ_JOBS, datetime.now(UTC))
+    minimal_pg.fill(pg.least, CONFIG, READ_JOBS)
+    assert len(pg.ledger.read_all()) == len(raw_read(pg.raw)) == READ_JOBS
+    assert len(minimal_pg.read_all(pg.least)) == READ_JOBS
+    _run(
+        benchmark,
+        impl,
+        READ_ROUNDS,
+        pg.ledger.read_all,
+        lambda: raw_read(pg.raw),
+        lambda: minimal_pg.read_all(pg.least),
     )
 
 
-@pytest.mark.benchmark(group="pg-append")
-def test_pg_append_raw(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    _, raw = pg
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_batch_create(benchmark: Any, pg: Trio, impl: str) -> None:
+    benchmark.group = f"pg-batch-create x100 [{pg.durability}]"
+    benchmark.extra_info["items"] = BATCH
     now = datetime.now(UTC)
-    job_id = raw_create(raw, now)
-    version = [1]
-
-    def append() -> None:
-        version[0] += 1
-        raw.execute("BEGIN")
-        raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
-        raw.execute(
-            events_table.insert_deferred_statement,
-            (job_id, version[0], "progress", json.dumps({"step": 1}), now),
-        )
-        raw.execute(
-            "UPDATE jobs SET version = %s, updated_at = %s WHERE id = %s",
-            (version[0], now, job_id),
-        )
-        raw.commit()
-
-    benchmark.pedantic(append, rounds=ROUNDS, iterations=1)
-
-
-READ_JOBS = size(1000, 20)
-
-
-@pytest.mark.benchmark(group="pg-read-all")
-def test_pg_read_all_ledger(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    ledger, _ = pg
-    ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * READ_JOBS)
-    events = benchmark(ledger.read_all)
-    assert len(events) == READ_JOBS
-
-
-@pytest.mark.benchmark(group="pg-read-all")
-def test_pg_read_all_raw(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    _, raw = pg
-    now = datetime.now(UTC)
-    for _ in range(READ_JOBS):
-        raw_create(raw, now)
-
-    def read() -> list[Any]:
-        rows: list[Any] = raw.execute(events_table.after_statement, (0,)).fetchall()
-        return rows  # psycopg has parsed each json data already
-
-    assert len(benchmark(read)) == READ_JOBS
-
-
-@pytest.mark.benchmark(group="pg-batch-create")
-def test_pg_batch_create_ledger(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    ledger, _ = pg
     batch = [{"chat_id": 1, "config": CONFIG}] * BATCH
-    benchmark.pedantic(lambda: ledger.create_jobs(batch), rounds=size(20, 2), iterations=1)
-    assert ledger.verify().ok
-
-
-@pytest.mark.benchmark(group="pg-batch-create")
-def test_pg_batch_create_raw(benchmark: Any, pg: tuple[Ledger, Raw]) -> None:
-    _, raw = pg
-    now = datetime.now(UTC)
-
-    def batch() -> None:
-        ids = [str(uuid.uuid4()) for _ in range(BATCH)]
-        raw.execute("BEGIN")
-        raw.executemany(
-            events_table.insert_deferred_statement,
-            [(job_id, 1, "created", _CREATED, now) for job_id in ids],
-        )
-        raw.executemany(jobs_table.insert_created_statement, [_row(job_id, now) for job_id in ids])
-        raw.commit()
-
-    benchmark.pedantic(batch, rounds=size(20, 2), iterations=1)
+    _run(
+        benchmark,
+        impl,
+        BATCH_ROUNDS,
+        lambda: pg.ledger.create_jobs(batch),
+        lambda: raw_create_many(pg.raw, BATCH, now),
+        lambda: minimal_pg.batch(pg.least, CONFIG),
+    )
+    assert pg.ledger.verify().ok
