@@ -204,8 +204,11 @@ CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
 CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change('events are append-only');
+-- The WHEN clause lets every append's one step forward through without calling the function
+-- (about 40 us of server time an event); anything else is the function's to judge.
 CREATE OR REPLACE TRIGGER event_counter_forward BEFORE UPDATE ON event_counter
-    FOR EACH ROW EXECUTE FUNCTION ledger_counter_before_update();
+    FOR EACH ROW WHEN (NOT (NEW.last_position = OLD.last_position + 1 AND NEW.id = OLD.id))
+    EXECUTE FUNCTION ledger_counter_before_update();
 CREATE OR REPLACE TRIGGER event_counter_no_delete BEFORE DELETE ON event_counter
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('event_counter only moves forward');
 CREATE OR REPLACE TRIGGER event_counter_no_truncate BEFORE TRUNCATE ON event_counter
