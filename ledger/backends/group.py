@@ -117,10 +117,14 @@ class Group:
         a vetoed COMMIT, say neither), so the caller knows a retry cannot write it twice."""
         assert self.failure is not None
         error = self._wrap(self.failure, doing)
-        return type(error)(
-            f"{error}; the transaction holding this command (shared with other callers' "
-            "commands) did not commit: nothing of it was written, retry it"
+        others = self.size - 1
+        held = (
+            f"the transaction holding this command (shared with {others} other "
+            f"command{'s' * (others > 1)})"
+            if others > 0
+            else "its transaction"
         )
+        return type(error)(f"{error}; {held} did not commit: nothing of it was written, retry it")
 
 
 class _Call:
