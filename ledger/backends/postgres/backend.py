@@ -218,9 +218,14 @@ class PostgresTransaction(PostgresSnapshot):
     COMMIT), and from the first append on (when this transaction holds the log's head and every
     other appender waits) only one."""
 
-    __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_unhashed")
+    __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_to_head", "_unhashed")
 
-    def __init__(self, conn: psycopg.Connection[Any], script: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        script: Callable[[str], None],
+        to_head: set[str] | None = None,
+    ) -> None:
         self._now = _Now(conn)
         self._later = self._now.later
         super().__init__(self._now)  # type: ignore[arg-type]  # a psycopg.Connection to its users
@@ -228,6 +233,9 @@ class PostgresTransaction(PostgresSnapshot):
         self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
         self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
         self._claimed: JobState | None = None  # the row `claimable` locked and read
+        # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
+        # for all the commands of a shared transaction; None: set each here, as it is asked.
+        self._to_head = to_head
 
     def send(self) -> None:
         """Send the writes kept for the end (`_Later`); the COMMIT follows them."""
@@ -264,11 +272,16 @@ class PostgresTransaction(PostgresSnapshot):
         """A stand-in position (this transaction's own appends) is the log's head as this
         transaction leaves it: the counter row, which it holds."""
         if position < 0:
-            events.advance_checkpoint_to_head(self._later, name)
+            if self._to_head is None:
+                events.advance_checkpoint_to_head(self._later, name)
+            else:
+                self._to_head.add(name)
         else:
             events.advance_checkpoint(self._later, name, position)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
+        if self._to_head is not None:
+            self._to_head.discard(name)  # it may be left behind the head: not moved at COMMIT
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
@@ -344,6 +357,10 @@ class _Transactions:
     def __init__(self, backend: PostgresBackend) -> None:
         self._backend = backend
         self.unsynced = False
+        # The checkpoints the open transaction's commands moved to the head: one UPDATE each
+        # at the COMMIT, not one per command (``saved``: as they were at the last savepoint).
+        self.to_head: set[str] = set()
+        self._saved: set[str] = set()
 
     def begin(self, doing: str) -> None:
         try:
@@ -351,8 +368,10 @@ class _Transactions:
         except psycopg.Error as e:
             raise wrap_error(e, doing) from e
         self.unsynced = True
+        self.to_head = set()
 
     def savepoint(self) -> None:
+        self._saved = set(self.to_head)
         self._backend._conn.execute("SAVEPOINT command")
 
     def release(self) -> None:
@@ -372,6 +391,7 @@ class _Transactions:
             raise psycopg.OperationalError("the transaction ended with the failed command")
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
+        self.to_head = self._saved
         self.sync()
 
     def flush(self) -> None:
@@ -395,11 +415,16 @@ class _Transactions:
         )
 
     def commit(self) -> None:
-        self._backend._conn.execute("COMMIT")  # with whatever the pipeline still holds,
+        conn = self._backend._conn
+        for name in sorted(self.to_head):
+            events.advance_checkpoint_to_head(conn, name)
+        self.to_head = set()
+        conn.execute("COMMIT")  # with whatever the pipeline still holds,
         self.sync()  # then waited for once
 
     def rollback(self) -> None:
         self.unsynced = False
+        self.to_head = set()
         self._backend._rollback(self._backend._conn)
 
     def aborted(self, reason: str) -> Exception:
@@ -510,7 +535,7 @@ class PostgresBackend:
         caller's with the COMMIT (one wait), any other's with a sync of its own, so its errors
         are its own and a savepoint can undo it alone."""
         conn = self._conn
-        tx = PostgresTransaction(conn, self._script)
+        tx = PostgresTransaction(conn, self._script, self._transactions.to_head)
         result = work(tx)
         tx.send()
         if tx._unhashed:
