@@ -89,6 +89,14 @@ class Transactions(Protocol):
     def aborted(self, reason: str) -> Exception:
         """An error of the driver's kind for a transaction this process gave up."""
 
+    def uncertain(self, error: Exception) -> bool:
+        """Whether a COMMIT that raised ``error`` may have committed all the same (its answer
+        was lost with the connection): the callers must not be told nothing was written."""
+
+    def interrupted_commit(self) -> bool | None:
+        """After an interrupt (KeyboardInterrupt, SystemExit) inside `commit`: True when the
+        COMMIT went through, False when it did not run, None when nobody can tell."""
+
     def wrap(self, error: Exception, doing: str) -> LedgerError: ...
 
 
@@ -96,11 +104,12 @@ class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT has
     run, the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("_wrap", "failure", "size")
+    __slots__ = ("_wrap", "failure", "size", "unknown")
 
     def __init__(self, wrap: Callable[[Exception, str], LedgerError]) -> None:
         self.failure: Exception | None = None
         self.size = 0
+        self.unknown = False  # its COMMIT's outcome is not known (the answer was lost)
         self._wrap = wrap
 
     def error(self, doing: str) -> LedgerError | None:
@@ -112,19 +121,26 @@ class Group:
         return error
 
     def lost(self, doing: str) -> LedgerError:
-        """What each caller of a lost group is told: the database's reason, and that nothing
-        of its command was written (the database's own words, such as "constraint failed" for
-        a vetoed COMMIT, say neither), so the caller knows a retry cannot write it twice."""
+        """What each caller of a lost group is told: the database's reason, and whether
+        anything of its command was written (the database's own words, such as "constraint
+        failed" for a vetoed COMMIT, say neither). Nothing was, unless the COMMIT's answer was
+        lost (``unknown``): then it may have committed, and a blind retry could write it twice."""
         assert self.failure is not None
         error = self._wrap(self.failure, doing)
         others = self.size - 1
-        held = (
-            f"the transaction holding this command (shared with {others} other "
-            f"command{'s' * (others > 1)})"
-            if others > 0
-            else "its transaction"
-        )
-        return type(error)(f"{error}; {held} did not commit: nothing of it was written, retry it")
+        shared = f" (shared with {others} other command{'s' * (others > 1)})" if others else ""
+        if self.unknown:
+            return type(error)(
+                f"{error}; the connection failed while the transaction holding this command"
+                f"{shared} was committing: it may have committed or not; look (get_job, "
+                "job_events) before running it again"
+            )
+        if others:
+            return type(error)(
+                f"{error}; the transaction holding this command{shared} did not commit: "
+                "nothing of it was written; retry it (the failure may be another command's)"
+            )
+        return type(error)(f"{error}; its transaction did not commit: nothing of it was written")
 
 
 class _Call:
@@ -247,7 +263,13 @@ class GroupCommit:
         self.deferring = False
         self._combiner = None
         if self._pending:  # callers queued while it ran: into its transaction, then commit
-            self._flush(group)
+            try:
+                self._flush(group)
+            except BaseException:  # interrupted while waiting for the server: nothing commits
+                if self._open is not None:
+                    self._lose(self._open, self._tx.aborted("interrupted"))
+                self._let_go()
+                raise
             self._lead(None)
         else:
             try:
@@ -454,12 +476,25 @@ class GroupCommit:
 
     def _commit(self, group: Group) -> None:
         self._open = None
+        tx = self._tx
         try:
-            self._tx.commit()
-        except self._tx.error as e:
-            self._tx.rollback()
+            tx.commit()
+        except tx.error as e:
+            group.unknown = tx.uncertain(e)
+            tx.rollback()
             group.failure = e
             self._on_lost()
+        except BaseException:  # an interrupt: its callers learn what became of the COMMIT
+            went = tx.interrupted_commit()
+            if went:
+                self._on_commit()
+            else:
+                with suppress(Exception):
+                    tx.rollback()
+                group.failure = tx.aborted("interrupted while committing")
+                group.unknown = went is None
+                self._on_lost()
+            raise
         else:
             self._on_commit()
 
@@ -468,6 +503,10 @@ class GroupCommit:
         self._tx.rollback()
         group.failure = error
         self._on_lost()
+
+    def holding(self) -> bool:
+        """Whether this thread is inside `held`, its commands in a transaction left open."""
+        return self._holder == threading.get_ident()
 
     def settle(self) -> None:
         """Run what is queued and commit the open group now, before anything that must run

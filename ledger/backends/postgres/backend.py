@@ -361,6 +361,7 @@ class _Transactions:
         # at the COMMIT, not one per command (``saved``: as they were at the last savepoint).
         self.to_head: set[str] = set()
         self._saved: set[str] = set()
+        self.committing = False
 
     def begin(self, doing: str) -> None:
         try:
@@ -419,8 +420,12 @@ class _Transactions:
         for name in sorted(self.to_head):
             events.advance_checkpoint_to_head(conn, name)
         self.to_head = set()
-        conn.execute("COMMIT")  # with whatever the pipeline still holds,
-        self.sync()  # then waited for once
+        self.committing = True  # from here an interrupt cannot tell whether it committed
+        try:
+            conn.execute("COMMIT")  # with whatever the pipeline still holds,
+            self.sync()  # then waited for once
+        finally:
+            self.committing = False
 
     def rollback(self) -> None:
         self.unsynced = False
@@ -428,10 +433,30 @@ class _Transactions:
         self._backend._rollback(self._backend._conn)
 
     def aborted(self, reason: str) -> Exception:
-        return psycopg.OperationalError(reason)
+        return psycopg.Error(reason)  # `wrap` words it as it is
+
+    def uncertain(self, error: Exception) -> bool:
+        """The server refused it (its error has a SQLSTATE): not committed. Anything else (the
+        connection broke while the COMMIT or its answer was on the way) may have committed."""
+        return getattr(error, "sqlstate", None) is None
+
+    def interrupted_commit(self) -> bool | None:
+        conn = self._backend._conn
+        if not self.committing and not conn.closed and not conn.broken:
+            return False  # the COMMIT was not sent: `rollback` ends the transaction
+        # Sent, its answer not read: waiting for it could hang on a dead server, so the
+        # connection is closed as it is (the next write reconnects) and nobody is told it
+        # committed, or that it did not.
+        backend = self._backend
+        backend._pipeline = backend._pipeline_block = None
+        with contextlib.suppress(Exception):
+            conn.close()
+        return None
 
     def wrap(self, error: Exception, doing: str) -> LedgerError:
         assert isinstance(error, psycopg.Error)
+        if type(error) is psycopg.Error:  # one of `aborted`'s
+            return StorageError(f"{doing}: {error}")
         return wrap_error(error, doing)
 
 
@@ -520,6 +545,8 @@ class PostgresBackend:
                         raise ConcurrencyError(stale.job_id, stale.expected, actual) from cause
                 if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
                     attempt += 1
+                    if self._writes.holding():  # inside `held` (AsyncLedger): the open
+                        self._writes.settle()  # transaction keeps locks the deadlock was about
                     time.sleep(0.001 * attempt)
                     continue
                 raise

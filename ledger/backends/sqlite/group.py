@@ -47,6 +47,13 @@ class SqliteTransactions:
     def aborted(self, reason: str) -> Exception:
         return apsw.AbortError(reason)
 
+    def uncertain(self, error: Exception) -> bool:
+        return False  # a COMMIT SQLite reports failed did not commit (its atomic commit)
+
+    def interrupted_commit(self) -> bool | None:
+        # The COMMIT is one C call: an interrupt lands before it ran or after it returned.
+        return not self.in_transaction()
+
     def wrap(self, error: Exception, doing: str) -> LedgerError:
         assert isinstance(error, apsw.Error)
         return wrap_sqlite_error(error, doing)
