@@ -59,7 +59,7 @@ def _rate(per_second: float) -> str:
 
 def _impl(param: str | None) -> str:
     parts = (param or "").split("-")
-    return next((p for p in ("raw", "minimal") if p in parts), "ledger")
+    return next((p for p in ("raw", "minimal", "rows") if p in parts), "ledger")
 
 
 def table(data: dict) -> str:  # type: ignore[type-arg]
@@ -95,41 +95,51 @@ def table(data: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def group_commit_table(data: dict) -> str:  # type: ignore[type-arg]
-    """Group 10: each row's throughput (items/s) against the naive raw group commit with as
-    many callers, and against one producer of its own kind (issue 17's 2.5x and 4x goals); the
-    lone caller with group commit on and off, alternated call by call."""
+def group_commit_table(data: dict, test: str = "test_group_commit") -> str:  # type: ignore[type-arg]
+    """Group 10 (``test``: SQLite) or 11 (``test_group_commit_postgres``): each row's throughput
+    (items/s) against the naive raw group commit with as many callers, and against one producer
+    of its own kind (issue 17's 2.5x and 4x goals); where the group has it, the same naive
+    design on the backend's own statements (``rows``); the lone caller with group commit on and
+    off, alternated call by call."""
     rates: dict[tuple[str, int], float] = {}
     lone: dict[str, tuple[float, float]] = {}
     for bench in data["benchmarks"]:
         params = bench.get("params", {})
         median = bench["stats"]["median"]
-        if bench["name"].startswith("test_group_commit["):
+        if bench["name"].startswith(f"{test}["):
             items = bench.get("extra_info", {}).get("items", 1)
             rates[(params["impl"], params["callers"])] = items / median
-        elif bench["name"].startswith("test_lone_caller["):
+        elif bench["name"].startswith("test_lone_caller[") and test == "test_group_commit":
             other = bench.get("extra_info", {}).get("paired_other_median")
             if params.get("grouping") == "on" and other is not None:
                 lone[params["durability"]] = (median, other)
     if not rates and not lone:
         return ""
+    rows = any(impl == "rows" for impl, _ in rates)
     lines = [
         "| callers | ledger items/s | naive raw items/s | ledger/raw | ledger vs one producer "
-        "| raw vs one caller |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| raw vs one caller |"
+        + (" own statements, naive, items/s | ledger/those |" if rows else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if rows else ""),
     ]
     for (impl, callers), rate in sorted(rates.items()):
-        if impl == "raw":
+        if impl in ("raw", "rows"):
             continue
         raw = rates.get(("raw", callers))
         one = rates.get((impl, 1))
         raw_one = rates.get(("raw", 1))
-        lines.append(
+        line = (
             f"| {callers} {impl.removeprefix('ledger-')} | {_rate(rate)} "
             f"| {'-' if raw is None else _rate(raw)} | {_ratio(rate, raw) if raw else '-'} "
             f"| {'-' if one is None else f'{rate / one:.2f}x'} "
             f"| {'-' if raw is None or raw_one is None else f'{raw / raw_one:.2f}x'} |"
         )
+        if rows:
+            same = rates.get(("rows", callers))
+            line += (
+                f" {'-' if same is None else _rate(same)} | {_ratio(rate, same) if same else '-'} |"
+            )
+        lines.append(line)
     for durability, (on, off) in sorted(lone.items()):
         lines.append(
             f"| 1, group commit on vs off [{durability}] | {on * 1e3:.3f} ms | {off * 1e3:.3f} ms "
@@ -149,3 +159,6 @@ if __name__ == "__main__":
     extra = group_commit_table(results)
     if extra:
         print(f"\nGroup commit (group 10, durability full unless marked):\n\n{extra}")
+    extra = group_commit_table(results, "test_group_commit_postgres")
+    if extra:
+        print(f"\nGroup commit on PostgreSQL (group 11, durability full):\n\n{extra}")

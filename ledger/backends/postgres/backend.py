@@ -424,8 +424,10 @@ class _Transactions:
         try:
             conn.execute("COMMIT")  # with whatever the pipeline still holds,
             self.sync()  # then waited for once
-        finally:
-            self.committing = False
+        except psycopg.Error:
+            self.committing = False  # the server's answer, or the connection's end: known
+            raise
+        self.committing = False  # (an interrupt leaves it set, for `interrupted_commit`)
 
     def rollback(self) -> None:
         self.unsynced = False
@@ -442,7 +444,8 @@ class _Transactions:
 
     def interrupted_commit(self) -> bool | None:
         conn = self._backend._conn
-        if not self.committing and not conn.closed and not conn.broken:
+        sent, self.committing = self.committing, False
+        if not sent and not conn.closed and not conn.broken:
             return False  # the COMMIT was not sent: `rollback` ends the transaction
         # Sent, its answer not read: waiting for it could hang on a dead server, so the
         # connection is closed as it is (the next write reconnects) and nobody is told it

@@ -19,7 +19,18 @@ What is proved here, each by a test that fails without the promise:
 - a lost race for an idempotency key (provoked deterministically with a second `Ledger` that
   takes the key while the first caller is held) is retried and answers the winner's job, as
   the first caller of a group and as a joiner; a deadlock (two `Ledger`s locking two rows in
-  opposite orders) is broken by PostgreSQL and the aborted command runs again.
+  opposite orders) is broken by PostgreSQL and the aborted command runs again; inside
+  `held_writes` (AsyncLedger), a deadlocked command is run again after the open transaction
+  commits, in a new one (in the same one it would deadlock again every time);
+- a COMMIT that reached the server and committed, whose answer was lost with the connection (a
+  Unix-socket proxy cuts it), tells its caller it may have committed, never that nothing was
+  written; the event is in the log and the ledger reconnects and goes on;
+- an interrupt (KeyboardInterrupt) in a lone caller's flush before queued callers join reaches
+  that caller, leaves the write lock free, and the queued callers commit; an interrupt in a
+  group's COMMIT before it was sent tells every joiner nothing of it was written (and nothing
+  is), one after it was sent tells them it may have committed (the connection is closed, so
+  nobody learns which), and the log stays whole either way;
+- a lone caller whose transaction fails for good is told nothing was written, and not to retry.
 
 Grouping is forced, not hoped for: one thread's command is held inside its transaction (the
 write lock held) by `Gate` until the other callers are counted in ``backend._writes._pending``.
@@ -28,11 +39,17 @@ write lock held) by `Gate` until the other callers are counted in ``backend._wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -606,3 +623,328 @@ def test_64_coroutines_on_an_async_ledger_lose_nothing_and_share_transactions(
         assert ledger.verify().ok
     assert transactions(postgres_schema, 0)[0] == 128
     assert 1 <= len(commits[0]) < 128  # shared
+
+
+# -- 7. a COMMIT's answer lost, interrupts, a lone caller's words ---------------------------------
+
+
+class AnswerLosingProxy:
+    """A Unix-socket proxy in front of the server: connections through ``url`` reach it by
+    way of this process. `lose_answer` makes the FIRST connection accepted (a `Ledger`'s
+    writer: it connects before its readers' pool) forward its next COMMIT, drop every answer
+    from then on, wait until ``committed()`` holds (the server ran the COMMIT, seen on a
+    connection of its own) and then cut the connection: the COMMIT went through and the
+    writer never hears it did."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        port = int(query.get("port") or parts.port or 5432)
+        self._server = os.path.join(query.get("host") or parts.hostname or "", f".s.PGSQL.{port}")
+        self.directory = tempfile.mkdtemp(prefix="pgproxy-", dir="/tmp")  # short socket path
+        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener.bind(os.path.join(self.directory, f".s.PGSQL.{port}"))
+        self._listener.listen()
+        query["host"] = self.directory
+        self.url = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+        self._links = 0
+        self._committed: Callable[[], bool] | None = None
+        self.muted = threading.Event()  # the writer's answers are dropped from here on
+        self.cut = threading.Event()  # the writer's connection was cut after its COMMIT
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def lose_answer(self, committed: Callable[[], bool]) -> None:
+        self._committed = committed
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self._server)
+            writer = self._links == 0
+            self._links += 1
+            threading.Thread(target=self._up, args=(client, server, writer), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, writer), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, writer: bool) -> None:
+        """Client to server; the writer's COMMIT, once armed, is the last thing forwarded."""
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                committed = self._committed
+                if writer and committed is not None and b"COMMIT" in data:
+                    self._committed = None
+                    self.muted.set()  # before the server can answer
+                    server.sendall(data)
+                    wait_until(committed, "the server to run the COMMIT")
+                    self.cut.set()
+                    for end in (client, server):
+                        end.shutdown(socket.SHUT_RDWR)
+                    return
+                server.sendall(data)
+
+    def _down(self, server: socket.socket, client: socket.socket, writer: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if writer and self.muted.is_set():
+                    continue  # the answer is lost
+                client.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def events_of(url: str, job_id: str) -> int:
+    """The job's committed events, read on a plain connection of its own."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE job_id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_commit_whose_answer_is_lost_may_have_committed_and_the_ledger_goes_on(
+    postgres_schema: str,
+) -> None:
+    """A lone caller's COMMIT reaches the server and commits, and the connection is cut before
+    its answer comes back (a proxy): the caller gets a StorageError saying its transaction may
+    have committed (never "nothing of it was written": a blind retry would write it twice);
+    the event is in fact in the log; the next write reconnects and gets the next version."""
+    proxy = AnswerLosingProxy(postgres_schema)
+    try:
+        with Ledger(proxy.url, durability="full") as ledger:
+            job_id = ledger.create_job(1, CONFIG)
+            proxy.lose_answer(lambda: events_of(postgres_schema, job_id) == 2)
+            with pytest.raises(StorageError) as raised:
+                ledger.log_event(job_id, "progress", {"answer": "lost"})
+            assert proxy.cut.is_set()
+            message = str(raised.value)
+            assert message.startswith("logging an event"), message
+            assert "may have committed" in message, message
+            assert "nothing of it was written" not in message and "retry it" not in message
+            cause = raised.value.__cause__
+            assert isinstance(cause, psycopg.OperationalError) and cause.sqlstate is None
+            events = ledger.job_events(job_id)
+            assert [e.payload for e in events[1:]] == [{"answer": "lost"}]  # it committed
+            assert ledger.log_event(job_id, "progress", {"after": True}) == 3  # reconnected
+            assert log_of(ledger) == {job_id: [1, 2, 3]}
+            assert ledger.verify().ok
+    finally:
+        proxy.close()
+
+
+def test_an_interrupt_in_the_lone_callers_flush_frees_the_lock_and_the_queued_commit(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt (as a signal handler raises it in psycopg's wait) while `_first`
+    flushes the lone caller's command before 4 queued callers join it: that caller gets the
+    interrupt and nothing of its command is written; the queued callers all return, their
+    events committed; the write lock is free afterwards and the next write works."""
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+    transactions_ = backend._transactions
+    flush = transactions_.flush
+    interrupted: list[None] = []
+
+    def interrupted_flush() -> None:
+        flush()
+        if not interrupted:
+            interrupted.append(None)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(transactions_, "flush", interrupted_flush)
+    gate = Gate(ledger, monkeypatch)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"interrupted": True}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in range(3)]  # type: ignore[misc]
+        + [lambda: ledger.create_job(2, CONFIG)],
+    )
+    gate.open()
+    first.finish()
+    assert interrupted == [None]
+    assert isinstance(first.error, KeyboardInterrupt), first.error
+    # The test's own thread (alive throughout, so no ident of a finished thread it could
+    # share with the interrupted caller's) takes the lock: nobody kept it.
+    assert backend._lock.acquire(timeout=WAIT), "the write lock was never let go"
+    backend._lock.release()
+    finish_all(rest)
+    assert [c.error for c in rest] == [None] * 4
+    assert sorted(c.result for c in rest[:3]) == [2, 3, 4]
+    versions = log_of(ledger)
+    assert versions == {job_id: [1, 2, 3, 4], rest[3].result: [1]}
+    payloads = [e.payload for e in ledger.job_events(job_id)]
+    assert {"interrupted": True} not in payloads
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 5
+    assert ledger.verify().ok
+
+
+def group_behind_a_gate(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, job_id: str
+) -> tuple[Caller, list[Caller]]:
+    """A leader's log_event held at a gate until 2 more log_events and a create are queued
+    (the leader then combines them into its transaction and commits); all finished."""
+    gate = Gate(ledger, monkeypatch)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in (1, 2)]  # type: ignore[misc]
+        + [lambda: ledger.create_job(2, {**CONFIG, "joiner": True})],
+    )
+    gate.open()
+    finish_all([first, *rest])
+    return first, rest
+
+
+def test_an_interrupt_before_a_groups_commit_is_sent_tells_the_joiners_nothing_was_written(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt in the combiner's `commit`, before the COMMIT went out: the joiners
+    (whose commands ran) are each told nothing of their command was written, and none of
+    their events is in the log; the interrupt reaches the combining caller; the ledger goes
+    on at the right versions."""
+    job_id = ledger.create_job(1, CONFIG)
+    transactions_ = backend_of(ledger)._transactions
+    commit = transactions_.commit
+    interrupted: list[None] = []
+
+    def interrupted_commit() -> None:
+        if not interrupted:
+            interrupted.append(None)
+            raise KeyboardInterrupt
+        commit()
+
+    monkeypatch.setattr(transactions_, "commit", interrupted_commit)
+    first, rest = group_behind_a_gate(ledger, monkeypatch, job_id)
+    assert interrupted == [None]
+    assert isinstance(first.error, KeyboardInterrupt), first.error
+    for caller in rest:
+        assert isinstance(caller.error, LedgerError), (caller.error, caller.result)
+        message = str(caller.error)
+        assert "nothing of it was written" in message and "may have" not in message, message
+    assert log_of(ledger) == {job_id: [1]}  # the joiner's create is not there either
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2
+    assert log_of(ledger) == {job_id: [1, 2]}
+    assert ledger.verify().ok
+
+
+def test_an_interrupt_after_a_groups_commit_was_sent_says_it_may_have_committed(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt while the combiner waits for its COMMIT's answer (the COMMIT sent):
+    nobody can tell what became of it, so each joiner is told it may have committed (not that
+    nothing was written); the interrupt reaches the combining caller; the log then holds the
+    whole group or none of it, verifies, and the ledger (reconnecting) goes on gap-free."""
+    job_id = ledger.create_job(1, CONFIG)
+    transactions_ = backend_of(ledger)._transactions
+    commit, sync = transactions_.commit, transactions_.sync
+    committing: list[bool] = []  # inside `commit` now (after its COMMIT's execute, at its sync)
+    interrupted: list[bool] = []
+
+    def in_commit() -> None:
+        committing.append(True)
+        try:
+            commit()
+        finally:
+            committing.pop()
+
+    def interrupted_sync() -> None:
+        if committing and not interrupted:
+            interrupted.append(transactions_.committing)
+            raise KeyboardInterrupt
+        sync()
+
+    monkeypatch.setattr(transactions_, "commit", in_commit)
+    monkeypatch.setattr(transactions_, "sync", interrupted_sync)
+    first, rest = group_behind_a_gate(ledger, monkeypatch, job_id)
+    assert isinstance(first.error, KeyboardInterrupt), first.error
+    for caller in rest:
+        assert isinstance(caller.error, LedgerError), (caller.error, caller.result)
+        message = str(caller.error)
+        assert "may have committed" in message, message
+        assert "nothing of it was written" not in message, message
+    assert interrupted == [True]  # raised with the COMMIT sent, its answer not read
+    versions = log_of(ledger)  # gap-free, whatever it holds
+    logged = len(versions[job_id]) - 1
+    created = [job for job in versions if job != job_id]
+    assert (logged, len(created)) in ((0, 0), (3, 1)), versions  # the whole group, or none
+    assert ledger.verify().ok
+    assert ledger.log_event(job_id, "progress", {"after": True}) == logged + 2
+    assert log_of(ledger)[job_id] == list(range(1, logged + 3))
+    assert ledger.verify().ok
+
+
+def test_a_lone_write_whose_transaction_fails_is_not_told_to_retry(ledger: Ledger) -> None:
+    """A lone caller's transaction fails for good at its COMMIT (a deferred ``SELECT 1/0``):
+    its error says nothing of it was written, and not "retry it" (that advice is for a caller
+    whose transaction another command lost; this one fails the same way every time)."""
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+    with pytest.raises(StorageError) as raised:
+        backend.write("the lone write", lambda tx: tx._later.execute("SELECT 1/0"))
+    message = str(raised.value)
+    assert message.startswith("the lone write") and "DivisionByZero" in message, message
+    assert "nothing of it was written" in message, message
+    assert "retry" not in message, message
+    assert isinstance(raised.value.__cause__, psycopg.errors.DivisionByZero)
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2
+    assert log_of(ledger) == {job_id: [1, 2]}
+
+
+def with_options(url: str, options: str) -> str:
+    """``url`` with more server settings in its ``options`` (``-c name=value``)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} {options}".strip()
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def test_a_deadlocked_command_inside_held_is_retried_after_the_open_transaction_commits(
+    postgres_schema: str,
+) -> None:
+    """Inside `held_writes` (AsyncLedger's write path) an earlier command appended (the open
+    transaction holds the log's head). A rival `Ledger` locks job X and waits for the head to
+    append; the block's next command locks X: a deadlock, and PostgreSQL aborts the block's
+    command (its ``deadlock_timeout`` is the shorter). Run again in the same transaction it would
+    deadlock again, every time; it is retried after the open transaction commits (the earlier
+    command's event durable, the rival goes on), in a new one: the block's commands span two
+    transactions, and every event is in the log once, the rival's before the retried one.
+
+    (A lost idempotency race, as for a joiner above, cannot be provoked here: the rival's create
+    waits for the head in its event INSERT, before it inserts its job row with the key, so it
+    can neither commit the key nor hold it while the block's transaction is open.)"""
+    ours_url = with_options(postgres_schema, "-cdeadlock_timeout=50ms")
+    rivals_url = with_options(postgres_schema, f"-cdeadlock_timeout={int(WAIT * 4)}s")
+    with Ledger(ours_url, durability="full") as ledger, Ledger(rivals_url) as rival:
+        backend = backend_of(ledger)
+        a, x = ledger.create_job(1, CONFIG), ledger.create_job(1, CONFIG)
+        before = head(ledger)
+
+        def rival_waiting_for_the_head() -> bool:
+            with psycopg.connect(postgres_schema, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND query LIKE 'INSERT INTO events %'"
+                ).fetchone()
+            return row is not None and row[0] >= 1
+
+        with backend.held_writes() as joined:
+            assert ledger.log_event(a, "progress", {"earlier": True}) == 2  # holds the head
+            theirs = Caller(lambda: rival.log_event(x, "progress", {"rival": True}))
+            theirs.start()  # locks X (load_job), then waits for the head at its COMMIT
+            wait_until(rival_waiting_for_the_head, "the rival waiting for the log's head")
+            ours = ledger.log_event(x, "progress", {"ours": True})  # locks X: the deadlock
+            assert transactions(postgres_schema, before)[0] == 2  # earlier's, and the rival's
+        theirs.finish()
+    assert theirs.error is None and theirs.result == 2
+    assert ours == 3  # run again after the rival committed
+    assert len({id(group) for group in joined}) == 2  # the block's commands: two transactions
+    assert joined[0].failure is None and joined[-1].failure is None
+    with Ledger(postgres_schema) as reopened:
+        assert log_of(reopened) == {a: [1, 2], x: [1, 2, 3]}
+        assert [e.payload for e in reopened.job_events(x)[1:]] == [{"rival": True}, {"ours": True}]
+        assert reopened.verify().ok

@@ -5,7 +5,10 @@ is in the log, gap-free; one COMMIT carries every command waiting at that moment
 answered before that COMMIT; a failing command fails alone (its savepoint), first or joiner; a
 COMMIT that fails loses the whole group and tells every caller in it, and the ledger goes on
 at the right positions; a lone caller commits alone and never waits; ``:memory:`` and read-only
-ledgers keep working with group commit off; closing commits an open group first.
+ledgers keep working with group commit off; closing commits an open group first; an interrupt
+(KeyboardInterrupt) right after a group's COMMIT ran tells every joiner it succeeded (and it
+did, the commit counted before any returns), one right before it ran tells them nothing was
+written (and nothing is), and the interrupt reaches the combining caller either way.
 
 Grouping is forced, not hoped for: one thread's command is held inside its transaction (the
 write lock held) by `Gate` until the other callers are counted as waiting for the lock.
@@ -780,3 +783,85 @@ def test_close_while_callers_wait_commits_or_refuses_in_words(
         assert versions[job_id] == list(range(1, len(ok) + 2))
         assert sorted(c.result for c in ok) == list(range(2, len(ok) + 2))
         assert reopened.verify().ok
+
+
+# -- 10. an interrupt at a group's COMMIT -------------------------------------------------------
+
+
+def interrupt_at_commit(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, *, after: bool
+) -> tuple[Caller, list[Caller], str, int]:
+    """A leader's log_event held at a gate until 2 more log_events and a create are queued; the
+    leader's COMMIT of the four is interrupted (KeyboardInterrupt) once, right ``after`` it ran
+    or right before. Returns the finished callers, the job and the commit count before."""
+    job_id = ledger.create_job(1, CONFIG)
+    backend = backend_of(ledger)
+    transactions = backend._writes._tx
+    commit = transactions.commit  # a functools.partial (a C call): replaced, not wrapped
+    interrupted: list[None] = []
+
+    def interrupted_commit() -> None:
+        if interrupted:
+            commit()
+            return
+        interrupted.append(None)
+        if after:
+            commit()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transactions, "commit", interrupted_commit)
+    before = backend._commits
+    gate = Gate(ledger, monkeypatch)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"n": 0}),
+        [lambda n=n: ledger.log_event(job_id, "progress", {"n": n}) for n in (1, 2)]  # type: ignore[misc]
+        + [lambda: ledger.create_job(2, CONFIG)],
+    )
+    gate.open()
+    for caller in [first, *rest]:
+        caller.finish()
+    assert interrupted == [None]
+    return first, rest, job_id, before
+
+
+def test_an_interrupt_right_after_the_commit_ran_tells_the_joiners_they_succeeded(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT is one C call, so an interrupt lands after it returned: the group committed;
+    every joiner is told so (its result) and its events are in the log; the commit is counted
+    (waiters on `wait_for_change` hear of it) before any joiner returns; the interrupt reaches
+    the combining caller; the ledger goes on."""
+    ledger = file_ledger
+    first, rest, job_id, before = interrupt_at_commit(ledger, monkeypatch, after=True)
+    assert isinstance(first.error, KeyboardInterrupt), first.error
+    assert [c.error for c in rest] == [None] * 3
+    assert sorted(c.result for c in rest[:2]) == [3, 4]  # after the leader's 2
+    assert all(c.commits_seen == before + 1 for c in rest)
+    assert backend_of(ledger)._commits == before + 1
+    assert log_of(ledger) == {job_id: [1, 2, 3, 4], rest[2].result: [1]}
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 5
+    assert ledger.verify().ok
+
+
+def test_an_interrupt_right_before_the_commit_ran_tells_the_joiners_nothing_was_written(
+    file_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt that lands before the COMMIT ran: the transaction is rolled back; every
+    joiner is told nothing of its command was written, and nothing of theirs is in the log;
+    the interrupt reaches the combining caller; the ledger goes on at the right positions."""
+    ledger = file_ledger
+    commits = Commits(ledger)
+    first, rest, job_id, _ = interrupt_at_commit(ledger, monkeypatch, after=False)
+    assert isinstance(first.error, KeyboardInterrupt), first.error
+    for caller in rest:
+        assert isinstance(caller.error, StorageError), (caller.error, caller.result)
+        assert "nothing of it was written" in str(caller.error), caller.error
+    assert commits.count == 1  # the job's create; the group's COMMIT never ran
+    assert not backend_of(ledger)._writes._tx.in_transaction()  # rolled back
+    assert log_of(ledger) == {job_id: [1]}
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2
+    assert log_of(ledger) == {job_id: [1, 2]}
+    assert ledger.read_all()[-1].position == 2
+    assert ledger.verify().ok
