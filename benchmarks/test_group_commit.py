@@ -92,8 +92,8 @@ def _coroutines(ledger: Ledger, callers: int, per_caller: int) -> None:
 
 
 def _raw_naive(path: Path, callers: int, per_caller: int) -> None:
-    """One caller: APSW directly. More: one writer thread, one COMMIT per drained batch (a new
-    file each round, as the minimal schema is created on connecting)."""
+    """One caller: APSW directly. More: `naive` (a new file each round, as the minimal schema
+    is created on connecting)."""
     conn = minimal.connect(str(path), "full")
     if callers == 1:
         job_id = minimal.create(conn, CONFIG)
@@ -101,6 +101,31 @@ def _raw_naive(path: Path, callers: int, per_caller: int) -> None:
             minimal.append(conn, job_id, version, PAYLOAD)
         conn.close()
         return
+    naive(
+        lambda: conn.execute("BEGIN IMMEDIATE"),
+        lambda: conn.execute("COMMIT"),
+        lambda job_id: _raw_create(conn, job_id),
+        lambda job_id, version: _raw_append(conn, job_id, version),
+        callers,
+        per_caller,
+    )
+    count = conn.execute("SELECT count(*) FROM events").get
+    conn.close()
+    assert count == callers * per_caller
+
+
+def naive(
+    begin: Callable[[], object],
+    commit: Callable[[], object],
+    create: Callable[[str], object],
+    append: Callable[[str, int], object],
+    callers: int,
+    per_caller: int,
+) -> None:
+    """Issue 17's naive raw group commit: one writer thread draining a queue of the callers'
+    inserts, one transaction and COMMIT per drained batch, each caller waiting on a
+    ``threading.Event``; each caller creates a job and appends to it (``begin``/``commit`` open
+    and end a transaction on the backend's connection; group 11 uses it too)."""
     work: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event] | None] = queue.SimpleQueue()
 
     def writer() -> None:
@@ -118,10 +143,10 @@ def _raw_naive(path: Path, callers: int, per_caller: int) -> None:
                     work.put(None)
                     break
                 batch.append(item)
-            conn.execute("BEGIN IMMEDIATE")
+            begin()
             for insert, _ in batch:
                 insert()
-            conn.execute("COMMIT")
+            commit()
             for _, done in batch:
                 done.set()
 
@@ -132,9 +157,9 @@ def _raw_naive(path: Path, callers: int, per_caller: int) -> None:
 
     def produce() -> None:
         job_id = str(uuid.uuid4())
-        call(lambda: _raw_create(conn, job_id))
+        call(lambda: create(job_id))
         for version in range(2, per_caller + 1):
-            call(lambda v=version: _raw_append(conn, job_id, v))  # type: ignore[misc]
+            call(lambda v=version: append(job_id, v))  # type: ignore[misc]
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -143,9 +168,6 @@ def _raw_naive(path: Path, callers: int, per_caller: int) -> None:
     finally:
         work.put(None)
         thread.join()
-    count = conn.execute("SELECT count(*) FROM events").get
-    conn.close()
-    assert count == callers * per_caller
 
 
 def _raw_create(conn: apsw.Connection, job_id: str) -> None:

@@ -17,8 +17,6 @@ server can start; quick under ``LEDGER_BENCH_QUICK=1``.
 
 from __future__ import annotations
 
-import queue
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from typing import Any
 import pytest
 
 from benchmarks.conftest import CONFIG, size
-from benchmarks.test_group_commit import PAYLOAD, _coroutines, _in_threads, _threads
+from benchmarks.test_group_commit import PAYLOAD, _coroutines, _threads, naive
 from ledger import Ledger
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
@@ -124,8 +122,8 @@ def _naive(
     callers: int,
     per_caller: int,
 ) -> None:
-    """One caller: psycopg directly, a transaction per command. More: one writer thread, one
-    pipelined transaction and COMMIT per drained batch."""
+    """One caller: psycopg directly, a transaction per command. More: group 10's `naive`,
+    one pipelined transaction and COMMIT per drained batch."""
     if callers == 1:
         job_id = str(uuid.uuid4())
         execute("BEGIN")
@@ -136,49 +134,7 @@ def _naive(
             append(job_id, version)
             commit()
         return
-    work: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event] | None]
-    work = queue.SimpleQueue()
-
-    def writer() -> None:
-        while True:
-            first = work.get()
-            if first is None:
-                return
-            batch = [first]
-            while True:
-                try:
-                    item = work.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    work.put(None)
-                    break
-                batch.append(item)
-            execute("BEGIN")
-            for insert, _ in batch:
-                insert()
-            commit()
-            for _, done in batch:
-                done.set()
-
-    def call(insert: Callable[[], Any]) -> None:
-        done = threading.Event()
-        work.put((insert, done))
-        done.wait()
-
-    def produce() -> None:
-        job_id = str(uuid.uuid4())
-        call(lambda: create(job_id))
-        for version in range(2, per_caller + 1):
-            call(lambda v=version: append(job_id, v))  # type: ignore[misc]
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        _in_threads(produce, callers)
-    finally:
-        work.put(None)
-        thread.join()
+    naive(lambda: execute("BEGIN"), commit, create, append, callers, per_caller)
 
 
 def _minimal_create(db: minimal_pg.Minimal) -> Create:

@@ -45,8 +45,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -58,9 +56,9 @@ from ledger import AsyncLedger, InvalidTransition, JobNotFound, Ledger, LedgerEr
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
+from tests.group_support import WAIT, Gate, log_of, queued, wait_until  # noqa: E402
 
 CONFIG = {"role": "coder", "task": "postgres group commit"}
-WAIT = 30.0  # seconds: the most any wait in these tests may last before it fails
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -70,49 +68,6 @@ def backend_of(ledger: Ledger) -> PostgresBackend:
     backend = ledger._backend
     assert isinstance(backend, PostgresBackend)
     return backend
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds (a deadline, not a sleep that synchronises)."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
-def queued(ledger: Ledger) -> int:
-    """Callers whose command is published and not yet taken by a combiner."""
-    return len(backend_of(ledger)._writes._pending)
-
-
-class Gate:
-    """Holds the next write command of one chosen thread inside its transaction, after its
-    work ran (its writes still kept for the end) and with the write lock held, until `open`."""
-
-    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-        self.thread: int | None = None
-        backend = backend_of(ledger)
-        original = backend.write
-
-        def write(doing: str, work: Callable[[Any], Any]) -> Any:
-            if threading.get_ident() != self.thread:
-                return original(doing, work)
-            self.thread = None  # once (a retry of the command runs ungated)
-
-            def gated(tx: Any) -> Any:
-                result = work(tx)
-                self.entered.set()
-                assert self.opened.wait(WAIT), "the gate was never opened"
-                return result
-
-            return original(doing, gated)
-
-        monkeypatch.setattr(backend, "write", write)
-
-    def open(self) -> None:
-        self.opened.set()
 
 
 class Caller(threading.Thread):
@@ -157,18 +112,6 @@ def led(
 def finish_all(callers: list[Caller]) -> None:
     for caller in callers:
         caller.finish()
-
-
-def log_of(ledger: Ledger) -> dict[str, list[int]]:
-    """Each job's versions in the log, checked gap-free (positions and versions)."""
-    events = ledger.read_all()
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    versions: dict[str, list[int]] = defaultdict(list)
-    for event in events:
-        versions[event.job_id].append(event.version)
-    for job_versions in versions.values():
-        assert job_versions == list(range(1, len(job_versions) + 1))
-    return dict(versions)
 
 
 def head(ledger: Ledger) -> int:

@@ -17,8 +17,6 @@ write lock held) by `Gate` until the other callers are counted as waiting for th
 from __future__ import annotations
 
 import threading
-import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ from ledger import (
     StorageError,
 )
 from ledger.backends.sqlite.backend import SqliteBackend
+from tests.group_support import WAIT, Gate, log_of, queued, wait_until
 
 CONFIG = {"role": "coder", "task": "group commit"}
-WAIT = 30.0  # seconds: the most any wait in these tests may last before it fails
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -46,19 +44,6 @@ def backend_of(ledger: Ledger) -> SqliteBackend:
     backend = ledger._backend
     assert isinstance(backend, SqliteBackend)
     return backend
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds (a deadline, not a sleep that synchronises)."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
-def queued(ledger: Ledger) -> int:
-    """Callers whose command is published and not yet taken by a combiner."""
-    return len(backend_of(ledger)._writes._pending)
 
 
 class Commits:
@@ -81,40 +66,6 @@ class Commits:
             self.vetoed += 1
             return True
         return False
-
-
-class Gate:
-    """Holds the next write command of one chosen thread inside its transaction, after its
-    work ran and with the write lock held, until `open` is called; optionally makes that
-    command raise afterwards (``fail``: a plain exception after it appended its events)."""
-
-    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-        self.thread: int | None = None
-        self.fail: BaseException | None = None
-        backend = backend_of(ledger)
-        original = backend.write
-
-        def write(doing: str, work: Callable[[Any], Any]) -> Any:
-            if threading.get_ident() != self.thread:
-                return original(doing, work)
-            self.thread = None  # once
-
-            def gated(tx: Any) -> Any:
-                result = work(tx)
-                self.entered.set()
-                assert self.opened.wait(WAIT), "the gate was never opened"
-                if self.fail is not None:
-                    raise self.fail
-                return result
-
-            return original(doing, gated)
-
-        monkeypatch.setattr(backend, "write", write)
-
-    def open(self) -> None:
-        self.opened.set()
 
 
 class Caller(threading.Thread):
@@ -145,18 +96,6 @@ class Caller(threading.Thread):
         self.join(WAIT)
         assert not self.is_alive(), "a caller never returned"
         return self.result
-
-
-def log_of(ledger: Ledger) -> dict[str, list[int]]:
-    """Each job's versions in the log, checked gap-free (positions and versions)."""
-    events = ledger.read_all()
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    versions: dict[str, list[int]] = defaultdict(list)
-    for event in events:
-        versions[event.job_id].append(event.version)
-    for job_versions in versions.values():
-        assert job_versions == list(range(1, len(job_versions) + 1))
-    return dict(versions)
 
 
 def led(ledger: Ledger, gate: Gate, leader: Callable[[], Any], others: list[Callable[[], Any]]):

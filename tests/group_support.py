@@ -1,0 +1,77 @@
+"""Helpers shared by the group-commit tests of every backend
+(tests/backends/*/test_group_commit.py): polling with a deadline, the queue of published
+commands, a gate that holds one thread's command inside its transaction, and the log's per-job
+versions checked gap-free."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ledger import Ledger
+
+WAIT = 30.0  # seconds: the most any wait in these tests may last before it fails
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds (a deadline, not a sleep that synchronises)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def queued(ledger: Ledger) -> int:
+    """Callers whose command is published and not yet taken by a combiner."""
+    return len(ledger._backend._writes._pending)  # type: ignore[attr-defined]
+
+
+class Gate:
+    """Holds the next write command of one chosen thread inside its transaction, after its
+    work ran and with the write lock held, until `open` is called; optionally makes that
+    command raise afterwards (``fail``: a plain exception after it appended its events)."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.thread: int | None = None
+        self.fail: BaseException | None = None
+        backend = ledger._backend
+        original = backend.write
+
+        def write(doing: str, work: Callable[[Any], Any]) -> Any:
+            if threading.get_ident() != self.thread:
+                return original(doing, work)
+            self.thread = None  # once
+
+            def gated(tx: Any) -> Any:
+                result = work(tx)
+                self.entered.set()
+                assert self.opened.wait(WAIT), "the gate was never opened"
+                if self.fail is not None:
+                    raise self.fail
+                return result
+
+            return original(doing, gated)
+
+        monkeypatch.setattr(backend, "write", write)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+def log_of(ledger: Ledger) -> dict[str, list[int]]:
+    """Each job's versions in the log, checked gap-free (positions and versions)."""
+    events = ledger.read_all()
+    assert [e.position for e in events] == list(range(1, len(events) + 1))
+    versions: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        versions[event.job_id].append(event.version)
+    for job_versions in versions.values():
+        assert job_versions == list(range(1, len(job_versions) + 1))
+    return dict(versions)
