@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import IsolationLevel
@@ -73,14 +73,13 @@ _CHANNELS = ("ledger_events", "ledger_jobs")
 WRITER_STATEMENTS = ["SET enable_sort TO off", "SET plan_cache_mode TO force_generic_plan"]
 
 
-class _StaleVersion(Exception):
-    """An append hit UNIQUE (job_id, version): the job moved on. Raised inside the transaction,
-    turned into `ConcurrencyError` after the rollback (the actual version needs a fresh query)."""
+class _StaleVersion(NamedTuple):
+    """An append hit UNIQUE (job_id, version): the job moved on. Read from the error's detail
+    once the command was rolled back, and turned into `ConcurrencyError` (the actual version
+    needs a fresh query)."""
 
-    def __init__(self, job_id: str, expected: int) -> None:
-        super().__init__(job_id, expected)
-        self.job_id = job_id
-        self.expected = expected
+    job_id: str
+    expected: int
 
 
 class PostgresSnapshot(TableReads):
@@ -221,10 +220,7 @@ class PostgresTransaction(PostgresSnapshot):
     __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_to_head", "_unhashed")
 
     def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        script: Callable[[str], None],
-        to_head: set[str] | None = None,
+        self, conn: psycopg.Connection[Any], script: Callable[[str], None], to_head: set[str]
     ) -> None:
         self._now = _Now(conn)
         self._later = self._now.later
@@ -234,7 +230,7 @@ class PostgresTransaction(PostgresSnapshot):
         self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
         self._claimed: JobState | None = None  # the row `claimable` locked and read
         # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
-        # for all the commands of a shared transaction; None: set each here, as it is asked.
+        # for all the commands of a shared transaction.
         self._to_head = to_head
 
     def send(self) -> None:
@@ -270,18 +266,15 @@ class PostgresTransaction(PostgresSnapshot):
 
     def advance_checkpoint(self, name: str, position: int) -> None:
         """A stand-in position (this transaction's own appends) is the log's head as this
-        transaction leaves it: the counter row, which it holds."""
+        transaction leaves it: the counter row, which it holds, read by the one UPDATE the
+        COMMIT sends (`_Transactions.commit`)."""
         if position < 0:
-            if self._to_head is None:
-                events.advance_checkpoint_to_head(self._later, name)
-            else:
-                self._to_head.add(name)
+            self._to_head.add(name)
         else:
             events.advance_checkpoint(self._later, name, position)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
-        if self._to_head is not None:
-            self._to_head.discard(name)  # it may be left behind the head: not moved at COMMIT
+        self._to_head.discard(name)  # it may be left behind the head: not moved at COMMIT
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
