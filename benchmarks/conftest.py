@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
@@ -30,6 +32,47 @@ def cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if cache is None or QUICK:
         return tmp_path_factory.mktemp("bench-cache")
     return Path(cache.mkdir("ledger-bench"))
+
+
+def interleaved(
+    benchmark: object,
+    ledger_call: Callable[[], object],
+    raw_call: Callable[[], object],
+    minimal_call: Callable[[], object],
+    rounds: int,
+) -> None:
+    """Time ``ledger_call`` with one call of each baseline before each of its rounds (the two
+    baselines' own medians go into ``paired_raw_median`` and ``paired_minimal_median``, which
+    `report.py` prints as the "interleaved" ratios): drift on a noisy machine hits all three
+    alike. The caller warms up first where it wants to."""
+    paired: list[float] = []
+    paired_minimal: list[float] = []
+
+    def timed_baselines() -> None:
+        started = time.perf_counter()
+        raw_call()
+        middle = time.perf_counter()
+        minimal_call()
+        paired.append(middle - started)
+        paired_minimal.append(time.perf_counter() - middle)
+
+    benchmark.pedantic(  # type: ignore[attr-defined]
+        ledger_call, setup=timed_baselines, rounds=rounds, warmup_rounds=0
+    )
+    benchmark.extra_info["paired_raw_median"] = statistics.median(paired)  # type: ignore[attr-defined]
+    benchmark.extra_info["paired_minimal_median"] = statistics.median(paired_minimal)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The URL of the session's PostgreSQL server (tests/postgres_cluster.py starts one);
+    skips the benchmark, with the reason, where none can start."""
+    from tests import postgres_cluster
+
+    try:
+        return postgres_cluster.shared_url()
+    except postgres_cluster.ClusterUnavailable as e:
+        pytest.skip(f"no PostgreSQL server: {e}")
 
 
 def fresh_pair(tmp_path: Path, durability: str) -> tuple[Ledger, apsw.Connection]:

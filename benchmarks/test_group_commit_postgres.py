@@ -53,17 +53,9 @@ Create = Callable[[str], None]
 Append = Callable[[str, int], None]
 
 
-@pytest.fixture(scope="module")
-def server() -> str:
-    try:
-        return postgres_cluster.shared_url()
-    except postgres_cluster.ClusterUnavailable as e:
-        pytest.skip(f"no PostgreSQL server: {e}")
-
-
 @pytest.fixture
-def schema(server: str) -> Iterator[str]:
-    url = postgres_cluster.create_schema(server, prefix="benchgroup")
+def schema(pg_server: str) -> Iterator[str]:
+    url = postgres_cluster.create_schema(pg_server, prefix="benchgroup")
     yield url
     postgres_cluster.drop_schema(url)
 

@@ -25,8 +25,6 @@ import itertools
 import json
 import os
 import socket
-import statistics
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.conftest import CONFIG, size
+from benchmarks.conftest import CONFIG, interleaved, size
 from ledger import EventType, Ledger
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
@@ -53,14 +51,6 @@ BATCH_ROUNDS = size(40, 2)
 READ_JOBS = size(1000, 20)
 READ_ROUNDS = size(60, 2)
 IMPLS = ["ledger", "raw", "minimal"]
-
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    try:
-        return postgres_cluster.shared_url()
-    except postgres_cluster.ClusterUnavailable as e:
-        pytest.skip(f"no PostgreSQL server: {e}")
 
 
 class Raw:
@@ -98,12 +88,12 @@ class Trio:
 
 
 @pytest.fixture(params=["full", "normal"])
-def pg(request: pytest.FixtureRequest, server: str) -> Iterator[Trio]:
+def pg(request: pytest.FixtureRequest, pg_server: str) -> Iterator[Trio]:
     """The three sides, each in a fresh schema of its own, at the durability of the param."""
     durability = request.param
-    ledger_url = postgres_cluster.create_schema(server, prefix="bench")
-    raw_url = postgres_cluster.create_schema(server, prefix="benchraw")
-    least_url = postgres_cluster.create_schema(server, prefix="benchmin")
+    ledger_url = postgres_cluster.create_schema(pg_server, prefix="bench")
+    raw_url = postgres_cluster.create_schema(pg_server, prefix="benchraw")
+    least_url = postgres_cluster.create_schema(pg_server, prefix="benchmin")
     ledger = Ledger(ledger_url, durability=durability)
     conn = psycopg.connect(raw_url, autocommit=True)
     conn.execute("SET TimeZone TO 'UTC'")
@@ -141,20 +131,7 @@ def _run(
     if impl != "ledger":
         benchmark.pedantic(calls[impl], rounds=rounds, iterations=1)
         return
-    paired: list[float] = []
-    paired_minimal: list[float] = []
-
-    def timed_baselines() -> None:
-        started = time.perf_counter()
-        raw_call()
-        middle = time.perf_counter()
-        minimal_call()
-        paired.append(middle - started)
-        paired_minimal.append(time.perf_counter() - middle)
-
-    benchmark.pedantic(ledger_call, setup=timed_baselines, rounds=rounds, iterations=1)
-    benchmark.extra_info["paired_raw_median"] = statistics.median(paired)
-    benchmark.extra_info["paired_minimal_median"] = statistics.median(paired_minimal)
+    interleaved(benchmark, ledger_call, raw_call, minimal_call, rounds)
 
 
 # -- the raw side: the backend's own statements ------------------------------------------------

@@ -10,8 +10,6 @@ ratios.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import apsw
 import pytest
 
 from benchmarks import minimal, raw
-from benchmarks.conftest import CONFIG, fresh_pair, size
+from benchmarks.conftest import CONFIG, fresh_pair, interleaved, size
 from ledger import Ledger
 
 # More rounds where a call is fast (no fsync): medians of tens of microseconds are noisy.
@@ -56,20 +54,7 @@ def _run(
         call = raw_call if impl == "raw" else minimal_call
         benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=min(20, rounds))
         return
-    paired: list[float] = []
-    paired_minimal: list[float] = []
-
-    def timed_baselines() -> None:
-        started = time.perf_counter()
-        raw_call()
-        middle = time.perf_counter()
-        minimal_call()
-        paired.append(middle - started)
-        paired_minimal.append(time.perf_counter() - middle)
-
-    benchmark.pedantic(ledger_call, setup=timed_baselines, rounds=rounds, warmup_rounds=0)
-    benchmark.extra_info["paired_raw_median"] = statistics.median(paired)
-    benchmark.extra_info["paired_minimal_median"] = statistics.median(paired_minimal)
+    interleaved(benchmark, ledger_call, raw_call, minimal_call, rounds)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

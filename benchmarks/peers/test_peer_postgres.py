@@ -14,16 +14,6 @@ from benchmarks.peers.conftest import peer_n
 N = peer_n(2_000, 50)
 
 
-@pytest.fixture(scope="module")
-def server() -> str:
-    from tests import postgres_cluster
-
-    try:
-        return postgres_cluster.shared_url()
-    except postgres_cluster.ClusterUnavailable as e:
-        pytest.skip(f"no PostgreSQL server: {e}")
-
-
 CASES = [
     pytest.param(impl, workload, id=f"{workload}-{impl}")
     for workload in workloads.WORKLOADS
@@ -32,13 +22,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(("impl", "workload"), CASES)
-def test_postgres_peer(benchmark: Any, server: str, impl: str, workload: str) -> None:
+def test_postgres_peer(benchmark: Any, pg_server: str, impl: str, workload: str) -> None:
     pytest.importorskip("psycopg")
     if impl in ("procrastinate", "pgqueuer"):
         pytest.importorskip(impl)
     from tests import postgres_cluster
 
-    url = postgres_cluster.create_database(server, prefix="peerbench")
+    url = postgres_cluster.create_database(pg_server, prefix="peerbench")
     outcome: dict[str, Any] = {}
     benchmark.group = f"peers-postgres {workload}"
     try:
