@@ -75,3 +75,40 @@ def log_of(ledger: Ledger) -> dict[str, list[int]]:
     for job_versions in versions.values():
         assert job_versions == list(range(1, len(job_versions) + 1))
     return dict(versions)
+
+
+def acknowledged_from_threads(
+    threads: int, rounds: int, calls: Callable[[int, int], list[tuple[str, int]]]
+) -> list[tuple[str, int]]:
+    """``calls(n, i)`` for each round ``i`` in each thread ``n``, the threads started together:
+    every (job id, version) the calls acknowledged. Fails on any error, or a thread that never
+    ends."""
+    start = threading.Barrier(threads)
+    acked: list[tuple[str, int]] = []
+    acked_lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            start.wait(WAIT)
+            for i in range(rounds):
+                mine = calls(n, i)
+                with acked_lock:
+                    acked.extend(mine)
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(WAIT * 2)
+    assert not errors and not any(w.is_alive() for w in workers), errors
+    return acked
+
+
+def log_holds_exactly(ledger: Ledger, acked: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """The log holds exactly the acknowledged (job id, version) pairs, gap-free; its versions."""
+    versions = log_of(ledger)
+    assert sorted(acked) == sorted((job, v) for job, vs in versions.items() for v in vs)
+    return versions

@@ -32,7 +32,15 @@ from ledger import (
     StorageError,
 )
 from ledger.backends.sqlite.backend import SqliteBackend
-from tests.group_support import WAIT, Gate, log_of, queued, wait_until
+from tests.group_support import (
+    WAIT,
+    Gate,
+    acknowledged_from_threads,
+    log_holds_exactly,
+    log_of,
+    queued,
+    wait_until,
+)
 
 CONFIG = {"role": "coder", "task": "group commit"}
 
@@ -146,36 +154,20 @@ def test_many_threads_lose_nothing_acknowledged_and_share_commits(file_ledger: L
     ledger = file_ledger
     threads, rounds = 16, 8
     commits = Commits(ledger)
-    start = threading.Barrier(threads)
-    acked: list[tuple[str, int]] = []
-    acked_lock = threading.Lock()
-    errors: list[BaseException] = []
 
-    def work(n: int) -> None:
-        try:
-            start.wait(WAIT)
-            for i in range(rounds):
-                job_id = ledger.create_job(n, {**CONFIG, "i": i})
-                mine = [(job_id, 1)]
-                mine.append((job_id, ledger.log_event(job_id, "progress", {"i": i})))
-                mine.append((job_id, ledger.log_event(job_id, "tool_call", {"n": n})))
-                job = ledger.get_job(job_id)  # a read after the acknowledgement sees it all
-                assert job is not None and job.version == 3
-                with acked_lock:
-                    acked.extend(mine)
-        except BaseException as e:
-            errors.append(e)
+    def calls(n: int, i: int) -> list[tuple[str, int]]:
+        job_id = ledger.create_job(n, {**CONFIG, "i": i})
+        mine = [(job_id, 1)]
+        mine.append((job_id, ledger.log_event(job_id, "progress", {"i": i})))
+        mine.append((job_id, ledger.log_event(job_id, "tool_call", {"n": n})))
+        job = ledger.get_job(job_id)  # a read after the acknowledgement sees it all
+        assert job is not None and job.version == 3
+        return mine
 
-    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(WAIT * 2)
-    assert not errors and not any(w.is_alive() for w in workers)
+    acked = acknowledged_from_threads(threads, rounds, calls)
     commands = threads * rounds * 3
     assert len(acked) == commands
-    versions = log_of(ledger)
-    assert sorted(acked) == sorted((job, v) for job, vs in versions.items() for v in vs)
+    versions = log_holds_exactly(ledger, acked)
     assert all(vs == [1, 2, 3] for vs in versions.values())
     assert ledger.verify().ok
     assert 0 < commits.count < commands  # shared
