@@ -487,9 +487,7 @@ class PostgresBackend:
         self._pipeline_block: Any = None  # the context manager that entered it
         self._closed = False
         self._transactions = _Transactions(self)
-        self._writes = GroupCommit(
-            self._transactions, self._lock, _nothing, _nothing, enabled=not readonly
-        )
+        self._writes = GroupCommit(self._transactions, self._lock, enabled=not readonly)
         doing = f"opening {self.target}"
         self._conn = connect(target, self._statements + WRITER_STATEMENTS, doing)
         try:
@@ -690,10 +688,6 @@ class PostgresBackend:
             with self._listen_lock:
                 if self._listener is not None:
                     self._listener.close()
-
-
-def _nothing() -> None:
-    return None
 
 
 def _conforms(
