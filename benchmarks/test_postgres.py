@@ -5,8 +5,10 @@ x100), at ``full`` and at ``normal``: ``synchronous_commit = off``) has three en
 
 - ``ledger``: `Ledger(url, durability=...)`;
 - ``raw``: raw psycopg running the statements the backend runs (an event INSERT whose trigger
-  hands out the position, the jobs row, the checkpoint), with the backend writer's session
-  settings (`WRITER_STATEMENTS`: generic plans), in one transaction per command, without
+  hands out the position, the jobs row, the checkpoint: one statement where a lone caller's
+  command sends them as one, `postgres.combined`; a lone create is that statement alone, no
+  BEGIN or COMMIT), with the backend writer's session settings (`WRITER_STATEMENTS`: generic
+  plans), in one transaction per command, without
   the ledger's decide/fold/validation, pipelined as tightly as those statements allow (`Raw`):
   the ratio is what the library costs on top of the least I/O of its own statements;
 - ``minimal``: issue 17's baseline, the least I/O each workload needs (`benchmarks.minimal_pg`:
@@ -40,6 +42,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 from benchmarks import minimal_pg  # noqa: E402
 from ledger.backends.postgres import events_table, jobs_table  # noqa: E402
 from ledger.backends.postgres.backend import WRITER_STATEMENTS  # noqa: E402
+from ledger.backends.postgres.combined import Combined  # noqa: E402
 from ledger.backends.postgres.connection import SYNCHRONOUS_COMMIT, schema_text  # noqa: E402
 from tests import postgres_cluster  # noqa: E402
 
@@ -74,6 +77,15 @@ class Raw:
         """The checkpoint to the head and the COMMIT, sent after the writes; one wait."""
         self.conn.execute(events_table.checkpoint_to_head_statement, ("jobs",))
         self.conn.execute("COMMIT")
+        self.pipeline.sync()
+
+    def commit_with(self, combined: Combined, *, alone: bool = False) -> None:
+        """A command's events and job row, the checkpoint folded in (the one statement a lone
+        caller's COMMIT sends, `postgres.combined`), then the COMMIT (none where the statement
+        is the whole transaction, ``alone``); one wait."""
+        self.conn.execute(*combined.statement("jobs"))
+        if not alone:
+            self.conn.execute("COMMIT")
         self.pipeline.sync()
 
 
@@ -149,15 +161,22 @@ def _row(job_id: str, now: datetime) -> tuple[Any, ...]:
 # Columns added after the first 26 (results, trees and budgets, holders): their new-job values.
 _LATER = tuple(0.0 if c == "subtree_cost_cents" else None for c in jobs_table.COLUMNS[26:])
 _HOLDER = (socket.gethostname(), str(uuid.uuid4()), os.getpid(), 123456789)
+_POSITION = jobs_table.COLUMNS.index("created_position")
 _CREATED = json.dumps({"chat_id": 1, "config": CONFIG})
 
 
 def raw_create(raw: Raw, now: datetime) -> str:
+    """One statement, outside a transaction block, as a lone create is."""
     job_id = str(uuid.uuid4())
-    raw.execute("BEGIN")
-    raw.execute(events_table.insert_deferred_statement, (job_id, 1, "created", _CREATED, now))
-    raw.execute(jobs_table.insert_created_statement, _row(job_id, now))
-    raw.commit()
+    row = _row(job_id, now)
+    raw.commit_with(
+        Combined(
+            [(job_id, 1, "created", _CREATED, now)],
+            jobs_table.insert_created_from_statement,
+            row[:_POSITION] + row[_POSITION + 1 :],
+        ),
+        alone=True,
+    )
     return job_id
 
 
@@ -181,38 +200,40 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     raw.execute(jobs_table.expired_limit_statement, (now, 100)).fetchall()
     raw.execute(jobs_table.held_on_statement, (_HOLDER[0],)).fetchall()
     job_id = raw.execute(jobs_table.claim_any_statement, (now,)).fetchone()[0]
-    raw.execute(events_table.insert_deferred_statement, (job_id, 2, "claimed", "{}", now))
-    raw.execute(
-        "UPDATE jobs SET version = 2, updated_at = %s, status = 'running', worker_id = 'w', "
-        "started_at = %s, lease_expires_at = %s, attempts = 1, lease_seconds = 300, "
-        "holder_host = %s, holder_boot_id = %s, holder_pid = %s, holder_start = %s WHERE id = %s",
-        (now, now, now, *_HOLDER, job_id),
+    raw.commit_with(
+        Combined(
+            [(job_id, 2, "claimed", "{}", now)],
+            "UPDATE jobs SET version = 2, updated_at = %s, status = 'running', worker_id = 'w', "
+            "started_at = %s, lease_expires_at = %s, attempts = 1, lease_seconds = 300, "
+            "holder_host = %s, holder_boot_id = %s, holder_pid = %s, holder_start = %s "
+            "WHERE id = %s",
+            (now, now, now, *_HOLDER, job_id),
+        )
     )
-    raw.commit()
     raw.execute("BEGIN")
     raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
-    raw.execute(events_table.insert_deferred_statement, (job_id, 3, "completed", "{}", now))
-    raw.execute(
-        "UPDATE jobs SET version = 3, updated_at = %s, status = 'completed', completed_at = %s, "
-        "lease_expires_at = NULL, result_summary = 'ok', result_status = 'success', "
-        "cost_cents = 1.0, duration_seconds = 1 WHERE id = %s",
-        (now, now, job_id),
+    raw.commit_with(
+        Combined(
+            [(job_id, 3, "completed", "{}", now)],
+            "UPDATE jobs SET version = 3, updated_at = %s, status = 'completed', "
+            "completed_at = %s, lease_expires_at = NULL, result_summary = 'ok', "
+            "result_status = 'success', cost_cents = 1.0, duration_seconds = 1 WHERE id = %s",
+            (now, now, job_id),
+        )
     )
-    raw.commit()
 
 
 def raw_append(raw: Raw, job_id: str, version: int, now: datetime) -> None:
     """An event on a job: its row locked, the event, the row's version, the checkpoint."""
     raw.execute("BEGIN")
     raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
-    raw.execute(
-        events_table.insert_deferred_statement,
-        (job_id, version, "progress", json.dumps({"step": 1}), now),
+    raw.commit_with(
+        Combined(
+            [(job_id, version, "progress", json.dumps({"step": 1}), now)],
+            jobs_table.update_statement(("version", "updated_at")),
+            (version, now, job_id),
+        )
     )
-    raw.execute(
-        "UPDATE jobs SET version = %s, updated_at = %s WHERE id = %s", (version, now, job_id)
-    )
-    raw.commit()
 
 
 def raw_read(raw: Raw) -> list[Any]:

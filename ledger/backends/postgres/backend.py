@@ -44,6 +44,7 @@ from ..table_reads import TableReads
 from . import budgets_table, queues_table
 from . import events_table as events
 from . import jobs_table as jobs
+from .combined import Combined, combine
 from .connection import (
     check_schema,
     configure,
@@ -173,37 +174,52 @@ class _Later:
 
 class _Now:
     """The transaction's connection for everything else: a statement sent now first sends what
-    `_Later` holds, so every read (and every lock) sees this transaction's own writes."""
+    `_Later` holds, so every read (and every lock) sees this transaction's own writes; and the
+    transaction's BEGIN, which `_Transactions` keeps back until something is sent."""
 
-    __slots__ = ("_conn", "later")
+    __slots__ = ("_conn", "_transactions", "later")
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], transactions: _Transactions) -> None:
         self._conn = conn
+        self._transactions = transactions
         self.later = _Later()
 
     def send(self) -> None:
         """Send the queued writes (pipeline mode: without waiting for their results)."""
         queue, self.later.queue = self.later.queue, []
-        conn = self._conn
-        for statement, params, many in queue:
-            if many:
-                with conn.cursor() as cursor:
-                    cursor.executemany(statement, params)
-            else:
-                conn.execute(statement, params)
+        if not queue:
+            return
+        self._transactions.open()
+        send(self._conn, queue)
 
     def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
         if self.later.queue:
             self.send()
+        else:
+            self._transactions.open()
         return self._conn.execute(statement, params, **kwargs)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         if self.later.queue:
             self.send()
+        else:
+            self._transactions.open()
         return self._conn.cursor(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
+
+
+def send(conn: psycopg.Connection[Any], queue: list[tuple[Any, Any, bool]]) -> None:
+    """Send `_Later`'s entries in order, a `Combined` one as its one statement."""
+    for statement, params, many in queue:
+        if many:
+            with conn.cursor() as cursor:
+                cursor.executemany(statement, params)
+        elif params is None and isinstance(statement, Combined):
+            conn.execute(*statement.statement())
+        else:
+            conn.execute(statement, params)
 
 
 class PostgresTransaction(PostgresSnapshot):
@@ -213,16 +229,21 @@ class PostgresTransaction(PostgresSnapshot):
     The writer connection stays in psycopg's pipeline mode (see `PostgresBackend._writer`): a
     statement whose result nobody fetches (an insert, an update, BEGIN itself) goes out with
     the next one that is fetched, or with the COMMIT, instead of costing a round trip of its
-    own. So a create is two round trips (BEGIN with the head's lock, then the rows with the
-    COMMIT), and from the first append on (when this transaction holds the log's head and every
-    other appender waits) only one."""
+    own; and a job's events and its row go as one statement (`combined`). So a lone create is
+    one statement and one round trip, a command that reads first (a log_event locks its job's
+    row) two: BEGIN with the read, then one statement with the COMMIT; and from the first
+    append on (when this transaction holds the log's head and every other appender waits) no
+    round trip to this process is left before the COMMIT."""
 
     __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_to_head", "_unhashed")
 
     def __init__(
-        self, conn: psycopg.Connection[Any], script: Callable[[str], None], to_head: set[str]
+        self,
+        conn: psycopg.Connection[Any],
+        script: Callable[[str], None],
+        transactions: _Transactions,
     ) -> None:
-        self._now = _Now(conn)
+        self._now = _Now(conn, transactions)
         self._later = self._now.later
         super().__init__(self._now)  # type: ignore[arg-type]  # a psycopg.Connection to its users
         self._placeholder = -1  # the next stand-in position (see `append`)
@@ -231,7 +252,7 @@ class PostgresTransaction(PostgresSnapshot):
         self._claimed: JobState | None = None  # the row `claimable` locked and read
         # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
         # for all the commands of a shared transaction.
-        self._to_head = to_head
+        self._to_head = transactions.to_head
 
     def send(self) -> None:
         """Send the writes kept for the end (`_Later`); the COMMIT follows them."""
@@ -262,7 +283,21 @@ class PostgresTransaction(PostgresSnapshot):
     def save_jobs(
         self, new: Sequence[JobState], changed: Sequence[tuple[JobState, tuple[str, ...]]]
     ) -> None:
-        jobs.save(self._later, new, changed)
+        """The rows after the events: one statement with them where one job's row follows its
+        own events (`combined`), else as `jobs.save` writes them."""
+        new = new if isinstance(new, list) else list(new)
+        changed = changed if isinstance(changed, list) else list(changed)
+        if not combine(self._later.queue, new, changed):
+            jobs.save(self._later, new, changed)
+
+    def held_back(self) -> Combined | None:
+        """The command's last write, taken from the queue if it is a `Combined` statement: a
+        lone caller's COMMIT may fold the checkpoint into it (`_Transactions.commit`)."""
+        queue = self._later.queue
+        if queue and queue[-1][1] is None and isinstance(queue[-1][0], Combined):
+            combined: Combined = queue.pop()[0]
+            return combined
+        return None
 
     def advance_checkpoint(self, name: str, position: int) -> None:
         """A stand-in position (this transaction's own appends) is the log's head as this
@@ -343,7 +378,13 @@ class _Transactions:
     pipeline mode: BEGIN, SAVEPOINT and RELEASE go out with the next statement whose answer is
     awaited, and a statement's error arrives with the next sync. ``unsynced``: the server holds
     statements of this transaction whose errors nobody has seen yet (a lone caller's command
-    leaves them for its COMMIT; `flush` syncs them before another command joins)."""
+    leaves them for its COMMIT; `flush` syncs them before another command joins).
+
+    BEGIN itself waits until the transaction first sends something (`open`), and a lone
+    caller's last write waits for its COMMIT (``held``, a `Combined` statement): the COMMIT
+    folds the checkpoint into it, and where that one statement is the whole transaction it is
+    sent alone, outside a transaction block, which makes it one (a lone create: one statement
+    where it was five). A transaction that sent nothing commits nothing."""
 
     error = psycopg.Error
 
@@ -355,16 +396,32 @@ class _Transactions:
         self.to_head: set[str] = set()
         self._saved: set[str] = set()
         self.committing = False
+        self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
+        self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
 
     def begin(self, doing: str) -> None:
-        try:
-            self._backend._writer().execute("BEGIN")
+        try:  # a closed Ledger, or a lost connection: said now, as before
+            self._backend._writer()
         except psycopg.Error as e:
             raise wrap_error(e, doing) from e
+        self.unopened = True
         self.unsynced = True
         self.to_head = set()
+        self.held = None
+
+    def open(self) -> None:
+        """Send the BEGIN kept back, and the write held for the COMMIT (another statement of
+        the transaction is about to follow them)."""
+        if self.unopened:
+            self.unopened = False
+            self._backend._conn.execute("BEGIN")  # (the connection `begin` checked)
+        held = self.held
+        if held is not None:
+            self.held = None
+            self._backend._conn.execute(*held.statement())
 
     def savepoint(self) -> None:
+        self.open()
         self._saved = set(self.to_head)
         self._backend._conn.execute("SAVEPOINT command")
 
@@ -389,6 +446,7 @@ class _Transactions:
         self.sync()
 
     def flush(self) -> None:
+        self.open()
         if self.unsynced:
             self.sync()
 
@@ -399,6 +457,8 @@ class _Transactions:
             pipeline.sync()
 
     def in_transaction(self) -> bool:
+        if self.unopened:
+            return True  # nothing of it was sent: nothing of it can have ended
         conn = self._backend._conn
         if conn.closed or conn.broken:
             return False
@@ -410,13 +470,37 @@ class _Transactions:
 
     def commit(self) -> None:
         conn = self._backend._conn
-        for name in sorted(self.to_head):
-            events.advance_checkpoint_to_head(conn, name)
+        held, self.held = self.held, None
+        names = sorted(self.to_head)
         self.to_head = set()
+        alone = self.unopened  # nothing sent yet: ``held`` (if anything) is all there is
+        if alone and held is None and not names:
+            self.unopened = self.unsynced = False
+            return  # it wrote nothing
+        if held is not None and len(names) <= 1:  # the checkpoint in the same statement
+            statement, params = held.statement(names[0] if names else None)
+            names = []
+            if alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
+                self.unopened = False
+                self._send_last(conn, statement, params)
+                return
+            self.open()
+            conn.execute(statement, params)
+        else:
+            self.open()
+            if held is not None:
+                conn.execute(*held.statement())
+        for name in names:
+            events.advance_checkpoint_to_head(conn, name)
+        self._send_last(conn, "COMMIT", None)
+
+    def _send_last(self, conn: psycopg.Connection[Any], statement: str, params: Any) -> None:
+        """The statement that commits (COMMIT, or a transaction's one statement), with
+        whatever the pipeline still holds, then waited for once."""
         self.committing = True  # from here an interrupt cannot tell whether it committed
         try:
-            conn.execute("COMMIT")  # with whatever the pipeline still holds,
-            self.sync()  # then waited for once
+            conn.execute(statement, params)
+            self.sync()
         except psycopg.Error:
             self.committing = False  # the server's answer, or the connection's end: known
             raise
@@ -425,6 +509,10 @@ class _Transactions:
     def rollback(self) -> None:
         self.unsynced = False
         self.to_head = set()
+        self.held = None
+        if self.unopened:  # nothing was sent: nothing to roll back
+            self.unopened = False
+            return
         self._backend._rollback(self._backend._conn)
 
     def aborted(self, reason: str) -> Exception:
@@ -551,20 +639,24 @@ class PostgresBackend:
 
     def _command(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         """The command in the transaction `GroupCommit` opened (the writer is in autocommit
-        mode and sends its own BEGIN: psycopg, left to open transactions, waits for each BEGIN's
-        answer in pipeline mode, a round trip of its own). Its writes go out at the end; a lone
-        caller's with the COMMIT (one wait), any other's with a sync of its own, so its errors
-        are its own and a savepoint can undo it alone."""
-        conn = self._conn
-        tx = PostgresTransaction(conn, self._script, self._transactions.to_head)
+        mode and sends its own BEGIN, with the transaction's first statement: psycopg, left to
+        open transactions, waits for each BEGIN's answer in pipeline mode, a round trip of its
+        own). Its writes go out at the end; a lone caller's with the COMMIT (one wait; its last
+        write held for it, `_Transactions.held`), any other's with a sync of its own, so its
+        errors are its own and a savepoint can undo it alone."""
+        transactions = self._transactions
+        tx = PostgresTransaction(self._conn, self._script, transactions)
         result = work(tx)
+        deferring = self._writes.deferring
+        held = tx.held_back() if deferring and not tx._unhashed else None
         tx.send()
         if tx._unhashed:
-            events.seed_head(conn)  # appends after this import chain onto its last event
-        if self._writes.deferring:
-            self._transactions.unsynced = True
-        else:
-            self._transactions.sync()
+            events.seed_head(tx.conn)  # appends after this import chain onto its last event
+        if deferring:
+            transactions.held = held  # after the rest: `open` sends it after what went before
+            transactions.unsynced = True
+        elif not transactions.unopened:  # (nothing sent: nothing to wait for)
+            transactions.sync()
         return result
 
     def _rollback(self, conn: psycopg.Connection[Any]) -> None:

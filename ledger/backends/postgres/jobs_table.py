@@ -44,6 +44,15 @@ insert_created_statement = (
     )
     + ")"
 )
+# The same row written in one statement with its created event (`combined`): the position is
+# the first one the events' INSERT ``e`` returns (the statement's snapshot cannot see the row).
+insert_created_from_statement = (
+    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ("
+    + ", ".join(
+        "(SELECT min(position) FROM e)" if i == _CREATED_AT else "%s" for i in range(len(COLUMNS))
+    )
+    + ")"
+)
 dump_statement = f"{_SELECT} ORDER BY id"
 # COLLATE "C": prefix ranges compare code points, as SQLite's text does.
 prefix_statement = (
@@ -156,6 +165,12 @@ def _created_values(state: JobState) -> tuple[Any, ...]:
     return (*values[:_CREATED_AT], state.id, *values[_CREATED_AT + 1 :])
 
 
+def values_but_position(state: JobState) -> tuple[Any, ...]:
+    """`row_values` without ``created_position`` (`insert_created_from_statement` takes it)."""
+    values = row_values(state)
+    return (*values[:_CREATED_AT], *values[_CREATED_AT + 1 :])
+
+
 def _insert(state: JobState) -> tuple[str, tuple[Any, ...]]:
     if state.created_position < 0:
         return insert_created_statement, _created_values(state)
@@ -181,7 +196,7 @@ def to_state(values: Sequence[Any]) -> JobState:
 _update_cache: dict[tuple[str, ...], str] = {}
 
 
-def _update_statement(fields: tuple[str, ...]) -> str:
+def update_statement(fields: tuple[str, ...]) -> str:
     statement = _update_cache.get(fields)
     if statement is None:
         assignments = ", ".join(f"{'config' if f == 'config_json' else f} = %s" for f in fields)
@@ -204,7 +219,7 @@ def save(
                     cursor.executemany(statement, rows)
     for state, fields in changed:
         conn.execute(
-            _update_statement(fields), (*[column_value(state, f) for f in fields], state.id)
+            update_statement(fields), (*[column_value(state, f) for f in fields], state.id)
         )
 
 

@@ -1,0 +1,198 @@
+"""A command's events and its job row as one statement on PostgreSQL (`postgres.combined`).
+
+What is proved here, each against a real server:
+- a lone ``create_job`` sends one statement in all (no BEGIN, no COMMIT: outside a transaction
+  block it is its own transaction), and the job, its event, its ``created_position`` and the
+  projection checkpoint read back as before;
+- a lone ``log_event`` sends BEGIN, its locked read, one statement (event, row and checkpoint)
+  and COMMIT, and the checkpoint is the log's head;
+- several events of one job in one command are one multi-row INSERT whose insert trigger still
+  sees each earlier row: versions and positions come out in order, and a gap is still refused
+  (and nothing of the command is written);
+- a failing combined statement (a taken version) is the caller's `ConcurrencyError`, and
+  nothing of it is written;
+- a transaction in which a command read but wrote nothing still ends (its COMMIT is sent);
+  one that sent nothing at all sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+
+from ledger import ConcurrencyError, Ledger, LedgerError
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+
+from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
+from ledger.domain import events as ev  # noqa: E402
+
+CONFIG = {"role": "coder", "task": "combined statements"}
+
+
+def backend_of(ledger: Ledger) -> PostgresBackend:
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+class Sent:
+    """The statements the writer connection sends, in order."""
+
+    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.statements: list[str] = []
+        conn = backend_of(ledger)._conn
+        original = conn.execute
+
+        def execute(statement: Any, params: Any = None, **kwargs: Any) -> Any:
+            self.statements.append(" ".join(str(statement).split()))
+            return original(statement, params, **kwargs)
+
+        monkeypatch.setattr(conn, "execute", execute)
+
+    def take(self) -> list[str]:
+        taken, self.statements = self.statements, []
+        return taken
+
+
+@pytest.fixture
+def ledger(postgres_schema: str) -> Iterator[Ledger]:
+    with Ledger(postgres_schema, durability="full") as opened:
+        yield opened
+
+
+def checkpoint_and_head(url: str) -> tuple[int, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT position FROM projection_checkpoints WHERE name = 'jobs'), "
+            "(SELECT last_position FROM event_counter)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_a_lone_create_is_one_statement_and_reads_back(
+    ledger: Ledger, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.create_job(1, CONFIG)  # the schema's first write
+    sent = Sent(ledger, monkeypatch)
+    job_id = ledger.create_job(7, CONFIG, queue="q1", priority=3)
+    statements = sent.take()
+    assert len(statements) == 1 and statements[0].startswith("WITH e AS (INSERT INTO events")
+    assert "j AS (INSERT INTO jobs" in statements[0]
+    assert "UPDATE projection_checkpoints" in statements[0]
+    job = ledger.get_job(job_id)
+    assert job is not None and job.config == CONFIG and job.chat_id == 7 and job.queue == "q1"
+    [created] = ledger.job_events(job_id)
+    assert created.version == 1
+    with psycopg.connect(postgres_schema, autocommit=True) as conn:
+        row = conn.execute("SELECT created_position FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None and row[0] == created.position
+    assert checkpoint_and_head(postgres_schema) == (created.position, created.position)
+    assert ledger.verify().ok
+
+
+def test_a_lone_log_event_sends_its_writes_and_the_checkpoint_in_one_statement(
+    ledger: Ledger, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    sent = Sent(ledger, monkeypatch)
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
+    statements = sent.take()
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    assert len(statements) == 4 and statements[1].startswith("SELECT")
+    combined = statements[2]
+    assert combined.startswith("WITH e AS (INSERT INTO events")
+    assert "j AS (UPDATE jobs" in combined and "UPDATE projection_checkpoints" in combined
+    last = ledger.job_events(job_id)[-1]
+    assert last.version == 2 and last.payload == {"n": 1}
+    assert checkpoint_and_head(postgres_schema) == (last.position, last.position)
+    assert ledger.verify().ok
+
+
+def _progress(n: int) -> ev.Event:
+    return ev.ACTIVITY_EVENTS["progress"](payload=msgspec.Raw(msgspec.json.encode({"n": n})))
+
+
+def _append_and_save(ledger: Ledger, job_id: str, after: int, versions: int) -> list[int]:
+    """One write transaction appending ``versions`` events to ``job_id`` after version
+    ``after`` and saving its row as the fold would (version and updated_at)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def work(tx: Any) -> list[int]:
+        state = tx.load_job(job_id)
+        stored = tx.append(job_id, after, [_progress(n) for n in range(versions)], now)
+        changed = msgspec.structs.replace(state, version=after + versions, updated_at=now)
+        tx.save_jobs([], [(changed, ("version", "updated_at"))])
+        tx.advance_checkpoint("jobs", stored[-1].position)
+        return [s.version for s in stored]
+
+    return backend_of(ledger).write("appending events", work)  # type: ignore[no-any-return]
+
+
+def test_several_events_of_one_job_keep_their_order_and_their_version_check(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    assert _append_and_save(ledger, job_id, 1, 3) == [2, 3, 4]
+    events = ledger.job_events(job_id)
+    assert [e.version for e in events] == [1, 2, 3, 4]
+    positions = [e.position for e in events]
+    assert positions == sorted(positions) and positions[-1] - positions[1] == 2
+    assert [e.payload for e in events[1:]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    job = ledger.get_job(job_id)
+    assert job is not None and job.version == 4
+    assert checkpoint_and_head(postgres_schema) == (positions[-1], positions[-1])
+    assert ledger.verify().ok
+
+    with pytest.raises(ConcurrencyError):  # version 2 is taken: nothing of the three is written
+        _append_and_save(ledger, job_id, 1, 3)
+    assert [e.version for e in ledger.job_events(job_id)] == [1, 2, 3, 4]
+    with pytest.raises(LedgerError, match="gap"):  # version 6 after 4: the trigger refuses it
+        _append_and_save(ledger, job_id, 5, 2)
+    assert [e.version for e in ledger.job_events(job_id)] == [1, 2, 3, 4]
+    assert ledger.get_job(job_id).version == 4  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_a_taken_version_in_a_lone_log_event_is_a_concurrency_error_and_writes_nothing(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    with Ledger(postgres_schema) as other:
+        other.log_event(job_id, "progress", {"other": True})
+    with pytest.raises(ConcurrencyError):
+        ledger.log_event(job_id, "progress", {"late": True}, expected_version=1)
+    assert [e.payload for e in ledger.job_events(job_id)[1:]] == [{"other": True}]
+    assert ledger.verify().ok
+
+
+def test_a_command_that_only_reads_ends_its_transaction(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.cancel(job_id, reason="no longer needed") is True
+    sent = Sent(ledger, monkeypatch)
+    assert ledger.cancel(job_id, reason="again") is False  # read the row, decided nothing to do
+    statements = sent.take()
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    backend = backend_of(ledger)
+    assert backend._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert ledger.claim("w") is None  # and the writer goes on
+    assert ledger.verify().ok
+
+
+def test_a_transaction_that_sent_nothing_sends_no_statement(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    sent = Sent(ledger, monkeypatch)
+    assert backend_of(ledger).write("doing nothing", lambda tx: 42) == 42
+    assert sent.take() == []
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2  # the writer goes on
+    assert len(sent.take()) == 4
+    assert ledger.verify().ok
