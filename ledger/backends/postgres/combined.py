@@ -27,6 +27,7 @@ it was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ...domain.state import JobState
@@ -50,7 +51,7 @@ class Combined:
 
     __slots__ = ("events", "job_params", "job_statement")
 
-    def __init__(self, events: list[Any], job_statement: str, job_params: tuple[Any, ...]) -> None:
+    def __init__(self, events: list[Any], job_statement: str, job_params: Sequence[Any]) -> None:
         self.events = events
         self.job_statement = job_statement  # "e" names the events' positions
         self.job_params = job_params
@@ -87,7 +88,12 @@ def combine(
 ) -> bool:
     """Replace the event inserts at the end of ``queue`` (`_Later`'s) with one `Combined`
     entry that also writes the one job row of ``new`` or ``changed``; False (``queue`` as it
-    was) where the write is not that shape."""
+    was) where the write is not that shape.
+
+    Not combined: many new jobs after their created events (`create_jobs`). One INSERT of
+    100 such rows, each taking its position from its event's row of the CTE, measured slower
+    than the 200 pipelined statements it replaced (28 against 17 ms raw: 4 ms of planning,
+    and 4,000 parameters)."""
     if len(new) + len(changed) != 1:
         return False
     state = new[0] if new else changed[0][0]
@@ -101,13 +107,12 @@ def combine(
     if count == 0 or count > MAX_EVENTS or (changed and not changed[0][1]):
         return False
     rows = [entry[1] for entry in queue[-count:]]
+    job_params: Sequence[Any]
     if new:
         if rows[0][1] != 1 or state.created_position >= 0:  # its created event is not here
             return False
-        job_statement, job_params = (
-            jobs_table.insert_created_from_statement,
-            (jobs_table.values_but_position(state)),
-        )
+        job_statement = jobs_table.insert_created_from_statement
+        job_params = jobs_table.values_but_position(state)
     else:
         fields = changed[0][1]
         job_statement = jobs_table.update_statement(fields)

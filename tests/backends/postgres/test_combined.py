@@ -12,7 +12,10 @@ What is proved here, each against a real server:
 - a failing combined statement (a taken version) is the caller's `ConcurrencyError`, and
   nothing of it is written;
 - a transaction in which a command read but wrote nothing still ends (its COMMIT is sent);
-  one that sent nothing at all sends nothing.
+  one that sent nothing at all sends nothing;
+- ``create_jobs`` is not combined (measured slower as one statement), and each new row still
+  names its own created event's position; a batch with a taken idempotency key writes the
+  other jobs and answers the first job's id for that one.
 """
 
 from __future__ import annotations
@@ -195,4 +198,46 @@ def test_a_transaction_that_sent_nothing_sends_no_statement(
     assert sent.take() == []
     assert ledger.log_event(job_id, "progress", {"after": True}) == 2  # the writer goes on
     assert len(sent.take()) == 4
+    assert ledger.verify().ok
+
+
+def test_create_jobs_is_not_combined_and_each_row_names_its_own_created_event(
+    ledger: Ledger, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.create_job(1, CONFIG)
+    sent = Sent(ledger, monkeypatch)
+    ids = ledger.create_jobs([{"chat_id": n, "config": {**CONFIG, "n": n}} for n in range(50)])
+    statements = sent.take()
+    assert not any(statement.startswith("WITH") for statement in statements)
+    with psycopg.connect(postgres_schema, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT j.id, j.chat_id, j.created_position, e.position FROM jobs j "
+            "JOIN events e ON e.job_id = j.id AND e.version = 1 WHERE j.id = ANY(%s)",
+            (ids,),
+        ).fetchall()
+    assert len(rows) == 50 and all(created == position for _, _, created, position in rows)
+    by_id = {job_id: (chat, created) for job_id, chat, created, _ in rows}
+    assert [by_id[job_id][0] for job_id in ids] == list(range(50))  # each row its own values
+    positions = [by_id[job_id][1] for job_id in ids]
+    assert positions == list(range(positions[0], positions[0] + 50))  # in creation order
+    assert ledger.get_job(ids[7]).config == {**CONFIG, "n": 7}  # type: ignore[union-attr]
+    assert checkpoint_and_head(postgres_schema) == (positions[-1], positions[-1])
+    assert ledger.verify().ok
+
+
+def test_create_jobs_with_a_taken_idempotency_key_writes_none_of_them(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    first = ledger.create_job(1, CONFIG, idempotency_key="k-1")
+    with Ledger(postgres_schema) as other:
+        assert other.create_job(1, CONFIG, idempotency_key="k-1") == first
+    before = ledger.head()
+    again = ledger.create_jobs(
+        [
+            {"chat_id": 2, "config": CONFIG},
+            {"chat_id": 3, "config": CONFIG, "idempotency_key": "k-1"},
+        ]
+    )
+    assert again[1] == first and ledger.get_job(again[0]) is not None
+    assert ledger.head()[0] == before[0] + 1  # one new job, its one event
     assert ledger.verify().ok
