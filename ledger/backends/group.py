@@ -63,7 +63,8 @@ class Transactions(Protocol):
     def error(self) -> type[Exception]: ...
 
     def begin(self, doing: str) -> object:
-        """Open a write transaction; raises a `LedgerError` (already wrapped)."""
+        """Open a write transaction (a driver may keep its BEGIN back until the transaction's
+        first statement); raises a `LedgerError` (already wrapped)."""
 
     def savepoint(self) -> object:
         """A savepoint for the next command of an open transaction."""
@@ -291,9 +292,14 @@ class GroupCommit:
             self._lose(group, e)
 
     def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
-        """A command of the thread that already holds the lock: into its open transaction."""
+        """A command of the thread that already holds the lock: into its open transaction
+        (a nested one syncs its own writes: `deferring` is the outer command's alone)."""
         with self._lock:
-            group, result, error = self._run(doing, command)
+            deferring, self.deferring = self.deferring, False
+            try:
+                group, result, error = self._run(doing, command)
+            finally:
+                self.deferring = deferring
             if group is not None and self._holder == me and self._joined is not None:
                 self._joined.append(group)  # committed when `held` lets go
         if error is not None:
@@ -432,16 +438,19 @@ class GroupCommit:
         if group is None:  # the first command of a transaction: nobody else is in it
             tx.begin(doing)
             self._on_begin()
+            # Open before the command runs: a write nested in it joins it (a savepoint).
+            group = self._open = Group(self._wrap)
+            group.size = 1
             try:
                 result = command()
             except tx.error as e:
+                self._open = None
                 tx.rollback()
                 raise _wrapped(tx, e, doing) from e
             except BaseException:
+                self._open = None
                 tx.rollback()
                 raise
-            group = self._open = Group(self._wrap)
-            group.size = 1
             return group, result, None
         try:
             tx.savepoint()

@@ -229,11 +229,12 @@ class PostgresTransaction(PostgresSnapshot):
     The writer connection stays in psycopg's pipeline mode (see `PostgresBackend._writer`): a
     statement whose result nobody fetches (an insert, an update, BEGIN itself) goes out with
     the next one that is fetched, or with the COMMIT, instead of costing a round trip of its
-    own; and a job's events and its row go as one statement (`combined`). So a lone create is
-    one statement and one round trip, a command that reads first (a log_event locks its job's
-    row) two: BEGIN with the read, then one statement with the COMMIT; and from the first
-    append on (when this transaction holds the log's head and every other appender waits) no
-    round trip to this process is left before the COMMIT."""
+    own; and a job's events and its row go as one statement (`combined`). So a lone create
+    (without an idempotency key) is one statement and one round trip, a lone command that reads
+    first (a log_event locks its job's row) two: BEGIN with the read, then one statement with
+    the COMMIT; and from the first append on (when this transaction holds the log's head and
+    every other appender waits) a lone command has no round trip to this process left before
+    its COMMIT (a command that joins a shared transaction waits once more, for its own sync)."""
 
     __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_to_head", "_unhashed")
 
@@ -275,7 +276,8 @@ class PostgresTransaction(PostgresSnapshot):
         (and the chain hashes) as the rows arrive with the COMMIT, so this transaction holds the
         log's head only while the server runs the rest of it, never across a round trip to this
         process. The fold folds the stand-ins; `save_jobs` and `advance_checkpoint` write them
-        as the real positions in SQL. A taken version is found at the COMMIT (`_write_once`)."""
+        as the real positions in SQL. A taken version is found at the COMMIT
+        (`PostgresBackend.write`)."""
         stored = events.append(self._later, job_id, expected_version, new, at, self._placeholder)
         self._placeholder -= len(stored)
         return stored
@@ -473,7 +475,9 @@ class _Transactions:
         held, self.held = self.held, None
         names = sorted(self.to_head)
         self.to_head = set()
-        alone = self.unopened  # nothing sent yet: ``held`` (if anything) is all there is
+        # Nothing sent yet: ``held`` (if anything) is all there is (and the server, as a check
+        # that costs no round trip, is not inside a transaction block either).
+        alone = self.unopened and conn.info.transaction_status == TransactionStatus.IDLE
         if alone and held is None and not names:
             self.unopened = self.unsynced = False
             return  # it wrote nothing
@@ -510,10 +514,11 @@ class _Transactions:
         self.unsynced = False
         self.to_head = set()
         self.held = None
-        if self.unopened:  # nothing was sent: nothing to roll back
-            self.unopened = False
-            return
-        self._backend._rollback(self._backend._conn)
+        conn = self._backend._conn
+        unopened, self.unopened = self.unopened, False
+        if unopened and conn.info.transaction_status == TransactionStatus.IDLE:
+            return  # nothing was sent: nothing to roll back
+        self._backend._rollback(conn)
 
     def aborted(self, reason: str) -> Exception:
         return psycopg.Error(reason)  # `wrap` words it as it is
@@ -648,12 +653,16 @@ class PostgresBackend:
         tx = PostgresTransaction(self._conn, self._script, transactions)
         result = work(tx)
         deferring = self._writes.deferring
-        held = tx.held_back() if deferring and not tx._unhashed else None
+        # (One held already, a nested command's: this one's writes follow it, sent.)
+        held = (
+            tx.held_back() if deferring and transactions.held is None and not tx._unhashed else None
+        )
         tx.send()
         if tx._unhashed:
             events.seed_head(tx.conn)  # appends after this import chain onto its last event
         if deferring:
-            transactions.held = held  # after the rest: `open` sends it after what went before
+            if held is not None:  # after the rest: `open` sends it after what went before
+                transactions.held = held
             transactions.unsynced = True
         elif not transactions.unopened:  # (nothing sent: nothing to wait for)
             transactions.sync()
@@ -682,7 +691,7 @@ class PostgresBackend:
             doing = f"reconnecting to {self.target}"
             self._conn = connect(self._url, self._statements + WRITER_STATEMENTS, doing)
         if self._pipeline is None:
-            if not self._conn.autocommit:  # idle here: `_write_once` sends BEGIN and COMMIT
+            if not self._conn.autocommit:  # idle here: `_Transactions` sends BEGIN and COMMIT
                 self._conn.autocommit = True
             self._enter_pipeline()
         return self._conn

@@ -10,19 +10,26 @@ become one statement with data-modifying CTEs::
     UPDATE jobs SET ... WHERE id = %s                    -- or INSERT INTO jobs ... (created)
 
 and a lone caller's COMMIT folds the projection checkpoint into the same statement, so a lone
-``create_job`` is one statement in all (no BEGIN, no COMMIT: a statement outside a transaction
-block is its own transaction, and ``_Transactions`` sends it so when it is all there is).
+``create_job`` (without an idempotency key, which it looks up first) is one statement in all (no
+BEGIN, no COMMIT: a statement outside a transaction block is its own transaction, and
+``_Transactions`` sends it so when it is all there is).
 
-Why it is the same write: the rows are the ones the backend sent one statement each, in the
-same order. The events are one multi-row INSERT, whose rows go in in order, each row's BEFORE
-trigger seeing the rows before it (the insert trigger's version check and position counter work
-as they did; two members would run in no set order). What the job write cannot see is the
-events' rows (a statement's members share its snapshot), so the two reads that needed them take
-the positions from the INSERT's RETURNING instead: a new job's ``created_position`` (its
-version-1 event, which must be the first row) and the checkpoint (the last position the events
-took: the transaction holds the counter row, so nobody appends in between). Only a tail of
-event inserts for the very job whose row is then written is combined; anything else is sent as
-it was.
+Why it is the same write: the rows are the ones the backend sent one statement each. The events
+are one multi-row INSERT, whose rows go in in order, each row's BEFORE trigger seeing the rows
+before it (the insert trigger's version check and position counter work as they did; two
+members would run in no set order). What the job write cannot see is the events' rows (a
+statement's members share its snapshot), so the two reads that needed them take the positions
+from the INSERT's RETURNING instead: a new job's ``created_position`` (its version-1 event,
+which must be the first row) and the checkpoint (the last position the events took: the
+transaction holds the counter row, so nobody appends in between). Only a tail of event inserts
+for the very job whose row is then written is combined; anything else is sent as it was.
+
+Order and locks: PostgreSQL runs a member the main statement does not read after the main
+statement, so an UPDATE of the job row may run before the events' INSERT (and, with the
+checkpoint, after the checkpoint's UPDATE). No lock is taken in a new order by it: a row a
+command changes was locked when the command read it (`jobs.load` and the claim take it ``FOR
+UPDATE``), so the UPDATE waits for nothing; a new job's INSERT reads ``e``, so it follows the
+events, which take the counter row first, as before.
 """
 
 from __future__ import annotations

@@ -420,7 +420,12 @@ class SqliteBackend:
 
         def command() -> _T:
             tx = SqliteTransaction(self._conn, self._head, self._settled, self._put, self._known)
-            result = work(tx)
+            try:
+                result = work(tx)
+            except BaseException:
+                # Rolled back: the head it (or a write nested in it) appended is not the log's.
+                self._head = None
+                raise
             self._head = tx._head  # the head it appended (None: not known)
             return result
 

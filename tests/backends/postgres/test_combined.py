@@ -225,7 +225,7 @@ def test_create_jobs_is_not_combined_and_each_row_names_its_own_created_event(
     assert ledger.verify().ok
 
 
-def test_create_jobs_with_a_taken_idempotency_key_writes_none_of_them(
+def test_create_jobs_with_a_taken_idempotency_key_writes_the_others_and_answers_the_first(
     ledger: Ledger, postgres_schema: str
 ) -> None:
     first = ledger.create_job(1, CONFIG, idempotency_key="k-1")
@@ -240,4 +240,55 @@ def test_create_jobs_with_a_taken_idempotency_key_writes_none_of_them(
     )
     assert again[1] == first and ledger.get_job(again[0]) is not None
     assert ledger.head()[0] == before[0] + 1  # one new job, its one event
+    assert ledger.verify().ok
+
+
+def _outer_log_then_nested_create(ledger: Ledger, job_id: str, fail: bool) -> Any:
+    """A write whose command reads and appends to ``job_id``, then runs a nested write (the
+    group-commit core runs it inline, in the same transaction), then fails if ``fail``."""
+    nested: dict[str, str] = {}
+
+    def outer(tx: Any) -> str:
+        state = tx.load_job(job_id)
+        now = datetime.now(UTC).replace(microsecond=0)
+        stored = tx.append(job_id, state.version, [_progress(1)], now)
+        changed = msgspec.structs.replace(state, version=state.version + 1, updated_at=now)
+        tx.save_jobs([], [(changed, ("version", "updated_at"))])
+        tx.advance_checkpoint("jobs", stored[-1].position)
+        nested["id"] = ledger.create_job(2, {"nested": True})
+        if fail:
+            raise RuntimeError("the outer command fails after its nested write")
+        return nested["id"]
+
+    return backend_of(ledger).write("an outer write", outer)
+
+
+def test_a_write_nested_in_a_lone_command_commits_with_it(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    """The nested write joins the outer command's transaction (a savepoint), so both commit
+    together, and the writer is left outside any transaction (reviewer's finding: the nested
+    write's held statement was dropped, and the outer's sent without its COMMIT)."""
+    job_id = ledger.create_job(1, CONFIG)
+    nested_id = _outer_log_then_nested_create(ledger, job_id, fail=False)
+    backend = backend_of(ledger)
+    assert backend._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with Ledger(postgres_schema) as other:  # what another session sees: committed, both
+        assert [e.version for e in other.job_events(job_id)] == [1, 2]
+        assert other.get_job(nested_id) is not None
+        assert other.verify().ok
+    assert checkpoint_and_head(postgres_schema)[0] == checkpoint_and_head(postgres_schema)[1]
+
+
+def test_a_write_nested_in_a_failing_command_is_rolled_back_with_it(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    before = ledger.head()
+    with pytest.raises(RuntimeError, match="fails after its nested write"):
+        _outer_log_then_nested_create(ledger, job_id, fail=True)
+    assert backend_of(ledger)._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with Ledger(postgres_schema) as other:
+        assert other.head() == before and other.count_jobs() == 1
+    assert ledger.log_event(job_id, "progress", {"after": True}) == 2  # the writer goes on
     assert ledger.verify().ok

@@ -796,3 +796,30 @@ def test_an_interrupt_right_before_the_commit_ran_tells_the_joiners_nothing_was_
     assert log_of(ledger) == {job_id: [1, 2]}
     assert ledger.read_all()[-1].position == 2
     assert ledger.verify().ok
+
+
+def test_a_write_nested_in_a_command_joins_its_transaction(file_ledger: Ledger) -> None:
+    """A write run from inside another command (the group-commit core runs it inline) joins
+    the outer command's transaction with a savepoint: both commit together, or, when the
+    outer command fails after it, neither is written (it opened a transaction of its own
+    before, and failed: a BEGIN inside a transaction)."""
+    nested: dict[str, str] = {}
+
+    def outer(fail: bool) -> Callable[[Any], str]:
+        def work(tx: Any) -> str:
+            nested["id"] = file_ledger.create_job(2, {"nested": True, "fail": fail})
+            if fail:
+                raise RuntimeError("the outer command fails after its nested write")
+            return nested["id"]
+
+        return work
+
+    backend = backend_of(file_ledger)
+    assert backend.write("an outer write", outer(False)) == nested["id"]
+    assert file_ledger.get_job(nested["id"]) is not None
+    before = file_ledger.head()
+    with pytest.raises(RuntimeError, match="fails after its nested write"):
+        backend.write("an outer write", outer(True))
+    assert file_ledger.head() == before and file_ledger.get_job(nested["id"]) is None
+    assert file_ledger.create_job(3, {"after": True})  # the writer goes on
+    assert file_ledger.verify().ok
