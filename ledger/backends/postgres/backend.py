@@ -189,8 +189,9 @@ class _Now:
         queue, self.later.queue = self.later.queue, []
         if not queue:
             return
-        self._transactions.open()
-        send(self._conn, queue)
+        transactions = self._transactions
+        transactions.open()
+        send(self._conn, transactions.put(), queue)
 
     def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
         if self.later.queue:
@@ -210,16 +211,19 @@ class _Now:
         return getattr(self._conn, name)
 
 
-def send(conn: psycopg.Connection[Any], queue: list[tuple[Any, Any, bool]]) -> None:
-    """Send `_Later`'s entries in order, a `Combined` one as its one statement."""
+def send(
+    conn: psycopg.Connection[Any], put: psycopg.Cursor[Any], queue: list[tuple[Any, Any, bool]]
+) -> None:
+    """Send `_Later`'s entries in order (``put``: the writer's cursor for them), a `Combined`
+    one as its one statement."""
     for statement, params, many in queue:
         if many:
             with conn.cursor() as cursor:
                 cursor.executemany(statement, params)
         elif params is None and isinstance(statement, Combined):
-            conn.execute(*statement.statement())
+            put.execute(*statement.statement())
         else:
-            conn.execute(statement, params)
+            put.execute(statement, params)
 
 
 class PostgresTransaction(PostgresSnapshot):
@@ -416,19 +420,30 @@ class _Transactions:
         the transaction is about to follow them)."""
         if self.unopened:
             self.unopened = False
-            self._backend._conn.execute("BEGIN")  # (the connection `begin` checked)
+            self.put().execute("BEGIN")  # (on the connection `begin` checked)
         held = self.held
         if held is not None:
             self.held = None
-            self._backend._conn.execute(*held.statement())
+            self.put().execute(*held.statement())
+
+    def put(self) -> psycopg.Cursor[Any]:
+        """The writer's cursor for the statements whose results nobody reads (BEGIN, the
+        writes, COMMIT): one kept for the connection, not one made per statement as
+        ``Connection.execute`` does (~15 us of psycopg's Python each). In pipeline mode each
+        result lands on it as it arrives and an error is raised at the sync, as before."""
+        backend = self._backend
+        cursor = backend._put
+        if cursor is None or cursor.connection is not backend._conn:
+            cursor = backend._put = backend._conn.cursor()
+        return cursor
 
     def savepoint(self) -> None:
         self.open()
         self._saved = set(self.to_head)
-        self._backend._conn.execute("SAVEPOINT command")
+        self.put().execute("SAVEPOINT command")
 
     def release(self) -> None:
-        self._backend._conn.execute("RELEASE command")
+        self.put().execute("RELEASE command")
 
     def rollback_to(self) -> None:
         """A failed statement leaves the pipeline aborted until a sync: sync first (the error
@@ -472,6 +487,7 @@ class _Transactions:
 
     def commit(self) -> None:
         conn = self._backend._conn
+        put = self.put()
         held, self.held = self.held, None
         names = sorted(self.to_head)
         self.to_head = set()
@@ -486,24 +502,24 @@ class _Transactions:
             names = []
             if alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
                 self.unopened = False
-                self._send_last(conn, statement, params)
+                self._send_last(put, statement, params)
                 return
             self.open()
-            conn.execute(statement, params)
+            put.execute(statement, params)
         else:
             self.open()
             if held is not None:
-                conn.execute(*held.statement())
+                put.execute(*held.statement())
         for name in names:
-            events.advance_checkpoint_to_head(conn, name)
-        self._send_last(conn, "COMMIT", None)
+            events.advance_checkpoint_to_head(put, name)
+        self._send_last(put, "COMMIT", None)
 
-    def _send_last(self, conn: psycopg.Connection[Any], statement: str, params: Any) -> None:
+    def _send_last(self, put: psycopg.Cursor[Any], statement: str, params: Any) -> None:
         """The statement that commits (COMMIT, or a transaction's one statement), with
         whatever the pipeline still holds, then waited for once."""
         self.committing = True  # from here an interrupt cannot tell whether it committed
         try:
-            conn.execute(statement, params)
+            put.execute(statement, params)
             self.sync()
         except psycopg.Error:
             self.committing = False  # the server's answer, or the connection's end: known
@@ -578,6 +594,7 @@ class PostgresBackend:
         self._listener: psycopg.Connection[Any] | None = None
         self._pipeline: Any = None  # the writer's psycopg Pipeline, entered by `_writer`
         self._pipeline_block: Any = None  # the context manager that entered it
+        self._put: psycopg.Cursor[Any] | None = None  # the writer's cursor (`_Transactions.put`)
         self._closed = False
         self._transactions = _Transactions(self)
         self._writes = GroupCommit(self._transactions, self._lock, enabled=not readonly)

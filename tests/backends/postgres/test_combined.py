@@ -44,18 +44,20 @@ def backend_of(ledger: Ledger) -> PostgresBackend:
 
 
 class Sent:
-    """The statements the writer connection sends, in order."""
+    """The statements the writer connection sends, in order (every statement goes through a
+    cursor's ``execute``, ``Connection.execute``'s too; other connections' are left out)."""
 
     def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
         self.statements: list[str] = []
-        conn = backend_of(ledger)._conn
-        original = conn.execute
+        writer = backend_of(ledger)._conn
+        original = psycopg.Cursor.execute
 
-        def execute(statement: Any, params: Any = None, **kwargs: Any) -> Any:
-            self.statements.append(" ".join(str(statement).split()))
-            return original(statement, params, **kwargs)
+        def execute(cursor: Any, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+            if cursor.connection is writer:
+                self.statements.append(" ".join(str(statement).split()))
+            return original(cursor, statement, params, **kwargs)
 
-        monkeypatch.setattr(conn, "execute", execute)
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
 
     def take(self) -> list[str]:
         taken, self.statements = self.statements, []
