@@ -114,3 +114,21 @@ def test_negative_zero_cents_answer_as_the_row_reads(tmp_path: Path) -> None:
         assert read is not None
         for value in (answered.max_cost_cents, read.max_cost_cents):
             assert value == 0.0 and math.copysign(1.0, value) == 1.0  # type: ignore[arg-type]
+
+
+def test_at_most_known_jobs_are_kept_the_oldest_dropped_first(tmp_path: Path) -> None:
+    """Past `KNOWN_JOBS` the oldest saved states go, one for one (a create loop keeps the last
+    1,024), and a command on a dropped job reads its row and decides on it as before."""
+    from ledger.backends.sqlite.backend import KNOWN_JOBS
+
+    with Ledger(str(tmp_path / "l.db"), durability="normal") as ledger:
+        first = ledger.create_job(1, CONFIG)
+        ids = [first, *ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * 100)]
+        ids += [ledger.create_job(1, CONFIG) for _ in range(KNOWN_JOBS)]
+        known = backend_of(ledger)._known.committed
+        assert len(known) == KNOWN_JOBS
+        assert list(known) == ids[-KNOWN_JOBS:]  # the newest, in the order they were saved
+        assert ledger.log_event(first, "progress", {"n": 1}) == 2  # read back: not known
+        assert list(known)[-1] == first and len(known) == KNOWN_JOBS
+        assert ids[-KNOWN_JOBS] not in known  # the oldest of those went to make room
+        assert ledger.verify().ok
