@@ -188,6 +188,15 @@ def _interrupted(call: _Call, error: BaseException) -> StorageError:
     )
 
 
+def _nested(doing: str) -> LedgerError:
+    return StorageError(
+        f"{doing}: this write was started from inside another write's command (a ledger "
+        "method called while the ledger runs a command), which would run it into the middle "
+        "of that command's transaction; nothing of it was written: call it after that write "
+        "returns"
+    )
+
+
 def _wrapped(tx: Transactions, error: Exception, doing: str) -> LedgerError:
     """The caller's error for a command's own failure, the driver's error as its cause (the
     backend reads it: PostgreSQL retries a deadlock, and names a stale version)."""
@@ -231,11 +240,14 @@ class GroupCommit:
         self._combiner: int | None = None  # the thread running others' commands
         self._holder: int | None = None  # the thread inside `held`
         self._joined: list[Group] | None = None  # the groups `held`'s commands wrote into
+        self._running: int | None = None  # the thread running a command now (see `_command`)
 
     def run(self, doing: str, command: Callable[[], _T]) -> _T:
         """Run ``command`` as one write: alone, or in a group; return once durable."""
         me = threading.get_ident()
-        if me == self._holder or me == self._combiner:  # inside `held`, or nested
+        if me == self._running or me == self._combiner:  # from inside a command
+            raise _nested(doing)
+        if me == self._holder:  # inside `held`: into its open transaction
             return self._inline(doing, command, me)
         if not self.enabled:
             return self._alone(doing, command)
@@ -292,14 +304,9 @@ class GroupCommit:
             self._lose(group, e)
 
     def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
-        """A command of the thread that already holds the lock: into its open transaction
-        (a nested one syncs its own writes: `deferring` is the outer command's alone)."""
+        """A command of the thread inside `held`: into its open transaction."""
         with self._lock:
-            deferring, self.deferring = self.deferring, False
-            try:
-                group, result, error = self._run(doing, command)
-            finally:
-                self.deferring = deferring
+            group, result, error = self._run(doing, command)
             if group is not None and self._holder == me and self._joined is not None:
                 self._joined.append(group)  # committed when `held` lets go
         if error is not None:
@@ -438,26 +445,23 @@ class GroupCommit:
         if group is None:  # the first command of a transaction: nobody else is in it
             tx.begin(doing)
             self._on_begin()
-            # Open before the command runs: a write nested in it joins it (a savepoint).
-            group = self._open = Group(self._wrap)
-            group.size = 1
             try:
-                result = command()
+                result = self._command(command)
             except tx.error as e:
-                self._open = None
                 tx.rollback()
                 raise _wrapped(tx, e, doing) from e
             except BaseException:
-                self._open = None
                 tx.rollback()
                 raise
+            group = self._open = Group(self._wrap)
+            group.size = 1
             return group, result, None
         try:
             tx.savepoint()
         except tx.error as e:
             return group, None, _wrapped(tx, e, doing)
         try:
-            result = command()
+            result = self._command(command)
         except BaseException as e:
             return group, None, self._undo(doing, group, e)
         try:
@@ -466,6 +470,16 @@ class GroupCommit:
             return group, None, self._undo(doing, group, e)
         group.size += 1
         return group, result, None
+
+    def _command(self, command: Callable[[], _T]) -> _T:
+        """Run ``command``, marking this thread as inside one: a write it starts itself (a
+        ledger method called from inside a write's command) is refused (`_nested`), never
+        run into the middle of this one's transaction."""
+        self._running = threading.get_ident()
+        try:
+            return command()
+        finally:
+            self._running = None
 
     def _undo(self, doing: str, group: Group, error: BaseException) -> BaseException:
         """Roll back one failed command of ``group`` to its savepoint; if SQLite already

@@ -426,8 +426,7 @@ class SqliteBackend:
             try:
                 result = work(tx)
             except BaseException:
-                # Rolled back: the head it (or a write nested in it) appended is not the log's.
-                self._head = None
+                self._head = None  # rolled back: the head it appended, if any, is not the log's
                 raise
             self._head = tx._head  # the head it appended (None: not known)
             return result
@@ -454,6 +453,7 @@ class SqliteBackend:
     def _undone(self) -> None:
         self._settled.clear()  # the command may have been the one that settled something
         self._known.undone()
+        self._head = None  # it may have appended (and returned, its RELEASE failing)
 
     def _lost(self) -> None:
         self._head = None  # the transaction that knew it rolled back

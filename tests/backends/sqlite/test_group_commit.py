@@ -798,28 +798,36 @@ def test_an_interrupt_right_before_the_commit_ran_tells_the_joiners_nothing_was_
     assert ledger.verify().ok
 
 
-def test_a_write_nested_in_a_command_joins_its_transaction(file_ledger: Ledger) -> None:
-    """A write run from inside another command (the group-commit core runs it inline) joins
-    the outer command's transaction with a savepoint: both commit together, or, when the
-    outer command fails after it, neither is written (it opened a transaction of its own
-    before, and failed: a BEGIN inside a transaction)."""
-    nested: dict[str, str] = {}
+@pytest.mark.parametrize("where", ["file", "memory", "held"])
+def test_a_write_nested_in_a_command_is_refused_and_nothing_of_it_written(
+    tmp_path: Path, where: str
+) -> None:
+    """A ledger call from inside a write's command (the write lock held by this thread) is
+    refused in words, with group commit on (a file), off (``:memory:``) and inside
+    `held_writes` (AsyncLedger's write path); the command that
+    made it decides what happens next: here it fails, and nothing of either is written (run
+    into its transaction instead, a nested write was committed with half of it)."""
+    location = ":memory:" if where == "memory" else str(tmp_path / "ledger.db")
+    with Ledger(location) as ledger:
+        job = ledger.create_job(1, CONFIG)
+        refused: list[LedgerError] = []
 
-    def outer(fail: bool) -> Callable[[Any], str]:
-        def work(tx: Any) -> str:
-            nested["id"] = file_ledger.create_job(2, {"nested": True, "fail": fail})
-            if fail:
-                raise RuntimeError("the outer command fails after its nested write")
-            return nested["id"]
+        def work(tx: Any) -> None:
+            try:
+                ledger.log_event(job, "progress", {"nested": True})
+            except LedgerError as e:
+                refused.append(e)
+            raise RuntimeError("the outer command fails after it")
 
-        return work
-
-    backend = backend_of(file_ledger)
-    assert backend.write("an outer write", outer(False)) == nested["id"]
-    assert file_ledger.get_job(nested["id"]) is not None
-    before = file_ledger.head()
-    with pytest.raises(RuntimeError, match="fails after its nested write"):
-        backend.write("an outer write", outer(True))
-    assert file_ledger.head() == before and file_ledger.get_job(nested["id"]) is None
-    assert file_ledger.create_job(3, {"after": True})  # the writer goes on
-    assert file_ledger.verify().ok
+        before = ledger.head()
+        backend = backend_of(ledger)
+        with pytest.raises(RuntimeError, match="fails after it"):
+            if where == "held":
+                with backend.held_writes():
+                    backend.write("an outer write", work)
+            else:
+                backend.write("an outer write", work)
+        assert len(refused) == 1 and "inside another write's command" in str(refused[0])
+        assert ledger.head() == before
+        assert ledger.log_event(job, "progress", {"after": True}) == 2  # the writer goes on
+        assert ledger.verify().ok
