@@ -115,6 +115,30 @@ def test_replay_rebuilds_the_same_jobs(ledger: Ledger, clock: FakeClock) -> None
     )
 
 
+def test_a_write_from_inside_a_replays_progress_is_refused_and_the_replay_goes_on(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """Law 2, all or nothing: a replay's progress callback runs inside the replay's transaction,
+    so a write it starts (a ledger method called from there) is refused in words and writes
+    nothing, where it would run into the middle of that transaction; the replay completes."""
+    ids = busy_ledger(ledger, clock)
+    head = ledger.last_position()
+    refused: list[LedgerError] = []
+
+    def progress(*_: object) -> None:
+        if not refused:
+            try:
+                ledger.log_event(ids[0], "progress", {"from": "a replay's progress"})
+            except LedgerError as e:
+                refused.append(e)
+
+    report = ledger.replay(progress=progress)
+    assert len(refused) == 1 and "inside another write's command" in str(refused[0])
+    assert "nothing of it was written" in str(refused[0])
+    assert report.events == head and ledger.last_position() == head
+    assert ledger.verify().ok
+
+
 def test_a_job_reads_back_as_the_fold_of_its_own_events(ledger: Ledger, clock: FakeClock) -> None:
     """Law 3, projection = fold(events): a job's version is its newest event's version, and its
     status follows its newest lifecycle event."""
