@@ -670,7 +670,8 @@ class PostgresBackend:
         tx = PostgresTransaction(self._conn, self._script, transactions)
         result = work(tx)
         deferring = self._writes.deferring
-        # (One held already, a nested command's: this one's writes follow it, sent.)
+        # (None is held already: GroupCommit refuses a nested write; were one, this one's
+        # writes would follow it, sent.)
         held = (
             tx.held_back() if deferring and transactions.held is None and not tx._unhashed else None
         )
