@@ -193,18 +193,19 @@ class _Now:
         transactions.open()
         send(self._conn, transactions.put(), queue)
 
-    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+    def _ready(self) -> None:
+        """Before a statement of the transaction's own: what it must follow goes first."""
         if self.later.queue:
             self.send()
         else:
             self._transactions.open()
+
+    def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        self._ready()
         return self._conn.execute(statement, params, **kwargs)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        if self.later.queue:
-            self.send()
-        else:
-            self._transactions.open()
+        self._ready()
         return self._conn.cursor(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -486,21 +487,18 @@ class _Transactions:
         )
 
     def commit(self) -> None:
-        conn = self._backend._conn
         put = self.put()
         held, self.held = self.held, None
         names = sorted(self.to_head)
         self.to_head = set()
-        # Nothing sent yet: ``held`` (if anything) is all there is (and the server, as a check
-        # that costs no round trip, is not inside a transaction block either).
-        alone = self.unopened and conn.info.transaction_status == TransactionStatus.IDLE
+        alone = self.unopened  # nothing sent yet: ``held`` (if anything) is all there is
         if alone and held is None and not names:
             self.unopened = self.unsynced = False
             return  # it wrote nothing
-        if held is not None and len(names) <= 1:  # the checkpoint in the same statement
-            statement, params = held.statement(names[0] if names else None)
-            names = []
-            if alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
+        if held is not None:
+            folded = len(names) <= 1  # the checkpoint in the same statement
+            statement, params = held.statement(names.pop() if folded and names else None)
+            if folded and alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
                 self.unopened = False
                 self._send_last(put, statement, params)
                 return
@@ -508,8 +506,6 @@ class _Transactions:
             put.execute(statement, params)
         else:
             self.open()
-            if held is not None:
-                put.execute(*held.statement())
         for name in names:
             events.advance_checkpoint_to_head(put, name)
         self._send_last(put, "COMMIT", None)
@@ -530,11 +526,10 @@ class _Transactions:
         self.unsynced = False
         self.to_head = set()
         self.held = None
-        conn = self._backend._conn
-        unopened, self.unopened = self.unopened, False
-        if unopened and conn.info.transaction_status == TransactionStatus.IDLE:
-            return  # nothing was sent: nothing to roll back
-        self._backend._rollback(conn)
+        if self.unopened:  # nothing was sent: nothing to roll back
+            self.unopened = False
+            return
+        self._backend._rollback(self._backend._conn)
 
     def aborted(self, reason: str) -> Exception:
         return psycopg.Error(reason)  # `wrap` words it as it is
@@ -670,17 +665,12 @@ class PostgresBackend:
         tx = PostgresTransaction(self._conn, self._script, transactions)
         result = work(tx)
         deferring = self._writes.deferring
-        # (None is held already: GroupCommit refuses a nested write; were one, this one's
-        # writes would follow it, sent.)
-        held = (
-            tx.held_back() if deferring and transactions.held is None and not tx._unhashed else None
-        )
+        held = tx.held_back() if deferring and not tx._unhashed else None
         tx.send()
         if tx._unhashed:
             events.seed_head(tx.conn)  # appends after this import chain onto its last event
         if deferring:
-            if held is not None:  # after the rest: `open` sends it after what went before
-                transactions.held = held
+            transactions.held = held  # after the rest: `open` sends it after what went before
             transactions.unsynced = True
         elif not transactions.unopened:  # (nothing sent: nothing to wait for)
             transactions.sync()

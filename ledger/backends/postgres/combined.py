@@ -40,10 +40,8 @@ from typing import Any
 from ...domain.state import JobState
 from . import events_table, jobs_table
 
-_EVENTS = (
-    "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES {rows} RETURNING position"
-)
-_ROW = "(%s, %s, %s, %s, %s)"
+# The backend's own event INSERT, its VALUES row repeated (one per event), returning positions.
+_INTO, _ROW = events_table.insert_deferred_statement.split(" VALUES ")
 _CHECKPOINT = (
     "UPDATE projection_checkpoints SET position = (SELECT max(position) FROM e) WHERE name = %s"
 )
@@ -68,11 +66,8 @@ class Combined:
         text = _cache.get(key)
         if text is None:
             text = _cache[key] = _render(*key)
-        if len(self.events) == 1:
-            params = [*self.events[0], *self.job_params]
-        else:
-            params = [value for row in self.events for value in row]
-            params.extend(self.job_params)
+        params = [value for row in self.events for value in row]
+        params.extend(self.job_params)
         if checkpoint is not None:
             params.append(checkpoint)
         return text, tuple(params)
@@ -82,7 +77,7 @@ def _render(count: int, job_statement: str, checkpoint: bool) -> str:
     # One multi-row INSERT, not a member per event: members run in no set order, and the
     # insert trigger of an event must see the events before it (its version check); the rows
     # of one INSERT are inserted in order, each trigger seeing the rows before its own.
-    events = f"e AS ({_EVENTS.format(rows=', '.join([_ROW] * count))})"
+    events = f"e AS ({_INTO} VALUES {', '.join([_ROW] * count)} RETURNING position)"
     if not checkpoint:
         return f"WITH {events} {job_statement}"
     return f"WITH {events}, j AS ({job_statement}) {_CHECKPOINT}"
@@ -123,7 +118,7 @@ def combine(
     else:
         fields = changed[0][1]
         job_statement = jobs_table.update_statement(fields)
-        job_params = (*[jobs_table.column_value(state, f) for f in fields], state.id)
+        job_params = jobs_table.update_values(state, fields)
     del queue[-count:]
     queue.append((Combined(rows, job_statement, job_params), None, False))
     return True

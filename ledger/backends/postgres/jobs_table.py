@@ -31,28 +31,23 @@ lock_row_statement = select_row_statement + " FOR UPDATE"
 insert_statement = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 )
+_CREATED_AT = COLUMNS.index("created_position")
+
+
+def _insert_taking_position(position: str) -> str:
+    """A new job's INSERT whose created_position is the SQL expression ``position``."""
+    values = ", ".join(position if i == _CREATED_AT else "%s" for i in range(len(COLUMNS)))
+    return f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({values})"
+
+
 # A job created in this transaction has a stand-in created_position (below zero; see the
 # backend's append): the real one is its created event's (version 1), taken from the log.
-_CREATED_AT = COLUMNS.index("created_position")
-insert_created_statement = (
-    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ("
-    + ", ".join(
-        "(SELECT position FROM events WHERE job_id = %s AND version = 1)"
-        if i == _CREATED_AT
-        else "%s"
-        for i in range(len(COLUMNS))
-    )
-    + ")"
+insert_created_statement = _insert_taking_position(
+    "(SELECT position FROM events WHERE job_id = %s AND version = 1)"
 )
 # The same row written in one statement with its created event (`combined`): the position is
 # the first one the events' INSERT ``e`` returns (the statement's snapshot cannot see the row).
-insert_created_from_statement = (
-    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ("
-    + ", ".join(
-        "(SELECT min(position) FROM e)" if i == _CREATED_AT else "%s" for i in range(len(COLUMNS))
-    )
-    + ")"
-)
+insert_created_from_statement = _insert_taking_position("(SELECT min(position) FROM e)")
 dump_statement = f"{_SELECT} ORDER BY id"
 # COLLATE "C": prefix ranges compare code points, as SQLite's text does.
 prefix_statement = (
@@ -196,6 +191,11 @@ def to_state(values: Sequence[Any]) -> JobState:
 _update_cache: dict[tuple[str, ...], str] = {}
 
 
+def update_values(state: JobState, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """The parameters of `update_statement` (``fields``) for ``state``."""
+    return (*[column_value(state, f) for f in fields], state.id)
+
+
 def update_statement(fields: tuple[str, ...]) -> str:
     statement = _update_cache.get(fields)
     if statement is None:
@@ -218,9 +218,7 @@ def save(
                 if rows:
                     cursor.executemany(statement, rows)
     for state, fields in changed:
-        conn.execute(
-            update_statement(fields), (*[column_value(state, f) for f in fields], state.id)
-        )
+        conn.execute(update_statement(fields), update_values(state, fields))
 
 
 def load(conn: Conn, job_id: str, *, lock: bool = False) -> JobState | None:

@@ -124,20 +124,25 @@ def _progress(n: int) -> ev.Event:
     return ev.ACTIVITY_EVENTS["progress"](payload=msgspec.Raw(msgspec.json.encode({"n": n})))
 
 
-def _append_and_save(ledger: Ledger, job_id: str, after: int, versions: int) -> list[int]:
-    """One write transaction appending ``versions`` events to ``job_id`` after version
-    ``after`` and saving its row as the fold would (version and updated_at)."""
+def _log_by_hand(tx: Any, job_id: str, after: int | None, versions: int) -> list[int]:
+    """Through the write transaction ``tx``: ``versions`` events appended to ``job_id`` after
+    version ``after`` (None: the job's own), its row saved as the fold would (version and
+    updated_at) and the checkpoint moved; the versions appended."""
     now = datetime.now(UTC).replace(microsecond=0)
+    state = tx.load_job(job_id)
+    after = state.version if after is None else after
+    stored = tx.append(job_id, after, [_progress(n) for n in range(versions)], now)
+    changed = msgspec.structs.replace(state, version=after + versions, updated_at=now)
+    tx.save_jobs([], [(changed, ("version", "updated_at"))])
+    tx.advance_checkpoint("jobs", stored[-1].position)
+    return [s.version for s in stored]
 
-    def work(tx: Any) -> list[int]:
-        state = tx.load_job(job_id)
-        stored = tx.append(job_id, after, [_progress(n) for n in range(versions)], now)
-        changed = msgspec.structs.replace(state, version=after + versions, updated_at=now)
-        tx.save_jobs([], [(changed, ("version", "updated_at"))])
-        tx.advance_checkpoint("jobs", stored[-1].position)
-        return [s.version for s in stored]
 
-    return backend_of(ledger).write("appending events", work)  # type: ignore[no-any-return]
+def _append_and_save(ledger: Ledger, job_id: str, after: int, versions: int) -> list[int]:
+    """One write transaction of `_log_by_hand`."""
+    return backend_of(ledger).write(  # type: ignore[no-any-return]
+        "appending events", lambda tx: _log_by_hand(tx, job_id, after, versions)
+    )
 
 
 def test_several_events_of_one_job_keep_their_order_and_their_version_check(
@@ -252,12 +257,7 @@ def _outer_log_then_nested_create(ledger: Ledger, job_id: str) -> Any:
     nested: dict[str, Any] = {}
 
     def outer(tx: Any) -> Any:
-        state = tx.load_job(job_id)
-        now = datetime.now(UTC).replace(microsecond=0)
-        stored = tx.append(job_id, state.version, [_progress(1)], now)
-        changed = msgspec.structs.replace(state, version=state.version + 1, updated_at=now)
-        tx.save_jobs([], [(changed, ("version", "updated_at"))])
-        tx.advance_checkpoint("jobs", stored[-1].position)
+        _log_by_hand(tx, job_id, None, 1)
         try:
             ledger.create_job(2, {"nested": True})
         except StorageError as e:
