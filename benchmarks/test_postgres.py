@@ -194,12 +194,16 @@ def raw_create_many(raw: Raw, n: int, now: datetime) -> None:
 
 def raw_claim_complete(raw: Raw, now: datetime) -> None:
     """Two transactions, as the ledger's two commands: the claim (the expired-lease look, the
-    holder look, the claim query that locks and returns the row) and the completion (the row
-    locked first, as a command deciding on a job does)."""
+    holder look and the claim query that locks and returns the row, sent together and then
+    read, as `before_claim` does) and the completion (the row locked first, as a command
+    deciding on a job does)."""
     raw.execute("BEGIN")
-    raw.execute(jobs_table.expired_limit_statement, (now, 100)).fetchall()
-    raw.execute(jobs_table.held_on_statement, (_HOLDER[0],)).fetchall()
-    job_id = raw.execute(jobs_table.claim_any_statement, (now,)).fetchone()[0]
+    expired = raw.execute(jobs_table.expired_limit_statement, (now, 100))
+    held = raw.execute(jobs_table.held_on_statement, (_HOLDER[0],))
+    claimed = raw.execute(jobs_table.claim_any_statement, (now,))
+    expired.fetchall()
+    held.fetchall()
+    job_id = claimed.fetchone()[0]
     raw.commit_with(
         Combined(
             [(job_id, 2, "claimed", "{}", now)],

@@ -191,13 +191,16 @@ class Service:
         same host by a process that is gone are rescued first, as expired leases are."""
         lease = float(command.lease)  # type: ignore[arg-type]
 
+        host = holder[0] if holder is not None and is_gone is not None else None
+
         def work(step: Step) -> Job | None:
-            rescued = _rescue(step, RESCUE_BATCH)
-            if holder is not None and is_gone is not None:
-                rescued += _rescue_gone(step, holder[0], is_gone)
+            expired, holders, job_id = step.tx.before_claim(step.now, RESCUE_BATCH, host, queues)
+            rescued = _rescue(step, expired)
+            if host is not None and is_gone is not None:
+                rescued += _rescue_gone(step, host, holders, is_gone)
             if rescued:
-                step.flush()  # the claim query below must see the rescued jobs as pending
-            job_id = step.tx.claimable(step.now, queues)
+                step.flush()  # the claim query must see the rescued jobs as pending: again
+                job_id = step.tx.claimable(step.now, queues)
             if job_id is None:
                 return None
             state = step.job(job_id)
@@ -296,7 +299,10 @@ class Service:
         return self.run("logging an event", work)
 
     def rescue_expired(self) -> int:
-        return self.run("rescuing expired leases", lambda step: _rescue(step, None))
+        return self.run(
+            "rescuing expired leases",
+            lambda step: _rescue(step, step.tx.expired_leases(step.now, None)),
+        )
 
     # -- operator commands ---------------------------------------------------------------------
 
@@ -441,11 +447,14 @@ def _cancel_subtree(step: Step, root: JobState) -> None:
         step.flush()  # the next read of the subtree sees these as cancelled
 
 
-def _rescue_gone(step: Step, host: str, is_gone: GoneCheck) -> int:
-    """Rescue the running jobs held on ``host`` whose holder process is gone (`is_gone`: boot
-    id, pid, start time -> certainly not running), under the rules of an expired lease."""
+def _rescue_gone(
+    step: Step, host: str, holders: list[tuple[str, int, int]], is_gone: GoneCheck
+) -> int:
+    """Rescue the running jobs held on ``host`` whose holder process is gone (``holders``: the
+    processes holding running jobs there, `held_on`; `is_gone`: boot id, pid, start time ->
+    certainly not running), under the rules of an expired lease."""
     rescued = 0
-    for boot_id, pid, start in step.tx.held_on(host):  # one look per holder process
+    for boot_id, pid, start in holders:  # one look per holder process
         if is_gone(boot_id, pid, start):
             rescued += _rescue_jobs_of(step, host, (boot_id, pid, start))
     return rescued
@@ -468,8 +477,9 @@ def _rescue_jobs_of(step: Step, host: str, holder: tuple[Any, Any, Any]) -> int:
     return rescued
 
 
-def _rescue(step: Step, limit: int | None) -> int:
-    expired = step.tx.expired_leases(step.now, limit)
+def _rescue(step: Step, expired: list[str]) -> int:
+    """Return the jobs whose leases expired (``expired``: `expired_leases`) to pending, or fail
+    them, under their retry rules."""
     for job_id in expired:
         step.append(job_id, decide.expire(step.job(job_id)))
     return len(expired)

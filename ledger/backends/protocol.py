@@ -229,6 +229,17 @@ class WriteTransaction(Snapshot, Protocol):
 
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]: ...
 
+    def before_claim(
+        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
+        """What a claim looks at before it decides, in one look: the expired leases
+        (`expired_leases`), the processes holding running jobs on ``host`` (`held_on`; none
+        looked for when ``host`` is None) and the job `claimable` would give as things stand.
+        A backend with round trips sends the three queries together (PostgreSQL: one wait
+        where there were three). A claim that then rescues anything asks `claimable` again,
+        after its writes."""
+        ...
+
     def job_with_key(self, idempotency_key: str) -> str | None: ...
 
     def load_queue(self, queue: str) -> QueueState | None:

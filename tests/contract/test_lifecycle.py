@@ -337,6 +337,25 @@ def test_an_expired_lease_is_rescued_by_the_next_claim(ledger: Ledger, clock: Fa
     assert types[-2:] == [EventType.LEASE_EXPIRED, EventType.CLAIMED]
 
 
+def test_a_claim_that_rescues_claims_the_best_job_counting_the_rescued(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """Promise: a claim looks at expired leases and at the best pending job together
+    (`before_claim`), but when it rescues anything it chooses again: a rescued job that
+    outranks the pending one it first saw is the one claimed, and the one first seen stays
+    pending and claimable (not held back by the first look)."""
+    low = ledger.create_job(1, CONFIG, priority=1)
+    high = ledger.create_job(1, CONFIG, priority=9, max_attempts=2)
+    assert ledger.claim("w1", lease=10).id == high  # type: ignore[union-attr]
+    clock.advance(10)
+    job = ledger.claim("w2", lease=10)
+    assert job is not None and job.id == high and job.attempts == 2
+    assert ledger.get_job(low).status == JobStatus.PENDING  # type: ignore[union-attr]
+    again = ledger.claim("w3", lease=10)
+    assert again is not None and again.id == low
+    assert ledger.verify().ok
+
+
 def test_an_expired_lease_without_attempts_left_fails_the_job(
     ledger: Ledger, clock: FakeClock
 ) -> None:

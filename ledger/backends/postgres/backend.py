@@ -345,6 +345,22 @@ class PostgresTransaction(PostgresSnapshot):
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
         return jobs.expired(self.conn, now, limit)
 
+    def before_claim(
+        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
+        """The three queries sent together (pipeline mode), then read: one round trip. The
+        claim query locks its row (``FOR UPDATE SKIP LOCKED``) before the rescue looks are
+        read; when a claim rescues anything and asks again, a row locked here and not chosen
+        then stays locked (skipped by other claimers) until this transaction ends."""
+        conn = self.conn
+        expired = jobs.send_expired(conn, now, limit)
+        held = None if host is None else jobs.send_held_on(conn, host)
+        first = jobs.send_claim(conn, now, queues)
+        expired_ids = jobs.expired_ids(expired)
+        holders = [] if held is None else held.fetchall()
+        self._claimed = jobs.claimable(conn, now, queues, first)
+        return expired_ids, holders, None if self._claimed is None else self._claimed.id
+
     def job_with_key(self, idempotency_key: str) -> str | None:
         return jobs.with_key(self.conn, idempotency_key)
 

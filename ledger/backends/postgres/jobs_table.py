@@ -281,20 +281,35 @@ def exists(conn: Conn) -> bool:
     return bool(conn.execute(exists_statement).fetchone()[0])
 
 
-def claimable(conn: Conn, now: datetime, queues: Sequence[str] | None) -> JobState | None:
+def send_claim(conn: Conn, now: datetime, queues: Sequence[str] | None) -> Any:
+    """Send the claim query's first try (pipeline mode: without waiting); `claimable` takes
+    its cursor."""
+    if queues is None:
+        return conn.execute(claim_any_statement, (now,))
+    return conn.execute(claim_queues_statement, (now, list(queues)))
+
+
+def claimable(
+    conn: Conn, now: datetime, queues: Sequence[str] | None, sent: Any = None
+) -> JobState | None:
     """The best claimable job, its row locked. The query passes over jobs that do not fit their
     chat's budget as it was when the statement began; the chosen one, when its chat has a
     budget, is checked again under that budget row's lock (`budgets_table.still_fits`), so two
-    claimers never both spend one budget."""
+    claimers never both spend one budget. ``sent``: the cursor of a first try already sent
+    (`send_claim`)."""
     skipped: list[str] = []
     for _ in range(CLAIM_TRIES):
-        if queues is None:
+        if sent is not None:
+            cursor, sent = sent, None
+        elif queues is None:
             statement = claim_any_skip_statement if skipped else claim_any_statement
             params: tuple[Any, ...] = (now, skipped) if skipped else (now,)
+            cursor = conn.execute(statement, params)
         else:
             statement = claim_queues_skip_statement if skipped else claim_queues_statement
             params = (now, list(queues), skipped) if skipped else (now, list(queues))
-        row = conn.execute(statement, params).fetchone()
+            cursor = conn.execute(statement, params)
+        row = cursor.fetchone()
         if row is None:
             return None
         *values, has_budget = row
@@ -313,12 +328,19 @@ def descendants(conn: Conn, job_id: str) -> list[JobState]:
     return [to_state(values) for values in conn.execute(descendants_statement, (job_id,))]
 
 
-def expired(conn: Conn, now: datetime, limit: int | None) -> list[str]:
+def send_expired(conn: Conn, now: datetime, limit: int | None) -> Any:
+    """Send the expired leases' query (pipeline mode: without waiting); `expired_ids` reads it."""
     if limit is None:
-        rows = conn.execute(expired_statement, (now,)).fetchall()
-    else:
-        rows = conn.execute(expired_limit_statement, (now, limit)).fetchall()
-    return [str(r[0]) for r in rows]
+        return conn.execute(expired_statement, (now,))
+    return conn.execute(expired_limit_statement, (now, limit))
+
+
+def expired_ids(cursor: Any) -> list[str]:
+    return [str(r[0]) for r in cursor.fetchall()]
+
+
+def expired(conn: Conn, now: datetime, limit: int | None) -> list[str]:
+    return expired_ids(send_expired(conn, now, limit))
 
 
 # One row per holder process, not per job (see the SQLite twin).
@@ -333,9 +355,16 @@ held_by_statement = (
 )
 
 
+def send_held_on(conn: Conn, host: str) -> Any:
+    """Send `held_on`'s query (pipeline mode: without waiting); its cursor's rows are the
+    answer."""
+    return conn.execute(held_on_statement, (host,))
+
+
 def held_on(conn: Conn, host: str) -> list[tuple[str, int, int]]:
     """(boot id, pid, process start) of every process holding a running job on ``host``."""
-    return conn.execute(held_on_statement, (host,)).fetchall()
+    rows: list[tuple[str, int, int]] = send_held_on(conn, host).fetchall()
+    return rows
 
 
 def held_by(conn: Conn, host: str, holder: tuple[Any, Any, Any]) -> list[str]:

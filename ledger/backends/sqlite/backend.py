@@ -231,6 +231,14 @@ class SqliteTransaction(SqliteSnapshot):
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
         return jobs.expired(self.conn, to_text(now), limit)
 
+    def before_claim(
+        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
+        """The three looks one after the other: in a file they cost no round trips."""
+        expired = self.expired_leases(now, limit)
+        holders = [] if host is None else self.held_on(host)
+        return expired, holders, self.claimable(now, queues)
+
     def job_with_key(self, idempotency_key: str) -> str | None:
         return jobs.with_key(self.conn, idempotency_key)
 

@@ -14,6 +14,8 @@ What is proved here, each against a real server:
 - a transaction in which a command read but wrote nothing still ends (its COMMIT is sent);
   one that sent nothing at all sends nothing;
 - a write started from inside a write's command is refused in words, and the command goes on;
+- a claim sends its three looks (expired leases, holders on its host, the claim query) before
+  it reads any of them;
 - ``create_jobs`` is not combined (measured slower as one statement), and each new row still
   names its own created event's position; a batch with a taken idempotency key writes the
   other jobs and answers the first job's id for that one.
@@ -32,6 +34,7 @@ from ledger import ConcurrencyError, Ledger, LedgerError, StorageError
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
+from ledger.backends.postgres import jobs_table  # noqa: E402
 from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
 from ledger.domain import events as ev  # noqa: E402
 
@@ -286,4 +289,48 @@ def test_a_write_nested_in_a_command_is_refused_and_the_command_commits_alone(
         assert other.count_jobs() == before
         assert other.verify().ok
     assert ledger.log_event(job_id, "progress", {"after": True}) == 3  # the writer goes on
+    assert ledger.verify().ok
+
+
+def test_a_claim_sends_its_three_looks_before_reading_any(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's expired-lease look, its holder look and the claim query go out together and
+    are then read (`before_claim`): one wait where there were three. Watched on the writer's
+    cursors: every one of the three is sent before the first row of any is fetched."""
+    job_id = ledger.create_job(7, CONFIG)
+    writer = backend_of(ledger)._conn
+    seen: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(cursor: Any, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        if cursor.connection is writer:
+            seen.append("send " + " ".join(str(statement).split()))
+        return original(cursor, statement, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    for name in ("fetchone", "fetchall"):
+        fetch = getattr(psycopg.Cursor, name)
+
+        def watched(cursor: Any, *args: Any, _fetch: Any = fetch, **kwargs: Any) -> Any:
+            if cursor.connection is writer:
+                seen.append("read")
+            return _fetch(cursor, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, name, watched)
+    job = ledger.claim("w1")
+    assert job is not None and job.id == job_id and job.worker_id == "w1"
+    first_read = seen.index("read")
+    sent_first = seen[:first_read]
+    assert sent_first[0] == "send BEGIN", seen
+    looks = [
+        " ".join(s.split())
+        for s in (
+            jobs_table.expired_limit_statement,
+            jobs_table.held_on_statement,
+            jobs_table.claim_any_statement,
+        )
+    ]
+    assert sent_first[1:] == [f"send {look}" for look in looks], seen
+    assert seen[first_read : first_read + 3] == ["read"] * 3, seen
     assert ledger.verify().ok
