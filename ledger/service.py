@@ -194,12 +194,14 @@ class Service:
         host = holder[0] if holder is not None and is_gone is not None else None
 
         def work(step: Step) -> Job | None:
-            expired, holders, job_id = step.tx.before_claim(step.now, RESCUE_BATCH, host, queues)
-            rescued = _rescue(step, expired)
+            looks = step.tx.before_claim(step.now, RESCUE_BATCH, host, queues)
+            rescued = _rescue(step, looks.expired)
             if host is not None and is_gone is not None:
-                rescued += _rescue_gone(step, host, holders, is_gone)
+                rescued += _rescue_gone(step, host, looks.holders, is_gone)
+            job_id = looks.job_id
             if rescued:
                 step.flush()  # the claim query must see the rescued jobs as pending: again
+            if rescued or not looks.settled:
                 job_id = step.tx.claimable(step.now, queues)
             if job_id is None:
                 return None

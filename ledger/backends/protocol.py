@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
@@ -50,6 +50,20 @@ T = TypeVar("T")
 
 # (position, job_id, version, type, data, recorded_at): an event as stored, not yet decoded.
 EventRow = tuple[int, str, int, str, str, datetime]
+
+
+class ClaimLooks(NamedTuple):
+    """What a claim looks at before it decides (`WriteTransaction.before_claim`)."""
+
+    expired: list[str]
+    """The jobs whose leases expired (`expired_leases`)."""
+    holders: list[tuple[str, int, int]]
+    """The processes holding running jobs on the claimer's host (`held_on`)."""
+    job_id: str | None
+    """The job `claimable` gives as things stand, when ``settled``."""
+    settled: bool
+    """False: the best job could not be told without a lock that must wait until after the
+    rescue (a budget row, when anything may be rescued): the claim asks `claimable`."""
 
 
 class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -231,13 +245,13 @@ class WriteTransaction(Snapshot, Protocol):
 
     def before_claim(
         self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
-    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
+    ) -> ClaimLooks:
         """What a claim looks at before it decides, in one look: the expired leases
         (`expired_leases`), the processes holding running jobs on ``host`` (`held_on`; none
         looked for when ``host`` is None) and the job `claimable` would give as things stand.
         A backend with round trips sends the three queries together (PostgreSQL: one wait
-        where there were three). A claim that then rescues anything asks `claimable` again,
-        after its writes."""
+        where there were three). A claim that then rescues anything, or whose look is not
+        ``settled``, asks `claimable` again, after its writes."""
         ...
 
     def job_with_key(self, idempotency_key: str) -> str | None: ...

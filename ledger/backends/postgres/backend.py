@@ -39,7 +39,7 @@ from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
 from ..group import Group, GroupCommit
-from ..protocol import Backend, JobFilter, WriteTransaction
+from ..protocol import Backend, ClaimLooks, JobFilter, WriteTransaction
 from ..table_reads import TableReads
 from . import budgets_table, queues_table
 from . import events_table as events
@@ -347,19 +347,30 @@ class PostgresTransaction(PostgresSnapshot):
 
     def before_claim(
         self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
-    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
+    ) -> ClaimLooks:
         """The three queries sent together (pipeline mode), then read: one round trip. The
-        claim query locks its row (``FOR UPDATE SKIP LOCKED``) before the rescue looks are
-        read; when a claim rescues anything and asks again, a row locked here and not chosen
-        then stays locked (skipped by other claimers) until this transaction ends."""
+        claim query locks its row (``FOR UPDATE SKIP LOCKED``), as a claim that rescues
+        nothing always did before it appends; when the claim rescues something and asks
+        again, a row locked here and not chosen then stays locked (skipped by other claimers)
+        until this transaction ends. A budget row is locked here only when nothing can be
+        rescued: a rescue appends, which takes the log's counter, and a claim that locked its
+        chat's budget before that could deadlock with a rescuing claimer that holds the counter
+        and checks the same budget (measured: PostgreSQL broke it after its 1 s
+        deadlock_timeout); otherwise the look is not settled and the claim asks again after
+        its rescue, locking the budget after the counter as every claim that rescues does."""
         conn = self.conn
-        expired = jobs.send_expired(conn, now, limit)
+        expired_cursor = jobs.send_expired(conn, now, limit)
         held = None if host is None else jobs.send_held_on(conn, host)
         first = jobs.send_claim(conn, now, queues)
-        expired_ids = jobs.expired_ids(expired)
-        holders = [] if held is None else held.fetchall()
-        self._claimed = jobs.claimable(conn, now, queues, first)
-        return expired_ids, holders, None if self._claimed is None else self._claimed.id
+        expired = jobs.expired_ids(expired_cursor)
+        holders: list[tuple[str, int, int]] = [] if held is None else held.fetchall()
+        quiet = not expired and not holders  # nothing to rescue: budget rows may be locked now
+        found = jobs.claimable(conn, now, queues, first, check_budgets=quiet)
+        if found is jobs.UNCHECKED:
+            self._claimed = None
+            return ClaimLooks(expired, holders, None, False)
+        self._claimed = found
+        return ClaimLooks(expired, holders, None if found is None else found.id, True)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
         return jobs.with_key(self.conn, idempotency_key)

@@ -289,14 +289,24 @@ def send_claim(conn: Conn, now: datetime, queues: Sequence[str] | None) -> Any:
     return conn.execute(claim_queues_statement, (now, list(queues)))
 
 
+UNCHECKED: Any = object()
+"""`claimable`'s answer when the best job's chat has a budget and ``check_budgets`` is off."""
+
+
 def claimable(
-    conn: Conn, now: datetime, queues: Sequence[str] | None, sent: Any = None
+    conn: Conn,
+    now: datetime,
+    queues: Sequence[str] | None,
+    sent: Any = None,
+    *,
+    check_budgets: bool = True,
 ) -> JobState | None:
     """The best claimable job, its row locked. The query passes over jobs that do not fit their
     chat's budget as it was when the statement began; the chosen one, when its chat has a
     budget, is checked again under that budget row's lock (`budgets_table.still_fits`), so two
     claimers never both spend one budget. ``sent``: the cursor of a first try already sent
-    (`send_claim`)."""
+    (`send_claim`). Without ``check_budgets``, such a job gives `UNCHECKED` (no budget row
+    locked)."""
     skipped: list[str] = []
     for _ in range(CLAIM_TRIES):
         if sent is not None:
@@ -313,6 +323,8 @@ def claimable(
         if row is None:
             return None
         *values, has_budget = row
+        if has_budget and not check_budgets:
+            return UNCHECKED
         state = to_state(values)
         if not has_budget or budgets_table.still_fits(conn, state.id):
             return state

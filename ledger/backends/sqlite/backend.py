@@ -29,7 +29,7 @@ from ...domain.events import StoredEvent
 from ...domain.model import JobEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, StorageError
-from ..protocol import Backend, JobFilter, WriteTransaction
+from ..protocol import Backend, ClaimLooks, JobFilter, WriteTransaction
 from ..table_reads import TableReads
 from . import budgets_table, checkpoints, queues_table
 from . import events_table as events
@@ -233,11 +233,12 @@ class SqliteTransaction(SqliteSnapshot):
 
     def before_claim(
         self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
-    ) -> tuple[list[str], list[tuple[str, int, int]], str | None]:
-        """The three looks one after the other: in a file they cost no round trips."""
+    ) -> ClaimLooks:
+        """The three looks one after the other: in a file they cost no round trips (and the
+        write lock is the only lock)."""
         expired = self.expired_leases(now, limit)
         holders = [] if host is None else self.held_on(host)
-        return expired, holders, self.claimable(now, queues)
+        return ClaimLooks(expired, holders, self.claimable(now, queues), True)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
         return jobs.with_key(self.conn, idempotency_key)

@@ -15,7 +15,7 @@ What is proved here, each against a real server:
   one that sent nothing at all sends nothing;
 - a write started from inside a write's command is refused in words, and the command goes on;
 - a claim sends its three looks (expired leases, holders on its host, the claim query) before
-  it reads any of them;
+  it reads any of them, and locks no budget row in that look when there is anything to rescue;
 - ``create_jobs`` is not combined (measured slower as one statement), and each new row still
   names its own created event's position; a batch with a taken idempotency key writes the
   other jobs and answers the first job's id for that one.
@@ -334,3 +334,38 @@ def test_a_claim_sends_its_three_looks_before_reading_any(
     assert sent_first[1:] == [f"send {look}" for look in looks], seen
     assert seen[first_read : first_read + 3] == ["read"] * 3, seen
     assert ledger.verify().ok
+
+
+def test_a_claim_locks_no_budget_row_before_a_rescue(postgres_schema: str) -> None:
+    """A budget row is locked by the first look only when nothing can be rescued: a rescue
+    appends (taking the log's counter), and a claim holding a budget row before that deadlocked
+    with a rescuing claimer that held the counter and checked the same budget. With an expired
+    lease to rescue, the look is not settled and leaves the budget row free; with nothing to
+    rescue it settles on the job (the budget row then locked, as a claim always locked it)."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    with Ledger(postgres_schema, clock=lambda: now[0]) as ledger:
+        ledger.set_budget(5, 1000)
+        running = ledger.create_job(5, CONFIG, priority=9, max_attempts=2)
+        assert ledger.claim("w0", lease=10) is not None
+        waiting = ledger.create_job(5, CONFIG, priority=1)
+        now[0] = now[0].replace(minute=1)  # the lease is over
+        backend = backend_of(ledger)
+
+        def look(tx: Any) -> tuple[Any, bool]:
+            looks = tx.before_claim(now[0], 100, None, None)
+            with psycopg.connect(postgres_schema, autocommit=True) as other:
+                other.execute("SET lock_timeout TO 100")
+                other.execute("BEGIN")
+                try:
+                    other.execute("SELECT 1 FROM budgets WHERE chat_id = 5 FOR UPDATE").fetchall()
+                except psycopg.errors.LockNotAvailable:
+                    return looks, False
+            return looks, True
+
+        (expired, holders, job_id, settled), free = backend.write("looking", look)
+        assert (expired, holders, job_id, settled, free) == ([running], [], None, False, True)
+        job = ledger.claim("w1")  # the rescue, then the claim: the rescued job outranks
+        assert job is not None and job.id == running and job.attempts == 2
+        (expired, holders, job_id, settled), free = backend.write("looking", look)
+        assert (expired, holders, job_id, settled, free) == ([], [], waiting, True, False)
+        assert ledger.verify().ok
