@@ -191,13 +191,13 @@ class Service:
         same host by a process that is gone are rescued first, as expired leases are."""
         lease = float(command.lease)  # type: ignore[arg-type]
 
-        host = holder[0] if holder is not None and is_gone is not None else None
+        looker = holder if is_gone is not None else None  # whose host's holders to look at
 
         def work(step: Step) -> Job | None:
-            looks = step.tx.before_claim(step.now, RESCUE_BATCH, host, queues)
+            looks = step.tx.before_claim(step.now, RESCUE_BATCH, looker, queues)
             rescued = _rescue(step, looks.expired)
-            if host is not None and is_gone is not None:
-                rescued += _rescue_gone(step, host, looks.holders, is_gone)
+            if looker is not None and is_gone is not None:
+                rescued += _rescue_gone(step, looker[0], looks.holders, is_gone)
             job_id = looks.job_id
             if rescued:
                 step.flush()  # the claim query must see the rescued jobs as pending: again

@@ -244,11 +244,16 @@ class WriteTransaction(Snapshot, Protocol):
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]: ...
 
     def before_claim(
-        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+        self,
+        now: datetime,
+        limit: int,
+        holder: tuple[str, str, int, int] | None,
+        queues: Sequence[str] | None,
     ) -> ClaimLooks:
         """What a claim looks at before it decides, in one look: the expired leases
-        (`expired_leases`), the processes holding running jobs on ``host`` (`held_on`; none
-        looked for when ``host`` is None) and the job `claimable` would give as things stand.
+        (`expired_leases`), the processes holding running jobs on the claimer's host
+        (`held_on`; ``holder``: the claimer's host, boot id, pid and start; none looked for
+        when None) and the job `claimable` would give as things stand.
         A backend with round trips sends the three queries together (PostgreSQL: one wait
         where there were three). A claim that then rescues anything, or whose look is not
         ``settled``, asks `claimable` again, after its writes."""

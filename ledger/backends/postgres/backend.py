@@ -265,10 +265,11 @@ class PostgresTransaction(PostgresSnapshot):
         self._now.send()
 
     def load_job(self, job_id: str) -> JobState | None:
-        claimed, self._claimed = self._claimed, None
+        claimed = self._claimed
         if claimed is not None and claimed.id == job_id:
+            self._claimed = None
             return claimed  # locked by the claim query, which read it: no second round trip
-        return jobs.load(self.conn, job_id, lock=True)
+        return jobs.load(self.conn, job_id, lock=True)  # (a rescue's look keeps the claimed)
 
     def checkpoint(self, name: str) -> tuple[int, int] | None:
         """Locked: no command commits while this transaction holds it (see events_table)."""
@@ -292,6 +293,7 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> None:
         """The rows after the events: one statement with them where one job's row follows its
         own events (`combined`), else as `jobs.save` writes them."""
+        self._claimed = None  # rows change: what `claimable` read is no longer theirs to give
         new = new if isinstance(new, list) else list(new)
         changed = changed if isinstance(changed, list) else list(changed)
         if not combine(self._later.queue, new, changed):
@@ -346,25 +348,35 @@ class PostgresTransaction(PostgresSnapshot):
         return jobs.expired(self.conn, now, limit)
 
     def before_claim(
-        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+        self,
+        now: datetime,
+        limit: int,
+        holder: tuple[str, str, int, int] | None,
+        queues: Sequence[str] | None,
     ) -> ClaimLooks:
         """The three queries sent together (pipeline mode), then read: one round trip. The
         claim query locks its row (``FOR UPDATE SKIP LOCKED``), as a claim that rescues
         nothing always did before it appends; when the claim rescues something and asks
         again, a row locked here and not chosen then stays locked (skipped by other claimers)
-        until this transaction ends. A budget row is locked here only when nothing can be
-        rescued: a rescue appends, which takes the log's counter, and a claim that locked its
-        chat's budget before that could deadlock with a rescuing claimer that holds the counter
-        and checks the same budget (measured: PostgreSQL broke it after its 1 s
-        deadlock_timeout); otherwise the look is not settled and the claim asks again after
-        its rescue, locking the budget after the counter as every claim that rescues does."""
+        until the transaction holding it ends (a shared one's, in a group).
+
+        A budget row is locked here only when nothing can be rescued (no expired lease, no
+        holder on this host but this process): a rescue appends, which takes the log's
+        counter, and a claim that locked its chat's budget before that could deadlock with a
+        rescuing claimer that holds the counter and checks the same budget (measured:
+        PostgreSQL broke it after its 1 s deadlock_timeout). Otherwise the look is not
+        settled and the claim asks again after its rescue, locking the budget after the
+        counter as every claim that rescues does."""
         conn = self.conn
         expired_cursor = jobs.send_expired(conn, now, limit)
-        held = None if host is None else jobs.send_held_on(conn, host)
+        held = None if holder is None else jobs.send_held_on(conn, holder[0])
         first = jobs.send_claim(conn, now, queues)
         expired = jobs.expired_ids(expired_cursor)
         holders: list[tuple[str, int, int]] = [] if held is None else held.fetchall()
-        quiet = not expired and not holders  # nothing to rescue: budget rows may be locked now
+        # Nothing to rescue (no lease over, no holder but this process): budget rows may be
+        # locked now.
+        me = None if holder is None else tuple(holder[1:])
+        quiet = not expired and all(tuple(h) == me for h in holders)
         found = jobs.claimable(conn, now, queues, first, check_budgets=quiet)
         if found is jobs.UNCHECKED:
             self._claimed = None

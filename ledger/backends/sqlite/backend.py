@@ -232,12 +232,16 @@ class SqliteTransaction(SqliteSnapshot):
         return jobs.expired(self.conn, to_text(now), limit)
 
     def before_claim(
-        self, now: datetime, limit: int, host: str | None, queues: Sequence[str] | None
+        self,
+        now: datetime,
+        limit: int,
+        holder: tuple[str, str, int, int] | None,
+        queues: Sequence[str] | None,
     ) -> ClaimLooks:
         """The three looks one after the other: in a file they cost no round trips (and the
         write lock is the only lock)."""
         expired = self.expired_leases(now, limit)
-        holders = [] if host is None else self.held_on(host)
+        holders = [] if holder is None else self.held_on(holder[0])
         return ClaimLooks(expired, holders, self.claimable(now, queues), True)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
