@@ -269,7 +269,7 @@ class PostgresTransaction(PostgresSnapshot):
         if claimed is not None and claimed.id == job_id:
             self._claimed = None
             return claimed  # locked by the claim query, which read it: no second round trip
-        return jobs.load(self.conn, job_id, lock=True)  # (a rescue's look keeps the claimed)
+        return jobs.load(self.conn, job_id, lock=True)  # another job (a rescue's): kept
 
     def checkpoint(self, name: str) -> tuple[int, int] | None:
         """Locked: no command commits while this transaction holds it (see events_table)."""
@@ -378,11 +378,10 @@ class PostgresTransaction(PostgresSnapshot):
         me = None if holder is None else tuple(holder[1:])
         quiet = not expired and all(tuple(h) == me for h in holders)
         found = jobs.claimable(conn, now, queues, first, check_budgets=quiet)
-        if found is jobs.UNCHECKED:
-            self._claimed = None
-            return ClaimLooks(expired, holders, None, False)
-        self._claimed = found
-        return ClaimLooks(expired, holders, None if found is None else found.id, True)
+        settled = found is not jobs.UNCHECKED
+        self._claimed = found if settled else None
+        job_id = None if self._claimed is None else self._claimed.id
+        return ClaimLooks(expired, holders, job_id, settled)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
         return jobs.with_key(self.conn, idempotency_key)

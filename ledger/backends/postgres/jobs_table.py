@@ -281,12 +281,23 @@ def exists(conn: Conn) -> bool:
     return bool(conn.execute(exists_statement).fetchone()[0])
 
 
+def _claim_query(
+    now: datetime, queues: Sequence[str] | None, skipped: list[str]
+) -> tuple[str, tuple[Any, ...]]:
+    """The claim query and its parameters, passing over the ``skipped`` jobs."""
+    if queues is None:
+        if skipped:
+            return claim_any_skip_statement, (now, skipped)
+        return claim_any_statement, (now,)
+    if skipped:
+        return claim_queues_skip_statement, (now, list(queues), skipped)
+    return claim_queues_statement, (now, list(queues))
+
+
 def send_claim(conn: Conn, now: datetime, queues: Sequence[str] | None) -> Any:
     """Send the claim query's first try (pipeline mode: without waiting); `claimable` takes
     its cursor."""
-    if queues is None:
-        return conn.execute(claim_any_statement, (now,))
-    return conn.execute(claim_queues_statement, (now, list(queues)))
+    return conn.execute(*_claim_query(now, queues, []))
 
 
 UNCHECKED: Any = object()
@@ -311,14 +322,8 @@ def claimable(
     for _ in range(CLAIM_TRIES):
         if sent is not None:
             cursor, sent = sent, None
-        elif queues is None:
-            statement = claim_any_skip_statement if skipped else claim_any_statement
-            params: tuple[Any, ...] = (now, skipped) if skipped else (now,)
-            cursor = conn.execute(statement, params)
         else:
-            statement = claim_queues_skip_statement if skipped else claim_queues_statement
-            params = (now, list(queues), skipped) if skipped else (now, list(queues))
-            cursor = conn.execute(statement, params)
+            cursor = conn.execute(*_claim_query(now, queues, skipped))
         row = cursor.fetchone()
         if row is None:
             return None

@@ -39,6 +39,7 @@ from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
 from ledger.domain import events as ev  # noqa: E402
 
 CONFIG = {"role": "coder", "task": "combined statements"}
+READ = "READ"  # `Sent`'s mark for a fetch of a result
 
 
 def backend_of(ledger: Ledger) -> PostgresBackend:
@@ -49,9 +50,12 @@ def backend_of(ledger: Ledger) -> PostgresBackend:
 
 class Sent:
     """The statements the writer connection sends, in order (every statement goes through a
-    cursor's ``execute``, ``Connection.execute``'s too; other connections' are left out)."""
+    cursor's ``execute``, ``Connection.execute``'s too; other connections' are left out). With
+    ``reads``, each fetch of a result on the writer is recorded among them as ``READ``."""
 
-    def __init__(self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, *, reads: bool = False
+    ) -> None:
         self.statements: list[str] = []
         writer = backend_of(ledger)._conn
         original = psycopg.Cursor.execute
@@ -62,6 +66,15 @@ class Sent:
             return original(cursor, statement, params, **kwargs)
 
         monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        for name in ("fetchone", "fetchall") if reads else ():
+            fetch = getattr(psycopg.Cursor, name)
+
+            def watched(cursor: Any, *args: Any, _fetch: Any = fetch, **kwargs: Any) -> Any:
+                if cursor.connection is writer:
+                    self.statements.append(READ)
+                return _fetch(cursor, *args, **kwargs)
+
+            monkeypatch.setattr(psycopg.Cursor, name, watched)
 
     def take(self) -> list[str]:
         taken, self.statements = self.statements, []
@@ -299,30 +312,11 @@ def test_a_claim_sends_its_three_looks_before_reading_any(
     are then read (`before_claim`): one wait where there were three. Watched on the writer's
     cursors: every one of the three is sent before the first row of any is fetched."""
     job_id = ledger.create_job(7, CONFIG)
-    writer = backend_of(ledger)._conn
-    seen: list[str] = []
-    original = psycopg.Cursor.execute
-
-    def execute(cursor: Any, statement: Any, params: Any = None, **kwargs: Any) -> Any:
-        if cursor.connection is writer:
-            seen.append("send " + " ".join(str(statement).split()))
-        return original(cursor, statement, params, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
-    for name in ("fetchone", "fetchall"):
-        fetch = getattr(psycopg.Cursor, name)
-
-        def watched(cursor: Any, *args: Any, _fetch: Any = fetch, **kwargs: Any) -> Any:
-            if cursor.connection is writer:
-                seen.append("read")
-            return _fetch(cursor, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Cursor, name, watched)
+    sent = Sent(ledger, monkeypatch, reads=True)
     job = ledger.claim("w1")
     assert job is not None and job.id == job_id and job.worker_id == "w1"
-    first_read = seen.index("read")
-    sent_first = seen[:first_read]
-    assert sent_first[0] == "send BEGIN", seen
+    seen = sent.take()
+    first_read = seen.index(READ)
     looks = [
         " ".join(s.split())
         for s in (
@@ -331,8 +325,8 @@ def test_a_claim_sends_its_three_looks_before_reading_any(
             jobs_table.claim_any_statement,
         )
     ]
-    assert sent_first[1:] == [f"send {look}" for look in looks], seen
-    assert seen[first_read : first_read + 3] == ["read"] * 3, seen
+    assert seen[:first_read] == ["BEGIN", *looks], seen
+    assert seen[first_read : first_read + 3] == [READ] * 3, seen
     assert ledger.verify().ok
 
 
