@@ -17,6 +17,7 @@ transaction (one snapshot), several threads in parallel. `wait_for_change` liste
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -58,6 +59,7 @@ from .connection import (
 )
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 RETRIES = 5  # runs of a transaction PostgreSQL aborted (deadlock, serialisation) before LedgerBusy
 READERS = 8  # read connections at most per backend
 _CHANNELS = ("ledger_events", "ledger_jobs")
@@ -241,7 +243,16 @@ class PostgresTransaction(PostgresSnapshot):
     every other appender waits) a lone command has no round trip to this process left before
     its COMMIT (a command that joins a shared transaction waits once more, for its own sync)."""
 
-    __slots__ = ("_claimed", "_later", "_now", "_placeholder", "_script", "_to_head", "_unhashed")
+    __slots__ = (
+        "_claimed",
+        "_later",
+        "_now",
+        "_placeholder",
+        "_script",
+        "_to_head",
+        "_transactions",
+        "_unhashed",
+    )
 
     def __init__(
         self,
@@ -251,6 +262,7 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> None:
         self._now = _Now(conn, transactions)
         self._later = self._now.later
+        self._transactions = transactions
         super().__init__(self._now)  # type: ignore[arg-type]  # a psycopg.Connection to its users
         self._placeholder = -1  # the next stand-in position (see `append`)
         self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
@@ -284,6 +296,7 @@ class PostgresTransaction(PostgresSnapshot):
         process. The fold folds the stand-ins; `save_jobs` and `advance_checkpoint` write them
         as the real positions in SQL. A taken version is found at the COMMIT
         (`PostgresBackend.write`)."""
+        self._transactions.appended = True
         stored = events.append(self._later, job_id, expected_version, new, at, self._placeholder)
         self._placeholder -= len(stored)
         return stored
@@ -322,7 +335,12 @@ class PostgresTransaction(PostgresSnapshot):
         events.write_checkpoint(self.conn, name, schema_version, position)
 
     def claimable(self, now: datetime, queues: Sequence[str] | None) -> str | None:
-        self._claimed = jobs.claimable(self.conn, now, queues)
+        """The best claimable job. Once this transaction has appended it holds the log's
+        counter, which a claimer holding its chat's budget row waits for at its COMMIT: a
+        budget row locked by another transaction is then passed over, not waited for (waiting
+        deadlocked: a rescuing claim against a plain one of the same chat)."""
+        wait = not self._transactions.appended
+        self._claimed = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
         return None if self._claimed is None else self._claimed.id
 
     def load_queue(self, queue: str) -> QueueState | None:
@@ -377,7 +395,8 @@ class PostgresTransaction(PostgresSnapshot):
         # locked now.
         me = None if holder is None else tuple(holder[1:])
         quiet = not expired and all(tuple(h) == me for h in holders)
-        found = jobs.claimable(conn, now, queues, first, check_budgets=quiet)
+        wait = not self._transactions.appended  # (see `claimable`)
+        found = jobs.claimable(conn, now, queues, first, check_budgets=quiet, wait_for_budgets=wait)
         settled = found is not jobs.UNCHECKED
         self._claimed = found if settled else None
         job_id = None if self._claimed is None else self._claimed.id
@@ -441,6 +460,10 @@ class _Transactions:
         self.to_head: set[str] = set()
         self._saved: set[str] = set()
         self.committing = False
+        # The open transaction appended (it holds the log's counter row, or will once its
+        # writes are sent): a lock it takes now must not be waited for (`claimable`).
+        self.appended = False
+        self._saved_appended = False
         self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
 
@@ -453,6 +476,7 @@ class _Transactions:
         self.unsynced = True
         self.to_head = set()
         self.held = None
+        self.appended = False
 
     def open(self) -> None:
         """Send the BEGIN kept back, and the write held for the COMMIT (another statement of
@@ -479,6 +503,7 @@ class _Transactions:
     def savepoint(self) -> None:
         self.open()
         self._saved = set(self.to_head)
+        self._saved_appended = self.appended
         self.put().execute("SAVEPOINT command")
 
     def release(self) -> None:
@@ -499,6 +524,7 @@ class _Transactions:
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
         self.to_head = self._saved
+        self.appended = self._saved_appended  # its row locks went with the savepoint
         self.sync()
 
     def flush(self) -> None:
@@ -682,6 +708,15 @@ class PostgresBackend:
                         raise ConcurrencyError(stale.job_id, stale.expected, actual) from cause
                 if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
                     attempt += 1
+                    log.info(
+                        "%s: PostgreSQL aborted the transaction (%s: %s); running it again "
+                        "(%d of %d)",
+                        doing,
+                        cause.sqlstate,
+                        str(cause).splitlines()[0] if str(cause) else type(cause).__name__,
+                        attempt,
+                        RETRIES,
+                    )
                     if self._writes.holding():  # inside `held` (AsyncLedger): the open
                         self._writes.settle()  # transaction keeps locks the deadlock was about
                     time.sleep(0.001 * attempt)

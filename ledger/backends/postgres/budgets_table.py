@@ -5,7 +5,10 @@ The table is in ``schema.sql``. What a chat spent and holds in reservations is s
 jobs projection, as on SQLite. At READ COMMITTED two claimers would each see the chat before the
 other's claim commits, so a claim of a budgeted chat's job locks the chat's budget row
 ``FOR UPDATE`` and only then checks (a fresh statement, which sees every claim committed before
-the lock was granted): claimers of one chat take turns, claimers of other chats never wait.
+the lock was granted): claimers of one chat take turns, claimers of other chats never wait. A
+claim whose transaction already appended (a rescue before it, or an earlier command of a shared
+transaction) holds the log's counter, which such a turn-taker needs for its COMMIT: it does not
+wait for the row but passes over that chat for now (`jobs_table.claimable`).
 """
 
 from __future__ import annotations
@@ -95,13 +98,19 @@ lock_for_job_statement = (
     "SELECT b.limit_cents FROM budgets AS b JOIN jobs AS j ON b.chat_id = j.chat_id "
     "WHERE j.id = %s FOR UPDATE OF b"
 )
+try_lock_for_job_statement = lock_for_job_statement + " SKIP LOCKED"
 
 
-def still_fits(conn: Conn, job_id: str) -> bool:
+def still_fits(conn: Conn, job_id: str, *, wait: bool = True) -> bool | None:
     """Lock the job's chat's budget row, then check again: does the job still fit (claims that
-    committed while this one waited for the lock are counted now)?"""
-    row = conn.execute(lock_for_job_statement, (job_id,)).fetchone()
-    if row is None or row[0] is None:
+    committed while this one waited for the lock are counted now)? Without ``wait``: None when
+    the row is not there to lock now (another transaction holds it; the caller knows from the
+    claim query that the chat has one), and nothing was checked."""
+    statement = lock_for_job_statement if wait else try_lock_for_job_statement
+    row = conn.execute(statement, (job_id,)).fetchone()
+    if row is None:
+        return True if wait else None  # (waiting, no row: the chat has no budget row)
+    if row[0] is None:
         return True
     return not bool(conn.execute(blocked_statement, (job_id,)).fetchone()[0])
 

@@ -70,7 +70,9 @@ _CLAIM = (
 )
 claim_any_statement = _CLAIM.format(queues="", skip="")
 claim_queues_statement = _CLAIM.format(queues="AND queue = ANY(%s) ", skip="")
-_SKIP = "AND NOT (id = ANY(%s)) "  # jobs this claim found over budget once it held the lock
+# Jobs this claim found over budget once it held the lock, and chats whose budget row another
+# transaction holds while this one may not wait for it (`claimable`'s ``wait_for_budgets``).
+_SKIP = "AND NOT (id = ANY(%s)) AND NOT (chat_id = ANY(%s::bigint[])) "
 claim_any_skip_statement = _CLAIM.format(queues="", skip=_SKIP)
 claim_queues_skip_statement = _CLAIM.format(queues="AND queue = ANY(%s) ", skip=_SKIP)
 CLAIM_TRIES = 20  # candidates one claim checks under their chat's lock before it gives up
@@ -282,15 +284,20 @@ def exists(conn: Conn) -> bool:
 
 
 def _claim_query(
-    now: datetime, queues: Sequence[str] | None, skipped: list[str]
+    now: datetime,
+    queues: Sequence[str] | None,
+    skipped: list[str],
+    passed: list[int] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
-    """The claim query and its parameters, passing over the ``skipped`` jobs."""
+    """The claim query and its parameters, passing over the ``skipped`` jobs and the jobs of
+    the ``passed`` chats."""
+    passed = passed or []
     if queues is None:
-        if skipped:
-            return claim_any_skip_statement, (now, skipped)
+        if skipped or passed:
+            return claim_any_skip_statement, (now, skipped, passed)
         return claim_any_statement, (now,)
-    if skipped:
-        return claim_queues_skip_statement, (now, list(queues), skipped)
+    if skipped or passed:
+        return claim_queues_skip_statement, (now, list(queues), skipped, passed)
     return claim_queues_statement, (now, list(queues))
 
 
@@ -311,19 +318,24 @@ def claimable(
     sent: Any = None,
     *,
     check_budgets: bool = True,
+    wait_for_budgets: bool = True,
 ) -> JobState | None:
     """The best claimable job, its row locked. The query passes over jobs that do not fit their
     chat's budget as it was when the statement began; the chosen one, when its chat has a
     budget, is checked again under that budget row's lock (`budgets_table.still_fits`), so two
     claimers never both spend one budget. ``sent``: the cursor of a first try already sent
     (`send_claim`). Without ``check_budgets``, such a job gives `UNCHECKED` (no budget row
-    locked)."""
+    locked). Without ``wait_for_budgets`` (the transaction holds the log's counter), a budget
+    row another transaction holds passes over that chat's jobs: that holder is a claimer of
+    the chat about to append, and waiting for it while holding the counter it needs is a
+    deadlock. The jobs passed over stay pending; the holder's COMMIT notifies."""
     skipped: list[str] = []
+    passed: list[int] = []
     for _ in range(CLAIM_TRIES):
         if sent is not None:
             cursor, sent = sent, None
         else:
-            cursor = conn.execute(*_claim_query(now, queues, skipped))
+            cursor = conn.execute(*_claim_query(now, queues, skipped, passed))
         row = cursor.fetchone()
         if row is None:
             return None
@@ -331,9 +343,15 @@ def claimable(
         if has_budget and not check_budgets:
             return UNCHECKED
         state = to_state(values)
-        if not has_budget or budgets_table.still_fits(conn, state.id):
+        if not has_budget:
             return state
-        skipped.append(state.id)
+        fits = budgets_table.still_fits(conn, state.id, wait=wait_for_budgets)
+        if fits:
+            return state
+        if fits is None:
+            passed.append(state.chat_id)
+        else:
+            skipped.append(state.id)
     return None
 
 
