@@ -54,6 +54,15 @@ FOLLOWER_CHECK = 0.1  # seconds a waiter sleeps before it looks at the write loc
 QUEUED, LEAD, DONE = 0, 1, 2  # a _Call's states
 
 
+class StepBack(Exception):
+    """Raised by a command of a shared transaction that would have to wait for a lock which
+    the transaction's earlier commands make unsafe to wait for (PostgreSQL: they appended, and
+    hold the log's counter, which the lock's holder may be waiting for at its COMMIT). The
+    command is rolled back to its savepoint, what came before it commits, and it runs again
+    first in a new transaction, where it may wait. Never raised by a transaction's first
+    command."""
+
+
 class Transactions(Protocol):
     """What one backend's write connection does for `GroupCommit` (under its lock). ``error``
     is the driver's own exception class (`apsw.Error`, `psycopg.Error`); the methods that say
@@ -462,6 +471,11 @@ class GroupCommit:
             return group, None, _wrapped(tx, e, doing)
         try:
             result = self._command(command)
+        except StepBack as e:
+            self._undo(doing, group, e)
+            if self._open is group:
+                self._commit(group)  # the earlier commands' (their callers are told as ever)
+            return self._run(doing, command)  # first in the next transaction: it may wait
         except BaseException as e:
             return group, None, self._undo(doing, group, e)
         try:
@@ -544,7 +558,8 @@ class GroupCommit:
     @contextmanager
     def held(self) -> Iterator[list[Group]]:
         """Hold the write lock while one thread runs many commands: they share transactions
-        (each a savepoint after the first) and nothing commits until the block ends. Yields
+        (each a savepoint after the first) and nothing commits until the block ends (except
+        before a command that steps back, `StepBack`: what came before it commits). Yields
         the list of groups the commands ran in, in order (one entry per command that reached
         the write path, failed or not); after the block each group's ``failure`` says whether
         what committed in it is durable."""

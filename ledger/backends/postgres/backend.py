@@ -39,7 +39,7 @@ from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
 from ...errors import ConcurrencyError, LedgerError, StorageError
-from ..group import Group, GroupCommit
+from ..group import Group, GroupCommit, StepBack
 from ..protocol import Backend, ClaimLooks, JobFilter, WriteTransaction
 from ..table_reads import TableReads
 from . import budgets_table, queues_table
@@ -206,6 +206,12 @@ class _Now:
         self._ready()
         return self._conn.execute(statement, params, **kwargs)
 
+    def ahead(self) -> psycopg.Connection[Any]:
+        """The connection, for a statement that need not follow the queued writes (they stay
+        queued): the transaction's BEGIN goes first."""
+        self._transactions.open()
+        return self._conn
+
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         self._ready()
         return self._conn.cursor(*args, **kwargs)
@@ -248,6 +254,7 @@ class PostgresTransaction(PostgresSnapshot):
         "_later",
         "_now",
         "_placeholder",
+        "_queued",
         "_script",
         "_to_head",
         "_transactions",
@@ -263,6 +270,7 @@ class PostgresTransaction(PostgresSnapshot):
         self._now = _Now(conn, transactions)
         self._later = self._now.later
         self._transactions = transactions
+        self._queued: set[str] = set()  # jobs the queued writes (`_Later`) write
         super().__init__(self._now)  # type: ignore[arg-type]  # a psycopg.Connection to its users
         self._placeholder = -1  # the next stand-in position (see `append`)
         self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
@@ -277,14 +285,37 @@ class PostgresTransaction(PostgresSnapshot):
         self._now.send()
 
     def load_job(self, job_id: str) -> JobState | None:
+        """The job's row, locked. Sent ahead of this transaction's queued writes unless they
+        write this job: the others (events that take the log's counter) then wait for the
+        COMMIT, and this lock is never waited for while this command holds the counter (a
+        charge locking a parent that another process's command holds, waiting for the counter
+        at its COMMIT, was a deadlock)."""
         claimed = self._claimed
         if claimed is not None and claimed.id == job_id:
             self._claimed = None
             return claimed  # locked by the claim query, which read it: no second round trip
-        return jobs.load(self.conn, job_id, lock=True)  # another job (a rescue's): kept
+        queued = self._queued
+        conn: Any = self.conn
+        if not self._later.queue:
+            queued.clear()
+        elif job_id not in queued:
+            conn = self._now.ahead()
+        return self._lock_or_step_back(jobs.load, conn, job_id)  # another job (a rescue's): kept
+
+    def _lock_or_step_back(self, load: Callable[..., _T], conn: Any, key: Any) -> _T:
+        """``load(conn, key, lock=True)``; in a shared transaction whose earlier commands hold
+        the log's rows, without waiting: a row another transaction holds makes this command
+        step back (`ledger.backends.group.StepBack`) and run first in the next transaction."""
+        if not self._transactions.earlier:
+            return load(conn, key, lock=True)
+        try:
+            return load(conn, key, lock=True, nowait=True)
+        except pg_errors.LockNotAvailable as e:
+            raise StepBack(f"a row this command locks is held by another transaction: {e}") from e
 
     def checkpoint(self, name: str) -> tuple[int, int] | None:
         """Locked: no command commits while this transaction holds it (see events_table)."""
+        self._transactions.holds_log = True
         return events.read_checkpoint(self.conn, name, lock=True)
 
     def append(
@@ -296,7 +327,8 @@ class PostgresTransaction(PostgresSnapshot):
         process. The fold folds the stand-ins; `save_jobs` and `advance_checkpoint` write them
         as the real positions in SQL. A taken version is found at the COMMIT
         (`PostgresBackend.write`)."""
-        self._transactions.appended = True
+        self._transactions.holds_log = True
+        self._queued.add(job_id)
         stored = events.append(self._later, job_id, expected_version, new, at, self._placeholder)
         self._placeholder -= len(stored)
         return stored
@@ -309,6 +341,9 @@ class PostgresTransaction(PostgresSnapshot):
         self._claimed = None  # rows change: what `claimable` read is no longer theirs to give
         new = new if isinstance(new, list) else list(new)
         changed = changed if isinstance(changed, list) else list(changed)
+        queued = self._queued
+        queued.update([state.id for state in new])
+        queued.update([state.id for state, _ in changed])
         if not combine(self._later.queue, new, changed):
             jobs.save(self._later, new, changed)
 
@@ -331,6 +366,7 @@ class PostgresTransaction(PostgresSnapshot):
             events.advance_checkpoint(self._later, name, position)
 
     def write_checkpoint(self, name: str, schema_version: int, position: int) -> None:
+        self._transactions.holds_log = True  # the checkpoint row, until the COMMIT
         self._to_head.discard(name)  # it may be left behind the head: not moved at COMMIT
         events.write_checkpoint(self.conn, name, schema_version, position)
 
@@ -339,12 +375,12 @@ class PostgresTransaction(PostgresSnapshot):
         counter, which a claimer holding its chat's budget row waits for at its COMMIT: a
         budget row locked by another transaction is then passed over, not waited for (waiting
         deadlocked: a rescuing claim against a plain one of the same chat)."""
-        wait = not self._transactions.appended
+        wait = not self._transactions.holds_log
         self._claimed = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
         return None if self._claimed is None else self._claimed.id
 
     def load_queue(self, queue: str) -> QueueState | None:
-        return queues_table.load(self.conn, queue, lock=True)
+        return self._lock_or_step_back(queues_table.load, self.conn, queue)
 
     def save_queues(self, states: Sequence[QueueState]) -> None:
         queues_table.save(self._later, states)
@@ -354,13 +390,18 @@ class PostgresTransaction(PostgresSnapshot):
 
     def load_budget(self, chat_id: int) -> BudgetState | None:
         """A chat's budget, locked: claims and charges of the chat wait until this commits."""
-        return budgets_table.load(self.conn, chat_id, lock=True)
+        return self._lock_or_step_back(budgets_table.load, self.conn, chat_id)
 
     def save_budgets(self, states: Sequence[BudgetState]) -> None:
         budgets_table.save(self._later, states)
 
     def reset_budgets(self) -> None:
         budgets_table.reset(self.conn)
+
+    def held_by(self, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
+        """Locked as found, skipping those another transaction holds (another claimer rescuing
+        the same gone process, which may be waiting for the counter this claim holds)."""
+        return jobs.held_by(self.conn, host, holder, lock=True)
 
     def expired_leases(self, now: datetime, limit: int | None) -> list[str]:
         return jobs.expired(self.conn, now, limit)
@@ -395,7 +436,7 @@ class PostgresTransaction(PostgresSnapshot):
         # locked now.
         me = None if holder is None else tuple(holder[1:])
         quiet = not expired and all(tuple(h) == me for h in holders)
-        wait = not self._transactions.appended  # (see `claimable`)
+        wait = not self._transactions.holds_log  # (see `claimable`)
         found = jobs.claimable(conn, now, queues, first, check_budgets=quiet, wait_for_budgets=wait)
         settled = found is not jobs.UNCHECKED
         self._claimed = found if settled else None
@@ -432,6 +473,7 @@ class PostgresTransaction(PostgresSnapshot):
         digest: str | None = None,
     ) -> None:
         self._unhashed = self._unhashed or digest is None
+        self._transactions.holds_log = True  # the counter (the insert trigger moves it)
         events.insert_exact(
             self.conn, position, job_id, version, event_type, data, recorded_at, digest
         )
@@ -460,10 +502,14 @@ class _Transactions:
         self.to_head: set[str] = set()
         self._saved: set[str] = set()
         self.committing = False
-        # The open transaction appended (it holds the log's counter row, or will once its
-        # writes are sent): a lock it takes now must not be waited for (`claimable`).
-        self.appended = False
-        self._saved_appended = False
+        # The open transaction holds a row every appender needs at its COMMIT (the log's
+        # counter, from its first append on; a projection checkpoint it locked), or will once
+        # its queued writes are sent: a lock another transaction holds must then not be waited
+        # for (that one may be waiting for this one's row). ``earlier``: so do the earlier
+        # commands of a shared transaction (`PostgresTransaction._lock_or_step_back`).
+        self.holds_log = False
+        self.earlier = False
+        self._saved_holds_log = False
         self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
 
@@ -476,7 +522,7 @@ class _Transactions:
         self.unsynced = True
         self.to_head = set()
         self.held = None
-        self.appended = False
+        self.holds_log = self.earlier = False
 
     def open(self) -> None:
         """Send the BEGIN kept back, and the write held for the COMMIT (another statement of
@@ -503,7 +549,7 @@ class _Transactions:
     def savepoint(self) -> None:
         self.open()
         self._saved = set(self.to_head)
-        self._saved_appended = self.appended
+        self._saved_holds_log = self.earlier = self.holds_log
         self.put().execute("SAVEPOINT command")
 
     def release(self) -> None:
@@ -524,7 +570,7 @@ class _Transactions:
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
         self.to_head = self._saved
-        self.appended = self._saved_appended  # its row locks went with the savepoint
+        self.holds_log = self._saved_holds_log  # its row locks went with the savepoint
         self.sync()
 
     def flush(self) -> None:
@@ -709,11 +755,12 @@ class PostgresBackend:
                 if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
                     attempt += 1
                     log.info(
-                        "%s: PostgreSQL aborted the transaction (%s: %s); running it again "
+                        "%s: PostgreSQL aborted the transaction (%s: %s%s); running it again "
                         "(%d of %d)",
                         doing,
                         cause.sqlstate,
                         str(cause).splitlines()[0] if str(cause) else type(cause).__name__,
+                        f"; {cause.diag.context.strip()}" if cause.diag.context else "",
                         attempt,
                         RETRIES,
                     )

@@ -23,6 +23,7 @@ Conn = Any  # psycopg.Connection
 _COLUMNS = "chat_id, limit_cents, changed_at, version"
 select_statement = f"SELECT {_COLUMNS} FROM budgets WHERE chat_id = %s"
 lock_statement = select_statement + " FOR UPDATE"
+lock_nowait_statement = lock_statement + " NOWAIT"
 all_statement = f"SELECT {_COLUMNS} FROM budgets ORDER BY chat_id"
 upsert_statement = (
     f"INSERT INTO budgets ({_COLUMNS}) VALUES (%s, %s, %s, %s) ON CONFLICT (chat_id) "
@@ -71,8 +72,15 @@ def _state(row: Sequence[Any]) -> BudgetState:
     )
 
 
-def load(conn: Conn, chat_id: int, *, lock: bool = False) -> BudgetState | None:
-    row = conn.execute(lock_statement if lock else select_statement, (chat_id,)).fetchone()
+def load(
+    conn: Conn, chat_id: int, *, lock: bool = False, nowait: bool = False
+) -> BudgetState | None:
+    """The row (``lock``: ``FOR UPDATE``; with ``nowait``, `LockNotAvailable` at once when
+    another transaction holds it)."""
+    statement = select_statement
+    if lock:
+        statement = lock_nowait_statement if nowait else lock_statement
+    row = conn.execute(statement, (chat_id,)).fetchone()
     return None if row is None else _state(row)
 
 

@@ -223,8 +223,13 @@ def save(
         conn.execute(update_statement(fields), update_values(state, fields))
 
 
-def load(conn: Conn, job_id: str, *, lock: bool = False) -> JobState | None:
-    statement = lock_row_statement if lock else select_row_statement
+def load(conn: Conn, job_id: str, *, lock: bool = False, nowait: bool = False) -> JobState | None:
+    """The job's row (``lock``: ``FOR UPDATE``; with ``nowait``, `LockNotAvailable` at once
+    when another transaction holds it)."""
+    if lock:
+        statement = lock_row_nowait_statement if nowait else lock_row_statement
+    else:
+        statement = select_row_statement
     values = conn.execute(statement, (job_id,)).fetchone()
     return None if values is None else to_state(values)
 
@@ -388,6 +393,11 @@ held_by_statement = (
     "AND holder_boot_id IS NOT DISTINCT FROM %s AND holder_pid IS NOT DISTINCT FROM %s "
     "AND holder_start IS NOT DISTINCT FROM %s ORDER BY lease_expires_at"
 )
+# In a write: locked as found, skipping those another transaction holds (another claimer
+# rescuing the same gone process: a wait for them, after this claim's own rescue took the log's
+# counter, was a deadlock), as `_EXPIRED` does.
+lock_held_by_statement = held_by_statement + " FOR UPDATE SKIP LOCKED"
+lock_row_nowait_statement = lock_row_statement + " NOWAIT"
 
 
 def send_held_on(conn: Conn, host: str) -> Any:
@@ -402,9 +412,13 @@ def held_on(conn: Conn, host: str) -> list[tuple[str, int, int]]:
     return rows
 
 
-def held_by(conn: Conn, host: str, holder: tuple[Any, Any, Any]) -> list[str]:
-    """The running jobs that one process (boot id, pid, start) holds on ``host``."""
-    return [str(r[0]) for r in conn.execute(held_by_statement, (host, *holder))]
+def held_by(
+    conn: Conn, host: str, holder: tuple[Any, Any, Any], *, lock: bool = False
+) -> list[str]:
+    """The running jobs that one process (boot id, pid, start) holds on ``host`` (``lock``:
+    those no other transaction holds, locked)."""
+    statement = lock_held_by_statement if lock else held_by_statement
+    return [str(r[0]) for r in conn.execute(statement, (host, *holder))]
 
 
 def with_key(conn: Conn, key: str) -> str | None:

@@ -16,6 +16,7 @@ Conn = Any  # psycopg.Connection
 _COLUMNS = "queue, paused, by, reason, changed_at, version"
 select_statement = f"SELECT {_COLUMNS} FROM queues WHERE queue = %s"
 lock_statement = select_statement + " FOR UPDATE"
+lock_nowait_statement = lock_statement + " NOWAIT"
 all_statement = f'SELECT {_COLUMNS} FROM queues ORDER BY queue COLLATE "C"'
 upsert_statement = (
     f"INSERT INTO queues ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (queue) "
@@ -38,8 +39,13 @@ def _state(row: Sequence[Any]) -> QueueState:
     )
 
 
-def load(conn: Conn, queue: str, *, lock: bool = False) -> QueueState | None:
-    row = conn.execute(lock_statement if lock else select_statement, (queue,)).fetchone()
+def load(conn: Conn, queue: str, *, lock: bool = False, nowait: bool = False) -> QueueState | None:
+    """The row (``lock``: ``FOR UPDATE``; with ``nowait``, `LockNotAvailable` at once when
+    another transaction holds it)."""
+    statement = select_statement
+    if lock:
+        statement = lock_nowait_statement if nowait else lock_statement
+    row = conn.execute(statement, (queue,)).fetchone()
     return None if row is None else _state(row)
 
 

@@ -1,0 +1,203 @@
+"""No write on PostgreSQL waits for a row lock while it holds the log's counter.
+
+Every append takes the log's one counter row (the insert trigger), held until the COMMIT. A
+command that locks a row (a job, a budget, a queue) and then appends waits for that row before
+it holds the counter; one that appended first and then waited for a row held by another such
+command, which waits for the counter at its COMMIT, was a deadlock (PostgreSQL broke it after
+its 1 s ``deadlock_timeout``, and the loser ran again). A stress run of three worker processes
+on subagent trees with charges logged 14 of them in 21 s. The shapes, and what is proved here
+against a real server (another session holds the row, as a command of another process would
+between its locked read and its COMMIT; the proof is that the log's counter row is free, to
+another session, while the ledger's command waits for the held row):
+
+- a lone command that locks a second row after its appends (a charge moves its parent's
+  subtree cost): the locked read is sent ahead of the command's queued events, so it waits
+  with the counter free, and the charge lands once the row is let go;
+- a command of a shared transaction after another command appended (group commit, or an
+  `AsyncLedger`'s calls), waiting for a job row or a budget row: it steps back, what came
+  before it commits at once (seen by another session while it waits), and it runs again first
+  in the next transaction, where it waits with the counter free;
+- a claim rescuing a gone process's jobs passes over one that another transaction holds
+  (another claimer rescuing the same process) instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ledger import JobStatus, Ledger
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+
+from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
+
+CONFIG = {"role": "coder", "task": "lock order"}
+
+
+class RowHolder:
+    """Another session holding one row ``FOR UPDATE`` until `release`."""
+
+    def __init__(self, url: str, select: str, key: Any) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute("BEGIN")
+        assert self.conn.execute(select + " FOR UPDATE", (key,)).fetchall() != []
+
+    def release(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def counter_is_free(url: str) -> bool:
+    """Whether another session can take the log's counter row now (nobody holds it)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        try:
+            conn.execute("SELECT 1 FROM event_counter FOR UPDATE NOWAIT").fetchall()
+        except psycopg.errors.LockNotAvailable:
+            return False
+        finally:
+            conn.execute("ROLLBACK")
+    return True
+
+
+def wait_for_a_lock_wait(url: str, within: float = 10.0) -> bool:
+    """Whether some session comes to wait for another transaction's row lock within
+    ``within`` seconds (polls ``pg_locks``)."""
+    deadline = time.monotonic() + within
+    with psycopg.connect(url, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return True
+            time.sleep(0.005)  # a poll of the server's lock table, not a synchronisation
+    return False
+
+
+class Background:
+    """``call`` run in a thread; its result or error kept for `join`."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                self.outcome.append(("ok", call()))
+            except BaseException as e:  # reported by `join`
+                self.outcome.append(("error", e))
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def join(self) -> Any:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the command never returned"
+        kind, value = self.outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
+
+@pytest.fixture
+def ledger(postgres_schema: str) -> Iterator[Ledger]:
+    with Ledger(postgres_schema, busy_timeout=10) as opened:
+        yield opened
+
+
+def running(ledger: Ledger, chat_id: int, **kwargs: Any) -> str:
+    job_id = ledger.create_job(chat_id, CONFIG, priority=100, **kwargs)
+    job = ledger.claim("w", lease=300)
+    assert job is not None and job.id == job_id
+    return job_id
+
+
+def test_a_charge_waits_for_its_parent_with_the_counter_free(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    parent = running(ledger, 1)
+    child = running(ledger, 1, parent_id=parent)
+    holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", parent)
+    try:
+        charge = Background(lambda: ledger.charge(child, 5, worker_id="w"))
+        assert wait_for_a_lock_wait(postgres_schema), "the charge never waited for the parent"
+        assert counter_is_free(postgres_schema)
+    finally:
+        holder.release()
+    charge.join()
+    assert ledger.get_job(child).cost_cents == 5
+    assert ledger.get_job(parent).subtree_cost_cents == 5
+    assert ledger.verify().ok
+
+
+def held_writes(ledger: Ledger) -> Any:
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    return backend.held_writes()
+
+
+@pytest.mark.parametrize("row", ["job", "budget"])
+def test_a_later_command_of_a_shared_transaction_steps_back(
+    ledger: Ledger, postgres_schema: str, row: str
+) -> None:
+    ledger.set_budget(7, 1000)
+    job = running(ledger, 7)
+    if row == "job":
+        holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", job)
+    else:
+        holder = RowHolder(postgres_schema, "SELECT 1 FROM budgets WHERE chat_id = %s", 7)
+    made: list[str] = []
+
+    def commands() -> None:
+        with held_writes(ledger):
+            made.append(ledger.create_job(2, CONFIG))  # appends: holds the counter
+            if row == "job":
+                ledger.heartbeat(job, worker_id="w")  # locks the job's row
+            else:
+                ledger.charge(job, 3, worker_id="w")  # locks the chat's budget row
+
+    try:
+        shared = Background(commands)
+        assert wait_for_a_lock_wait(postgres_schema), "the command never waited for the row"
+        assert counter_is_free(postgres_schema)
+        with psycopg.connect(postgres_schema, autocommit=True) as other:  # committed already
+            seen = other.execute("SELECT id FROM jobs WHERE id = %s", (made[0],)).fetchall()
+        assert seen == [(made[0],)]
+    finally:
+        holder.release()
+    shared.join()
+    events = [e.type for e in ledger.job_events(job)]
+    assert events[-1] == ("heartbeat" if row == "job" else "charged")
+    assert ledger.verify().ok
+
+
+def test_a_rescue_of_a_gone_holder_passes_over_a_job_another_transaction_holds(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    first = running(ledger, 3)
+    second = running(ledger, 3)
+    with psycopg.connect(postgres_schema, autocommit=True) as conn:
+        holders = conn.execute(
+            "SELECT DISTINCT holder_host, holder_boot_id, holder_pid, holder_start FROM jobs "
+            "WHERE id = ANY(%s)",
+            ([first, second],),
+        ).fetchall()
+    assert len(holders) == 1 and holders[0][0] is not None  # this process holds both
+    host, *rest = holders[0]
+    who = tuple(rest)
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", first)
+    try:
+        found = backend.write("looking", lambda tx: tx.held_by(host, who))
+    finally:
+        holder.release()
+    assert found == [second]
+    both = backend.write("looking", lambda tx: tx.held_by(host, who))
+    assert sorted(both) == sorted([first, second])
+    assert ledger.get_job(first).status is JobStatus.RUNNING
