@@ -333,7 +333,8 @@ def claimable(
     locked). Without ``wait_for_budgets`` (the transaction holds the log's counter), a budget
     row another transaction holds passes over that chat's jobs: that holder is a claimer of
     the chat about to append, and waiting for it while holding the counter it needs is a
-    deadlock. The jobs passed over stay pending; the holder's COMMIT notifies."""
+    deadlock. The jobs passed over stay pending, and this claim's own COMMIT (it appended)
+    wakes the waiting workers to look again."""
     skipped: list[str] = []
     passed: list[int] = []
     for _ in range(CLAIM_TRIES):
