@@ -5,8 +5,12 @@ transactions), at READ COMMITTED: the laws do not need more, because the databas
 writers itself. `load_job` locks the job's row (``FOR UPDATE``), so two writers deciding on one
 job take turns and the second decides on what the first committed; every append takes the
 position counter's row lock, so appends commit in position order; `claimable` takes its row with
-``FOR UPDATE SKIP LOCKED``, so claimers in other processes pass over it instead of waiting. A
-transaction PostgreSQL aborts to break a deadlock (or a lost race for an idempotency key) is run
+``FOR UPDATE SKIP LOCKED``, so claimers in other processes pass over it instead of waiting. No
+transaction waits for a row lock while it holds the counter (the row's holder may be waiting
+for the counter at its COMMIT): a job's locked read goes ahead of the command's queued events,
+a later command of a shared transaction steps back rather than wait (`_lock_or_step_back`),
+and a claim that rescued something passes over what others hold. A transaction PostgreSQL
+aborts to break a deadlock (or a lost race for an idempotency key) is run
 again, a few times, before it is reported as `LedgerBusy`.
 
 Reads run on a `psycopg_pool.ConnectionPool`, each in one ``REPEATABLE READ READ ONLY``
