@@ -149,9 +149,10 @@ class Service:
             return moment  # `check_aware`'s common case, without the call
         return check_aware("clock()", moment)
 
-    def run(self, doing: str, work: Callable[[Step], _T]) -> _T:
+    def run(self, doing: str, work: Callable[[Step], _T], job: str | None = None) -> _T:
         """Run ``work`` as one command: one write transaction, its events folded (inside
-        `batch`, a part of the batch's transaction)."""
+        `batch`, a part of the batch's transaction). ``job``: the job it loads first (a
+        backend may read it ahead, `Backend.write`)."""
         batch_step = self._batch.step
         if batch_step is not None:
             result = work(batch_step)
@@ -165,7 +166,7 @@ class Service:
             step.finish()
             return result
 
-        return self.backend.write(doing, transaction)
+        return self.backend.write(doing, transaction, job=job)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -221,7 +222,7 @@ class Service:
             events = decide.heartbeat(state, command.worker_id, until, command.attempt)
             step.append(command.job_id, events, state=state)
 
-        self.run("recording a heartbeat", work)
+        self.run("recording a heartbeat", work, command.job_id)
 
     def complete(self, command: cmd.Complete) -> None:
         def work(step: Step) -> None:
@@ -239,7 +240,7 @@ class Service:
             )
             step.append(command.job_id, events, state=state)
 
-        self.run("completing a job", work)
+        self.run("completing a job", work, command.job_id)
 
     def record_step(self, command: cmd.RecordStep) -> None:
         def work(step: Step) -> None:
@@ -249,7 +250,7 @@ class Service:
             )
             step.append(command.job_id, events, state=state)
 
-        self.run("recording a step", work)
+        self.run("recording a step", work, command.job_id)
 
     def fail(self, command: cmd.Fail) -> None:
         policy, rng = self._retry_policy, self._rng
@@ -269,7 +270,7 @@ class Service:
             )
             step.append(command.job_id, events, state=state)
 
-        self.run("failing a job", work)
+        self.run("failing a job", work, command.job_id)
 
     def cancel(self, command: cmd.Cancel) -> bool:
         def work(step: Step) -> bool:
@@ -281,7 +282,7 @@ class Service:
                 step.append(command.job_id, events, state=state)
             return bool(events)
 
-        return self.run("cancelling a job", work)
+        return self.run("cancelling a job", work, command.job_id)
 
     def release(self, command: cmd.Release) -> None:
         def work(step: Step) -> None:
@@ -289,7 +290,7 @@ class Service:
             events = decide.release(state, command.worker_id, command.reason, command.attempt)
             step.append(command.job_id, events, state=state)
 
-        self.run("releasing a job", work)
+        self.run("releasing a job", work, command.job_id)
 
     def log(self, command: cmd.LogActivity, event_type: EventType, payload: msgspec.Raw) -> int:
         def work(step: Step) -> int:
@@ -298,7 +299,7 @@ class Service:
             step.append(command.job_id, events, command.expected_version, state=state)
             return state.version + len(events)
 
-        return self.run("logging an event", work)
+        return self.run("logging an event", work, command.job_id)
 
     def rescue_expired(self) -> int:
         return self.run(
@@ -315,7 +316,7 @@ class Service:
             step.append(command.job_id, events, state=state)
             return to_job(step.job(command.job_id))
 
-        return self.run("retrying a job", work)
+        return self.run("retrying a job", work, command.job_id)
 
     def retry_failed(self, command: cmd.RetryFailed) -> list[str]:
         """Retry every failed job that matches, in one transaction; their ids, oldest first."""
@@ -349,7 +350,7 @@ class Service:
             )
             step.append(command.job_id, events, state=state)
 
-        self.run("charging a job", work)
+        self.run("charging a job", work, command.job_id)
 
     def set_budget(self, command: cmd.SetBudget) -> bool:
         """Set (or remove, with None) a chat's limit; False, writing nothing, when unchanged."""

@@ -44,9 +44,9 @@ class Gate:
         backend = ledger._backend
         original = backend.write
 
-        def write(doing: str, work: Callable[[Any], Any]) -> Any:
+        def write(doing: str, work: Callable[[Any], Any], **kwargs: Any) -> Any:
             if threading.get_ident() != self.thread:
-                return original(doing, work)
+                return original(doing, work, **kwargs)
             self.thread = None  # once
 
             def gated(tx: Any) -> Any:
@@ -57,7 +57,7 @@ class Gate:
                     raise self.fail
                 return result
 
-            return original(doing, gated)
+            return original(doing, gated, **kwargs)
 
         monkeypatch.setattr(backend, "write", write)
 

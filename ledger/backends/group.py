@@ -43,7 +43,7 @@ from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from ..errors import LedgerError, StorageError
 
@@ -110,6 +110,29 @@ class Transactions(Protocol):
     def wrap(self, error: Exception, doing: str) -> LedgerError: ...
 
 
+@runtime_checkable
+class DeferredErrors(Protocol):
+    """What a `Transactions` adds whose statements report their errors later (PostgreSQL's
+    pipeline: at the next sync). A combiner then runs the commands after a transaction's first
+    without a sync each (`GroupCommit.unsynced`): their statements go out with the next
+    command's read or with the COMMIT, and an error among them is not known to be whose. So
+    before the first such command it sets a mark, and on any error among them (or a COMMIT
+    that did not run for one) it goes back to the mark and runs them again, each with a sync
+    of its own, so that each learns its own outcome; nobody is told anything before."""
+
+    def mark(self) -> None:
+        """A savepoint before the commands whose errors are not known yet."""
+
+    def recover(self) -> None:
+        """Undo everything after the mark (the transaction stays open); raises the driver's
+        error when the transaction ended instead."""
+
+    def commit_skipped(self) -> bool:
+        """After `Transactions.commit` raised: whether the COMMIT never ran because a
+        statement before it failed (the transaction is open, failed, and can go back to the
+        mark), not because it failed itself."""
+
+
 class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT has
     run, the error that lost it (``failure``; None: committed, durable)."""
@@ -159,11 +182,12 @@ class _Call:
     (``LEAD``), which wakes the caller sleeping on it. A bare lock, not an `Event`: it is made
     for every call, also a lone caller's, and costs a tenth as much."""
 
-    __slots__ = ("command", "doing", "error", "group", "ran", "result", "state", "wake")
+    __slots__ = ("command", "doing", "error", "group", "key", "ran", "result", "state", "wake")
 
-    def __init__(self, doing: str, command: Callable[[], object]) -> None:
+    def __init__(self, doing: str, command: Callable[[], object], key: str | None = None) -> None:
         self.doing = doing
         self.command = command
+        self.key = key  # the job it loads first, if known (`DeferredErrors.read_ahead`)
         self.result: object = None
         self.error: BaseException | None = None
         self.group: Group | None = None
@@ -250,9 +274,21 @@ class GroupCommit:
         self._holder: int | None = None  # the thread inside `held`
         self._joined: list[Group] | None = None  # the groups `held`'s commands wrote into
         self._running: int | None = None  # the thread running a command now (see `_command`)
+        # Commands run without a sync of their own (`unsynced`) since the mark of the open
+        # group (``_marked``), in order: each may have failed without knowing it yet.
+        self._defers = tx if isinstance(tx, DeferredErrors) else None
+        self.unsynced = False  # the command running now may leave its errors for later
+        self._marked: Group | None = None
+        self._unconfirmed: list[_Call] = []
+        # The jobs the next command and the commands queued behind it load first (their
+        # ``key``s), for a backend whose reads wait for a round trip (`DeferredErrors`) to read
+        # and lock in one statement: the command's first, taken by the backend when it runs.
+        self.ahead: list[str] = []
+        self._served: list[_Call] = []  # the calls the running `_combine` took, in order
 
-    def run(self, doing: str, command: Callable[[], _T]) -> _T:
-        """Run ``command`` as one write: alone, or in a group; return once durable."""
+    def run(self, doing: str, command: Callable[[], _T], key: str | None = None) -> _T:
+        """Run ``command`` as one write: alone, or in a group; return once durable. ``key``:
+        the job it loads first, if known (a combiner may read it ahead with others')."""
         me = threading.get_ident()
         if me == self._running or me == self._combiner:  # from inside a command
             raise _nested(doing)
@@ -262,7 +298,7 @@ class GroupCommit:
             return self._alone(doing, command)
         if not self._pending and self._lock.acquire(blocking=False):
             return self._first(doing, command, me)
-        call = _Call(doing, command)
+        call = _Call(doing, command, key)
         self._pending.append(call)
         if self._lock.acquire(blocking=False):
             self._lead(None)
@@ -381,6 +417,7 @@ class GroupCommit:
         handed the queue on (then that caller looks after what is queued)."""
         self._combiner = threading.get_ident()
         served: list[_Call] = []
+        self._served = served
         interrupt: BaseException | None = None
         handed = False
         try:
@@ -433,9 +470,15 @@ class GroupCommit:
         """Run one published command in the open group or a new one; returns an interrupt
         (KeyboardInterrupt, SystemExit) to raise in this thread once the group is settled."""
         try:
-            call.group, call.result, call.error = self._run(call.doing, call.command)
+            if call.key is not None and self._defers is not None:
+                self._read_ahead(call)
+            if self._defers is not None and self._open is not None:
+                call.group, call.result, call.error = self._run_unsynced(call)
+            else:
+                call.group, call.result, call.error = self._run(call.doing, call.command)
         except BaseException as e:
             call.group, call.error = None, e
+        self.ahead = []  # (its command may not have run to take it)
         call.ran = True
         error = call.error
         if error is None or isinstance(error, Exception):
@@ -443,8 +486,73 @@ class GroupCommit:
         call.error = _interrupted(call, error)  # its command was rolled back
         return error
 
+    def _read_ahead(self, call: _Call) -> None:
+        """``call``'s job and those of the calls queued behind it, for its first statement to
+        read at once (each call is looked at once: the queue behind one not yet read ahead
+        arrived after it, and none of it was either)."""
+        if call.key is None:
+            return
+        keys = [call.key]
+        for queued in tuple(self._pending):  # (appended to by other threads meanwhile)
+            if queued.key is not None:
+                keys.append(queued.key)
+                queued.key = None
+        call.key = None
+        self.ahead = keys
+
+    def _run_unsynced(self, call: _Call) -> tuple[Group | None, object, BaseException | None]:
+        """A published command into the open group without a sync of its own (`DeferredErrors`):
+        its writes go out with what follows. If it fails while earlier such commands are
+        unconfirmed, the error may be theirs: all of them go back to the mark and run again,
+        each with its own sync (`_rerun`)."""
+        group = self._open
+        assert group is not None and self._defers is not None
+        if self._marked is not group:
+            self._defers.mark()
+            self._marked, self._unconfirmed = group, []
+        outcome = self._run(call.doing, call.command, unsynced=True)
+        if outcome[0] is not group or self._open is not group:
+            return outcome  # stepped back (what came before committed) or lost: settled
+        if outcome[2] is None:
+            self._unconfirmed.append(call)
+            return outcome
+        if not self._unconfirmed:
+            return outcome  # nothing else in flight since the mark: the error is its own
+        self._rerun(group, [*self._unconfirmed, call], len(self._unconfirmed))
+        return call.group, call.result, call.error
+
+    def _rerun(self, group: Group, calls: list[_Call], counted: int) -> None:
+        """Back to the mark, and ``calls`` again, each with its own sync, so each gets its own
+        outcome (``counted``: how many of them ``group.size`` counts). Until a call has run
+        again it reads as interrupted (what it wrote was undone), so an interrupt meanwhile
+        tells the rest the truth."""
+        assert self._defers is not None
+        self._marked, self._unconfirmed = None, []
+        for call in calls:
+            call.group, call.result = None, None
+            call.error = _interrupted(call, self._tx.aborted("interrupted"))
+        try:
+            self._defers.recover()
+        except self._tx.error as e:
+            for call in calls:
+                call.group = group  # told that the group was lost
+                call.error = None
+            self._lose(group, e)
+            return
+        group.size -= counted
+        self._open = group
+        for call in calls:
+            try:
+                ran_in, result, error = self._run(call.doing, call.command)
+            except Exception as e:  # a failing first command of a new transaction
+                call.error = e
+                continue
+            if error is not None and not isinstance(error, Exception):
+                raise error  # an interrupt: its call reads as interrupted
+            call.group, call.result, call.error = ran_in, result, error
+
     def _run(
-        self, doing: str, command: Callable[[], _T]
+        self, doing: str, command: Callable[[], _T], *, unsynced: bool = False
     ) -> tuple[Group | None, _T | None, BaseException | None]:
         """Under the lock: run ``command`` in the open group (a savepoint) or a new one.
         Returns the group it is in (None: it failed alone and nothing is open), its result,
@@ -469,21 +577,34 @@ class GroupCommit:
             tx.savepoint()
         except tx.error as e:
             return group, None, _wrapped(tx, e, doing)
+        self.unsynced = unsynced
         try:
             result = self._command(command)
         except StepBack as e:
+            self.unsynced = False
             self._undo(doing, group, e)
             if self._open is group:
-                self._commit(group)  # the earlier commands' (their callers are told as ever)
+                self._commit(group)  # the earlier commands'
+                self._wake_committed(group)
             return self._run(doing, command)  # first in the next transaction: it may wait
         except BaseException as e:
+            self.unsynced = False
             return group, None, self._undo(doing, group, e)
+        self.unsynced = False
         try:
             tx.release()
         except tx.error as e:
             return group, None, self._undo(doing, group, e)
         group.size += 1
         return group, result, None
+
+    def _wake_committed(self, group: Group) -> None:
+        """Wake the callers of a group committed before a command that stepped back: their
+        answers are settled, and that command may now wait for a lock."""
+        for call in self._served:
+            if call.group is group and call.state != DONE:
+                call.state = DONE
+                _wake(call)
 
     def _command(self, command: Callable[[], _T]) -> _T:
         """Run ``command``, marking this thread as inside one: a write it starts itself (a
@@ -514,9 +635,19 @@ class GroupCommit:
     def _commit(self, group: Group) -> None:
         self._open = None
         tx = self._tx
+        unconfirmed: list[_Call] = []
+        if group is self._marked:
+            unconfirmed, self._marked, self._unconfirmed = self._unconfirmed, None, []
         try:
             tx.commit()
         except tx.error as e:
+            defers = self._defers
+            if unconfirmed and defers is not None and defers.commit_skipped():
+                # One of the commands run without a sync failed: each again, then the COMMIT.
+                self._rerun(group, unconfirmed, len(unconfirmed))
+                if self._open is not None:
+                    self._commit(self._open)
+                return
             group.unknown = tx.uncertain(e)
             tx.rollback()
             group.failure = e
@@ -537,6 +668,8 @@ class GroupCommit:
 
     def _lose(self, group: Group, error: Exception) -> None:
         self._open = None
+        if group is self._marked:
+            self._marked, self._unconfirmed = None, []
         self._tx.rollback()
         group.failure = error
         self._on_lost()

@@ -305,7 +305,14 @@ class Backend(Protocol):
     target: str  # what it was opened from (path or URL), for messages
     readonly: bool
 
-    def write(self, doing: str, work: Callable[[WriteTransaction], T]) -> T: ...
+    def write(
+        self, doing: str, work: Callable[[WriteTransaction], T], *, job: str | None = None
+    ) -> T:
+        """Run ``work`` in a write transaction (shared with other callers' commands: group
+        commit) and return its result once durable. ``job``: the job ``work`` loads first,
+        when the caller knows it; a backend may read it ahead, together with other waiting
+        commands' (PostgreSQL: one round trip for many)."""
+        ...
 
     def read(self, doing: str, work: Callable[[Snapshot], T], *, single: bool = False) -> T:
         """``single``: the work runs one statement (a statement is its own snapshot, so a

@@ -239,6 +239,45 @@ def send(
             put.execute(statement, params)
 
 
+def forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """After a failed statement in pipeline mode: forget which statements psycopg prepared
+    (it sends ``DEALLOCATE ALL`` before the next, and prepares them again as it goes). The
+    server skips everything after a failed statement until the sync, a statement's first
+    prepare included, but psycopg counts the one it sent as prepared: the next run of that
+    statement then failed with "prepared statement ... does not exist" (measured: a group
+    whose commands run without a sync each, after a neighbour's error)."""
+    prepared = getattr(conn, "_prepared", None)
+    clear = getattr(prepared, "clear", None)
+    if clear is not None:
+        clear()
+
+
+class _ReadAhead:
+    """The rows a combiner's read ahead locked (`jobs_table.send_locked`), read on first use:
+    each is given once, to the first command that loads its job, and forgotten as soon as
+    anything of this transaction writes that job (or the transaction rolls back past it)."""
+
+    __slots__ = ("_cursor", "_rows")
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor: Any = cursor
+        self._rows: dict[str, JobState] = {}
+
+    def take(self, job_id: str) -> JobState | None:
+        """The job's row as read ahead and still current; None: load it as ever (it was not
+        asked for, is held by another transaction, does not exist, or was written since)."""
+        cursor = self._cursor
+        if cursor is not None:
+            self._cursor = None
+            self._rows = {state.id: state for state in map(jobs.to_state, cursor.fetchall())}
+        return self._rows.pop(job_id, None)
+
+    def forget(self, job_ids: Sequence[str]) -> None:
+        rows = self._rows
+        for job_id in job_ids:
+            rows.pop(job_id, None)
+
+
 class PostgresTransaction(PostgresSnapshot):
     """The write half, at READ COMMITTED; the row locks named in the module docstring make what
     it decided on stay true until it commits.
@@ -298,6 +337,11 @@ class PostgresTransaction(PostgresSnapshot):
         if claimed is not None and claimed.id == job_id:
             self._claimed = None
             return claimed  # locked by the claim query, which read it: no second round trip
+        ahead = self._transactions.ahead
+        if ahead is not None:
+            state = ahead.take(job_id)
+            if state is not None:
+                return state  # locked and read with other commands' (a combiner's read ahead)
         queued = self._queued
         conn: Any = self.conn
         if not self._later.queue:
@@ -346,8 +390,12 @@ class PostgresTransaction(PostgresSnapshot):
         new = new if isinstance(new, list) else list(new)
         changed = changed if isinstance(changed, list) else list(changed)
         queued = self._queued
-        queued.update([state.id for state in new])
-        queued.update([state.id for state, _ in changed])
+        written = [state.id for state in new]
+        written += [state.id for state, _ in changed]
+        queued.update(written)
+        ahead = self._transactions.ahead
+        if ahead is not None:
+            ahead.forget(written)  # a later command on one of them reads what this one wrote
         if not combine(self._later.queue, new, changed):
             jobs.save(self._later, new, changed)
 
@@ -453,6 +501,7 @@ class PostgresTransaction(PostgresSnapshot):
     def reset_jobs(self) -> None:
         """Empty the table (TRUNCATE is transactional here, and keeps the indexes and the NOTIFY
         triggers); a table that is gone is made again from ``schema.sql``."""
+        self._transactions.ahead = None  # every row read ahead is gone
         if jobs.exists(self.conn):
             self.conn.execute(jobs.truncate_statement)
         else:
@@ -514,6 +563,8 @@ class _Transactions:
         self.holds_log = False
         self.earlier = False
         self._saved_holds_log = False
+        self._mark: tuple[set[str], bool] = (set(), False)  # to_head, holds_log at `mark`
+        self.ahead: _ReadAhead | None = None  # rows a combiner read ahead (`read_ahead`)
         self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
 
@@ -526,6 +577,7 @@ class _Transactions:
         self.unsynced = True
         self.to_head = set()
         self.held = None
+        self.ahead = None
         self.holds_log = self.earlier = False
 
     def open(self) -> None:
@@ -566,6 +618,7 @@ class _Transactions:
         with contextlib.suppress(psycopg.Error):
             self.sync()
         conn = self._backend._conn
+        forget_prepared(conn)
         if conn.info.transaction_status not in (
             TransactionStatus.INTRANS,
             TransactionStatus.INERROR,
@@ -573,6 +626,7 @@ class _Transactions:
             raise psycopg.OperationalError("the transaction ended with the failed command")
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
+        self.ahead = None  # the locks of a read ahead inside the command went with it
         self.to_head = self._saved
         self.holds_log = self._saved_holds_log  # its row locks went with the savepoint
         self.sync()
@@ -581,6 +635,48 @@ class _Transactions:
         self.open()
         if self.unsynced:
             self.sync()
+
+    # `ledger.backends.group.DeferredErrors`: a combiner's commands without a sync each
+    def mark(self) -> None:
+        self.open()
+        self._mark = (set(self.to_head), self.holds_log)
+        self.put().execute("SAVEPOINT unsynced")
+
+    def recover(self) -> None:
+        """Sync (the error there is one of the commands after the mark: they all run again),
+        then back to the mark."""
+        with contextlib.suppress(psycopg.Error):
+            self.sync()
+        conn = self._backend._conn
+        forget_prepared(conn)
+        if (
+            conn.closed
+            or conn.broken
+            or conn.info.transaction_status
+            not in (
+                TransactionStatus.INTRANS,
+                TransactionStatus.INERROR,
+            )
+        ):
+            raise psycopg.OperationalError("the transaction ended with a failed command")
+        conn.execute("ROLLBACK TO unsynced")
+        conn.execute("RELEASE unsynced")
+        self.ahead = None
+        to_head, self.holds_log = self._mark
+        self.to_head = set(to_head)
+        self.held = None
+        self.sync()
+
+    def commit_skipped(self) -> bool:
+        """Still inside the failed transaction block (its COMMIT, sent after the failed
+        statement, was skipped by the server); the sync ends the aborted pipeline first."""
+        conn = self._backend._conn
+        if conn.closed or conn.broken:
+            return False
+        with contextlib.suppress(psycopg.Error):
+            self.sync()
+        forget_prepared(conn)
+        return conn.info.transaction_status == TransactionStatus.INERROR
 
     def sync(self) -> None:
         self.unsynced = False
@@ -740,15 +836,19 @@ class PostgresBackend:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    def write(self, doing: str, work: Callable[[PostgresTransaction], _T]) -> _T:
+    def write(
+        self, doing: str, work: Callable[[PostgresTransaction], _T], *, job: str | None = None
+    ) -> _T:
         """One command's write transaction, shared with the commands of other threads that
         arrive meanwhile (`ledger.backends.group`: group commit); returns once its COMMIT is
         durable. A command PostgreSQL aborted (a deadlock, a lost race for an idempotency key)
-        runs again; a taken version is a `ConcurrencyError`."""
+        runs again; a taken version is a `ConcurrencyError`. ``job``: the job ``work`` loads
+        first, if known; a combiner reads it ahead with those of the commands queued behind
+        it, in one statement (`GroupCommit.ahead`)."""
         attempt = 0
         while True:
             try:
-                return self._writes.run(doing, lambda: self._command(work))
+                return self._writes.run(doing, lambda: self._command(work), job)
             except LedgerError as e:
                 cause = e.__cause__
                 if isinstance(cause, pg_errors.UniqueViolation):
@@ -787,6 +887,10 @@ class PostgresBackend:
         errors are its own and a savepoint can undo it alone."""
         transactions = self._transactions
         tx = PostgresTransaction(self._conn, self._script, transactions)
+        writes = self._writes
+        if writes.ahead:  # a combiner's: its job's row and the queued commands', one statement
+            keys, writes.ahead = writes.ahead, []
+            transactions.ahead = _ReadAhead(jobs.send_locked(tx.conn, keys))
         result = work(tx)
         deferring = self._writes.deferring
         held = tx.held_back() if deferring and not tx._unhashed else None
@@ -795,6 +899,8 @@ class PostgresBackend:
             events.seed_head(tx.conn)  # appends after this import chain onto its last event
         if deferring:
             transactions.held = held  # after the rest: `open` sends it after what went before
+            transactions.unsynced = True
+        elif self._writes.unsynced:  # a combiner's: its errors come with what follows
             transactions.unsynced = True
         elif not transactions.unopened:  # (nothing sent: nothing to wait for)
             transactions.sync()
@@ -809,6 +915,7 @@ class PostgresBackend:
             with contextlib.suppress(psycopg.Error):
                 if self._pipeline is not None:
                     self._pipeline.sync()
+            forget_prepared(conn)
             conn.rollback()
         except psycopg.Error:
             self._drop_writer()  # broken: the next write reconnects

@@ -399,6 +399,17 @@ held_by_statement = (
 # counter, was a deadlock), as `_EXPIRED` does.
 lock_held_by_statement = held_by_statement + " FOR UPDATE SKIP LOCKED"
 lock_row_nowait_statement = lock_row_statement + " NOWAIT"
+# A combiner's read ahead (`send_locked`): the rows of the jobs several queued commands load
+# first, locked in one statement. SKIP LOCKED: it never waits (in id order, beside commands that
+# lock rows in their own order, a wait could deadlock); a row another transaction holds is
+# left out, and its command locks it itself, as it would have.
+lock_rows_statement = f"{_SELECT} WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED"
+
+
+def send_locked(conn: Conn, job_ids: list[str]) -> Any:
+    """Send the read ahead of ``job_ids`` (pipeline mode: without waiting); its cursor's rows
+    are the jobs found and not held by another transaction (`to_state` each)."""
+    return conn.execute(lock_rows_statement, (job_ids,))
 
 
 def send_held_on(conn: Conn, host: str) -> Any:

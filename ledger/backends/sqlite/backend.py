@@ -430,9 +430,13 @@ class SqliteBackend:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    def write(self, doing: str, work: Callable[[SqliteTransaction], _T]) -> _T:
+    def write(
+        self, doing: str, work: Callable[[SqliteTransaction], _T], *, job: str | None = None
+    ) -> _T:
         """One command's write transaction, shared with the commands of other threads that
-        arrive meanwhile (`group`: group commit); returns once its COMMIT is durable."""
+        arrive meanwhile (`group`: group commit); returns once its COMMIT is durable. ``job``
+        (the job ``work`` loads first) is not needed here: a read of the file costs no round
+        trip to read ahead of."""
 
         def command() -> _T:
             tx = SqliteTransaction(self._conn, self._head, self._settled, self._put, self._known)

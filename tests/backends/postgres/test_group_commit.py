@@ -445,9 +445,9 @@ def test_a_lost_idempotency_race_of_a_joiner_is_retried_and_its_neighbours_commi
     joiner_entered, joiner_release = threading.Event(), threading.Event()
     joiner_thread: list[int] = []
 
-    def write(doing: str, work: Callable[[Any], Any]) -> Any:
+    def write(doing: str, work: Callable[[Any], Any], **kwargs: Any) -> Any:
         if not joiner_thread or threading.get_ident() != joiner_thread[0]:
-            return gated_write(doing, work)
+            return gated_write(doing, work, **kwargs)
         joiner_thread.clear()  # once: the retry runs unheld
 
         def held(tx: Any) -> Any:
@@ -456,7 +456,7 @@ def test_a_lost_idempotency_race_of_a_joiner_is_retried_and_its_neighbours_commi
             assert joiner_release.wait(WAIT)
             return result
 
-        return gated_write(doing, held)
+        return gated_write(doing, held, **kwargs)
 
     monkeypatch.setattr(backend, "write", write)
 

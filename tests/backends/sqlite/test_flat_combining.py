@@ -51,12 +51,12 @@ def test_the_combiner_runs_the_queued_commands_on_its_own_thread(
     ran_on: list[int] = []
     original = backend.write
 
-    def write(doing: str, work: Any) -> Any:
+    def write(doing: str, work: Any, **kwargs: Any) -> Any:
         def recorded(tx: Any) -> Any:
             ran_on.append(threading.get_ident())
             return work(tx)
 
-        return original(doing, recorded)
+        return original(doing, recorded, **kwargs)
 
     monkeypatch.setattr(backend, "write", write)
     gate = Gate(ledger, monkeypatch)
