@@ -68,7 +68,7 @@ RETRIES = 5  # runs of a transaction PostgreSQL aborted (deadlock, serialisation
 READERS = 8  # read connections at most per backend
 _CHANNELS = ("ledger_events", "ledger_jobs")
 # The writer's statements are short, ordered index walks, and the claim (ORDER BY the jobs_claim
-# index, LIMIT 1) is the hot one. Two planner settings keep them so:
+# index, LIMIT 1) is the hot one. Three planner settings keep them so:
 # - enable_sort off: on a jobs table autovacuum has not analyzed yet (a new ledger, a burst of
 #   jobs), the planner guessed 1 pending row and planned claims as a bitmap scan that sorts
 #   every pending job (measured 7 ms a claim with 3,000 pending, O(backlog)) instead of the
@@ -77,7 +77,14 @@ _CHANNELS = ("ledger_events", "ledger_jobs")
 # - force_generic_plan: the writer runs the same statements over and over, prepared (psycopg
 #   prepares from a statement's fifth run); left to choose, the server kept planning the claim
 #   afresh each run (1.5-2.5 ms a claim query, 0.6 ms with the generic plan: the same walk).
-WRITER_STATEMENTS = ["SET enable_sort TO off", "SET plan_cache_mode TO force_generic_plan"]
+# - jit off: with sorts priced out, a statement that still needs one (a cascade's read of the
+#   subtree) is costed far past the JIT thresholds, and the server compiled it on every run:
+#   495 ms a read, 471 of them compiling (measured), while the cascade held the log's counter.
+WRITER_STATEMENTS = [
+    "SET enable_sort TO off",
+    "SET plan_cache_mode TO force_generic_plan",
+    "SET jit TO off",
+]
 
 
 class _StaleVersion(NamedTuple):
@@ -496,7 +503,15 @@ class PostgresTransaction(PostgresSnapshot):
         return ClaimLooks(expired, holders, job_id, settled)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
-        return jobs.with_key(self.conn, idempotency_key)
+        """Read ahead of this command's queued writes (its own keys are the service's to know):
+        a later spec's parent, locked next, then goes ahead of them too."""
+        return jobs.with_key(self._now.ahead(), idempotency_key)
+
+    def descendants(self, job_id: str) -> list[JobState]:
+        """Read ahead of this command's queued writes: a cascade's passes read the subtree
+        without sending the cancels before, so it locks the jobs it finds (a child created
+        meanwhile, in the next pass) before it holds the log's counter."""
+        return jobs.descendants(self._now.ahead(), job_id)
 
     def reset_jobs(self) -> None:
         """Empty the table (TRUNCATE is transactional here, and keeps the indexes and the NOTIFY
@@ -864,7 +879,9 @@ class PostgresBackend:
                         doing,
                         cause.sqlstate,
                         str(cause).splitlines()[0] if str(cause) else type(cause).__name__,
-                        f"; {cause.diag.context.strip()}" if cause.diag.context else "",
+                        f"; {cause.diag.context.strip().splitlines()[0]}"
+                        if cause.diag.context
+                        else "",
                         attempt,
                         RETRIES,
                     )

@@ -18,11 +18,17 @@ another session, while the ledger's command waits for the held row):
   before it commits at once (seen by another session while it waits), and it runs again first
   in the next transaction, where it waits with the counter free;
 - a claim rescuing a gone process's jobs passes over one that another transaction holds
-  (another claimer rescuing the same process) instead of waiting for it.
+  (another claimer rescuing the same process) instead of waiting for it;
+- a cascading cancel whose second pass finds a job created meanwhile (held by another
+  session, as a claimer of it would) locks it with the counter free: the subtree is read
+  ahead of the first pass's queued cancels;
+- `create_jobs` whose later spec has an idempotency key and a parent: the key's look goes
+  ahead of the earlier specs' queued events, so the parent's lock waits with the counter free.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +40,7 @@ from ledger import JobStatus, Ledger
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
+from ledger.backends.postgres import jobs_table  # noqa: E402
 from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
 
 CONFIG = {"role": "coder", "task": "lock order"}
@@ -201,3 +208,70 @@ def test_a_rescue_of_a_gone_holder_passes_over_a_job_another_transaction_holds(
     both = backend.write("looking", lambda tx: tx.held_by(host, who))
     assert sorted(both) == sorted([first, second])
     assert ledger.get_job(first).status is JobStatus.RUNNING
+
+
+def test_a_cascades_second_pass_locks_a_new_job_with_the_counter_free(
+    ledger: Ledger, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = ledger.create_job(1, CONFIG)
+    child = ledger.create_job(1, CONFIG, parent_id=root)
+    made: list[str] = []
+    holders: list[RowHolder] = []
+    read = jobs_table.descendants
+
+    def descendants(conn: Any, job_id: str) -> Any:
+        found = read(conn, job_id)
+        if not made:  # the first pass's read: a grandchild is created, and held elsewhere
+            with Ledger(postgres_schema) as other:
+                made.append(other.create_job(1, CONFIG, parent_id=child))
+            holders.append(RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", made[0]))
+        return found
+
+    monkeypatch.setattr(jobs_table, "descendants", descendants)
+    try:
+        cancel = Background(lambda: ledger.cancel(root, cascade=True))
+        assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited for the new job"
+        assert counter_is_free(postgres_schema)
+    finally:
+        for holder in holders:
+            holder.release()
+    assert cancel.join() is True
+    assert {ledger.get_job(j).status for j in (root, child, made[0])} == {JobStatus.CANCELLED}
+    assert ledger.verify().ok
+
+
+def test_create_jobs_locks_a_later_specs_parent_with_the_counter_free(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    parent = running(ledger, 1)
+    holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", parent)
+    specs = [
+        {"chat_id": 1, "config": CONFIG},
+        {"chat_id": 1, "config": CONFIG, "idempotency_key": "k", "parent_id": parent},
+    ]
+    try:
+        create = Background(lambda: ledger.create_jobs(specs))
+        assert wait_for_a_lock_wait(postgres_schema), "the create never waited for the parent"
+        assert counter_is_free(postgres_schema)
+    finally:
+        holder.release()
+    first, child = create.join()
+    assert ledger.get_job(child).parent_id == parent and ledger.get_job(first).parent_id is None
+    assert ledger.create_job(1, CONFIG, idempotency_key="k") == child
+    assert ledger.verify().ok
+
+
+def test_the_writer_does_not_compile_a_subtree_read(ledger: Ledger) -> None:
+    """The writer prices sorts out (``enable_sort`` off), so the one statement that still
+    sorts, a cascade's read of the subtree, was costed past the JIT thresholds and compiled on
+    every run (~0.5 s, while the cascade held the log's counter): its plan on the writer's own
+    session has no JIT step."""
+    root = ledger.create_job(1, CONFIG)
+    ledger.create_job(1, CONFIG, parent_id=root)
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + jobs_table.descendants_statement
+    (text,) = backend.write("explaining", lambda tx: tx.conn.execute(explain, (root,)).fetchone())
+    plan = json.loads(text)[0] if isinstance(text, str) else text[0]
+    assert "Execution Time" in plan
+    assert "JIT" not in plan, plan.get("JIT")
