@@ -40,6 +40,17 @@ _T = TypeVar("_T")
 _WATCH_SLICE = 0.25  # the longest one backend wait lasts in the watcher (so close is prompt)
 _WAIT_SLICE = 1.0  # a waiting task re-reads its job at least this often (a safety net)
 _DONE = object()
+# The grouped `Ledger` methods whose first argument is the job they load first.
+_ON_A_JOB = frozenset({"heartbeat", "complete", "fail", "cancel", "release", "charge", "log_event"})
+
+
+def _job_key(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The job a grouped command loads first, if it names one (a text; anything else is for the
+    method itself to refuse, in words)."""
+    if method not in _ON_A_JOB:
+        return None
+    key = args[0] if args else kwargs.get("job_id")
+    return key if type(key) is str else None
 
 
 class AsyncLedger:
@@ -130,18 +141,21 @@ class AsyncLedger:
 
     # -- every call ----------------------------------------------------------------------------
 
-    def _held_writes(self) -> AbstractContextManager[list[Any]] | None:
-        """The backend's shared-transaction block (see `ledger.aio_thread`), if it has one."""
+    def _held_writes(self, ahead: list[str]) -> AbstractContextManager[list[Any]] | None:
+        """The backend's shared-transaction block (see `ledger.aio_thread`), if it has one;
+        ``ahead``: the jobs its commands load first."""
         ledger = self._ledger
         held = None if ledger is None else getattr(ledger._backend, "held_writes", None)
-        return None if held is None else held()
+        return None if held is None else held(ahead)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         ledger = self._ledger
         if ledger is None or self._closed:  # not open yet (or closed: open() says so)
             ledger = await self.open()
         grouped = method in GROUPED
-        result = await self._executor.call(grouped, getattr(ledger, method), *args, **kwargs)
+        key = _job_key(method, args, kwargs) if grouped else None
+        fn = getattr(ledger, method)
+        result = await self._executor.call_on(grouped, key, fn, args, kwargs)
         if not grouped and isinstance(result, Iterator):  # lazy: pull it on the ledger's thread
             return self._pull(result)
         return result
@@ -154,7 +168,8 @@ class AsyncLedger:
         ledger = self._ledger
         if ledger is None or self._closed:
             return self._call(method, *args, **kwargs)
-        return self._executor.call(True, getattr(ledger, method), *args, **kwargs)
+        key = _job_key(method, args, kwargs)
+        return self._executor.call_on(True, key, getattr(ledger, method), args, kwargs)
 
     async def _pull(self, iterator: Iterator[_T]) -> AsyncIterator[_T]:
         loop = asyncio.get_running_loop()

@@ -42,14 +42,16 @@ GROUPED = frozenset(
         "log_event",
     }
 )
-HeldWrites = Callable[[], AbstractContextManager[list[Any]] | None]
+# The backend's shared-transaction block for a run of calls, given the jobs they load first
+# (read ahead together where the backend can, `GroupCommit.held`); None: it has none.
+HeldWrites = Callable[[list[str]], AbstractContextManager[list[Any]] | None]
 
 
 class _Call:
     """One call: ``fn(*args, **kwargs)``, and the future its answer goes to (of ``loop``; None:
     a ``concurrent.futures.Future``). No ``functools.partial`` or lambda: one object a call."""
 
-    __slots__ = ("args", "fn", "future", "grouped", "kwargs", "loop")
+    __slots__ = ("args", "fn", "future", "grouped", "key", "kwargs", "loop")
 
     def __init__(
         self,
@@ -59,7 +61,9 @@ class _Call:
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         loop: asyncio.AbstractEventLoop | None,
         grouped: bool,
+        key: str | None = None,
     ) -> None:
+        self.key = key  # the job a grouped command loads first, if known
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -99,9 +103,21 @@ class LedgerThread(concurrent.futures.Executor):
         """Run ``fn(*args, **kwargs)`` on the thread; its answer as a future of the running
         loop. ``grouped``: ``fn`` is one write command, which may share a commit with its
         neighbours."""
+        return self.call_on(grouped, None, fn, args, kwargs)
+
+    def call_on(
+        self,
+        grouped: bool,
+        key: str | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[Any]:
+        """`call`, for a command that loads the job ``key`` first (read ahead with its
+        neighbours', where the backend can)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        call = _Call(fn, args, kwargs, future, loop, grouped)
+        call = _Call(fn, args, kwargs, future, loop, grouped, key)
         if self._started and not self._stopped:  # the usual case: straight onto the queue
             self._queue.put(call)
         else:
@@ -157,7 +173,11 @@ class LedgerThread(concurrent.futures.Executor):
             end = start
             while end < len(batch) and batch[end].grouped:
                 end += 1
-            held = self._held_writes() if end - start > 1 else None
+            if end - start > 1:
+                keys = [call.key for call in batch[start:end] if call.key is not None]
+                held = self._held_writes(keys)
+            else:
+                held = None
             if held is not None:
                 _answer(_run_held(batch[start:end], held))
                 start = end

@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 from _thread import allocate_lock
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -689,13 +689,14 @@ class GroupCommit:
                 self._combine(None)
 
     @contextmanager
-    def held(self) -> Iterator[list[Group]]:
+    def held(self, ahead: Sequence[str] = ()) -> Iterator[list[Group]]:
         """Hold the write lock while one thread runs many commands: they share transactions
         (each a savepoint after the first) and nothing commits until the block ends (except
         before a command that steps back, `StepBack`: what came before it commits). Yields
         the list of groups the commands ran in, in order (one entry per command that reached
         the write path, failed or not); after the block each group's ``failure`` says whether
-        what committed in it is durable."""
+        what committed in it is durable. ``ahead``: the jobs the commands load first, read
+        (`DeferredErrors`) by the first command's first statement."""
         joined: list[Group] = []
         self._lock.acquire()
         if self._holder is not None or not self.enabled:  # nested, or each commits alone
@@ -705,10 +706,13 @@ class GroupCommit:
                 self._lock.release()
             return
         self._holder, self._joined = threading.get_ident(), joined
+        if self._defers is not None and ahead:
+            self.ahead = list(ahead)
         try:
             yield joined
         finally:
             self._holder, self._joined = None, None
+            self.ahead = []
             try:
                 if self._open is not None:
                     self._commit(self._open)

@@ -264,11 +264,12 @@ class _ReadAhead:
     each is given once, to the first command that loads its job, and forgotten as soon as
     anything of this transaction writes that job (or the transaction rolls back past it)."""
 
-    __slots__ = ("_cursor", "_rows")
+    __slots__ = ("_cursor", "_rows", "savepoint")
 
-    def __init__(self, cursor: Any) -> None:
+    def __init__(self, cursor: Any, savepoint: int) -> None:
         self._cursor: Any = cursor
         self._rows: dict[str, JobState] = {}
+        self.savepoint = savepoint  # the command savepoint it was sent in (0: none)
 
     def take(self, job_id: str) -> JobState | None:
         """The job's row as read ahead and still current; None: load it as ever (it was not
@@ -579,7 +580,11 @@ class _Transactions:
         self.earlier = False
         self._saved_holds_log = False
         self._mark: tuple[set[str], bool] = (set(), False)  # to_head, holds_log at `mark`
-        self.ahead: _ReadAhead | None = None  # rows a combiner read ahead (`read_ahead`)
+        self.ahead: _ReadAhead | None = None  # rows read ahead (`GroupCommit.ahead`)
+        # The open command savepoint (numbered from 1 in each transaction; 0: none open), so a
+        # command rolled back drops a read ahead only if its own savepoint held those locks.
+        self.in_savepoint = 0
+        self._savepoints = 0
         self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
 
@@ -593,6 +598,7 @@ class _Transactions:
         self.to_head = set()
         self.held = None
         self.ahead = None
+        self.in_savepoint = self._savepoints = 0
         self.holds_log = self.earlier = False
 
     def open(self) -> None:
@@ -621,9 +627,12 @@ class _Transactions:
         self.open()
         self._saved = set(self.to_head)
         self._saved_holds_log = self.earlier = self.holds_log
+        self._savepoints += 1
+        self.in_savepoint = self._savepoints
         self.put().execute("SAVEPOINT command")
 
     def release(self) -> None:
+        self.in_savepoint = 0
         self.put().execute("RELEASE command")
 
     def rollback_to(self) -> None:
@@ -641,7 +650,10 @@ class _Transactions:
             raise psycopg.OperationalError("the transaction ended with the failed command")
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
-        self.ahead = None  # the locks of a read ahead inside the command went with it
+        ahead = self.ahead
+        if ahead is not None and ahead.savepoint == self.in_savepoint:
+            self.ahead = None  # sent inside the command: its locks went with it
+        self.in_savepoint = 0
         self.to_head = self._saved
         self.holds_log = self._saved_holds_log  # its row locks went with the savepoint
         self.sync()
@@ -677,6 +689,7 @@ class _Transactions:
         conn.execute("ROLLBACK TO unsynced")
         conn.execute("RELEASE unsynced")
         self.ahead = None
+        self.in_savepoint = 0
         to_head, self.holds_log = self._mark
         self.to_head = set(to_head)
         self.held = None
@@ -891,9 +904,12 @@ class PostgresBackend:
                     continue
                 raise
 
-    def held_writes(self) -> contextlib.AbstractContextManager[list[Group]]:
-        """`GroupCommit.held`: one thread's many commands in shared transactions."""
-        return self._writes.held()
+    def held_writes(
+        self, ahead: Sequence[str] = ()
+    ) -> contextlib.AbstractContextManager[list[Group]]:
+        """`GroupCommit.held`: one thread's many commands in shared transactions (``ahead``:
+        the jobs they load first, read together by the first)."""
+        return self._writes.held(ahead)
 
     def _command(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         """The command in the transaction `GroupCommit` opened (the writer is in autocommit
@@ -907,7 +923,8 @@ class PostgresBackend:
         writes = self._writes
         if writes.ahead:  # a combiner's: its job's row and the queued commands', one statement
             keys, writes.ahead = writes.ahead, []
-            transactions.ahead = _ReadAhead(jobs.send_locked(tx.conn, keys))
+            cursor = jobs.send_locked(tx.conn, keys)
+            transactions.ahead = _ReadAhead(cursor, transactions.in_savepoint)
         result = work(tx)
         deferring = self._writes.deferring
         held = tx.held_back() if deferring and not tx._unhashed else None

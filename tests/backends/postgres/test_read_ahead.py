@@ -13,6 +13,9 @@ what follows. What is proved here, each by a test that fails without the promise
 - a row read ahead and then written by an earlier command of the group (a charge moves its
   parent's subtree cost) is read again by the later command, not given as read: the parent's
   cost holds both charges, and replay rebuilds the same;
+- an `AsyncLedger`'s run of queued commands reads their jobs in one statement too, and a
+  command of the run that fails (rolled back to its savepoint) leaves the rest of that read
+  to the commands after it;
 - a command whose error arrives only with the COMMIT (nothing after it in the group synced)
   fails alone: the COMMIT did not run, the commands since the mark run again each with its own
   sync, and the others commit together.
@@ -22,12 +25,13 @@ Grouping is forced with `Gate`, as in test_group_commit.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ledger import Ledger, StorageError
+from ledger import AsyncLedger, InvalidTransition, Ledger, StorageError
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
@@ -263,3 +267,35 @@ def test_failing_commands_among_many_threads_fail_alone(ledger: Ledger) -> None:
             assert message.startswith("dividing") and "DivisionByZero" in message, message
             assert "shared with" not in message, message
     assert ledger.verify().ok
+
+
+def test_an_async_ledgers_run_of_commands_reads_their_jobs_in_one_statement(
+    postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Ledger(postgres_schema) as setup:
+        jobs = [setup.create_job(1, CONFIG) for _ in range(16)]
+        done = setup.create_job(1, CONFIG, priority=9)
+        assert setup.claim("w", lease=60) is not None
+        setup.complete(done, "done", "success", 0.0, 1, worker_id="w")
+    reads = Reads(monkeypatch)
+
+    async def main() -> list[Any]:
+        async with AsyncLedger(postgres_schema) as lg:
+            await lg.log_event(jobs[0], "progress", {"warm": True})  # opened, thread started
+            reads.ahead.clear()
+            reads.alone.clear()
+            calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
+            calls.insert(8, lg.log_event(done, "progress", {}))  # refused: rolled back alone
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    refused = results.pop(8)
+    assert isinstance(refused, InvalidTransition), refused
+    assert results == [3] + [2] * 15
+    read_ahead = {job for ids in reads.ahead for job in ids}
+    assert max(len(ids) for ids in reads.ahead) > 8  # a run's jobs, one statement
+    assert {j for j in jobs if j not in read_ahead} == {j for j in jobs if j in reads.alone}
+    after = [j for j in jobs[8:] if j in read_ahead]
+    assert after and not set(after) & set(reads.alone)  # the refusal left them their rows
+    with Ledger(postgres_schema) as ledger:
+        assert ledger.verify().ok
