@@ -132,6 +132,17 @@ class DeferredErrors(Protocol):
         statement before it failed (the transaction is open, failed, and can go back to the
         mark), not because it failed itself."""
 
+    def clean(self) -> bool:
+        """After a command raised: sync, and tell whether no statement of the transaction
+        failed (then the error is the command's own, raised in Python, and every statement
+        before it succeeded)."""
+
+    def may_read_ahead(self) -> bool:
+        """Whether the next command of the open transaction takes its locks without waiting
+        (earlier commands hold the log): rows read ahead for others are then never held while
+        it waits for one (which could deadlock with a session holding that row and wanting one
+        of them)."""
+
 
 class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT has
@@ -280,6 +291,7 @@ class GroupCommit:
         self.unsynced = False  # the command running now may leave its errors for later
         self._marked: Group | None = None
         self._unconfirmed: list[_Call] = []
+        self._tainted = False  # the command just run failed where the error may be another's
         # The jobs the next command and the commands queued behind it load first (their
         # ``key``s), for a backend whose reads wait for a round trip (`DeferredErrors`) to read
         # and lock in one statement: the command's first, taken by the backend when it runs.
@@ -470,9 +482,10 @@ class GroupCommit:
         """Run one published command in the open group or a new one; returns an interrupt
         (KeyboardInterrupt, SystemExit) to raise in this thread once the group is settled."""
         try:
-            if call.key is not None and self._defers is not None:
-                self._read_ahead(call)
-            if self._defers is not None and self._open is not None:
+            defers = self._defers
+            if defers is not None and self._open is not None:
+                if call.key is not None and defers.may_read_ahead():
+                    self._read_ahead(call)
                 call.group, call.result, call.error = self._run_unsynced(call)
             else:
                 call.group, call.result, call.error = self._run(call.doing, call.command)
@@ -503,23 +516,31 @@ class GroupCommit:
     def _run_unsynced(self, call: _Call) -> tuple[Group | None, object, BaseException | None]:
         """A published command into the open group without a sync of its own (`DeferredErrors`):
         its writes go out with what follows. If it fails while earlier such commands are
-        unconfirmed, the error may be theirs: all of them go back to the mark and run again,
-        each with its own sync (`_rerun`)."""
+        unconfirmed and a statement of the transaction failed, the error may be theirs: all of
+        them go back to the mark and run again, each with its own sync (`_rerun`); an interrupt
+        is not run again (its command reads as interrupted)."""
         group = self._open
+        tx = self._tx
         assert group is not None and self._defers is not None
         if self._marked is not group:
-            self._defers.mark()
+            try:
+                self._defers.mark()
+            except tx.error as e:
+                return group, None, _wrapped(tx, e, call.doing)
             self._marked, self._unconfirmed = group, []
+        self._tainted = False
         outcome = self._run(call.doing, call.command, unsynced=True)
-        if outcome[0] is not group or self._open is not group:
-            return outcome  # stepped back (what came before committed) or lost: settled
-        if outcome[2] is None:
-            self._unconfirmed.append(call)
-            return outcome
-        if not self._unconfirmed:
-            return outcome  # nothing else in flight since the mark: the error is its own
-        self._rerun(group, [*self._unconfirmed, call], len(self._unconfirmed))
-        return call.group, call.result, call.error
+        if not self._tainted:
+            if outcome[0] is group and self._open is group and outcome[2] is None:
+                self._unconfirmed.append(call)
+            return outcome  # done, its own error, stepped back, or lost: settled
+        self._tainted = False
+        error = outcome[2]
+        if isinstance(error, Exception):
+            self._rerun(group, [*self._unconfirmed, call], len(self._unconfirmed))
+            return call.group, call.result, call.error
+        self._rerun(group, list(self._unconfirmed), len(self._unconfirmed))
+        return None, None, error  # an interrupt: raised once the group is settled
 
     def _rerun(self, group: Group, calls: list[_Call], counted: int) -> None:
         """Back to the mark, and ``calls`` again, each with its own sync, so each gets its own
@@ -575,28 +596,55 @@ class GroupCommit:
             return group, result, None
         try:
             tx.savepoint()
-        except tx.error as e:
+        except tx.error as e:  # (in pipeline mode, maybe an earlier statement's error)
+            if self._maybe_theirs(unsynced):
+                return group, None, e
             return group, None, _wrapped(tx, e, doing)
         self.unsynced = unsynced
         try:
             result = self._command(command)
-        except StepBack as e:
+        except BaseException as e:
             self.unsynced = False
+            if self._maybe_theirs(unsynced):
+                return group, None, e
+            if not isinstance(e, StepBack):
+                return group, None, self._undo(doing, group, e)
             self._undo(doing, group, e)
             if self._open is group:
                 self._commit(group)  # the earlier commands'
                 self._wake_committed(group)
             return self._run(doing, command)  # first in the next transaction: it may wait
-        except BaseException as e:
-            self.unsynced = False
-            return group, None, self._undo(doing, group, e)
         self.unsynced = False
         try:
             tx.release()
         except tx.error as e:
+            if self._maybe_theirs(unsynced):
+                return group, None, e
             return group, None, self._undo(doing, group, e)
         group.size += 1
         return group, result, None
+
+    def _maybe_theirs(self, unsynced: bool) -> bool:
+        """A command run without a sync failed: whether the error may be an earlier unsynced
+        command's (some statement of the transaction failed while they are unconfirmed); then
+        ``_tainted`` is set and `_run_unsynced` runs them all again. Any statement sent in
+        pipeline mode may raise the error of one sent before it."""
+        if unsynced and self._unconfirmed and not self._confirmed():
+            self._tainted = True
+            return True
+        return False
+
+    def _confirmed(self) -> bool:
+        """After an unsynced command raised: whether every statement so far succeeded (the
+        error is its own; the unconfirmed commands before it are confirmed)."""
+        assert self._defers is not None
+        try:
+            clean = self._defers.clean()
+        except self._tx.error:
+            return False
+        if clean:  # confirmed: the next unsynced command sets a mark of its own (going back
+            self._marked, self._unconfirmed = None, []  # to this one would undo them)
+        return clean
 
     def _wake_committed(self, group: Group) -> None:
         """Wake the callers of a group committed before a command that stepped back: their
@@ -642,15 +690,18 @@ class GroupCommit:
             tx.commit()
         except tx.error as e:
             defers = self._defers
-            if unconfirmed and defers is not None and defers.commit_skipped():
-                # One of the commands run without a sync failed: each again, then the COMMIT.
-                self._rerun(group, unconfirmed, len(unconfirmed))
-                if self._open is not None:
-                    self._commit(self._open)
-                return
+            if unconfirmed and defers is not None:
+                self._open = group  # until recovered (an interrupt meanwhile loses it)
+                if defers.commit_skipped():
+                    # One of the commands run without a sync failed: each again, then COMMIT.
+                    self._rerun(group, unconfirmed, len(unconfirmed))
+                    if self._open is not None:
+                        self._commit(self._open)
+                    return
+                self._open = None
+            group.failure = e
             group.unknown = tx.uncertain(e)
             tx.rollback()
-            group.failure = e
             self._on_lost()
         except BaseException:  # an interrupt: its callers learn what became of the COMMIT
             went = tx.interrupted_commit()

@@ -695,6 +695,20 @@ class _Transactions:
         self.held = None
         self.sync()
 
+    def clean(self) -> bool:
+        with contextlib.suppress(psycopg.Error):
+            self.sync()
+        conn = self._backend._conn
+        if conn.closed or conn.broken:
+            return False
+        status = conn.info.transaction_status
+        if status != TransactionStatus.INTRANS:
+            forget_prepared(conn)
+        return status == TransactionStatus.INTRANS
+
+    def may_read_ahead(self) -> bool:
+        return self.holds_log and not self.unopened
+
     def commit_skipped(self) -> bool:
         """Still inside the failed transaction block (its COMMIT, sent after the failed
         statement, was skipped by the server); the sync ends the aborted pipeline first."""
@@ -921,7 +935,8 @@ class PostgresBackend:
         transactions = self._transactions
         tx = PostgresTransaction(self._conn, self._script, transactions)
         writes = self._writes
-        if writes.ahead:  # a combiner's: its job's row and the queued commands', one statement
+        if writes.ahead and transactions.earlier:  # its own row and the queued commands', in
+            # one statement; only where its own locks do not wait (`may_read_ahead`)
             keys, writes.ahead = writes.ahead, []
             cursor = jobs.send_locked(tx.conn, keys)
             transactions.ahead = _ReadAhead(cursor, transactions.in_savepoint)
