@@ -141,12 +141,14 @@ class AsyncLedger:
 
     # -- every call ----------------------------------------------------------------------------
 
-    def _held_writes(self, ahead: list[str]) -> AbstractContextManager[list[Any]] | None:
+    def _held_writes(
+        self, ahead: list[str], unsynced: bool
+    ) -> AbstractContextManager[list[Any]] | None:
         """The backend's shared-transaction block (see `ledger.aio_thread`), if it has one;
-        ``ahead``: the jobs its commands load first."""
+        ``ahead``: the jobs its commands load first; ``unsynced``: without a sync each."""
         ledger = self._ledger
         held = None if ledger is None else getattr(ledger._backend, "held_writes", None)
-        return None if held is None else held(ahead)
+        return None if held is None else held(ahead, unsynced=unsynced)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         ledger = self._ledger

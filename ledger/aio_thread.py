@@ -43,8 +43,9 @@ GROUPED = frozenset(
     }
 )
 # The backend's shared-transaction block for a run of calls, given the jobs they load first
-# (read ahead together where the backend can, `GroupCommit.held`); None: it has none.
-HeldWrites = Callable[[list[str]], AbstractContextManager[list[Any]] | None]
+# (read ahead together where the backend can) and whether its commands may go without a sync
+# each (`GroupCommit.held`); None: it has none.
+HeldWrites = Callable[[list[str], bool], AbstractContextManager[list[Any]] | None]
 
 
 class _Call:
@@ -173,13 +174,12 @@ class LedgerThread(concurrent.futures.Executor):
             end = start
             while end < len(batch) and batch[end].grouped:
                 end += 1
+            held = None
             if end - start > 1:
                 keys = [call.key for call in batch[start:end] if call.key is not None]
-                held = self._held_writes(keys)
-            else:
-                held = None
+                held = self._held_writes(keys, True)
             if held is not None:
-                _answer(_run_held(batch[start:end], held))
+                _answer(_run_held(batch[start:end], held, self._held_writes))
                 start = end
             else:
                 _answer([_run_one(batch[start])])
@@ -193,27 +193,45 @@ def _run_one(call: _Call) -> Outcome:
         return call, None, e
 
 
-def _run_held(calls: list[_Call], held: AbstractContextManager[list[Any]]) -> list[Outcome]:
-    """Run ``calls`` in shared transactions; a call whose transaction was lost gets the error
-    that lost it, in place of the result it computed."""
+def _run_held(
+    calls: list[_Call], held: AbstractContextManager[list[Any]], held_writes: HeldWrites
+) -> list[Outcome]:
+    """Run ``calls`` in shared transactions (``held``, its commands without a sync each); the
+    calls of a transaction rolled back to run again (``redo``: an error among them was not
+    known to be whose) run again in a block with a sync each, and are answered from there. A
+    call whose transaction was lost gets the error that lost it, in place of its result."""
+    outcomes, last = _held_pass(calls, held)
+    again = [i for i, group in enumerate(last) if group is not None and group.redo]
+    if again:
+        calls_again = [calls[i] for i in again]
+        keys = [call.key for call in calls_again if call.key is not None]
+        careful = held_writes(keys, False)
+        if careful is not None:
+            redone, redone_last = _held_pass(calls_again, careful)
+            for i, outcome, group in zip(again, redone, redone_last, strict=True):
+                outcomes[i], last[i] = outcome, group
+    doing = "committing the ledger's shared transaction"
+    for i, ((call, _, error), group) in enumerate(zip(outcomes, last, strict=True)):
+        if error is None and group is not None:
+            lost = group.error(doing)  # each caller its own error object, as `GroupCommit`'s
+            if lost is not None:
+                outcomes[i] = (call, None, lost)
+    return outcomes
+
+
+def _held_pass(
+    calls: list[_Call], held: AbstractContextManager[list[Any]]
+) -> tuple[list[Outcome], list[Any]]:
+    """Each call's outcome and the transaction its command last ran in (None: it reached no
+    write; an earlier try of it, rolled back to its savepoint and run again, wrote nothing)."""
     outcomes: list[Outcome] = []
-    spans: list[tuple[int, int]] = []  # each call's groups: joined[first:last]
+    last: list[Any] = []
     with held as joined:
         for call in calls:
             first = len(joined)
             outcomes.append(_run_one(call))
-            spans.append((first, len(joined)))
-    doing = "committing the ledger's shared transaction"
-    lost = {id(group) for group in joined if group.error(doing) is not None}
-    if not lost:  # the usual case: every group committed
-        return outcomes
-    for i, ((call, _, error), (first, last)) in enumerate(zip(outcomes, spans, strict=True)):
-        if error is None:
-            for group in joined[first:last]:
-                if id(group) in lost:  # each caller its own error object, as `GroupCommit`'s
-                    outcomes[i] = (call, None, group.error(doing))
-                    break
-    return outcomes
+            last.append(joined[-1] if len(joined) > first else None)
+    return outcomes, last
 
 
 def _answer(outcomes: list[Outcome]) -> None:

@@ -63,6 +63,13 @@ class StepBack(Exception):
     command."""
 
 
+class Redo(LedgerError):
+    """Raised to a command inside `GroupCommit.held` without a sync each when its transaction
+    was rolled back because an error among its commands was not known to be whose: the
+    holder runs the commands of that transaction again, each with its own sync, and answers
+    them from that run (`ledger.aio_thread`). Never reaches a caller."""
+
+
 class Transactions(Protocol):
     """What one backend's write connection does for `GroupCommit` (under its lock). ``error``
     is the driver's own exception class (`apsw.Error`, `psycopg.Error`); the methods that say
@@ -148,12 +155,15 @@ class Group:
     """One shared write transaction: how many commands it holds and, once its COMMIT has
     run, the error that lost it (``failure``; None: committed, durable)."""
 
-    __slots__ = ("_wrap", "failure", "size", "unknown")
+    __slots__ = ("_wrap", "failure", "redo", "size", "unknown")
 
     def __init__(self, wrap: Callable[[Exception, str], LedgerError]) -> None:
         self.failure: Exception | None = None
         self.size = 0
         self.unknown = False  # its COMMIT's outcome is not known (the answer was lost)
+        # Rolled back so that its commands run again (`held` without a sync each: an error
+        # among them was not known to be whose); nothing of it was written.
+        self.redo = False
         self._wrap = wrap
 
     def error(self, doing: str) -> LedgerError | None:
@@ -292,6 +302,8 @@ class GroupCommit:
         self._marked: Group | None = None
         self._unconfirmed: list[_Call] = []
         self._tainted = False  # the command just run failed where the error may be another's
+        self._held_unsynced = False  # `held(unsynced=True)`: its commands without a sync each
+        self._held_unconfirmed = 0  # of those, run in the open group and not yet confirmed
         # The jobs the next command and the commands queued behind it load first (their
         # ``key``s), for a backend whose reads wait for a round trip (`DeferredErrors`) to read
         # and lock in one statement: the command's first, taken by the backend when it runs.
@@ -361,14 +373,36 @@ class GroupCommit:
             self._lose(group, e)
 
     def _inline(self, doing: str, command: Callable[[], _T], me: int) -> _T:
-        """A command of the thread inside `held`: into its open transaction."""
+        """A command of the thread inside `held`: into its open transaction (after its first
+        command, without a sync of its own when `held` was asked so: an error that may be an
+        earlier command's rolls the transaction back for all of them to run again, `Redo`)."""
         with self._lock:
-            group, result, error = self._run(doing, command)
-            if group is not None and self._holder == me and self._joined is not None:
-                self._joined.append(group)  # committed when `held` lets go
+            group = self._open
+            unsynced = self._held_unsynced and group is not None
+            self._tainted = False
+            ran_in, result, error = self._run(doing, command, unsynced=unsynced)
+            if self._tainted and group is not None:
+                self._tainted = False
+                self._redo(group)
+                ran_in, error = group, Redo(f"{doing}: to run again, each with its own sync")
+            elif unsynced and error is None and ran_in is group and self._open is group:
+                self._held_unconfirmed += 1
+            if ran_in is not None and self._holder == me and self._joined is not None:
+                self._joined.append(ran_in)  # committed when `held` lets go
         if error is not None:
             raise error
         return result  # type: ignore[return-value]
+
+    def _redo(self, group: Group) -> None:
+        """Roll ``group`` back for its commands to run again (`Redo`): nothing of it commits."""
+        self._held_unconfirmed = 0
+        if self._marked is group:
+            self._marked, self._unconfirmed = None, []
+        self._open = None
+        group.redo = True
+        group.failure = self._tx.aborted("rolled back for its commands to run again")
+        self._tx.rollback()
+        self._on_lost()
 
     def _alone(self, doing: str, command: Callable[[], _T]) -> _T:
         """Group commit off: the command in a transaction of its own."""
@@ -554,10 +588,13 @@ class GroupCommit:
             call.error = _interrupted(call, self._tx.aborted("interrupted"))
         try:
             self._defers.recover()
-        except self._tx.error as e:
+        except BaseException as e:
             for call in calls:
                 call.group = group  # told that the group was lost
                 call.error = None
+            if not isinstance(e, self._tx.error):  # interrupted: none of it commits
+                self._lose(group, self._tx.aborted("interrupted while going back to the mark"))
+                raise
             self._lose(group, e)
             return
         group.size -= counted
@@ -582,6 +619,7 @@ class GroupCommit:
         group = self._open
         if group is None:  # the first command of a transaction: nobody else is in it
             tx.begin(doing)
+            self._held_unconfirmed = 0
             self._on_begin()
             try:
                 result = self._command(command)
@@ -629,7 +667,7 @@ class GroupCommit:
         command's (some statement of the transaction failed while they are unconfirmed); then
         ``_tainted`` is set and `_run_unsynced` runs them all again. Any statement sent in
         pipeline mode may raise the error of one sent before it."""
-        if unsynced and self._unconfirmed and not self._confirmed():
+        if unsynced and (self._unconfirmed or self._held_unconfirmed) and not self._confirmed():
             self._tainted = True
             return True
         return False
@@ -644,6 +682,7 @@ class GroupCommit:
             return False
         if clean:  # confirmed: the next unsynced command sets a mark of its own (going back
             self._marked, self._unconfirmed = None, []  # to this one would undo them)
+            self._held_unconfirmed = 0
         return clean
 
     def _wake_committed(self, group: Group) -> None:
@@ -674,6 +713,9 @@ class GroupCommit:
                 tx.rollback_to()
             except tx.error as e:
                 self._lose(group, e)
+            except BaseException:  # interrupted: not known how far it got, so none of it
+                self._lose(group, tx.aborted("interrupted while undoing a command"))
+                raise
         if not tx.in_transaction() and self._open is group:
             self._lose(group, error if isinstance(error, tx.error) else tx.aborted("rolled back"))
         if isinstance(error, tx.error):
@@ -686,10 +728,17 @@ class GroupCommit:
         unconfirmed: list[_Call] = []
         if group is self._marked:
             unconfirmed, self._marked, self._unconfirmed = self._unconfirmed, None, []
+        held_unconfirmed, self._held_unconfirmed = self._held_unconfirmed, 0
         try:
             tx.commit()
         except tx.error as e:
             defers = self._defers
+            if held_unconfirmed and defers is not None:
+                self._open = group  # until settled (an interrupt meanwhile loses it)
+                if defers.commit_skipped():  # one of `held`'s unsynced commands failed
+                    self._redo(group)
+                    return
+                self._open = None
             if unconfirmed and defers is not None:
                 self._open = group  # until recovered (an interrupt meanwhile loses it)
                 if defers.commit_skipped():
@@ -719,6 +768,7 @@ class GroupCommit:
 
     def _lose(self, group: Group, error: Exception) -> None:
         self._open = None
+        self._held_unconfirmed = 0
         if group is self._marked:
             self._marked, self._unconfirmed = None, []
         self._tx.rollback()
@@ -740,14 +790,17 @@ class GroupCommit:
                 self._combine(None)
 
     @contextmanager
-    def held(self, ahead: Sequence[str] = ()) -> Iterator[list[Group]]:
+    def held(self, ahead: Sequence[str] = (), *, unsynced: bool = False) -> Iterator[list[Group]]:
         """Hold the write lock while one thread runs many commands: they share transactions
         (each a savepoint after the first) and nothing commits until the block ends (except
         before a command that steps back, `StepBack`: what came before it commits). Yields
         the list of groups the commands ran in, in order (one entry per command that reached
         the write path, failed or not); after the block each group's ``failure`` says whether
         what committed in it is durable. ``ahead``: the jobs the commands load first, read
-        (`DeferredErrors`) by the first command's first statement."""
+        (`DeferredErrors`) by the first command's first statement. ``unsynced``: the commands
+        after a transaction's first go without a sync each (`DeferredErrors`); a group whose
+        error was not known to be whose comes back with ``redo`` set, nothing of it written,
+        for the holder to run its commands again in a block without ``unsynced``."""
         joined: list[Group] = []
         self._lock.acquire()
         if self._holder is not None or not self.enabled:  # nested, or each commits alone
@@ -757,13 +810,15 @@ class GroupCommit:
                 self._lock.release()
             return
         self._holder, self._joined = threading.get_ident(), joined
-        if self._defers is not None and ahead:
+        if self._defers is not None:
             self.ahead = list(ahead)
+            self._held_unsynced = unsynced
         try:
             yield joined
         finally:
             self._holder, self._joined = None, None
             self.ahead = []
+            self._held_unsynced = False
             try:
                 if self._open is not None:
                     self._commit(self._open)

@@ -632,21 +632,17 @@ class _Transactions:
         self.put().execute("SAVEPOINT command")
 
     def release(self) -> None:
+        self.put().execute("RELEASE command")  # (may raise first: still inside it then)
         self.in_savepoint = 0
-        self.put().execute("RELEASE command")
 
     def rollback_to(self) -> None:
         """A failed statement leaves the pipeline aborted until a sync: sync first (the error
         there is the failed command's, already being reported), then roll back to the
         savepoint, and see that it did."""
-        with contextlib.suppress(psycopg.Error):
-            self.sync()
+        status = self._settled_status()
         conn = self._backend._conn
         forget_prepared(conn)
-        if conn.info.transaction_status not in (
-            TransactionStatus.INTRANS,
-            TransactionStatus.INERROR,
-        ):
+        if status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             raise psycopg.OperationalError("the transaction ended with the failed command")
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
@@ -663,7 +659,21 @@ class _Transactions:
         if self.unsynced:
             self.sync()
 
-    # `ledger.backends.group.DeferredErrors`: a combiner's commands without a sync each
+    def _settled_status(self) -> TransactionStatus:
+        """Sync, ignoring the errors it reports, until the server's answers are all in and the
+        transaction's state can be read: a sync whose pipeline held an error result raises
+        before it reads its own answer, leaving the state ACTIVE (measured: 152 of 200)."""
+        conn = self._backend._conn
+        for _ in range(3):
+            with contextlib.suppress(psycopg.Error):
+                self.sync()
+            if conn.closed or conn.broken:
+                return TransactionStatus.UNKNOWN
+            status = conn.info.transaction_status
+            if status != TransactionStatus.ACTIVE:
+                return status
+        return conn.info.transaction_status
+
     def mark(self) -> None:
         self.open()
         self._mark = (set(self.to_head), self.holds_log)
@@ -672,19 +682,11 @@ class _Transactions:
     def recover(self) -> None:
         """Sync (the error there is one of the commands after the mark: they all run again),
         then back to the mark."""
-        with contextlib.suppress(psycopg.Error):
-            self.sync()
+        status = self._settled_status()
         conn = self._backend._conn
-        forget_prepared(conn)
-        if (
-            conn.closed
-            or conn.broken
-            or conn.info.transaction_status
-            not in (
-                TransactionStatus.INTRANS,
-                TransactionStatus.INERROR,
-            )
-        ):
+        if not conn.closed:
+            forget_prepared(conn)
+        if status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
             raise psycopg.OperationalError("the transaction ended with a failed command")
         conn.execute("ROLLBACK TO unsynced")
         conn.execute("RELEASE unsynced")
@@ -696,13 +698,9 @@ class _Transactions:
         self.sync()
 
     def clean(self) -> bool:
-        with contextlib.suppress(psycopg.Error):
-            self.sync()
+        status = self._settled_status()
         conn = self._backend._conn
-        if conn.closed or conn.broken:
-            return False
-        status = conn.info.transaction_status
-        if status != TransactionStatus.INTRANS:
+        if status != TransactionStatus.INTRANS and not conn.closed:
             forget_prepared(conn)
         return status == TransactionStatus.INTRANS
 
@@ -711,14 +709,13 @@ class _Transactions:
 
     def commit_skipped(self) -> bool:
         """Still inside the failed transaction block (its COMMIT, sent after the failed
-        statement, was skipped by the server); the sync ends the aborted pipeline first."""
+        statement, was skipped by the server)."""
+        status = self._settled_status()
         conn = self._backend._conn
         if conn.closed or conn.broken:
             return False
-        with contextlib.suppress(psycopg.Error):
-            self.sync()
         forget_prepared(conn)
-        return conn.info.transaction_status == TransactionStatus.INERROR
+        return status == TransactionStatus.INERROR
 
     def sync(self) -> None:
         self.unsynced = False
@@ -773,6 +770,12 @@ class _Transactions:
             self.committing = False  # the server's answer, or the connection's end: known
             raise
         self.committing = False  # (an interrupt leaves it set, for `interrupted_commit`)
+        if statement == "COMMIT" and put.statusmessage == "ROLLBACK":
+            # A COMMIT of a transaction in its failed state ends it as a ROLLBACK, without an
+            # error: nothing of it was written, and its callers must hear so.
+            raise pg_errors.InFailedSqlTransaction(
+                "the transaction was in a failed state: its COMMIT rolled it back"
+            )
 
     def rollback(self) -> None:
         self.unsynced = False
@@ -919,11 +922,11 @@ class PostgresBackend:
                 raise
 
     def held_writes(
-        self, ahead: Sequence[str] = ()
+        self, ahead: Sequence[str] = (), *, unsynced: bool = False
     ) -> contextlib.AbstractContextManager[list[Group]]:
         """`GroupCommit.held`: one thread's many commands in shared transactions (``ahead``:
-        the jobs they load first, read together by the first)."""
-        return self._writes.held(ahead)
+        the jobs they load first, read together; ``unsynced``: without a sync each)."""
+        return self._writes.held(ahead, unsynced=unsynced)
 
     def _command(self, work: Callable[[PostgresTransaction], _T]) -> _T:
         """The command in the transaction `GroupCommit` opened (the writer is in autocommit

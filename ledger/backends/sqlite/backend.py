@@ -450,10 +450,12 @@ class SqliteBackend:
 
         return self._writes.run(doing, command)
 
-    def held_writes(self, ahead: Sequence[str] = ()) -> AbstractContextManager[list[Group]]:
+    def held_writes(
+        self, ahead: Sequence[str] = (), *, unsynced: bool = False
+    ) -> AbstractContextManager[list[Group]]:
         """`GroupCommit.held`: one thread's many commands in shared transactions (``ahead``,
         the jobs they load first, is for a backend whose reads cost a round trip)."""
-        return self._writes.held(ahead)
+        return self._writes.held(ahead, unsynced=unsynced)
 
     def _committed(self) -> None:
         # Only the thread holding the write lock counts, so no lock is needed for it; the

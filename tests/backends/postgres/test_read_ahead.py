@@ -13,9 +13,12 @@ what follows. What is proved here, each by a test that fails without the promise
 - a row read ahead and then written by an earlier command of the group (a charge moves its
   parent's subtree cost) is read again by the later command, not given as read: the parent's
   cost holds both charges, and replay rebuilds the same;
-- an `AsyncLedger`'s run of queued commands reads their jobs in one statement too, and a
-  command of the run that fails (rolled back to its savepoint) leaves the rest of that read
-  to the commands after it;
+- an `AsyncLedger`'s run of queued commands reads their jobs in one statement too and goes
+  without a sync per command; a command of the run that the rules refuse (rolled back to
+  its savepoint) leaves the rest of that read to the commands after it; one whose statement
+  fails at the server (its error arriving with a later command or the COMMIT) rolls the
+  run's transaction back, its calls run again each with its own sync, and it alone fails; a
+  neighbour's lock timeout stays its own;
 - an error that reaches a later command (a neighbour's event that waited for the log's
   counter past ``busy_timeout``, raised by the next command's lock, which would take it for
   its own and step back) is its command's: each runs again with its own sync, and nobody is
@@ -36,12 +39,21 @@ Grouping is forced with `Gate`, as in test_group_commit.py.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
 
-from ledger import AsyncLedger, InvalidTransition, Ledger, LedgerBusy, StorageError
+from ledger import (
+    AsyncLedger,
+    InvalidTransition,
+    Ledger,
+    LedgerBusy,
+    LedgerError,
+    StorageError,
+)
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
@@ -279,6 +291,24 @@ def test_failing_commands_among_many_threads_fail_alone(ledger: Ledger) -> None:
     assert ledger.verify().ok
 
 
+@contextmanager
+def queued_as_one_run(lg: AsyncLedger) -> Iterator[None]:
+    """The calls made inside the block queue behind a call that holds the AsyncLedger's thread
+    until the block ends: the thread then takes them all as one run."""
+    release = threading.Event()
+    held = lg._executor.submit(release.wait, WAIT)
+    try:
+        yield
+    finally:
+        release.set()
+    assert held.result(WAIT) is True
+
+
+def grouped(lg: AsyncLedger, fn: Any) -> Any:
+    """``fn`` as one grouped write on the AsyncLedger's thread (as `log_event` is)."""
+    return lg._executor.call_on(True, None, fn, (), {})
+
+
 def test_an_async_ledgers_run_of_commands_reads_their_jobs_in_one_statement(
     postgres_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,29 +318,33 @@ def test_an_async_ledgers_run_of_commands_reads_their_jobs_in_one_statement(
         assert setup.claim("w", lease=60) is not None
         setup.complete(done, "done", "success", 0.0, 1, worker_id="w")
     reads = Reads(monkeypatch)
+    syncs: list[None] = []
 
     async def main() -> list[Any]:
         async with AsyncLedger(postgres_schema) as lg:
             await lg.log_event(jobs[0], "progress", {"warm": True})  # opened, thread started
+            transactions_ = backend_of(lg.ledger)._transactions
+            sync = transactions_.sync
+            monkeypatch.setattr(transactions_, "sync", lambda: (syncs.append(None), sync())[1])
             reads.ahead.clear()
             reads.alone.clear()
-            calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
-            calls.insert(8, lg.log_event(done, "progress", {}))  # refused: rolled back alone
+            with queued_as_one_run(lg):
+                calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
+                calls.insert(8, lg.log_event(done, "progress", {}))  # refused: rolled back alone
             return await asyncio.gather(*calls, return_exceptions=True)
 
     results = asyncio.run(main())
     refused = results.pop(8)
     assert isinstance(refused, InvalidTransition), refused
     assert results == [3] + [2] * 15
-    read_ahead = {job for ids in reads.ahead for job in ids}
-    assert max(len(ids) for ids in reads.ahead) > 8  # a run's jobs, one statement
-    assert all(j in read_ahead or j in reads.alone for j in jobs)
-    # A run's first command loads its own row (it may wait for it: nothing else may be locked
-    # by then); the commands after it take theirs from the read ahead, those after the
-    # refusal included.
-    given = [j for j in jobs if j in read_ahead and j not in reads.alone]
-    assert len(given) >= 12, (len(given), reads.ahead, reads.alone)
-    assert any(j in given for j in jobs[8:])
+    # One run: its first command loads its own row (it may wait for it, so nothing else may
+    # be locked by then); the second reads every job of the run ahead, in one statement, and
+    # the commands after it take theirs from there, those after the refusal included.
+    assert reads.ahead == [[*jobs[:8], done, *jobs[8:]]]
+    assert [j for j in reads.alone if j in jobs] == [jobs[0]]
+    # and without a wait each (17 commands): the first command's, the refusal's check and
+    # its rollback to its savepoint (two), the COMMIT's
+    assert len(syncs) <= 5, len(syncs)
     with Ledger(postgres_schema) as ledger:
         assert ledger.verify().ok
 
@@ -453,3 +487,92 @@ def test_a_transactions_first_command_reads_nothing_ahead(
     finish_all([first, *rest])
     assert [caller.result for caller in rest] == [2, 2]
     assert ledger.verify().ok
+
+
+def at_the_end(backend: Any) -> Any:
+    """A write whose statement fails at the server only once it is sent, after its command."""
+
+    def write() -> Any:
+        def work(tx: Any) -> str:
+            tx._later.execute("SELECT 1/0")
+            return "queued"
+
+        return backend.write("dividing at the end", work)
+
+    return write
+
+
+@pytest.mark.parametrize("place", ["middle", "last"])
+def test_an_async_ledgers_unsynced_commands_fail_alone(postgres_schema: str, place: str) -> None:
+    """A run of an AsyncLedger's calls goes without a sync per command; one whose statement
+    fails at the server (its error arriving with the next command, or with the COMMIT) makes
+    the run's transaction roll back and its calls run again, each with its own sync: the
+    failing call alone gets the error, every other is in the log with the version it was
+    told."""
+    with Ledger(postgres_schema) as setup:
+        jobs = [setup.create_job(1, CONFIG) for _ in range(10)]
+
+    async def main() -> list[Any]:
+        async with AsyncLedger(postgres_schema) as lg:
+            await lg.log_event(jobs[0], "progress", {})
+            backend = backend_of(lg.ledger)
+            with queued_as_one_run(lg):
+                calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
+                calls.insert(5 if place == "middle" else 10, grouped(lg, at_the_end(backend)))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    failed = results.pop(5 if place == "middle" else 10)
+    assert isinstance(failed, StorageError) and "DivisionByZero" in str(failed), failed
+    assert str(failed).startswith("dividing at the end") and "shared with" not in str(failed)
+    assert results == [3] + [2] * 9
+    with Ledger(postgres_schema) as ledger:
+        assert [len(ledger.job_events(j)) for j in jobs] == [3] + [2] * 9
+        assert ledger.verify().ok
+
+
+def test_an_async_ledgers_run_keeps_a_neighbours_lock_timeout_its_own(
+    postgres_schema: str,
+) -> None:
+    with Ledger(postgres_schema) as setup:
+        a, b = setup.create_job(1, CONFIG), setup.create_job(1, CONFIG)
+
+    async def main() -> list[Any]:
+        async with AsyncLedger(postgres_schema, busy_timeout=0.3) as lg:
+            await lg.log_event(a, "progress", {})  # opened, thread started
+            with psycopg.connect(postgres_schema) as other:
+                with queued_as_one_run(lg):
+                    calls = [
+                        lg.create_job(1, CONFIG),  # the run's first: it waits, and times out
+                        lg.log_event(a, "progress", {}),
+                        lg.log_event(b, "progress", {}),
+                    ]
+                    other.execute("SELECT * FROM event_counter FOR UPDATE")
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, LedgerBusy) for r in results), results
+    with Ledger(postgres_schema) as ledger:
+        assert [len(ledger.job_events(j)) for j in (a, b)] == [2, 1]
+        assert ledger.verify().ok
+
+
+def test_a_commit_the_server_turns_into_a_rollback_is_a_failure(ledger: Ledger) -> None:
+    """A COMMIT of a transaction left in its failed state (an error swallowed, the pipeline
+    synced) ends it as a ROLLBACK without an error from the server: the caller is told nothing
+    of it was written, never that it committed."""
+    backend = backend_of(ledger)
+    job_id = ledger.create_job(1, CONFIG)
+
+    def swallowing(tx: Any) -> str:
+        tx.conn.execute("UPDATE jobs SET priority = 7 WHERE id = %s", (job_id,))
+        with suppress(psycopg.Error):
+            tx.conn.execute("SELECT 1/0").fetchone()
+        with suppress(psycopg.Error):
+            tx._transactions.sync()
+        return "done"
+
+    with pytest.raises(LedgerError, match="nothing of it was written"):
+        backend.write("swallowing an error", swallowing)
+    assert ledger.get_job(job_id).priority == 0
+    assert ledger.log_event(job_id, "progress", {}) == 2  # the writer goes on
