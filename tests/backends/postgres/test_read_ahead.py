@@ -77,6 +77,19 @@ def ledger(postgres_schema: str) -> Iterator[Ledger]:
         yield opened
 
 
+def at_the_end(backend: Any) -> Any:
+    """A write whose statement fails at the server only once it is sent, after its command."""
+
+    def write() -> Any:
+        def work(tx: Any) -> str:
+            tx._later.execute("SELECT 1/0")
+            return "queued"
+
+        return backend.write("dividing at the end", work)
+
+    return write
+
+
 class Reads:
     """Records the writer's job reads: each read ahead's ids, and each job loaded alone."""
 
@@ -193,13 +206,6 @@ def test_an_error_that_arrives_with_the_commit_is_its_commands_alone(
     gate = Gate(ledger, monkeypatch)
     commits = Commits(ledger, postgres_schema, monkeypatch)
 
-    def at_the_end() -> Any:
-        def work(tx: Any) -> str:
-            tx._later.execute("SELECT 1/0")  # sent at the end; nothing after it syncs
-            return "queued"
-
-        return backend.write("dividing at the end", work)
-
     first, rest = led(
         ledger,
         gate,
@@ -207,7 +213,7 @@ def test_an_error_that_arrives_with_the_commit_is_its_commands_alone(
         [
             lambda: ledger.log_event(a, "progress", {}),
             lambda: ledger.log_event(b, "progress", {}),
-            at_the_end,
+            at_the_end(backend),
         ],
     )
     gate.open()
@@ -254,20 +260,13 @@ def test_failing_commands_among_many_threads_fail_alone(ledger: Ledger) -> None:
     backend = backend_of(ledger)
     jobs = [ledger.create_job(1, CONFIG) for _ in range(8)]
 
-    def failing() -> Any:
-        def work(tx: Any) -> str:
-            tx._later.execute("SELECT 1/0")
-            return "queued"
-
-        return backend.write("dividing", work)
-
     def calls(n: int) -> tuple[list[int], list[BaseException]]:
         logged: list[int] = []
         failed: list[BaseException] = []
         for i in range(60):
             if (i * 7 + n) % 5 == 0:
                 try:
-                    failing()
+                    at_the_end(backend)()
                 except StorageError as e:
                     failed.append(e)
             else:
@@ -396,20 +395,13 @@ def test_an_interrupt_going_back_to_the_mark_loses_the_group_and_the_writer_goes
 
     monkeypatch.setattr(transactions_, "recover", interrupted)
 
-    def at_the_end() -> Any:
-        def work(tx: Any) -> str:
-            tx._later.execute("SELECT 1/0")
-            return "queued"
-
-        return backend.write("dividing at the end", work)
-
     gate = Gate(ledger, monkeypatch)
     gate.fail = RuntimeError("the leader fails: the queued commands start a new transaction")
     first, rest = led(
         ledger,
         gate,
         lambda: ledger.log_event(leader_job, "progress", {}),
-        [lambda: ledger.log_event(logged, "progress", {}), at_the_end],
+        [lambda: ledger.log_event(logged, "progress", {}), at_the_end(backend)],
     )
     gate.open()
     finish_all([first, *rest])
@@ -437,19 +429,12 @@ def test_an_interrupt_in_an_unsynced_command_reaches_the_combiner_and_is_not_rer
 
         return backend.write("interrupted", work)
 
-    def at_the_end() -> Any:
-        def work(tx: Any) -> str:
-            tx._later.execute("SELECT 1/0")
-            return "queued"
-
-        return backend.write("dividing at the end", work)
-
     gate = Gate(ledger, monkeypatch)
     first, rest = led(
         ledger,
         gate,
         lambda: ledger.log_event(leader_job, "progress", {}),
-        [lambda: ledger.log_event(logged, "progress", {}), at_the_end, interrupting],
+        [lambda: ledger.log_event(logged, "progress", {}), at_the_end(backend), interrupting],
     )
     gate.open()
     finish_all([first, *rest])
@@ -487,19 +472,6 @@ def test_a_transactions_first_command_reads_nothing_ahead(
     finish_all([first, *rest])
     assert [caller.result for caller in rest] == [2, 2]
     assert ledger.verify().ok
-
-
-def at_the_end(backend: Any) -> Any:
-    """A write whose statement fails at the server only once it is sent, after its command."""
-
-    def write() -> Any:
-        def work(tx: Any) -> str:
-            tx._later.execute("SELECT 1/0")
-            return "queued"
-
-        return backend.write("dividing at the end", work)
-
-    return write
 
 
 @pytest.mark.parametrize("place", ["middle", "last"])
