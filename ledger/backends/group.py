@@ -208,7 +208,7 @@ class _Call:
     def __init__(self, doing: str, command: Callable[[], object], key: str | None = None) -> None:
         self.doing = doing
         self.command = command
-        self.key = key  # the job it loads first, if known (`DeferredErrors.read_ahead`)
+        self.key = key  # the job it loads first, if known (`GroupCommit.ahead`)
         self.result: object = None
         self.error: BaseException | None = None
         self.group: Group | None = None
@@ -540,8 +540,7 @@ class GroupCommit:
         """``call``'s job and those of the calls queued behind it, for its first statement to
         read at once (each call is looked at once: the queue behind one not yet read ahead
         arrived after it, and none of it was either)."""
-        if call.key is None:
-            return
+        assert call.key is not None
         keys = [call.key]
         for queued in tuple(self._pending):  # (appended to by other threads meanwhile)
             if queued.key is not None:
@@ -736,17 +735,13 @@ class GroupCommit:
             tx.commit()
         except tx.error as e:
             defers = self._defers
-            if held_unconfirmed and defers is not None:
+            if (unconfirmed or held_unconfirmed) and defers is not None:
                 self._open = group  # until settled (an interrupt meanwhile loses it)
-                if defers.commit_skipped():  # one of `held`'s unsynced commands failed
-                    self._redo(group)
-                    return
-                self._open = None
-            if unconfirmed and defers is not None:
-                self._open = group  # until recovered (an interrupt meanwhile loses it)
-                if defers.commit_skipped():
-                    # One of the commands run without a sync failed: each again, then COMMIT.
-                    self._rerun(group, unconfirmed, len(unconfirmed))
+                if defers.commit_skipped():  # one of the commands run without a sync failed
+                    if held_unconfirmed:
+                        self._redo(group)  # `held`'s: its holder runs them again
+                        return
+                    self._rerun(group, unconfirmed, len(unconfirmed))  # each again, then COMMIT
                     if self._open is not None:
                         self._commit(self._open)
                     return

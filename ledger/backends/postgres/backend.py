@@ -639,11 +639,8 @@ class _Transactions:
         """A failed statement leaves the pipeline aborted until a sync: sync first (the error
         there is the failed command's, already being reported), then roll back to the
         savepoint, and see that it did."""
-        status = self._settled_status()
+        self._still_open("the failed command")
         conn = self._backend._conn
-        forget_prepared(conn)
-        if status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-            raise psycopg.OperationalError("the transaction ended with the failed command")
         conn.execute("ROLLBACK TO command")
         conn.execute("RELEASE command")
         ahead = self.ahead
@@ -662,7 +659,8 @@ class _Transactions:
     def _settled_status(self) -> TransactionStatus:
         """Sync, ignoring the errors it reports, until the server's answers are all in and the
         transaction's state can be read: a sync whose pipeline held an error result raises
-        before it reads its own answer, leaving the state ACTIVE (measured: 152 of 200)."""
+        before it reads its own answer, leaving the state ACTIVE (measured: 152 of 200). Where
+        a statement failed, psycopg's prepared statements are forgotten (`forget_prepared`)."""
         conn = self._backend._conn
         for _ in range(3):
             with contextlib.suppress(psycopg.Error):
@@ -671,8 +669,15 @@ class _Transactions:
                 return TransactionStatus.UNKNOWN
             status = conn.info.transaction_status
             if status != TransactionStatus.ACTIVE:
-                return status
-        return conn.info.transaction_status
+                break
+        if status != TransactionStatus.INTRANS:  # a statement failed: maybe a skipped prepare
+            forget_prepared(conn)
+        return status
+
+    def _still_open(self, after: str) -> None:
+        """`_settled_status`, and the transaction still open (failed or not), else raise."""
+        if self._settled_status() not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            raise psycopg.OperationalError(f"the transaction ended with {after}")
 
     def mark(self) -> None:
         self.open()
@@ -682,12 +687,8 @@ class _Transactions:
     def recover(self) -> None:
         """Sync (the error there is one of the commands after the mark: they all run again),
         then back to the mark."""
-        status = self._settled_status()
+        self._still_open("a failed command")
         conn = self._backend._conn
-        if not conn.closed:
-            forget_prepared(conn)
-        if status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-            raise psycopg.OperationalError("the transaction ended with a failed command")
         conn.execute("ROLLBACK TO unsynced")
         conn.execute("RELEASE unsynced")
         self.ahead = None
@@ -698,11 +699,7 @@ class _Transactions:
         self.sync()
 
     def clean(self) -> bool:
-        status = self._settled_status()
-        conn = self._backend._conn
-        if status != TransactionStatus.INTRANS and not conn.closed:
-            forget_prepared(conn)
-        return status == TransactionStatus.INTRANS
+        return self._settled_status() == TransactionStatus.INTRANS
 
     def may_read_ahead(self) -> bool:
         return self.holds_log and not self.unopened
@@ -710,12 +707,7 @@ class _Transactions:
     def commit_skipped(self) -> bool:
         """Still inside the failed transaction block (its COMMIT, sent after the failed
         statement, was skipped by the server)."""
-        status = self._settled_status()
-        conn = self._backend._conn
-        if conn.closed or conn.broken:
-            return False
-        forget_prepared(conn)
-        return status == TransactionStatus.INERROR
+        return self._settled_status() == TransactionStatus.INERROR
 
     def sync(self) -> None:
         self.unsynced = False
