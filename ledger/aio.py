@@ -41,7 +41,9 @@ _WATCH_SLICE = 0.25  # the longest one backend wait lasts in the watcher (so clo
 _WAIT_SLICE = 1.0  # a waiting task re-reads its job at least this often (a safety net)
 _DONE = object()
 # The grouped `Ledger` methods whose first argument is the job they load first.
-_ON_A_JOB = frozenset({"heartbeat", "complete", "fail", "cancel", "release", "charge", "log_event"})
+_ON_A_JOB = frozenset(
+    {"heartbeat", "complete", "fail", "cancel", "release", "charge", "log_event", "log_events"}
+)
 
 
 def _job_key(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -51,6 +53,14 @@ def _job_key(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str 
         return None
     key = args[0] if args else kwargs.get("job_id")
     return key if type(key) is str else None
+
+
+def _listed(items: Any) -> Any:
+    """A one-shot iterator argument (a generator of specs or events) drawn here, on the event
+    loop, into a list: the ledger's thread may run a grouped call twice (a shared transaction
+    that had to be redone), and a second run must see the same items, not an exhausted
+    iterator. Anything else goes as it is, for the method to take or refuse."""
+    return list(items) if isinstance(items, Iterator) else items
 
 
 class AsyncLedger:
@@ -225,6 +235,14 @@ class AsyncLedger:
 
     async def cancel(self, job_id: str, **kwargs: Any) -> bool:
         result: bool = await self._command("cancel", (job_id,), kwargs)
+        return result
+
+    async def create_jobs(self, specs: Any) -> list[str]:
+        result: list[str] = await self._command("create_jobs", (_listed(specs),), {})
+        return result
+
+    async def log_events(self, job_id: str, events: Any, **kwargs: Any) -> int:
+        result: int = await self._command("log_events", (job_id, _listed(events)), kwargs)
         return result
 
     async def iter_events(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

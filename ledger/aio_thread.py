@@ -40,6 +40,7 @@ GROUPED = frozenset(
         "release",
         "charge",
         "log_event",
+        "log_events",
     }
 )
 # The backend's shared-transaction block for a run of calls, given the jobs they load first

@@ -361,7 +361,28 @@ class Ledger(LedgerReads):
         event_type = cmd.activity_type(type)
         # Encoded once here; the event carries the bytes (msgspec.Raw) into the log as they are.
         encoded = msgspec.Raw(check.json_bytes("payload", payload))
-        return self._service.log(command, event_type, encoded)
+        return self._service.log(command, ((event_type, encoded),))
+
+    def log_events(
+        self,
+        job_id: str,
+        events: Iterable[tuple[EventType | str, Any]],
+        *,
+        expected_version: int | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> int:
+        """Append many activity events to one job in one transaction, in order: ``events`` is
+        a list of ``(type, payload)`` pairs, each what `log_event` takes. All are written or
+        none (a bad pair raises `InvalidArgument` naming it, ``events[3].payload``, before
+        anything is written); the fencing and ``expected_version`` are `log_event`'s, checked
+        once for the batch. Returns the job's new version (an empty list writes nothing and
+        returns the version as it is, after the same checks). For a worker that buffers its
+        progress: one commit, one fsync, for the whole batch."""
+        command = cmd.LogActivity.checked(
+            job_id=job_id, expected_version=expected_version, worker_id=worker_id, attempt=attempt
+        )
+        return self._service.log(command, cmd.activities(events))
 
     def rescue_expired(self) -> int:
         """Requeue (or fail, with no attempts left) every running job whose lease ran out."""

@@ -74,6 +74,8 @@ class Step:
             version = (state or self.job(job_id)).version
         if expected_version is not None and expected_version != version:
             raise ConcurrencyError(job_id, expected_version, version)
+        if not events:  # nothing to write (an empty `log_events`): the checks above were all
+            return
         apply = self.fold.apply
         for stored in self.tx.append(job_id, version, events, self.now):
             apply(stored)
@@ -292,14 +294,19 @@ class Service:
 
         self.run("releasing a job", work, command.job_id)
 
-    def log(self, command: cmd.LogActivity, event_type: EventType, payload: msgspec.Raw) -> int:
+    def log(
+        self, command: cmd.LogActivity, activities: Sequence[tuple[EventType, msgspec.Raw]]
+    ) -> int:
+        """`log_event` (one pair) and `log_events` (any number, one transaction): the job's
+        version after them."""
+
         def work(step: Step) -> int:
             state = step.job(command.job_id)
-            events = decide.log(state, event_type, payload, command.worker_id, command.attempt)
+            events = decide.log(state, activities, command.worker_id, command.attempt)
             step.append(command.job_id, events, command.expected_version, state=state)
             return state.version + len(events)
 
-        return self.run("logging an event", work, command.job_id)
+        return self.run("logging events" if len(activities) > 1 else "logging an event", work, command.job_id)
 
     def rescue_expired(self) -> int:
         return self.run(

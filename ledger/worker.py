@@ -147,6 +147,19 @@ class JobContext:
             return False
         return True
 
+    def log_events(self, events: Iterable[tuple[EventType | str, Any]]) -> bool:
+        """Append many activity events in one commit (`Ledger.log_events`), fenced as `log`:
+        False (and ``cancelled`` set, nothing written) when the job is no longer this
+        worker's."""
+        try:
+            self._ledger.log_events(
+                self.job.id, events, worker_id=self.worker_id, attempt=self.job.attempts
+            )
+        except (LeaseLost, InvalidTransition):
+            self._lost.set()
+            return False
+        return True
+
     def charge(self, cents: float, detail: Any = None) -> None:
         """Record spending of this attempt (a ``charged`` event, fenced by worker and attempt).
         `BudgetExceeded` (nothing written) when the job would pass its ``max_cost_cents`` or its

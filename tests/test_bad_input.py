@@ -39,6 +39,18 @@ BAD_CALLS = {
     "unencodable payload": lambda lg, j: lg.log_event(j, "progress", {"x": {1, object()}}),
     "lifecycle type to log_event": lambda lg, j: lg.log_event(j, "completed", {}),
     "unknown event type": lambda lg, j: lg.log_event(j, "nonsense", {}),
+    "log_events: one string": lambda lg, j: lg.log_events(j, "progress"),
+    "log_events: a dict": lambda lg, j: lg.log_events(j, {"progress": {}}),
+    "log_events: not a pair": lambda lg, j: lg.log_events(j, [("progress", {}), ("progress",)]),
+    "log_events: lifecycle type last": lambda lg, j: lg.log_events(
+        j, [("progress", {})] * 3 + [("completed", {})]
+    ),
+    "log_events: unencodable payload": lambda lg, j: lg.log_events(
+        j, [("progress", {}), ("tool_call", {"x": float("nan")})]
+    ),
+    "log_events: bad expected version": lambda lg, j: lg.log_events(
+        j, [("progress", {})], expected_version=-1
+    ),
     "non-string job id": lambda lg, j: lg.heartbeat(12),
     "zero lease": lambda lg, j: lg.claim("w2", lease=0),
     "NaN lease": lambda lg, j: lg.heartbeat(j, lease=float("nan")),

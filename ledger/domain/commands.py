@@ -13,7 +13,7 @@ import operator
 import os
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Self
 
@@ -369,17 +369,35 @@ class LogActivity(Command, frozen=True, kw_only=True):
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
 
 
-def activity_type(value: EventType | str) -> EventType:
+def activity_type(value: EventType | str, name: str = "type") -> EventType:
     event_type = _ACTIVITY_BY_NAME.get(value) if isinstance(value, str) else None
     if event_type is None:
         allowed = ", ".join(sorted(t.value for t in ACTIVITY_TYPES))
         raise InvalidArgument(
-            "type",
+            name,
             value,
-            f"log_event takes an activity type ({allowed}); "
+            f"log_event and log_events take an activity type ({allowed}); "
             "lifecycle events come from their own calls (complete, fail, ...)",
         )
     return event_type
+
+
+def activities(events: Any) -> list[tuple[EventType, msgspec.Raw]]:
+    """`log_events`' list of ``(type, payload)`` pairs, each checked as `log_event` checks its
+    two arguments and its payload encoded once (the event carries the bytes into the log); a
+    refusal names the pair (``events[3].payload``) and nothing is written."""
+    if isinstance(events, str | bytes | Mapping) or not isinstance(events, Iterable):
+        raise InvalidArgument("events", events, "expected a list of (type, payload) pairs")
+    checked = []
+    for i, pair in enumerate(events):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidArgument(
+                f"events[{i}]", pair, "expected a (type, payload) pair, such as ('progress', {})"
+            )
+        event_type = activity_type(pair[0], f"events[{i}].type")
+        payload = msgspec.Raw(check.json_bytes(f"events[{i}].payload", pair[1]))
+        checked.append((event_type, payload))
+    return checked
 
 
 _ACTIVITY_BY_NAME: dict[object, EventType] = {t.value: t for t in ACTIVITY_TYPES}

@@ -9,6 +9,7 @@ rule about what a command may do lives here, checked against the one table of le
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -226,14 +227,15 @@ def charge(
 
 def log(
     state: JobState,
-    event_type: EventType,
-    payload: Any,
+    activities: Sequence[tuple[EventType, Any]],
     worker_id: str | None = None,
     attempt: int | None = None,
 ) -> list[ev.Event]:
-    """Activity on a pending or running job. A worker that names itself is fenced like heartbeat:
-    it must still hold the job (`LeaseLost` otherwise), so it cannot write into an attempt that
-    another worker now holds. The event records the writer and the running attempt."""
+    """Activity on a pending or running job: one event per ``(type, payload)`` pair, in order
+    (`log_event` gives one, `log_events` many; all are checked against the same state, so a
+    batch is refused or written whole). A worker that names itself is fenced like heartbeat: it
+    must still hold the job (`LeaseLost` otherwise), so it cannot write into an attempt that
+    another worker now holds. Each event records the writer and the running attempt."""
     status = state.status
     if status not in _LOGGABLE or (
         worker_id is not None
@@ -243,12 +245,16 @@ def log(
             or (attempt is not None and state.attempts != attempt)
         )
     ):  # refused: the checks below raise, naming the event (its words are built only here)
-        verb = f"log {event_type.value!r} to"
+        verb = f"log {activities[0][0].value!r} to" if activities else "log events to"
         if worker_id is not None:
             _check_holder(state, worker_id, "log", verb=verb, attempt=attempt)
         require(state.id, status, "log", verb=verb)
     attempt = state.attempts if status is _RUNNING else None
-    return [ev.ACTIVITY_EVENTS[event_type](payload=payload, worker_id=worker_id, attempt=attempt)]
+    made = ev.ACTIVITY_EVENTS
+    return [
+        made[event_type](payload=payload, worker_id=worker_id, attempt=attempt)
+        for event_type, payload in activities
+    ]
 
 
 def step(state: JobState, name: str, result: Any, worker_id: str, attempt: int) -> list[ev.Event]:

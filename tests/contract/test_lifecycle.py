@@ -9,7 +9,9 @@ from datetime import UTC, timedelta
 import pytest
 
 from ledger import (
+    ConcurrencyError,
     EventType,
+    InvalidArgument,
     InvalidTransition,
     JobNotFound,
     JobStatus,
@@ -455,6 +457,8 @@ FENCED: dict[str, Callable[[Ledger, str, str], object]] = {
     "complete": lambda lg, j, w: lg.complete(j, "late", worker_id=w),
     "fail": lambda lg, j, w: lg.fail(j, "late", worker_id=w),
     "release": lambda lg, j, w: lg.release(j, worker_id=w),
+    "log_event": lambda lg, j, w: lg.log_event(j, "progress", {}, worker_id=w),
+    "log_events": lambda lg, j, w: lg.log_events(j, [("progress", {})], worker_id=w),
 }
 
 
@@ -505,6 +509,76 @@ def test_another_worker_cannot_act_on_a_held_job(ledger: Ledger) -> None:
         with pytest.raises(LeaseLost) as raised:
             FENCED[command](ledger, job_id, "intruder")
         assert raised.value.holder == "holder"
+    assert state(ledger) == before
+
+
+def test_log_events_appends_a_batch_in_order_in_one_transaction(ledger: Ledger) -> None:
+    """Promise: `log_events` appends its ``(type, payload)`` pairs to one job in the order
+    given, as consecutive versions, and returns the job's new version; the payloads read back
+    as written."""
+    job_id = ledger.create_job(1, CONFIG)
+    pairs = [("progress", {"step": i, "of": 50}) for i in range(50)]
+    pairs[7] = (EventType.TOOL_CALL, {"tool": "grep", "args": ["-n", "x"]})
+    pairs[-1] = ("error", None)
+    assert ledger.log_events(job_id, pairs) == 51
+    events = ledger.job_events(job_id)[1:]
+    assert [e.version for e in events] == list(range(2, 52))
+    assert [(e.type, e.payload) for e in events] == [
+        (EventType(kind), payload) for kind, payload in pairs
+    ]
+    positions = [e.position for e in events]
+    assert positions == list(range(positions[0], positions[0] + 50))  # nothing in between
+    ledger.claim("w")
+    assert ledger.log_events(job_id, iter([("started", {}), ("progress", {"n": 1})])) == 54
+    last = ledger.job_events(job_id)[-2:]
+    assert [(e.worker_id, e.attempt) for e in last] == [(None, 1), (None, 1)]
+    job = ledger.get_job(job_id)
+    assert job is not None and job.version == 54 and job.status is JobStatus.RUNNING
+
+
+def test_log_events_is_all_or_nothing(ledger: Ledger) -> None:
+    """Promise: a batch with one bad pair, a stale ``expected_version`` or a refused job writes
+    none of its events; an empty batch writes nothing and returns the version as it is, after
+    the same checks."""
+    job_id = ledger.create_job(1, CONFIG)
+    before = state(ledger)
+    with pytest.raises(InvalidArgument) as raised:
+        ledger.log_events(job_id, [("progress", {})] * 5 + [("progress", {"x": {1, 2}})])
+    assert raised.value.name == "events[5].payload"
+    with pytest.raises(InvalidArgument) as raised:
+        ledger.log_events(job_id, [("progress", {}), ("claimed", {})])
+    assert raised.value.name == "events[1].type"
+    with pytest.raises(ConcurrencyError):
+        ledger.log_events(job_id, [("progress", {})] * 3, expected_version=5)
+    assert state(ledger) == before
+    assert ledger.log_events(job_id, []) == 1
+    assert ledger.log_events(job_id, [], expected_version=1) == 1
+    with pytest.raises(ConcurrencyError):
+        ledger.log_events(job_id, [], expected_version=4)
+    assert state(ledger) == before
+    assert ledger.log_events(job_id, [("progress", {})] * 3, expected_version=1) == 4
+    ledger.cancel(job_id)
+    after = state(ledger)
+    with pytest.raises(InvalidTransition):
+        ledger.log_events(job_id, [("progress", {})] * 3)
+    with pytest.raises(InvalidTransition):
+        ledger.log_events(job_id, [])
+    with pytest.raises(JobNotFound):
+        ledger.log_events("no-such-job", [("progress", {})])
+    assert state(ledger) == after
+
+
+def test_log_events_records_the_fenced_worker_and_attempt(ledger: Ledger) -> None:
+    """Promise: with ``worker_id`` every event of the batch records the worker and its
+    attempt, like `log_event`; another attempt's worker is refused for the whole batch."""
+    job_id = ledger.create_job(1, CONFIG, max_attempts=2)
+    job = ledger.claim("w1")
+    assert job is not None
+    ledger.log_events(job_id, [("progress", {"n": n}) for n in range(3)], worker_id="w1")
+    assert [(e.worker_id, e.attempt) for e in ledger.job_events(job_id)[-3:]] == [("w1", 1)] * 3
+    before = state(ledger)
+    with pytest.raises(LeaseLost):
+        ledger.log_events(job_id, [("progress", {})] * 2, worker_id="w1", attempt=2)
     assert state(ledger) == before
 
 
