@@ -321,6 +321,36 @@ def test_async_ledger_runs_every_call_and_wait_on_this_configuration(ledger: Led
     assert again == done and count == 2
 
 
+def test_async_ledger_logs_batches_from_many_tasks(ledger: Ledger) -> None:
+    """Promise: `AsyncLedger.log_events` from many tasks at once (group commit) writes every
+    batch whole and in order, each to its own job; a generator of events works like a list;
+    a refused batch fails alone and writes nothing."""
+
+    async def main() -> tuple[list[str], list[int], BaseException]:
+        async with AsyncLedger(ledger) as lg:
+            jobs = [await lg.create_job(1, CONFIG) for _ in range(12)]
+
+            async def log(n: int, job_id: str) -> int:
+                pairs = (("progress", {"task": n, "step": i}) for i in range(n + 1))
+                return await lg.log_events(job_id, pairs)  # type: ignore[no-any-return]
+
+            await lg.cancel(jobs[5])
+            results = await asyncio.gather(
+                *(log(n, job_id) for n, job_id in enumerate(jobs)), return_exceptions=True
+            )
+            refused = results.pop(5)
+            assert isinstance(refused, BaseException)
+            return jobs, results, refused  # type: ignore[return-value]
+
+    jobs, versions, refused = asyncio.run(main())
+    assert isinstance(refused, LedgerError) and "cancelled" in str(refused)
+    assert versions == [n + 2 for n in range(12) if n != 5]
+    for n, job_id in enumerate(jobs):
+        logged = ledger.job_events(job_id, types=[EventType.PROGRESS])
+        expected = [] if n == 5 else [{"task": n, "step": i} for i in range(n + 1)]
+        assert [e.payload for e in logged] == expected
+
+
 def test_a_concurrent_worker_runs_async_and_plain_handlers_at_once(ledger: Ledger) -> None:
     """Promise: ``Worker(concurrency=N)`` has N jobs in flight at once, on every backend: four
     async handlers (one event loop) and then four plain ones (threads) each wait for all four."""

@@ -38,11 +38,20 @@ def test_a_handlers_activity_is_in_the_jobs_events(ledger: Ledger) -> None:
     def handler(job: Job, ctx: JobContext) -> str:
         assert ctx.log(EventType.STARTED, {"task": job.config["task"]})
         assert ctx.log(EventType.TOOL_CALL, {"tool": "grep"})
+        assert ctx.log_events([("progress", {"n": 1}), ("progress", {"n": 2})])
         return "done"
 
-    assert Worker(ledger, handler).run(stop_when_idle=True) == 1
-    activity = ledger.job_events(job_id, types=[EventType.STARTED, EventType.TOOL_CALL])
-    assert [e.payload for e in activity] == [{"task": "contract"}, {"tool": "grep"}]
+    assert Worker(ledger, handler, worker_id="w").run(stop_when_idle=True) == 1
+    activity = ledger.job_events(
+        job_id, types=[EventType.STARTED, EventType.TOOL_CALL, EventType.PROGRESS]
+    )
+    assert [e.payload for e in activity] == [
+        {"task": "contract"},
+        {"tool": "grep"},
+        {"n": 1},
+        {"n": 2},
+    ]
+    assert all((e.worker_id, e.attempt) == ("w", 1) for e in activity)
     assert ledger.get_job(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
 
 

@@ -39,9 +39,10 @@ Grouping is forced with `Gate`, as in test_group_commit.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
 from typing import Any
 
 import pytest
@@ -290,22 +291,43 @@ def test_failing_commands_among_many_threads_fail_alone(ledger: Ledger) -> None:
     assert ledger.verify().ok
 
 
-@contextmanager
-def queued_as_one_run(lg: AsyncLedger) -> Iterator[None]:
-    """The calls made inside the block queue behind a call that holds the AsyncLedger's thread
-    until the block ends: the thread then takes them all as one run."""
-    release = threading.Event()
-    held = lg._executor.submit(release.wait, WAIT)
+async def in_one_run(
+    lg: AsyncLedger, calls: list[Awaitable[Any]], before_release: Callable[[], object] = list
+) -> list[Any]:
+    """The ``calls``' outcomes (results or exceptions), the calls queued, in order, behind a
+    call that holds the AsyncLedger's thread, so the thread takes them all as one run.
+
+    Each call is a coroutine (every `AsyncLedger` method is one, and `grouped`) that puts its
+    call on the thread's queue at its first step; the tasks' first steps run in the order
+    they were made once this coroutine yields, and the queue's length says they all have
+    (`before_release` then runs, say to take a lock), before the thread is let go."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        holding.set()
+        return release.wait(WAIT)
+
+    held = lg._executor.submit(hold)
+    assert holding.wait(WAIT)  # the thread is in it: its queue holds only what follows
+    queue = lg._executor._queue
     try:
-        yield
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        for _ in range(10):  # one loop turn starts them all (a yield to the loop, no sleep)
+            if queue.qsize() >= len(calls):
+                break
+            await asyncio.sleep(0)
+        assert queue.qsize() == len(calls), "a call did not reach the thread's queue"
+        before_release()
     finally:
         release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert held.result(WAIT) is True
+    return outcomes
 
 
-def grouped(lg: AsyncLedger, fn: Any) -> Any:
+async def grouped(lg: AsyncLedger, fn: Any) -> Any:
     """``fn`` as one grouped write on the AsyncLedger's thread (as `log_event` is)."""
-    return lg._executor.call_on(True, None, fn, (), {})
+    return await lg._executor.call_on(True, None, fn, (), {})
 
 
 def test_an_async_ledgers_run_of_commands_reads_their_jobs_in_one_statement(
@@ -327,10 +349,9 @@ def test_an_async_ledgers_run_of_commands_reads_their_jobs_in_one_statement(
             monkeypatch.setattr(transactions_, "sync", lambda: (syncs.append(None), sync())[1])
             reads.ahead.clear()
             reads.alone.clear()
-            with queued_as_one_run(lg):
-                calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
-                calls.insert(8, lg.log_event(done, "progress", {}))  # refused: rolled back alone
-            return await asyncio.gather(*calls, return_exceptions=True)
+            calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
+            calls.insert(8, lg.log_event(done, "progress", {}))  # refused: rolled back alone
+            return await in_one_run(lg, calls)
 
     results = asyncio.run(main())
     refused = results.pop(8)
@@ -488,10 +509,9 @@ def test_an_async_ledgers_unsynced_commands_fail_alone(postgres_schema: str, pla
         async with AsyncLedger(postgres_schema) as lg:
             await lg.log_event(jobs[0], "progress", {})
             backend = backend_of(lg.ledger)
-            with queued_as_one_run(lg):
-                calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
-                calls.insert(5 if place == "middle" else 10, grouped(lg, at_the_end(backend)))
-            return await asyncio.gather(*calls, return_exceptions=True)
+            calls = [lg.log_event(j, "progress", {"n": n}) for n, j in enumerate(jobs)]
+            calls.insert(5 if place == "middle" else 10, grouped(lg, at_the_end(backend)))
+            return await in_one_run(lg, calls)
 
     results = asyncio.run(main())
     failed = results.pop(5 if place == "middle" else 10)
@@ -501,6 +521,38 @@ def test_an_async_ledgers_unsynced_commands_fail_alone(postgres_schema: str, pla
     with Ledger(postgres_schema) as ledger:
         assert [len(ledger.job_events(j)) for j in jobs] == [3] + [2] * 9
         assert ledger.verify().ok
+
+
+def test_a_redone_run_sees_a_generators_items_again(postgres_schema: str) -> None:
+    """A call given a generator (of `log_events`' pairs, of `create_jobs`' specs) may run twice
+    when its run is redone; it is drawn into a list on the event loop, so the second run writes
+    the same items and the caller's answer is true (an exhausted generator would write an empty
+    batch and be acknowledged)."""
+    with Ledger(postgres_schema) as setup:
+        jobs = [setup.create_job(1, CONFIG) for _ in range(3)]
+
+    async def main() -> list[Any]:
+        async with AsyncLedger(postgres_schema) as lg:
+            await lg.log_event(jobs[0], "progress", {})
+            backend = backend_of(lg.ledger)
+            calls = [
+                lg.log_event(jobs[0], "progress", {}),
+                lg.create_jobs({"chat_id": 9, "config": {"n": n}} for n in range(3)),
+                lg.log_events(jobs[1], (("progress", {"n": n}) for n in range(4))),
+                grouped(lg, at_the_end(backend)),
+                lg.log_event(jobs[2], "progress", {}),
+            ]
+            return await in_one_run(lg, calls)
+
+    results = asyncio.run(main())
+    assert isinstance(results.pop(3), StorageError)
+    assert results[0] == 3 and len(results[1]) == 3 and results[2:] == [5, 2]
+    with Ledger(postgres_schema) as ledger:
+        logged = ledger.job_events(jobs[1], types=["progress"])
+        assert [e.payload for e in logged] == [{"n": n} for n in range(4)]
+        configs = [ledger.get_job(j).config for j in results[1]]  # type: ignore[union-attr]
+        assert configs == [{"n": n} for n in range(3)]
+        assert ledger.count_jobs() == 6 and ledger.verify().ok
 
 
 def test_an_async_ledgers_run_keeps_a_neighbours_lock_timeout_its_own(
@@ -513,14 +565,13 @@ def test_an_async_ledgers_run_keeps_a_neighbours_lock_timeout_its_own(
         async with AsyncLedger(postgres_schema, busy_timeout=0.3) as lg:
             await lg.log_event(a, "progress", {})  # opened, thread started
             with psycopg.connect(postgres_schema) as other:
-                with queued_as_one_run(lg):
-                    calls = [
-                        lg.create_job(1, CONFIG),  # the run's first: it waits, and times out
-                        lg.log_event(a, "progress", {}),
-                        lg.log_event(b, "progress", {}),
-                    ]
-                    other.execute("SELECT * FROM event_counter FOR UPDATE")
-                return await asyncio.gather(*calls, return_exceptions=True)
+                calls = [
+                    lg.create_job(1, CONFIG),  # the run's first: it waits, and times out
+                    lg.log_event(a, "progress", {}),
+                    lg.log_event(b, "progress", {}),
+                ]
+                lock = functools.partial(other.execute, "SELECT * FROM event_counter FOR UPDATE")
+                return await in_one_run(lg, calls, lock)
 
     results = asyncio.run(main())
     assert all(isinstance(r, LedgerBusy) for r in results), results
