@@ -179,6 +179,21 @@ def log_event(conn: apsw.Connection, job_id: str, kind: str, payload: Any) -> No
     conn.execute("COMMIT")
 
 
+def log_events(conn: apsw.Connection, job_id: str, kind: str, payloads: list[Any]) -> None:
+    """`log_event`'s rows for many events in one transaction: the job row read once, the
+    events inserted with consecutive versions, the job row and the checkpoint moved once."""
+    at = _now()
+    rows = [_enc.encode({"type": kind, "payload": payload}).decode() for payload in payloads]
+    conn.execute("BEGIN IMMEDIATE")
+    version = conn.execute(SELECT_JOB, (job_id,)).fetchone()[16]
+    for data in rows:
+        version += 1
+        conn.execute(INSERT_EVENT, (job_id, version, kind, data, at))
+    conn.execute("UPDATE jobs SET updated_at = ?, version = ? WHERE id = ?", (at, version, job_id))
+    conn.execute(CHECKPOINT)
+    conn.execute("COMMIT")
+
+
 _fromiso = datetime.fromisoformat
 
 

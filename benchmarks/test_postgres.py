@@ -240,6 +240,22 @@ def raw_append(raw: Raw, job_id: str, version: int, now: datetime) -> None:
     )
 
 
+def raw_append_many(raw: Raw, job_id: str, version: int, n: int, now: datetime) -> int:
+    """``n`` events on one job in one transaction, as `log_events` writes them: the row
+    locked, the event inserts, the row's version and the checkpoint. Returns the version."""
+    raw.execute("BEGIN")
+    raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
+    data = json.dumps({"step": 1})
+    raw.executemany(
+        events_table.insert_deferred_statement,
+        [(job_id, version + i, "progress", data, now) for i in range(n)],
+    )
+    last = version + n - 1
+    raw.execute("UPDATE jobs SET version = %s, updated_at = %s WHERE id = %s", (last, now, job_id))
+    raw.commit()  # the checkpoint to the head, then the COMMIT
+    return last + 1
+
+
 def raw_read(raw: Raw) -> list[Any]:
     rows: list[Any] = raw.execute(events_table.after_statement, (0,)).fetchall()
     return rows  # psycopg has parsed each json data already
@@ -325,6 +341,32 @@ def test_pg_read_all(benchmark: Any, pg: Trio, impl: str) -> None:
         lambda: raw_read(pg.raw),
         lambda: minimal_pg.read_all(pg.least),
     )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pg_log_events(benchmark: Any, pg: Trio, impl: str) -> None:
+    """Issue 17's "append 100 events per commit" as the ledger's own call (`log_events`: 100
+    activity events to one job); minimal: the same 100 bare event inserts in one transaction."""
+    benchmark.group = f"pg-log-events x100 [{pg.durability}]"
+    benchmark.extra_info["items"] = BATCH
+    now = datetime.now(UTC)
+    pairs = [("progress", {"step": n, "note": "progress"}) for n in range(BATCH)]
+    job_id = pg.ledger.create_job(1, CONFIG)
+    raw_job = raw_create(pg.raw, now)
+    raw_version = [2]
+
+    def raw_call() -> None:
+        raw_version[0] = raw_append_many(pg.raw, raw_job, raw_version[0], BATCH, now)
+
+    _run(
+        benchmark,
+        impl,
+        BATCH_ROUNDS,
+        lambda: pg.ledger.log_events(job_id, pairs),
+        raw_call,
+        lambda: minimal_pg.batch(pg.least, CONFIG),
+    )
+    assert pg.ledger.verify().ok
 
 
 @pytest.mark.parametrize("impl", IMPLS)

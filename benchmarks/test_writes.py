@@ -110,6 +110,29 @@ def test_create_jobs_100(benchmark, trio: Trio, impl: str) -> None:  # type: ign
     )
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_log_events_100(benchmark, trio: Trio, impl: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17's "append 100 events per commit" as the ledger's own call: 100 activity events
+    to one job in one transaction (`create_jobs` x100, group 5 above, writes 100 job rows
+    too). The minimal baseline is the same 100 bare event inserts in one transaction."""
+    ledger, conn, least = trio
+    benchmark.group = f"5 log_events x100 [{ledger_durability(ledger)}]"
+    benchmark.extra_info["items"] = 100
+    payloads = [{"message": f"step {n} of 100", "tokens": 1234} for n in range(100)]
+    pairs = [("progress", payload) for payload in payloads]
+    job_id = ledger.create_job(7, CONFIG)
+    raw_job = raw.create_job(conn, 7, CONFIG)
+    _run(
+        benchmark,
+        lambda: ledger.log_events(job_id, pairs),
+        lambda: raw.log_events(conn, raw_job, "progress", payloads),
+        impl,
+        size(100, 2),
+        lambda: minimal.batch(least, CONFIG),
+    )
+    assert ledger.verify().ok
+
+
 @pytest.mark.parametrize("durability", ["full", "normal"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_claim_complete(benchmark, tmp_path: Path, impl: str, durability: str) -> None:  # type: ignore[no-untyped-def]

@@ -306,7 +306,8 @@ class Service:
             step.append(command.job_id, events, command.expected_version, state=state)
             return state.version + len(events)
 
-        return self.run("logging events" if len(activities) > 1 else "logging an event", work, command.job_id)
+        doing = "logging events" if len(activities) > 1 else "logging an event"
+        return self.run(doing, work, command.job_id)
 
     def rescue_expired(self) -> int:
         return self.run(
