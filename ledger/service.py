@@ -276,6 +276,8 @@ class Service:
 
     def cancel(self, command: cmd.Cancel) -> bool:
         def work(step: Step) -> bool:
+            if command.cascade:  # the subtree's rows before the job's (`lock_subtree`)
+                step.tx.lock_subtree(command.job_id)
             state = step.job(command.job_id)
             if command.cascade and not state.status.is_final:
                 _cancel_subtree(step, state)
@@ -344,6 +346,7 @@ class Service:
 
         def work(step: Step) -> None:
             state = step.job(command.job_id)
+            _lock_ancestors(step, state)  # before the budget: jobs, then budgets
             budget = step.fold.budgets.state(state.chat_id)
             limit = None if budget is None else budget.limit_cents
             used = step.tx.budget_usage(state.chat_id) if limit is not None else (0.0, 0.0)
@@ -439,6 +442,18 @@ def new_job_ids(count: int) -> list[str]:
         h = raw[start : start + 16].hex()
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
+
+
+def _lock_ancestors(step: Step, state: JobState) -> None:
+    """Load (PostgreSQL: lock) the ancestors whose subtree cost a charge moves, each after the
+    job below it, before the charge locks its chat's budget: the lock order of every write is
+    jobs children first, then budgets (`WriteTransaction.lock_subtree`). A claim of a pending
+    parent holds the parent and waits for the budget; a charge that held the budget and then
+    waited for the parent (its cost's roll-up) was a deadlock."""
+    parent_id = state.parent_id
+    while parent_id is not None:
+        parent = step.fold.state(parent_id)
+        parent_id = None if parent is None else parent.parent_id  # (a lost one: the roll-up's)
 
 
 def _cancel_subtree(step: Step, root: JobState) -> None:

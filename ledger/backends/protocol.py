@@ -212,6 +212,15 @@ class WriteTransaction(Snapshot, Protocol):
         """The job's current state, to decide on (PostgreSQL locks the row)."""
         ...
 
+    def lock_subtree(self, job_id: str) -> None:
+        """Before a cascade loads ``job_id``: lock the jobs below it, deepest first (a backend
+        with row locks; SQLite's one writer needs none). The lock order of every write is
+        job rows children before parents, then budget rows: a charge or a completion with a
+        cost locks its job and then each ancestor whose subtree cost it moves, so a cascade
+        that locked the root first and then waited for a child held by such a command, which
+        waited for the root, was a deadlock (PostgreSQL broke it after a second)."""
+        ...
+
     def append(
         self, job_id: str, expected_version: int, events: Sequence[Event], at: datetime
     ) -> list[StoredEvent]:

@@ -301,8 +301,8 @@ class PostgresTransaction(PostgresSnapshot):
     its COMMIT (a command that joins a shared transaction waits once more, for its own sync)."""
 
     __slots__ = (
-        "_claimed",
         "_later",
+        "_locked_read",
         "_now",
         "_placeholder",
         "_queued",
@@ -326,7 +326,9 @@ class PostgresTransaction(PostgresSnapshot):
         self._placeholder = -1  # the next stand-in position (see `append`)
         self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
         self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
-        self._claimed: JobState | None = None  # the row `claimable` locked and read
+        # A job row this transaction just locked and read (`claimable`'s, a cascade's root),
+        # for the `load_job` after it: no second round trip. Dropped when rows are written.
+        self._locked_read: JobState | None = None
         # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
         # for all the commands of a shared transaction.
         self._to_head = transactions.to_head
@@ -341,9 +343,9 @@ class PostgresTransaction(PostgresSnapshot):
         COMMIT, and this lock is never waited for while this command holds the counter (a
         charge locking a parent that another process's command holds, waiting for the counter
         at its COMMIT, was a deadlock)."""
-        claimed = self._claimed
+        claimed = self._locked_read
         if claimed is not None and claimed.id == job_id:
-            self._claimed = None
+            self._locked_read = None
             return claimed  # locked by the claim query, which read it: no second round trip
         ahead = self._transactions.ahead
         if ahead is not None:
@@ -357,6 +359,13 @@ class PostgresTransaction(PostgresSnapshot):
         elif job_id not in queued:
             conn = self._now.ahead()
         return self._lock_or_step_back(jobs.load, conn, job_id)  # another job (a rescue's): kept
+
+    def lock_subtree(self, job_id: str) -> None:
+        """The jobs below ``job_id`` locked, deepest first, and then the job itself, in one
+        statement (`WriteTransaction.lock_subtree`), its row kept for the `load_job` that
+        follows; ahead of this transaction's queued writes, and, in a shared transaction
+        whose earlier commands hold the log, without waiting."""
+        self._locked_read = self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id)
 
     def _lock_or_step_back(self, load: Callable[..., _T], conn: Any, key: Any) -> _T:
         """``load(conn, key, lock=True)``; in a shared transaction whose earlier commands hold
@@ -394,7 +403,7 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> None:
         """The rows after the events: one statement with them where one job's row follows its
         own events (`combined`), else as `jobs.save` writes them."""
-        self._claimed = None  # rows change: what `claimable` read is no longer theirs to give
+        self._locked_read = None  # rows change: what was read is no longer theirs to give
         new = new if isinstance(new, list) else list(new)
         changed = changed if isinstance(changed, list) else list(changed)
         queued = self._queued
@@ -436,8 +445,8 @@ class PostgresTransaction(PostgresSnapshot):
         budget row locked by another transaction is then passed over, not waited for (waiting
         deadlocked: a rescuing claim against a plain one of the same chat)."""
         wait = not self._transactions.holds_log
-        self._claimed = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
-        return None if self._claimed is None else self._claimed.id
+        self._locked_read = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
+        return None if self._locked_read is None else self._locked_read.id
 
     def load_queue(self, queue: str) -> QueueState | None:
         return self._lock_or_step_back(queues_table.load, self.conn, queue)
@@ -499,8 +508,8 @@ class PostgresTransaction(PostgresSnapshot):
         wait = not self._transactions.holds_log  # (see `claimable`)
         found = jobs.claimable(conn, now, queues, first, check_budgets=quiet, wait_for_budgets=wait)
         settled = found is not jobs.UNCHECKED
-        self._claimed = found if settled else None
-        job_id = None if self._claimed is None else self._claimed.id
+        self._locked_read = found if settled else None
+        job_id = None if self._locked_read is None else self._locked_read.id
         return ClaimLooks(expired, holders, job_id, settled)
 
     def job_with_key(self, idempotency_key: str) -> str | None:

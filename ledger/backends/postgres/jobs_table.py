@@ -369,6 +369,32 @@ def descendants(conn: Conn, job_id: str) -> list[JobState]:
     return [to_state(values) for values in conn.execute(descendants_statement, (job_id,))]
 
 
+# A cascade's locks: the subtree's rows deepest first and its root last (a row's lock is taken
+# as the sorted rows come out), the order a roll-up takes them in, each job before its
+# ancestors (`WriteTransaction.lock_subtree`). Ties go by age, the same order in every cascade,
+# whichever root it starts from. The root's row is the last.
+_LOCK_SUBTREE = (
+    "WITH RECURSIVE tree (id, depth) AS (SELECT id, 0 FROM jobs WHERE id = %s "
+    "UNION ALL SELECT j.id, t.depth + 1 FROM jobs AS j JOIN tree AS t ON j.parent_id = t.id) "
+    f"SELECT {', '.join('jobs.' + c for c in COLUMNS)} FROM tree JOIN jobs ON jobs.id = tree.id "
+    "ORDER BY tree.depth DESC, jobs.created_at, jobs.created_position FOR UPDATE OF jobs"
+)
+lock_subtree_statement = _LOCK_SUBTREE
+lock_subtree_nowait_statement = _LOCK_SUBTREE + " NOWAIT"
+
+
+def lock_subtree(
+    conn: Conn, job_id: str, *, lock: bool = True, nowait: bool = False
+) -> JobState | None:
+    """Lock the jobs below ``job_id``, deepest first, then the job itself; its state (None:
+    no such job). ``nowait``: `LockNotAvailable` at once when another transaction holds one.
+    (``lock`` is always true: the signature of the other locking loads, for
+    `PostgresTransaction._lock_or_step_back`.)"""
+    statement = lock_subtree_nowait_statement if nowait else lock_subtree_statement
+    rows = conn.execute(statement, (job_id,)).fetchall()
+    return to_state(rows[-1]) if rows else None
+
+
 def send_expired(conn: Conn, now: datetime, limit: int | None) -> Any:
     """Send the expired leases' query (pipeline mode: without waiting); `expired_ids` reads it."""
     if limit is None:

@@ -163,6 +163,9 @@ class SqliteTransaction(SqliteSnapshot):
                 return state
         return jobs.load(self.conn, job_id)
 
+    def lock_subtree(self, job_id: str) -> None:
+        """Nothing to lock: the write lock, held since ``BEGIN IMMEDIATE``, keeps every row."""
+
     def append(
         self, job_id: str, expected_version: int, new: Sequence[ev.Event], at: datetime
     ) -> list[StoredEvent]:
