@@ -79,6 +79,7 @@ def test_a_database_without_the_hash_column_upgrades_and_chains(url: str) -> Non
         before = ledger.head()
     with _raw(url) as conn:
         conn.execute("ALTER TABLE events DROP COLUMN hash")
+        conn.execute("UPDATE ledger_schema SET script_sha256 = NULL")  # before the digest too
     with Ledger(url) as ledger:
         assert ledger.verify().ok
         assert ledger.head() == before  # computed over the unhashed events: the same chain

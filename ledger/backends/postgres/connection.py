@@ -11,6 +11,7 @@ names its tables unqualified, so a ledger lives in whichever schema the URL sele
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from importlib import resources
@@ -33,6 +34,7 @@ SYNCHRONOUS_COMMIT: dict[str, str] = {"full": "on", "normal": "off"}
 STORE_SCHEMA_VERSION = 1
 CONNECT_TIMEOUT = 10  # seconds: a wrong host fails in this time, not after the OS's minutes
 _SCHEMA_TEXT: str | None = None
+_SCHEMA_DIGEST: str | None = None
 
 
 def schema_text() -> str:
@@ -168,10 +170,45 @@ _SCHEMA_PROBE = "SELECT to_regclass('ledger_schema') IS NOT NULL"
 _VERSION = "SELECT version FROM ledger_schema"
 
 
+# The recorded version and digest, and how many of the file's triggers are there and enabled
+# (a trigger dropped or disabled by hand is one the laws need back: the file restores it).
+_SCRIPT_PROBE = (
+    "SELECT version, script_sha256, (SELECT count(*) FROM pg_trigger AS t JOIN pg_class AS c "
+    "ON c.oid = t.tgrelid WHERE c.relnamespace = current_schema()::regnamespace "
+    "AND t.tgname = ANY(%s) AND t.tgenabled = 'O') FROM ledger_schema"
+)
+_TRIGGER = re.compile(r"CREATE OR REPLACE TRIGGER (\w+)")
+
+
+def schema_digest() -> str:
+    """The SHA-256 of ``schema.sql``'s text: what the last run of it records in the database."""
+    global _SCHEMA_DIGEST
+    if _SCHEMA_DIGEST is None:
+        _SCHEMA_DIGEST = hashlib.sha256(schema_text().encode()).hexdigest()
+    return _SCHEMA_DIGEST
+
+
 def create_schema(conn: psycopg.Connection[Any]) -> None:
-    """Run ``schema.sql`` as one transaction (its advisory lock makes concurrent starts safe).
-    The text goes as one simple-protocol query (no parameters), as the file expects."""
-    conn.execute(schema_text().encode())
+    """Run ``schema.sql`` as one transaction (its advisory lock makes concurrent starts safe),
+    unless the database holds the schema of this very text already: the last run recorded the
+    text's digest (`schema_digest`). Why skip it: its DDL takes table locks (CREATE OR REPLACE
+    TRIGGER, CREATE INDEX IF NOT EXISTS) that conflict with other processes' writes, so a
+    worker starting while others wrote stalled them and deadlocked with one now and then
+    (PostgreSQL broke it after a second). A database of an older text (or from before the
+    digest), or one whose law-enforcing triggers are not all there and enabled, gets the whole
+    file, as before. The text goes as one simple-protocol query (no
+    parameters), as the file expects, the digest's UPDATE appended to it."""
+    digest = schema_digest()
+    triggers = sorted(set(_TRIGGER.findall(schema_text())))
+    try:
+        row = conn.execute(_SCRIPT_PROBE, (triggers,)).fetchone()
+    except psycopg.Error:  # no ledger here yet, or one from before the digest
+        row = None
+    conn.rollback()
+    if row is not None and tuple(row) == (STORE_SCHEMA_VERSION, digest, len(triggers)):
+        return
+    record = f"\nUPDATE ledger_schema SET script_sha256 = '{digest}';\n"
+    conn.execute((schema_text() + record).encode())
     conn.commit()
 
 

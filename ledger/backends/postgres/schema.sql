@@ -1,7 +1,8 @@
 -- ledger: the whole PostgreSQL schema (PostgreSQL 14 or newer: CREATE OR REPLACE TRIGGER).
 --
 -- Run this whole file as ONE transaction at READ COMMITTED (psycopg: one execute() of the file's
--- text with no parameters, then commit). It is idempotent: every start of a ledger may run it.
+-- text with no parameters, then commit). It is idempotent: a start of a ledger runs it unless
+-- the database records this very text's digest (ledger_schema.script_sha256).
 -- Its first statement takes a transaction-scoped advisory lock, so several workers starting
 -- together on an empty database run it one after another and all succeed (unlocked, concurrent
 -- CREATE TABLE IF NOT EXISTS fails with a duplicate key in pg_type).
@@ -378,6 +379,11 @@ CREATE OR REPLACE TRIGGER jobs_notify_update AFTER UPDATE ON jobs
     )
     EXECUTE FUNCTION ledger_notify_jobs();
 
+
+-- The SHA-256 of this file's text, recorded by the code that runs it (after this file, in the
+-- same transaction): an open finding its own text's digest here skips the file, whose DDL
+-- takes table locks that other processes' writes conflict with.
+SELECT ledger_add_column('ledger_schema', 'script_sha256', 'text');
 
 -- The version this file leaves behind.
 INSERT INTO ledger_schema (id, version) VALUES (true, 1)
