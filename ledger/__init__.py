@@ -10,6 +10,7 @@ from .aio import AsyncLedger
 from .api import Ledger
 from .archive import ArchiveReport
 from .domain.backoff import RetryPolicy
+from .domain.commands import MAX_LOG_EVENTS
 from .domain.model import Budget, EventType, Job, JobEvent, JobStatus, Result
 from .errors import (
     BudgetExceeded,
@@ -31,6 +32,7 @@ from .rebuild import Difference, ReplayReport, VerifyReport
 from .worker import JobContext, Worker
 
 __all__ = [
+    "MAX_LOG_EVENTS",
     "ArchiveReport",
     "AsyncLedger",
     "Budget",

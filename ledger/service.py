@@ -175,9 +175,13 @@ class Service:
     def create(self, commands: Sequence[cmd.CreateJob], doing: str = "creating a job") -> list[str]:
         """Create jobs in one transaction; a known idempotency key gives the first job's id."""
 
+        parents = list(dict.fromkeys(c.parent_id for c in commands if c.parent_id is not None))
+
         def work(step: Step) -> list[str]:
             batch: dict[str, str] = {}
             ids = iter(new_job_ids(len(commands)))  # one draw of random bytes for them all
+            if len(parents) > 1:  # in the lock order, not the specs' (`WriteTransaction.lock_jobs`)
+                step.tx.lock_jobs(parents)
             return [_create(step, command.event(), batch, ids) for command in commands]
 
         return self.run(doing, work)
@@ -276,7 +280,7 @@ class Service:
 
     def cancel(self, command: cmd.Cancel) -> bool:
         def work(step: Step) -> bool:
-            if command.cascade:  # the subtree's rows before the job's (`lock_subtree`)
+            if command.cascade:  # the subtree's rows in the lock order (`lock_subtree`)
                 step.tx.lock_subtree(command.job_id)
             state = step.job(command.job_id)
             if command.cascade and not state.status.is_final:
@@ -447,7 +451,7 @@ def new_job_ids(count: int) -> list[str]:
 def _lock_ancestors(step: Step, state: JobState) -> None:
     """Load (PostgreSQL: lock) the ancestors whose subtree cost a charge moves, each after the
     job below it, before the charge locks its chat's budget: the lock order of every write is
-    jobs children first, then budgets (`WriteTransaction.lock_subtree`). A claim of a pending
+    jobs newest first, then budgets (`WriteTransaction.lock_jobs`). A claim of a pending
     parent holds the parent and waits for the budget; a charge that held the budget and then
     waited for the parent (its cost's roll-up) was a deadlock."""
     parent_id = state.parent_id

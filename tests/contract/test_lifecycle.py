@@ -9,6 +9,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from ledger import (
+    MAX_LOG_EVENTS,
     ConcurrencyError,
     EventType,
     InvalidArgument,
@@ -566,6 +567,25 @@ def test_log_events_is_all_or_nothing(ledger: Ledger) -> None:
     with pytest.raises(JobNotFound):
         ledger.log_events("no-such-job", [("progress", {})])
     assert state(ledger) == after
+
+
+def test_log_events_takes_at_most_max_log_events_pairs(ledger: Ledger) -> None:
+    """Promise: a batch of exactly `MAX_LOG_EVENTS` pairs is appended; one more (a list, or a
+    generator that runs past it) is refused with `InvalidArgument` saying to split it, and
+    nothing is written."""
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.log_events(job_id, [("progress", {})] * MAX_LOG_EVENTS) == MAX_LOG_EVENTS + 1
+    before = state(ledger)
+    for too_many in (
+        [("progress", {})] * (MAX_LOG_EVENTS + 1),
+        (("progress", {"n": n}) for n in range(MAX_LOG_EVENTS * 3)),
+    ):
+        with pytest.raises(InvalidArgument) as raised:
+            ledger.log_events(job_id, too_many)
+        assert raised.value.name == "events"
+        assert f"at most {MAX_LOG_EVENTS:,} events" in str(raised.value)
+        assert "split them over several calls" in str(raised.value)
+    assert state(ledger) == before
 
 
 def test_log_events_records_the_fenced_worker_and_attempt(ledger: Ledger) -> None:

@@ -302,7 +302,7 @@ class PostgresTransaction(PostgresSnapshot):
 
     __slots__ = (
         "_later",
-        "_locked_read",
+        "_locked_reads",
         "_now",
         "_placeholder",
         "_queued",
@@ -326,9 +326,10 @@ class PostgresTransaction(PostgresSnapshot):
         self._placeholder = -1  # the next stand-in position (see `append`)
         self._unhashed = False  # an event was imported without its hash (see `insert_exact`)
         self._script = script  # runs a multi-statement text (not allowed in pipeline mode)
-        # A job row this transaction just locked and read (`claimable`'s, a cascade's root),
-        # for the `load_job` after it: no second round trip. Dropped when rows are written.
-        self._locked_read: JobState | None = None
+        # Job rows this transaction just locked and read (`claimable`'s, a cascade's subtree, a
+        # batch's parents), each for the first `load_job` of it after: no second round trip.
+        # A row is dropped when it is written.
+        self._locked_reads: dict[str, JobState] = {}
         # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
         # for all the commands of a shared transaction.
         self._to_head = transactions.to_head
@@ -343,10 +344,9 @@ class PostgresTransaction(PostgresSnapshot):
         COMMIT, and this lock is never waited for while this command holds the counter (a
         charge locking a parent that another process's command holds, waiting for the counter
         at its COMMIT, was a deadlock)."""
-        claimed = self._locked_read
-        if claimed is not None and claimed.id == job_id:
-            self._locked_read = None
-            return claimed  # locked by the claim query, which read it: no second round trip
+        locked = self._locked_reads.pop(job_id, None)
+        if locked is not None:
+            return locked  # locked by a query that read it (a claim's): no second round trip
         ahead = self._transactions.ahead
         if ahead is not None:
             state = ahead.take(job_id)
@@ -361,11 +361,27 @@ class PostgresTransaction(PostgresSnapshot):
         return self._lock_or_step_back(jobs.load, conn, job_id)  # another job (a rescue's): kept
 
     def lock_subtree(self, job_id: str) -> None:
-        """The jobs below ``job_id`` locked, deepest first, and then the job itself, in one
-        statement (`WriteTransaction.lock_subtree`), its row kept for the `load_job` that
-        follows; ahead of this transaction's queued writes, and, in a shared transaction
-        whose earlier commands hold the log, without waiting."""
-        self._locked_read = self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id)
+        """The job and the jobs below it locked in the lock order, in one statement
+        (`WriteTransaction.lock_subtree`), their rows kept for the `load_job`s that follow."""
+        self._keep_locked(self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id))
+
+    def lock_jobs(self, job_ids: Sequence[str]) -> None:
+        """The jobs locked in the lock order, in one statement (`WriteTransaction.lock_jobs`),
+        their rows kept for the `load_job`s that follow."""
+        if len(job_ids) > 1:  # one is locked by its `load_job`, as ever
+            self._keep_locked(self._lock_or_step_back(jobs.lock_jobs, self._now.ahead(), job_ids))
+
+    def _keep_locked(self, states: list[JobState]) -> None:
+        """Keep rows just locked, ahead of this transaction's queued writes (so the locks wait
+        before this command holds the log's counter, and, in a shared transaction whose earlier
+        commands hold it, do not wait at all), for `load_job`: all but those of jobs the queued
+        writes write. Those rows are as they were before this transaction's writes, so their
+        `load_job` reads them again after the writes (the lock is this transaction's already)."""
+        queued = self._queued if self._later.queue else ()
+        reads = self._locked_reads
+        for state in states:
+            if state.id not in queued:
+                reads[state.id] = state
 
     def _lock_or_step_back(self, load: Callable[..., _T], conn: Any, key: Any) -> _T:
         """``load(conn, key, lock=True)``; in a shared transaction whose earlier commands hold
@@ -403,13 +419,16 @@ class PostgresTransaction(PostgresSnapshot):
     ) -> None:
         """The rows after the events: one statement with them where one job's row follows its
         own events (`combined`), else as `jobs.save` writes them."""
-        self._locked_read = None  # rows change: what was read is no longer theirs to give
+        reads = self._locked_reads
         new = new if isinstance(new, list) else list(new)
         changed = changed if isinstance(changed, list) else list(changed)
         queued = self._queued
         written = [state.id for state in new]
         written += [state.id for state, _ in changed]
         queued.update(written)
+        if reads:  # rows change: what was read of them is no longer theirs to give
+            for job_id in written:
+                reads.pop(job_id, None)
         ahead = self._transactions.ahead
         if ahead is not None:
             ahead.forget(written)  # a later command on one of them reads what this one wrote
@@ -445,8 +464,11 @@ class PostgresTransaction(PostgresSnapshot):
         budget row locked by another transaction is then passed over, not waited for (waiting
         deadlocked: a rescuing claim against a plain one of the same chat)."""
         wait = not self._transactions.holds_log
-        self._locked_read = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
-        return None if self._locked_read is None else self._locked_read.id
+        found = jobs.claimable(self.conn, now, queues, wait_for_budgets=wait)
+        if found is None:
+            return None
+        self._locked_reads[found.id] = found
+        return found.id
 
     def load_queue(self, queue: str) -> QueueState | None:
         return self._lock_or_step_back(queues_table.load, self.conn, queue)
@@ -508,8 +530,10 @@ class PostgresTransaction(PostgresSnapshot):
         wait = not self._transactions.holds_log  # (see `claimable`)
         found = jobs.claimable(conn, now, queues, first, check_budgets=quiet, wait_for_budgets=wait)
         settled = found is not jobs.UNCHECKED
-        self._locked_read = found if settled else None
-        job_id = None if self._locked_read is None else self._locked_read.id
+        job_id = None
+        if settled and found is not None:
+            self._locked_reads[found.id] = found
+            job_id = found.id
         return ClaimLooks(expired, holders, job_id, settled)
 
     def job_with_key(self, idempotency_key: str) -> str | None:
