@@ -25,6 +25,7 @@ from psycopg.pq import Format
 from psycopg.types.string import TextLoader
 
 from ...errors import LedgerBusy, LedgerError, SchemaError, StorageError
+from . import catalog
 
 Durability = Literal["full", "normal"]
 # "normal" (synchronous_commit off): a commit returns before its WAL reaches the disk. A crash of
@@ -170,14 +171,7 @@ _SCHEMA_PROBE = "SELECT to_regclass('ledger_schema') IS NOT NULL"
 _VERSION = "SELECT version FROM ledger_schema"
 
 
-# The recorded version and digest, and how many of the file's triggers are there and enabled
-# (a trigger dropped or disabled by hand is one the laws need back: the file restores it).
-_SCRIPT_PROBE = (
-    "SELECT version, script_sha256, (SELECT count(*) FROM pg_trigger AS t JOIN pg_class AS c "
-    "ON c.oid = t.tgrelid WHERE c.relnamespace = current_schema()::regnamespace "
-    "AND t.tgname = ANY(%s) AND t.tgenabled = 'O') FROM ledger_schema"
-)
-_TRIGGER = re.compile(r"CREATE OR REPLACE TRIGGER (\w+)")
+_FINGERPRINT: str | None = None
 
 
 def schema_digest() -> str:
@@ -188,26 +182,42 @@ def schema_digest() -> str:
     return _SCHEMA_DIGEST
 
 
+def _fingerprint() -> str:
+    """The catalog fingerprint's query for ``schema.sql``'s objects (`catalog`)."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        _FINGERPRINT = catalog.fingerprint_query(schema_text())
+    return _FINGERPRINT
+
+
 def create_schema(conn: psycopg.Connection[Any]) -> None:
     """Run ``schema.sql`` as one transaction (its advisory lock makes concurrent starts safe),
-    unless the database holds the schema of this very text already: the last run recorded the
-    text's digest (`schema_digest`). Why skip it: its DDL takes table locks (CREATE OR REPLACE
-    TRIGGER, CREATE INDEX IF NOT EXISTS) that conflict with other processes' writes, so a
-    worker starting while others wrote stalled them and deadlocked with one now and then
-    (PostgreSQL broke it after a second). A database of an older text (or from before the
-    digest), or one whose law-enforcing triggers are not all there and enabled, gets the whole
-    file, as before. The text goes as one simple-protocol query (no
-    parameters), as the file expects, the digest's UPDATE appended to it."""
+    unless the database holds this very text's schema, untouched since: the last run recorded
+    the text's digest (`schema_digest`) and the catalog fingerprint of what it made
+    (`catalog`), and both are as recorded, the log's counter row there. Why skip it: its DDL
+    takes table locks (CREATE OR REPLACE TRIGGER, CREATE INDEX IF NOT EXISTS) that conflict
+    with other processes' writes, so a worker starting while others wrote stalled them and
+    deadlocked with one now and then (PostgreSQL broke it after a second). A database of an
+    older text (or from before the digest), or one whose functions, triggers, indexes, tables
+    or columns changed since (an older release ran its file after this one, something was
+    dropped or disabled by hand), gets the whole file, as before. The text goes as one
+    simple-protocol query (no parameters), as the file expects, the record appended to it."""
     digest = schema_digest()
-    triggers = sorted(set(_TRIGGER.findall(schema_text())))
+    fingerprint = _fingerprint()
+    probe = (
+        f"SELECT version, script_sha256, catalog_md5 = {fingerprint}, "
+        "EXISTS (SELECT FROM event_counter) FROM ledger_schema"
+    )
     try:
-        row = conn.execute(_SCRIPT_PROBE, (triggers,)).fetchone()
+        row = conn.execute(probe.encode()).fetchone()
     except psycopg.Error:  # no ledger here yet, or one from before the digest
         row = None
     conn.rollback()
-    if row is not None and tuple(row) == (STORE_SCHEMA_VERSION, digest, len(triggers)):
+    if row is not None and tuple(row) == (STORE_SCHEMA_VERSION, digest, True, True):
         return
-    record = f"\nUPDATE ledger_schema SET script_sha256 = '{digest}';\n"
+    record = (
+        f"\nUPDATE ledger_schema SET script_sha256 = '{digest}', catalog_md5 = {fingerprint};\n"
+    )
     conn.execute((schema_text() + record).encode())
     conn.commit()
 

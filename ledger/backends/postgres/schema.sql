@@ -2,7 +2,8 @@
 --
 -- Run this whole file as ONE transaction at READ COMMITTED (psycopg: one execute() of the file's
 -- text with no parameters, then commit). It is idempotent: a start of a ledger runs it unless
--- the database records this very text's digest (ledger_schema.script_sha256).
+-- the database records this very text's digest (ledger_schema.script_sha256) and the catalog
+-- still holds what it made (ledger_schema.catalog_md5: ledger/backends/postgres/catalog.py).
 -- Its first statement takes a transaction-scoped advisory lock, so several workers starting
 -- together on an empty database run it one after another and all succeed (unlocked, concurrent
 -- CREATE TABLE IF NOT EXISTS fails with a duplicate key in pg_type).
@@ -91,7 +92,11 @@ CREATE TABLE IF NOT EXISTS event_counter (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
     last_position bigint NOT NULL CHECK (last_position >= 0)
 );
-INSERT INTO event_counter (id, last_position) VALUES (true, 0) ON CONFLICT (id) DO NOTHING;
+-- A new log's counter at 0; a counter row deleted past its triggers comes back at the log's
+-- head (its hash NULL: the insert trigger reads it from events, as below).
+INSERT INTO event_counter (id, last_position)
+    SELECT true, coalesce(max(position), 0) FROM events
+    ON CONFLICT (id) DO NOTHING;
 -- The chain hash of the event at last_position, moved with it by the insert trigger: an appender
 -- reads the log's head (position and hash) from this one row as it locks it. Reading the hash
 -- from events in the same statement (a join) is wrong at READ COMMITTED: a locker that waited
@@ -159,7 +164,8 @@ BEGIN
             RETURNING last_position INTO head;
     END IF;
     IF head IS NULL THEN
-        RAISE EXCEPTION 'event_counter has no row; run schema.sql again to restore it';
+        RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
+            '(not read-only): its schema run restores the row at the log''s head';
     END IF;
     -- An import may name the positions it expects; they must be the ones the counter gives.
     IF NEW.position IS NOT NULL AND NEW.position <> head THEN
@@ -380,10 +386,12 @@ CREATE OR REPLACE TRIGGER jobs_notify_update AFTER UPDATE ON jobs
     EXECUTE FUNCTION ledger_notify_jobs();
 
 
--- The SHA-256 of this file's text, recorded by the code that runs it (after this file, in the
--- same transaction): an open finding its own text's digest here skips the file, whose DDL
--- takes table locks that other processes' writes conflict with.
+-- The SHA-256 of this file's text and the fingerprint of the catalog objects it made, both
+-- recorded by the code that runs it (after this file, in the same transaction): an open finding
+-- its own text's digest here and the catalog as recorded skips the file, whose DDL takes table
+-- locks that other processes' writes conflict with.
 SELECT ledger_add_column('ledger_schema', 'script_sha256', 'text');
+SELECT ledger_add_column('ledger_schema', 'catalog_md5', 'text');
 
 -- The version this file leaves behind.
 INSERT INTO ledger_schema (id, version) VALUES (true, 1)
