@@ -170,14 +170,17 @@ def held_writes(ledger: Ledger) -> Any:
     return backend.held_writes()
 
 
-@pytest.mark.parametrize("row", ["job", "budget"])
+@pytest.mark.parametrize("row", ["job", "budget", "subtree"])
 def test_a_later_command_of_a_shared_transaction_steps_back(
     ledger: Ledger, postgres_schema: str, row: str
 ) -> None:
     ledger.set_budget(7, 1000)
     job = running(ledger, 7)
+    child = ledger.create_job(7, CONFIG, parent_id=job)
     if row == "job":
         holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", job)
+    elif row == "subtree":
+        holder = RowHolder(postgres_schema, "SELECT 1 FROM jobs WHERE id = %s", child)
     else:
         holder = RowHolder(postgres_schema, "SELECT 1 FROM budgets WHERE chat_id = %s", 7)
     made: list[str] = []
@@ -187,6 +190,8 @@ def test_a_later_command_of_a_shared_transaction_steps_back(
             made.append(ledger.create_job(2, CONFIG))  # appends: holds the counter
             if row == "job":
                 ledger.heartbeat(job, worker_id="w")  # locks the job's row
+            elif row == "subtree":
+                ledger.cancel(job, cascade=True)  # locks the subtree's rows
             else:
                 ledger.charge(job, 3, worker_id="w")  # locks the chat's budget row
 
@@ -201,7 +206,10 @@ def test_a_later_command_of_a_shared_transaction_steps_back(
         holder.release()
     shared.join()
     events = [e.type for e in ledger.job_events(job)]
-    assert events[-1] == ("heartbeat" if row == "job" else "charged")
+    last = {"job": "heartbeat", "budget": "charged", "subtree": "cancelled"}[row]
+    assert events[-1] == last
+    if row == "subtree":
+        assert ledger.get_job(child).status is JobStatus.CANCELLED  # type: ignore[union-attr]
     assert ledger.verify().ok
 
 
@@ -443,3 +451,37 @@ def test_subtree_reads_find_rows_by_index_on_an_unanalyzed_table(postgres_schema
         plan = writer_plan(postgres_schema, statement, (roots[0],))
         assert "Seq Scan" not in plan, plan
         assert "Index Cond: (parent_id = t.id)" in plan, plan
+
+
+def test_a_cascade_cancels_a_child_created_while_it_waited_for_the_parent(
+    postgres_schema: str,
+) -> None:
+    """Another transaction holds a job of the subtree and creates a child under it; the
+    cascade's lock statement, which waits for that job, cannot see the child, so its read of
+    the subtree after the locks must: the child is cancelled with the rest, none left pending
+    under a cancelled parent."""
+    with Ledger(postgres_schema, busy_timeout=10) as ledger, Ledger(postgres_schema) as other:
+        root = ledger.create_job(1, CONFIG)
+        parent = ledger.create_job(1, CONFIG, parent_id=root)
+        go_on = threading.Event()
+        made: list[str] = []
+
+        def spawn() -> None:
+            made.append(other.create_job(1, CONFIG, parent_id=parent))  # locks the parent
+            assert go_on.wait(30)
+
+        spawning = Background(lambda: other._service.batch("a spawn held open", [spawn]))
+        deadline = time.monotonic() + 30
+        while row_is_free(postgres_schema, JOB_ROW, parent):  # a poll of the row's lock
+            assert time.monotonic() < deadline, "the spawn never locked the parent"
+        cancel = Background(lambda: ledger.cancel(root, cascade=True))
+        try:
+            assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
+        finally:
+            go_on.set()
+        spawning.join()
+        assert cancel.join() is True
+        (child,) = made
+        statuses = {ledger.get_job(j).status for j in (root, parent, child)}  # type: ignore[union-attr]
+        assert statuses == {JobStatus.CANCELLED}
+        assert ledger.verify().ok
