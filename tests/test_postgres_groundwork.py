@@ -209,8 +209,12 @@ def test_the_counter_row_makes_a_later_appender_wait_for_the_earlier_commit(
         ("UPDATE events SET type = 'changed'", "events are append-only: UPDATE is not allowed"),
         ("DELETE FROM events", "events are append-only: DELETE is not allowed"),
         ("TRUNCATE events", "events are append-only: TRUNCATE is not allowed"),
-        ("UPDATE event_counter SET last_position = 0", "event_counter moves one step"),
-        ("UPDATE event_counter SET last_position = 9", "event_counter moves one step"),
+        ("UPDATE event_counter SET last_position = 0", "event_counter moves forward onto"),
+        ("UPDATE event_counter SET last_position = 9", "event_counter moves forward onto"),
+        (  # one step past the log's last event: a gap the next append would leave
+            "UPDATE event_counter SET last_position = last_position + 1",
+            "event_counter moves forward onto the log's last event only",
+        ),
         ("DELETE FROM event_counter", "event_counter only moves forward: DELETE"),
         ("TRUNCATE event_counter", "event_counter only moves forward: TRUNCATE"),
     ],
@@ -450,3 +454,78 @@ def test_a_requeued_job_wakes_its_queue_and_a_too_long_name_wakes_every_queue(
         conn.commit()
     received = notifications_until(listener, lambda got: len(got) == 2)
     assert received == [("ledger_jobs", ""), ("ledger_jobs", "")]
+
+
+MANY = (
+    "INSERT INTO events (job_id, version, type, data, recorded_at) "
+    "SELECT %s, v, 'progress', '{}', %s FROM generate_series(%s::bigint, %s::bigint) AS v"
+)
+
+
+def chain_is_whole(conn: Any) -> bool:
+    """Each event's hash is the link of the one before it (ledger.domain.chain's rule), and
+    the counter row is the last event's position and hash."""
+    rows = conn.execute(
+        "SELECT position, job_id, version, type, data::text, recorded_at, hash FROM events "
+        "ORDER BY position"
+    ).fetchall()
+    previous: bytes | None = None
+    for position, job_id, version, kind, data, at, digest in rows:
+        link = conn.execute(
+            "SELECT ledger_chain_link(%s, %s, %s, %s, %s, %s, %s)",
+            (
+                previous
+                if previous is not None
+                else conn.execute(
+                    "SELECT sha256(convert_to('jobledger event chain v1', 'UTF8'))"
+                ).fetchone()[0],
+                position,
+                job_id,
+                version,
+                kind,
+                data,
+                at,
+            ),
+        ).fetchone()[0]
+        if link != digest:
+            return False
+        previous = bytes.fromhex(digest)
+    head = conn.execute("SELECT last_position, last_hash FROM event_counter").fetchone()
+    return head == (rows[-1][0], rows[-1][6])
+
+
+def test_a_many_row_insert_takes_consecutive_positions_and_one_chain(ledger_db: str) -> None:
+    """One INSERT of many rows moves the counter once, at its end (the head rides from row to
+    row in the statement), yet each row gets the next position and chains onto the row
+    before it; a second statement goes on from there."""
+    with connect(ledger_db) as conn:
+        conn.execute(APPEND, ("job", 1, AT))
+        conn.execute(MANY, ("job", AT, 2, 300))
+        conn.execute(MANY, ("job", AT, 301, 305))
+        conn.commit()
+        assert positions(conn) == list(range(1, 306))
+        assert chain_is_whole(conn)
+
+
+def test_a_rolled_back_savepoint_takes_its_positions_back(ledger_db: str) -> None:
+    """A savepoint rolled back after a many-row INSERT (a group commit's failed command) takes
+    the counter and the head its rows carried back with it: the next INSERT goes on from the
+    rows before, with no gap and a whole chain."""
+    with connect(ledger_db) as conn:
+        conn.execute(APPEND, ("job", 1, AT))
+        conn.execute(MANY, ("job", AT, 2, 50))
+        conn.execute("SAVEPOINT command")
+        conn.execute(MANY, ("job", AT, 51, 90))
+        conn.execute("ROLLBACK TO SAVEPOINT command")
+        conn.execute("SAVEPOINT command")
+        with pytest.raises(errors.CheckViolation, match="would leave a gap"):
+            conn.execute(  # two rows go in, the third fails: the head they carried goes too
+                "INSERT INTO events (job_id, version, type, data, recorded_at) "
+                "SELECT 'job', v, 'progress', '{}', %s FROM unnest(%s::bigint[]) AS v",
+                (AT, [51, 52, 54]),
+            )
+        conn.execute("ROLLBACK TO SAVEPOINT command")
+        conn.execute(MANY, ("job", AT, 51, 55))
+        conn.commit()
+        assert positions(conn) == list(range(1, 56))
+        assert chain_is_whole(conn)

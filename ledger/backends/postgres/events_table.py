@@ -109,13 +109,45 @@ def append(
     version = expected_version
     execute = conn.execute
     position = placeholder
+    rows = []
     for event in new:
         version += 1
-        row = (job_id, version, ev.tag_of(event), ev.encode_text(event), at)
-        execute(insert_deferred_statement, row)
+        rows.append((job_id, version, ev.tag_of(event), ev.encode_text(event), at))
         stored.append(StoredEvent(position, job_id, version, at, event))
         position -= 1
+    start = 0
+    for size in _pieces(len(rows)):
+        execute(_insert_rows(size), [value for row in rows[start : start + size] for value in row])
+        start += size
+    for row in rows[start:]:  # the short tail: combined with the job's row (`combined`)
+        execute(insert_deferred_statement, row)
     return stored
+
+
+# A long batch (`log_events`) goes as multi-row INSERTs, the largest pieces first, each row's
+# trigger seeing the rows before it (they are inserted in order): every statement costs about as
+# much again as the row it writes (~30 us of psycopg on the client, ~25 us on the server).
+# Pieces are powers of two, so a few statement texts serve every batch; the tail shorter than
+# the smallest piece goes one row a statement, as a short append always did.
+_PIECE_SIZES = (128, 64, 32, 16)
+_rows_cache: dict[int, str] = {}
+
+
+def _pieces(count: int) -> list[int]:
+    sizes = []
+    for size in _PIECE_SIZES:
+        while count >= size:
+            sizes.append(size)
+            count -= size
+    return sizes
+
+
+def _insert_rows(count: int) -> str:
+    text = _rows_cache.get(count)
+    if text is None:
+        into, row = insert_deferred_statement.split(" VALUES ")
+        text = _rows_cache[count] = f"{into} VALUES {', '.join([row] * count)}"
+    return text
 
 
 seed_statement = "UPDATE event_counter SET last_hash = %s WHERE last_hash IS NULL"

@@ -85,9 +85,10 @@ CREATE TABLE IF NOT EXISTS events (
 -- the chain existed (the chain covers them from the first append after the upgrade).
 SELECT ledger_add_column('events', 'hash', 'text');
 
--- The last position handed out. Only the events insert trigger moves it, one step per event,
--- inside the appending transaction: a rolled-back append rolls the counter back with it (no
--- gap), and the row lock makes the next appender wait until this one commits (commit order).
+-- The last position handed out. Only the events insert triggers move it, once per INSERT onto
+-- its last row, inside the appending transaction: a rolled-back append rolls the counter back
+-- with it (no gap), and the row lock makes the next appender wait until this one commits
+-- (commit order).
 CREATE TABLE IF NOT EXISTS event_counter (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
     last_position bigint NOT NULL CHECK (last_position >= 0)
@@ -130,42 +131,53 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Positions and hashes are handed out here, as each row is inserted, from the counter row: the
--- appending transaction holds that row's lock from its first event until it commits, and the
--- ledger sends its events, its projection rows and the COMMIT together, so no other appender
+-- appending transaction locks that row at its first event and holds it until it commits, and
+-- the ledger sends its events, its projection rows and the COMMIT together, so no other appender
 -- waits on a round trip to the client (the client learns its positions after the commit, or
 -- never: the jobs rows and the checkpoint take them from the log in SQL). A row that names its
 -- position and hash (an import, or an older client that chains in Python) is checked and kept.
+--
+-- Within one INSERT statement the head (position and hash) is carried from row to row in the
+-- transaction-local setting ledger.head, and the statement's AFTER trigger writes it to the
+-- counter row once, and clears the setting: one UPDATE per statement, not per event. Updating
+-- the one row per event cost about 25 us an event and grew with the batch (each update follows
+-- the chain of the row's earlier versions in this transaction: 20,000 events took 10-14 s);
+-- a 100-row INSERT took 13 ms of server time that way, 4 ms this way. The counter's own
+-- trigger checks that it lands on the log's last row (position and hash): no gap, no skip.
 CREATE OR REPLACE FUNCTION ledger_events_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     last_version bigint;
     head bigint;
+    head_hash text;
+    carried text;
 BEGIN
     SELECT coalesce(max(version), 0) INTO last_version FROM events WHERE job_id = NEW.job_id;
     IF NEW.version > last_version + 1 THEN
         RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
             NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
     END IF;
+    carried := current_setting('ledger.head', true);
+    IF carried IS NULL OR carried = '' THEN  -- the statement's first row: lock the counter
+        SELECT last_position, last_hash INTO head, head_hash FROM event_counter FOR UPDATE;
+        IF head IS NULL THEN
+            RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
+                '(not read-only): its schema run restores the row at the log''s head';
+        END IF;
+    ELSE
+        head := split_part(carried, ' ', 1)::bigint;
+        head_hash := nullif(split_part(carried, ' ', 2), '');
+    END IF;
+    head := head + 1;
     IF NEW.position IS NULL AND NEW.hash IS NULL THEN
-        UPDATE event_counter SET last_position = last_position + 1,
-            last_hash = ledger_chain_link(
-                CASE WHEN last_position = 0
-                    THEN sha256(convert_to('jobledger event chain v1', 'UTF8'))
-                    ELSE decode(last_hash, 'hex') END,
-                last_position + 1, NEW.job_id, NEW.version, NEW.type, NEW.data::text,
-                NEW.recorded_at)
-            RETURNING last_position, last_hash INTO head, NEW.hash;
-        IF head IS NOT NULL AND NEW.hash IS NULL THEN
+        IF head > 1 AND head_hash IS NULL THEN
             RAISE EXCEPTION 'the hash of event % is unknown, so event % cannot chain onto it; '
                 'open the ledger once with this release to record it', head - 1, head;
         END IF;
-    ELSE
-        UPDATE event_counter SET last_position = last_position + 1, last_hash = NEW.hash
-            RETURNING last_position INTO head;
-    END IF;
-    IF head IS NULL THEN
-        RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
-            '(not read-only): its schema run restores the row at the log''s head';
+        NEW.hash := ledger_chain_link(
+            CASE WHEN head = 1 THEN sha256(convert_to('jobledger event chain v1', 'UTF8'))
+                ELSE decode(head_hash, 'hex') END,
+            head, NEW.job_id, NEW.version, NEW.type, NEW.data::text, NEW.recorded_at);
     END IF;
     -- An import may name the positions it expects; they must be the ones the counter gives.
     IF NEW.position IS NOT NULL AND NEW.position <> head THEN
@@ -173,11 +185,26 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     NEW.position := head;
+    PERFORM set_config('ledger.head', head || ' ' || coalesce(NEW.hash, ''), true);
     RETURN NEW;
 END
 $$;
 
--- TG_ARGV[0] says why, as the SQLite triggers do: 'events are append-only: UPDATE is not ...'.
+-- The statement's head, carried by its rows (above), written to the counter row once.
+CREATE OR REPLACE FUNCTION ledger_events_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    carried text := current_setting('ledger.head', true);
+BEGIN
+    IF carried IS NOT NULL AND carried <> '' THEN
+        UPDATE event_counter SET last_position = split_part(carried, ' ', 1)::bigint,
+            last_hash = nullif(split_part(carried, ' ', 2), '');
+        PERFORM set_config('ledger.head', '', true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -195,8 +222,13 @@ BEGIN
         AND NEW.last_hash IS NOT NULL THEN
         RETURN NEW;
     END IF;
-    IF NEW.last_position <> OLD.last_position + 1 OR NEW.id <> OLD.id THEN
-        RAISE EXCEPTION 'event_counter moves one step per appended event (from % to %)',
+    -- Forward, onto the log's last row as it now is (an insert statement's AFTER trigger moves
+    -- it past that statement's rows): the positions handed out left no gap and no skip.
+    IF NEW.id <> OLD.id OR NEW.last_position <= OLD.last_position OR NOT EXISTS (
+        SELECT FROM events WHERE position = NEW.last_position
+            AND hash IS NOT DISTINCT FROM NEW.last_hash)
+        OR EXISTS (SELECT FROM events WHERE position > NEW.last_position) THEN
+        RAISE EXCEPTION 'event_counter moves forward onto the log''s last event only (from % to %)',
             OLD.last_position, NEW.last_position;
     END IF;
     RETURN NEW;
@@ -205,16 +237,21 @@ $$;
 
 CREATE OR REPLACE TRIGGER events_before_insert BEFORE INSERT ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_events_before_insert();
+CREATE OR REPLACE TRIGGER events_after_insert AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_events_after_insert();
 CREATE OR REPLACE TRIGGER events_no_update BEFORE UPDATE ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
 CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
 CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change('events are append-only');
--- The WHEN clause lets every append's one step forward through without calling the function
--- (about 40 us of server time an event); anything else is the function's to judge.
+-- The WHEN clause lets an insert statement's one move through without calling the function
+-- (about 40 us of server time a statement): forward, to the head its rows carried (the insert
+-- trigger sets ledger.head as it hands each position out); anything else is the function's.
 CREATE OR REPLACE TRIGGER event_counter_forward BEFORE UPDATE ON event_counter
-    FOR EACH ROW WHEN (NOT (NEW.last_position = OLD.last_position + 1 AND NEW.id = OLD.id))
+    FOR EACH ROW WHEN (NOT (NEW.id = OLD.id AND NEW.last_position > OLD.last_position
+        AND current_setting('ledger.head', true)
+            = NEW.last_position::text || ' ' || coalesce(NEW.last_hash, '')))
     EXECUTE FUNCTION ledger_counter_before_update();
 CREATE OR REPLACE TRIGGER event_counter_no_delete BEFORE DELETE ON event_counter
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('event_counter only moves forward');
