@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 from .aio_thread import GROUPED, LedgerThread
 from .api import Ledger, _wait_timeout
 from .domain import validate as check
+from .domain.commands import MAX_LOG_EVENTS
 from .domain.model import Job
 from .errors import JobNotFound, LedgerError, WaitTimeout
 
@@ -55,12 +57,16 @@ def _job_key(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str 
     return key if type(key) is str else None
 
 
-def _listed(items: Any) -> Any:
+def _listed(items: Any, most: int | None = None) -> Any:
     """A one-shot iterator argument (a generator of specs or events) drawn here, on the event
     loop, into a list: the ledger's thread may run a grouped call twice (a shared transaction
     that had to be redone), and a second run must see the same items, not an exhausted
-    iterator. Anything else goes as it is, for the method to take or refuse."""
-    return list(items) if isinstance(items, Iterator) else items
+    iterator. Anything else goes as it is, for the method to take or refuse. ``most``: the
+    method takes no more than that many, so one more is drawn and no further (a long or
+    endless generator is refused by the method, not drawn whole into memory first)."""
+    if not isinstance(items, Iterator):
+        return items
+    return list(items if most is None else itertools.islice(items, most + 1))
 
 
 class AsyncLedger:
@@ -242,7 +248,8 @@ class AsyncLedger:
         return result
 
     async def log_events(self, job_id: str, events: Any, **kwargs: Any) -> int:
-        result: int = await self._command("log_events", (job_id, _listed(events)), kwargs)
+        listed = _listed(events, MAX_LOG_EVENTS)
+        result: int = await self._command("log_events", (job_id, listed), kwargs)
         return result
 
     async def iter_events(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:

@@ -120,16 +120,23 @@ class Service:
         self._rng = rng
         self._batch = _BatchStep()
 
-    def batch(self, doing: str, calls: Sequence[Callable[[], _T]]) -> list[_T | LedgerError]:
+    def batch(
+        self, doing: str, calls: Sequence[Callable[[], _T]], jobs: Sequence[str] = ()
+    ) -> list[_T | LedgerError]:
         """Run several commands (``calls`` of the faces' methods, arguments checked as always)
         in ONE write transaction: a worker recording the outcomes of many jobs pays for one
         commit. A call the rules refuse (`LeaseLost`, `InvalidTransition`, `JobNotFound`: raised
         by `decide`, before it appended anything) gives its error in its place and the others
-        go on; any other error rolls the whole batch back and is raised."""
+        go on; any other error rolls the whole batch back and is raised. ``jobs``: the jobs the
+        calls write, locked first with their ancestors (a cost's roll-up), all in the lock
+        order (`WriteTransaction.lock_jobs`): one call after another, a job and then its parent,
+        and then the next job (newer than that parent), was out of order."""
         now = self.now()
 
         def transaction(tx: Any) -> list[_T | LedgerError]:
             step = Step(tx, now)
+            if jobs:
+                tx.lock_jobs(jobs, ancestors=True)
             self._batch.step = step
             try:
                 results: list[_T | LedgerError] = []
@@ -337,10 +344,16 @@ class Service:
 
         def work(step: Step) -> list[str]:
             where = JobFilter(statuses=(JobStatus.FAILED,), queue=command.queue, order="oldest")
-            chosen = [s for s in step.tx.jobs(where) if cmd.failed_since(s, command.since)]
-            for state in chosen:
-                step.append(state.id, decide.retry(state, command.by), state=state)
-            return [s.id for s in chosen]
+            found = [s.id for s in step.tx.jobs(where) if cmd.failed_since(s, command.since)]
+            step.tx.lock_jobs(found)  # in the lock order, before any append holds the log
+            chosen = []
+            for job_id in found:
+                state = step.fold.state(job_id)  # as locked: another command may have moved it
+                if state is None or state.status is not JobStatus.FAILED:
+                    continue
+                step.append(job_id, decide.retry(state, command.by), state=state)
+                chosen.append(job_id)
+            return chosen
 
         return self.run("retrying failed jobs", work)
 

@@ -685,7 +685,8 @@ class Worker:
             run.interrupt()
             log.warning("abandoning the handler of job %s: %s", run.job.id, why)
         self._batched(
-            [functools.partial(self._release, r.job, f"worker stopping: {why}") for r in runs]
+            [functools.partial(self._release, r.job, f"worker stopping: {why}") for r in runs],
+            [r.job.id for r in runs],
         )
 
     def _forget(self, run: _Run) -> None:
@@ -709,15 +710,18 @@ class Worker:
             self._forget(run)
             done.append(run)
         if done:
-            self._batched([functools.partial(self._settle, run) for run in done])
+            self._batched(
+                [functools.partial(self._settle, run) for run in done], [r.job.id for r in done]
+            )
         return len(done)
 
-    def _batched(self, calls: list[Callable[[], None]]) -> None:
-        """Make each call (each records one job's outcome through the ledger's commands); several
-        go in one transaction, and should that fail they are made one by one."""
+    def _batched(self, calls: list[Callable[[], None]], job_ids: list[str]) -> None:
+        """Make each call (each records the outcome of one of ``job_ids`` through the ledger's
+        commands); several go in one transaction, which locks those jobs and their ancestors
+        first, in the lock order, and should that fail they are made one by one."""
         if len(calls) > 1:
             try:
-                self.ledger._service.batch("recording job outcomes", calls)
+                self.ledger._service.batch("recording job outcomes", calls, job_ids)
                 return
             except LedgerError as e:
                 log.warning("recording %d outcomes together failed (%s); one by one", len(calls), e)

@@ -214,19 +214,20 @@ class WriteTransaction(Snapshot, Protocol):
 
     def lock_subtree(self, job_id: str) -> None:
         """Before a cascade loads ``job_id``: lock it and the jobs below it in the lock order
-        (`lock_jobs`), unless it is final already (a backend with row locks; SQLite's one
-        writer needs none). A cascade that locked the root first and then waited for a child
-        held by a charge, which waited for the root (its cost's roll-up), was a deadlock
-        (PostgreSQL broke it after a second)."""
+        (`lock_jobs`; a backend with row locks; SQLite's one writer needs none). A cascade
+        that locked the root first and then waited for a child held by a charge, which waited
+        for the root (its cost's roll-up), was a deadlock (PostgreSQL broke it after a
+        second)."""
         ...
 
-    def lock_jobs(self, job_ids: Sequence[str]) -> None:
-        """Before a command loads several jobs (a batch's parents): lock them in the lock order
-        (a backend with row locks). The lock order of every write is job rows newest first,
-        then budget rows: a job is created after its parent, so each job's row comes before its
-        ancestors', the order a charge or a costed completion takes them in (its job, then
-        each ancestor whose subtree cost it moves, then its chat's budget). Two writes that
-        lock rows in one order never wait for each other in a cycle."""
+    def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
+        """Before a command loads several jobs (a batch's parents, a batch's jobs): lock them
+        (``ancestors``: and every ancestor of theirs) in the lock order (a backend with row
+        locks). The lock order of every write is job rows newest first, then budget rows: a
+        job is created after its parent, so each job's row comes before its ancestors', the
+        order a charge or a costed completion takes them in (its job, then each ancestor whose
+        subtree cost it moves, then its chat's budget). Two writes that lock rows in one order
+        never wait for each other in a cycle."""
         ...
 
     def append(

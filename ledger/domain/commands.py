@@ -395,8 +395,8 @@ def activities(events: Any) -> list[tuple[EventType, msgspec.Raw]]:
     `MAX_LOG_EVENTS` pairs."""
     if isinstance(events, str | bytes | Mapping) or not isinstance(events, Iterable):
         raise InvalidArgument("events", events, "expected a list of (type, payload) pairs")
-    if isinstance(events, Sized) and len(events) > MAX_LOG_EVENTS:
-        _too_many(f"{len(events)} pairs")
+    if isinstance(events, Sized) and _length(events) > MAX_LOG_EVENTS:
+        _too_many(f"{_length(events)} pairs")
     checked = []
     for i, pair in enumerate(events):
         if i == MAX_LOG_EVENTS:
@@ -409,6 +409,14 @@ def activities(events: Any) -> list[tuple[EventType, msgspec.Raw]]:
         payload = msgspec.Raw(check.json_bytes(f"events[{i}].payload", pair[1]))
         checked.append((event_type, payload))
     return checked
+
+
+def _length(items: Sized) -> int:
+    """``len(items)``, or 0 where its ``__len__`` fails (then the pairs are counted as drawn)."""
+    try:
+        return len(items)
+    except Exception:
+        return 0
 
 
 def _too_many(shown: str) -> NoReturn:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +14,7 @@ import msgspec
 import pytest
 
 from ledger import (
+    MAX_LOG_EVENTS,
     AsyncLedger,
     EventType,
     InvalidArgument,
@@ -376,3 +379,30 @@ def test_a_concurrent_worker_runs_async_and_plain_handlers_at_once(ledger: Ledge
 
     assert Worker(ledger, plain_handler, concurrency=4, queues=["p"]).run(stop_when_idle=True) == 4
     assert [ledger.get_job(i).result for i in plain_ids] == [0, 1, 2, 3]  # type: ignore[union-attr]
+
+
+def test_async_log_events_refuses_an_endless_generator_without_drawing_it(
+    ledger: Ledger,
+) -> None:
+    """Promise: `AsyncLedger.log_events` takes at most `MAX_LOG_EVENTS` pairs, as `Ledger`'s
+    does; a generator that runs past them (here an endless one) is refused with
+    `InvalidArgument` after one pair more is drawn, and nothing is written."""
+    drawn = itertools.count()
+
+    def endless() -> Iterator[tuple[str, dict[str, int]]]:
+        while True:
+            yield ("progress", {"n": next(drawn)})
+
+    async def main() -> BaseException | None:
+        async with AsyncLedger(ledger) as lg:
+            job_id = await lg.create_job(1, CONFIG)
+            try:
+                await lg.log_events(job_id, endless())
+            except InvalidArgument as e:
+                assert ledger.job_events(job_id)[1:] == []
+                return e
+        return None
+
+    refused = asyncio.run(main())
+    assert isinstance(refused, InvalidArgument) and refused.name == "events"
+    assert next(drawn) == MAX_LOG_EVENTS + 1  # drawn: the most it takes, and one more

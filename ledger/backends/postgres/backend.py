@@ -21,6 +21,7 @@ transaction (one snapshot), several threads in parallel. `wait_for_change` liste
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import threading
@@ -365,10 +366,13 @@ class PostgresTransaction(PostgresSnapshot):
         (`WriteTransaction.lock_subtree`), their rows kept for the `load_job`s that follow."""
         self._keep_locked(self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id))
 
-    def lock_jobs(self, job_ids: Sequence[str]) -> None:
-        """The jobs locked in the lock order, in one statement (`WriteTransaction.lock_jobs`),
-        their rows kept for the `load_job`s that follow."""
-        if len(job_ids) > 1:  # one is locked by its `load_job`, as ever
+    def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
+        """The jobs (and their ancestors) locked in the lock order, in one statement
+        (`WriteTransaction.lock_jobs`), their rows kept for the `load_job`s that follow."""
+        if ancestors:
+            lock = functools.partial(jobs.lock_jobs, ancestors=True)
+            self._keep_locked(self._lock_or_step_back(lock, self._now.ahead(), job_ids))
+        elif len(job_ids) > 1:  # one is locked by its `load_job`, as ever
             self._keep_locked(self._lock_or_step_back(jobs.lock_jobs, self._now.ahead(), job_ids))
 
     def _keep_locked(self, states: list[JobState]) -> None:

@@ -24,6 +24,10 @@ _CREATED = re.compile(
     re.MULTILINE,
 )
 
+# The current schema by its exact name (``current_schema()::regnamespace`` reads the text as an
+# unquoted name: ``Mixed_x`` became ``mixed_x``, another schema or none).
+_HERE = "to_regnamespace(quote_ident(current_schema()))::oid"
+
 _FINGERPRINT = """(SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '')) FROM (
     SELECT 'column ' || c.relname || '.' || a.attname || ' ' ||
         format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE ''
@@ -31,43 +35,46 @@ _FINGERPRINT = """(SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '
     FROM pg_class AS c
     JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
-    WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+    WHERE c.relnamespace = {here} AND c.relkind = 'r'
         AND c.relname = ANY({tables})
     UNION ALL
     SELECT 'constraint ' || c.relname || '.' || k.conname || ' ' || pg_get_constraintdef(k.oid)
     FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid
-    WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY({tables})
+    WHERE c.relnamespace = {here} AND c.relname = ANY({tables})
     UNION ALL
     SELECT 'index ' || pg_get_indexdef(c.oid) FROM pg_class AS c
-    WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'i'
+    WHERE c.relnamespace = {here} AND c.relkind = 'i'
         AND c.relname = ANY({indexes})
     UNION ALL
     SELECT 'function ' || pg_get_functiondef(p.oid) FROM pg_proc AS p
-    WHERE p.pronamespace = current_schema()::regnamespace AND p.proname = ANY({functions})
+    WHERE p.pronamespace = {here} AND p.proname = ANY({functions})
     UNION ALL
     SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text
     FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
-    WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal
+    WHERE c.relnamespace = {here} AND NOT t.tgisinternal
         AND t.tgname = ANY({triggers})
 ) AS items)"""
+
+
+def created_names(schema: str) -> dict[str, set[str]]:
+    """The names of the tables, indexes, functions and triggers ``schema`` (a file's text)
+    creates, by kind (``TABLE``, ``INDEX``, ``FUNCTION``, ``TRIGGER``)."""
+    names: dict[str, set[str]] = {kind: set() for kind in ("TABLE", "INDEX", "FUNCTION", "TRIGGER")}
+    for kind, name in _CREATED.findall(schema):
+        names[kind].add(name)
+    return names
 
 
 def fingerprint_query(schema: str) -> str:
     """A scalar subquery (no parameters: it is appended to the file's own text too) giving the
     fingerprint of the objects ``schema`` (the file's text) creates."""
-    names: dict[str, set[str]] = {
-        "TABLE": set(),
-        "INDEX": set(),
-        "FUNCTION": set(),
-        "TRIGGER": set(),
-    }
-    for kind, name in _CREATED.findall(schema):
-        names[kind].add(name)
+    names = created_names(schema)
 
     def array(kind: str) -> str:
         return "ARRAY[" + ", ".join(f"'{n}'" for n in sorted(names[kind])) + "]::name[]"
 
     return _FINGERPRINT.format(
+        here=_HERE,
         tables=array("TABLE"),
         indexes=array("INDEX"),
         functions=array("FUNCTION"),

@@ -172,6 +172,9 @@ _VERSION = "SELECT version FROM ledger_schema"
 
 
 _FINGERPRINT: str | None = None
+# The catalog's definitions printed the same way whatever the session's settings (with
+# quote_all_identifiers on, every name comes quoted: another fingerprint, another run).
+_AS_PRINTED = "SET LOCAL quote_all_identifiers = off"
 
 
 def schema_digest() -> str:
@@ -209,6 +212,7 @@ def create_schema(conn: psycopg.Connection[Any]) -> None:
         "EXISTS (SELECT FROM event_counter) FROM ledger_schema"
     )
     try:
+        conn.execute(_AS_PRINTED)
         row = conn.execute(probe.encode()).fetchone()
     except psycopg.Error:  # no ledger here yet, or one from before the digest
         row = None
@@ -216,7 +220,8 @@ def create_schema(conn: psycopg.Connection[Any]) -> None:
     if row is not None and tuple(row) == (STORE_SCHEMA_VERSION, digest, True, True):
         return
     record = (
-        f"\nUPDATE ledger_schema SET script_sha256 = '{digest}', catalog_md5 = {fingerprint};\n"
+        f"\n{_AS_PRINTED};\n"
+        f"UPDATE ledger_schema SET script_sha256 = '{digest}', catalog_md5 = {fingerprint};\n"
     )
     conn.execute((schema_text() + record).encode())
     conn.commit()

@@ -97,6 +97,14 @@ descendants_statement = (
 _LOCK_ORDER = " ORDER BY created_position DESC FOR UPDATE"
 lock_jobs_statement = f"{_SELECT} WHERE id = ANY(%s){_LOCK_ORDER}"
 lock_jobs_nowait_statement = lock_jobs_statement + " NOWAIT"
+# The jobs and every ancestor of theirs (each parent found by primary key, one level at a time).
+lock_lineage_statement = (
+    "WITH RECURSIVE up (id, parent_id) AS (SELECT id, parent_id FROM jobs WHERE id = ANY(%s) "
+    "UNION SELECT p.id, p.parent_id FROM up CROSS JOIN LATERAL "
+    "(SELECT jobs.id, jobs.parent_id FROM jobs WHERE jobs.id = up.parent_id OFFSET 0) AS p) "
+    f"{_SELECT} WHERE id = ANY(ARRAY(SELECT id FROM up)){_LOCK_ORDER}"
+)
+lock_lineage_nowait_statement = lock_lineage_statement + " NOWAIT"
 # Expired leases are locked as they are found (so the rescue holds every row before it appends:
 # no deadlock with a command that holds the counter), skipping those a claim holds right now.
 _EXPIRED = (
@@ -383,11 +391,12 @@ def descendants(conn: Conn, job_id: str) -> list[JobState]:
 
 
 # A cascade's locks: the job's subtree (found as `descendants_statement` finds it), in the lock
-# order, the job itself last (the oldest). A job already final locks nothing here: its cancel
-# cascades nowhere (`Service.cancel`), and its own row is locked by primary key after.
+# order, the job itself last (the oldest). Also for a job already final, whose cancel cascades
+# nowhere: its status as the statement's snapshot saw it may be gone by the time its lock is
+# granted (a retry sent it back to pending), and a cascade that locked the job alone, and then
+# its children, deadlocked with a charge on a child.
 _LOCK_SUBTREE = (
     "WITH RECURSIVE tree (id) AS (SELECT id FROM jobs WHERE id = %s "
-    f"AND status IN ({', '.join(repr(s.value) for s in JobStatus if not s.is_final)}) "
     "UNION ALL SELECT c.id FROM tree AS t CROSS JOIN LATERAL "
     "(SELECT jobs.id FROM jobs WHERE jobs.parent_id = t.id OFFSET 0) AS c) "
     f"{_SELECT} WHERE id = ANY(ARRAY(SELECT id FROM tree)){_LOCK_ORDER}"
@@ -400,7 +409,7 @@ def lock_subtree(
     conn: Conn, job_id: str, *, lock: bool = True, nowait: bool = False
 ) -> list[JobState]:
     """Lock the jobs below ``job_id`` and the job itself, newest first; their states (none:
-    no such job, or one already final). ``nowait``: `LockNotAvailable` at once when another
+    no such job). ``nowait``: `LockNotAvailable` at once when another
     transaction holds one. (``lock`` is always true: the signature of the other locking
     loads, for `PostgresTransaction._lock_or_step_back`.)"""
     statement = lock_subtree_nowait_statement if nowait else lock_subtree_statement
@@ -408,11 +417,20 @@ def lock_subtree(
 
 
 def lock_jobs(
-    conn: Conn, job_ids: Sequence[str], *, lock: bool = True, nowait: bool = False
+    conn: Conn,
+    job_ids: Sequence[str],
+    *,
+    ancestors: bool = False,
+    lock: bool = True,
+    nowait: bool = False,
 ) -> list[JobState]:
-    """Lock the jobs ``job_ids`` names in the lock order (newest first); the states of those
-    that exist. (``lock`` and ``nowait``: as `lock_subtree`'s.)"""
-    statement = lock_jobs_nowait_statement if nowait else lock_jobs_statement
+    """Lock the jobs ``job_ids`` names (``ancestors``: and every ancestor of theirs) in the
+    lock order (newest first); the states of those that exist. (``lock`` and ``nowait``: as
+    `lock_subtree`'s.)"""
+    if ancestors:
+        statement = lock_lineage_nowait_statement if nowait else lock_lineage_statement
+    else:
+        statement = lock_jobs_nowait_statement if nowait else lock_jobs_statement
     return [to_state(values) for values in conn.execute(statement, (list(job_ids),))]
 
 

@@ -166,7 +166,7 @@ class SqliteTransaction(SqliteSnapshot):
     def lock_subtree(self, job_id: str) -> None:
         """Nothing to lock: the write lock, held since ``BEGIN IMMEDIATE``, keeps every row."""
 
-    def lock_jobs(self, job_ids: Sequence[str]) -> None:
+    def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
         """Nothing to lock (as `lock_subtree`)."""
 
     def append(

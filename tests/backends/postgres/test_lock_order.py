@@ -25,7 +25,7 @@ another session, while the ledger's command waits for the held row):
   its cost rolls up to. Waiting for a held descendant, a cascade holds no ancestor of it, nor
   the counter, and charges racing a cascade never deadlock (locking the root first, a cascade
   against a charge on a child was a deadlock, broken after a second: 9 in 1,672 commands of
-  a stress run); a cascade of a job already final locks nothing below it;
+  a stress run);
 - a charge locks its ancestors before its chat's budget (jobs, then budgets: a claim of the
   pending parent holds the parent and waits for the budget);
 - `create_jobs` whose later spec has an idempotency key and a parent: the key's look goes
@@ -247,7 +247,7 @@ BUDGET_ROW = "SELECT 1 FROM budgets WHERE chat_id = %s"
 def test_a_cascade_waits_for_a_held_descendant_holding_none_of_its_ancestors(
     ledger: Ledger, postgres_schema: str
 ) -> None:
-    """A cascade locks the subtree deepest first and its root last, the order a charge's or a
+    """A cascade locks the subtree newest first and its root last, the order a charge's or a
     completion's roll-up locks a job and then its ancestors: waiting for a held grandchild it
     holds neither the root nor the child (locking the root first, it deadlocked with a charge
     on a child, which PostgreSQL broke after a second)."""
@@ -399,24 +399,6 @@ def test_create_jobs_locks_its_specs_parents_newest_first(
     assert ledger.verify().ok
 
 
-def test_a_cascade_of_a_finished_job_locks_nothing_below_it(
-    ledger: Ledger, postgres_schema: str
-) -> None:
-    """Its cancel cascades nowhere (the job is final), so it neither waits for a descendant
-    another transaction holds nor changes anything."""
-    root = running(ledger, 1)
-    child = ledger.create_job(1, CONFIG, parent_id=root)
-    ledger.complete(root, "done", "success", worker_id="w")
-    holder = RowHolder(postgres_schema, JOB_ROW, child)
-    try:
-        with Ledger(postgres_schema, busy_timeout=0.5) as impatient:
-            assert impatient.cancel(root, cascade=True) is False  # LedgerBusy if it waited
-    finally:
-        holder.release()
-    assert ledger.get_job(child).status is JobStatus.PENDING  # type: ignore[union-attr]
-    assert ledger.verify().ok
-
-
 def test_a_cascade_in_a_batch_after_a_write_below_it_decides_on_that_write(
     ledger: Ledger,
 ) -> None:
@@ -445,8 +427,13 @@ def test_subtree_reads_find_rows_by_index_on_an_unanalyzed_table(postgres_schema
     has not analyzed yet), a cascade's lock and its read of the subtree scanned the whole
     table (16-30 ms on 20,000 jobs for a leaf's empty subtree, against 0.4 ms by index)."""
     with Ledger(postgres_schema) as ledger:
+        with psycopg.connect(postgres_schema, autocommit=True) as conn:  # no ANALYZE meanwhile
+            conn.execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         roots = ledger.create_jobs([{"chat_id": 1, "config": CONFIG}] * 300)
         ledger.create_jobs([{"chat_id": 1, "config": CONFIG, "parent_id": r} for r in roots] * 9)
+    with psycopg.connect(postgres_schema, autocommit=True) as conn:
+        never = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass")
+        assert never.fetchone() == (-1,)  # never analyzed: the planner guesses
     for statement in (jobs_table.lock_subtree_statement, jobs_table.descendants_statement):
         plan = writer_plan(postgres_schema, statement, (roots[0],))
         assert "Seq Scan" not in plan, plan
@@ -485,3 +472,96 @@ def test_a_cascade_cancels_a_child_created_while_it_waited_for_the_parent(
         statuses = {ledger.get_job(j).status for j in (root, parent, child)}  # type: ignore[union-attr]
         assert statuses == {JobStatus.CANCELLED}
         assert ledger.verify().ok
+
+
+def test_a_cascade_of_a_final_job_being_retried_locks_the_subtree_first(
+    postgres_schema: str,
+) -> None:
+    """The root is failed as the cascade's statement sees it, but a retry holding its row
+    sends it back to pending: once the root's lock is granted, the cascade goes on below it.
+    So it must have locked the subtree first, in the lock order (locking the root alone and
+    then its children, it deadlocked with a charge on a child: the charge holds the child and
+    waits for the root's roll-up)."""
+    with Ledger(postgres_schema, busy_timeout=10) as ledger, Ledger(postgres_schema) as other:
+        root = ledger.create_job(1, CONFIG, max_attempts=1)
+        child = ledger.create_job(1, CONFIG, parent_id=root)
+        job = ledger.claim("w", lease=300)
+        assert job is not None and job.id == root
+        ledger.fail(root, "boom", worker_id="w")
+        go_on = threading.Event()
+
+        def retry() -> None:
+            other.retry(root)  # locks the root's row
+            assert go_on.wait(30)
+
+        retrying = Background(lambda: other._service.batch("a retry held open", [retry]))
+        deadline = time.monotonic() + 30
+        while row_is_free(postgres_schema, JOB_ROW, root):  # a poll of the row's lock
+            assert time.monotonic() < deadline, "the retry never locked the root"
+        cancel = Background(lambda: ledger.cancel(root, cascade=True))
+        try:
+            assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
+            assert not row_is_free(postgres_schema, JOB_ROW, child), "the child is not locked"
+        finally:
+            go_on.set()
+        retrying.join()
+        assert cancel.join() is True
+        statuses = {ledger.get_job(j).status for j in (root, child)}  # type: ignore[union-attr]
+        assert statuses == {JobStatus.CANCELLED}
+        assert ledger.verify().ok
+
+
+def test_a_batch_of_outcomes_locks_its_jobs_and_their_ancestors_first(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    """A worker's outcomes in one transaction, two costed completions of siblings: one after
+    the other, the first locked its job and then the parent (the cost's roll-up) and then
+    waited for the second job, newer than that parent, which a cascade of the parent holds
+    while it waits for the first: a deadlock. The batch locks every job and ancestor first,
+    in the lock order, so waiting for the second job it holds neither the parent nor the
+    counter."""
+    parent = running(ledger, 1)
+    older = running(ledger, 1, parent_id=parent)
+    newer = running(ledger, 1, parent_id=parent)
+    holder = RowHolder(postgres_schema, JOB_ROW, newer)
+    calls = [
+        lambda: ledger.complete(older, "ok", cost_cents=2, worker_id="w"),
+        lambda: ledger.complete(newer, "ok", cost_cents=3, worker_id="w"),
+    ]
+    try:
+        batch = Background(lambda: ledger._service.batch("outcomes", calls, [older, newer]))
+        assert wait_for_a_lock_wait(postgres_schema), "the batch never waited for the job"
+        assert row_is_free(postgres_schema, JOB_ROW, parent)
+        assert row_is_free(postgres_schema, JOB_ROW, older)
+        assert counter_is_free(postgres_schema)
+    finally:
+        holder.release()
+    assert batch.join() == [None, None]
+    assert ledger.get_job(parent).subtree_cost_cents == 5  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_retry_failed_locks_the_failed_jobs_before_it_appends(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    """It read the failed jobs unlocked and wrote their rows after its appends: waiting for a
+    row another transaction held, it held the log's counter (a deadlock with a command that
+    held that row and waited for the counter). It locks them first now, and retries what is
+    still failed once it holds them."""
+    failed = []
+    for _ in range(2):
+        job_id = ledger.create_job(1, CONFIG, max_attempts=1)
+        job = ledger.claim("w", lease=300)
+        assert job is not None and job.id == job_id
+        ledger.fail(job_id, "boom", worker_id="w")
+        failed.append(job_id)
+    holder = RowHolder(postgres_schema, JOB_ROW, failed[1])
+    try:
+        retry = Background(lambda: ledger.retry_failed())
+        assert wait_for_a_lock_wait(postgres_schema), "the retry never waited for the job"
+        assert counter_is_free(postgres_schema)
+    finally:
+        holder.release()
+    assert retry.join() == 2
+    assert {ledger.get_job(j).status for j in failed} == {JobStatus.PENDING}  # type: ignore[union-attr]
+    assert ledger.verify().ok

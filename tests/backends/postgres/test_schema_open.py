@@ -5,6 +5,9 @@ and the log's counter row."""
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
 import pytest
 
 from ledger import Ledger
@@ -12,6 +15,7 @@ from ledger import Ledger
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 from ledger.backends.postgres.connection import connect, session_statements  # noqa: E402
+from tests.postgres_cluster import admin  # noqa: E402
 
 
 def test_an_open_of_a_current_ledger_takes_no_table_lock(postgres_schema: str) -> None:
@@ -156,27 +160,95 @@ def test_a_counter_row_deleted_past_its_triggers_comes_back_at_the_logs_head(
         assert ledger.verify().ok
 
 
-def test_the_catalog_fingerprint_covers_every_object_the_file_creates() -> None:
-    """The names come from the file's own CREATE statements: each table, index, function and
-    trigger of it is in the fingerprint's query (a new one needs no list kept by hand)."""
+def in_schema(url: str, name: str) -> str:
+    """``url`` with its connections' search_path the schema ``name``, quoted (so a name with
+    capitals stays as written)."""
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query), ("options", f'-csearch_path="{name}"')]
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def test_a_schema_whose_name_has_capitals_is_the_one_fingerprinted(postgres_url: str) -> None:
+    """The fingerprint looks at the current schema by its exact name: taken as an unquoted
+    name, ``Mixed_x`` was ``mixed_x``, so every open failed (no such schema), or, with a
+    lowercase twin holding a ledger, the twin was fingerprinted and a trigger dropped here
+    never came back."""
+    name = f"Mixed_{uuid.uuid4().hex[:10]}"
+    admin(postgres_url, f'CREATE SCHEMA "{name}"')
+    admin(postgres_url, f'CREATE SCHEMA "{name.lower()}"')
+    mixed, twin = in_schema(postgres_url, name), in_schema(postgres_url, name.lower())
+    try:
+        with Ledger(twin) as ledger:
+            ledger.create_job(1, {})
+        with Ledger(mixed) as ledger:
+            job_id = ledger.create_job(1, {})
+        tamper(mixed, "DROP TRIGGER events_no_update ON events")
+        with Ledger(mixed) as ledger:
+            ledger.log_event(job_id, "progress", {})
+            assert ledger.verify().ok
+        count = "SELECT count(*) FROM pg_trigger WHERE tgname = 'events_no_update' AND "
+        count += f"tgrelid = '\"{name}\".events'::regclass"
+        assert catalog_row(postgres_url, count) == (1,)
+    finally:
+        admin(postgres_url, f'DROP SCHEMA "{name}" CASCADE')
+        admin(postgres_url, f'DROP SCHEMA "{name.lower()}" CASCADE')
+
+
+def test_a_session_quoting_every_name_opens_without_running_the_file(
+    postgres_schema: str,
+) -> None:
+    """With quote_all_identifiers on, PostgreSQL prints every definition with its names quoted:
+    the fingerprint is taken with it off, so such a session's open finds the ledger current
+    (it takes no table lock while another session writes) and leaves it as it was."""
+    with Ledger(postgres_schema) as ledger:
+        ledger.create_job(1, {})
+    parts = urlsplit(postgres_schema)
+    options = dict(parse_qsl(parts.query))["options"] + " -cquote_all_identifiers=on"
+    query = [(k, options if k == "options" else v) for k, v in parse_qsl(parts.query)]
+    quoting = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    conn = connect(postgres_schema, session_statements("full", 30_000, False), "writing")
+    conn.execute("LOCK TABLE jobs, events IN ROW EXCLUSIVE MODE")  # as an open transaction's
+    try:
+        with Ledger(quoting, busy_timeout=1) as ledger:
+            assert ledger.count_jobs() == 1
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_a_column_dropped_by_hand_is_back_after_the_next_open(postgres_schema: str) -> None:
+    """The fingerprint covers the file's tables' columns: a dropped one (here the jobs'
+    timeout_seconds) made the fingerprint differ, and the file adds it back."""
+    with Ledger(postgres_schema) as ledger:
+        ledger.create_job(1, {})
+    tamper(postgres_schema, "ALTER TABLE jobs DROP COLUMN timeout_seconds")
+    with Ledger(postgres_schema) as ledger:
+        job_id = ledger.create_job(1, {}, timeout=30)
+        job = ledger.get_job(job_id)
+        assert job is not None and job.timeout == 30
+    present = "SELECT count(*) FROM information_schema.columns WHERE table_name = 'jobs' "
+    present += "AND column_name = 'timeout_seconds' AND table_schema = current_schema()"
+    assert catalog_row(postgres_schema, present) == (1,)
+
+
+def test_the_catalog_fingerprint_covers_every_object_the_file_creates(
+    postgres_schema: str,
+) -> None:
+    """Every table, index, function and trigger the file creates is one the fingerprint looks
+    at: the query names each, and each, dropped, changes it (the names come from the file's
+    own CREATE statements: a new one needs no list kept by hand)."""
     from ledger.backends.postgres import catalog
     from ledger.backends.postgres.connection import schema_text
 
-    query = catalog.fingerprint_query(schema_text())
-    for name in (
-        "events",
-        "event_counter",
-        "jobs",
-        "budgets",
-        "queues",
-        "projection_checkpoints",
-        "ledger_schema",
-        "jobs_claim",
-        "jobs_idempotency",
-        "jobs_parent",
-        "ledger_events_before_insert",
-        "ledger_refuse_change",
-        "events_no_update",
-        "jobs_notify_update",
-    ):
-        assert f"'{name}'" in query, name
+    text = schema_text()
+    query = catalog.fingerprint_query(text)
+    created = catalog.created_names(text)
+    assert len(created["TABLE"]) >= 7 and len(created["TRIGGER"]) >= 10
+    for names in created.values():
+        for name in names:
+            assert f"'{name}'" in query, name
+    with Ledger(postgres_schema):
+        pass
+    before = catalog_row(postgres_schema, f"SELECT {query}")
+    tamper(postgres_schema, "DROP INDEX jobs_parent")
+    assert catalog_row(postgres_schema, f"SELECT {query}") != before
