@@ -482,6 +482,7 @@ def _cancel_subtree(step: Step, root: JobState) -> None:
         below = [s for s in step.tx.descendants(root.id) if s.id not in seen]
         if not below:
             return
+        step.tx.lock_found_below([s.id for s in below])  # those `lock_subtree` did not take
         for found in below:
             seen.add(found.id)
             state = step.job(found.id)  # the fold's view (PostgreSQL: locks the row)

@@ -220,6 +220,14 @@ class WriteTransaction(Snapshot, Protocol):
         second)."""
         ...
 
+    def lock_found_below(self, job_ids: Sequence[str]) -> None:
+        """Jobs a cascade found below its root: lock those `lock_subtree` did not take
+        (created meanwhile, by a transaction that held a job of the subtree) without waiting,
+        as they come after their ancestors, out of the lock order; one that another
+        transaction holds makes the whole transaction run again, when `lock_subtree` takes it
+        in order (a backend with row locks)."""
+        ...
+
     def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
         """Before a command loads several jobs (a batch's parents, a batch's jobs): lock them
         (``ancestors``: and every ancestor of theirs) in the lock order (a backend with row

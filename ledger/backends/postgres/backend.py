@@ -52,6 +52,7 @@ from . import events_table as events
 from . import jobs_table as jobs
 from .combined import Combined, combine
 from .connection import (
+    LockedOutOfOrder,
     check_schema,
     configure,
     connect,
@@ -302,6 +303,7 @@ class PostgresTransaction(PostgresSnapshot):
     its COMMIT (a command that joins a shared transaction waits once more, for its own sync)."""
 
     __slots__ = (
+        "_in_subtree",
         "_later",
         "_locked_reads",
         "_now",
@@ -331,6 +333,7 @@ class PostgresTransaction(PostgresSnapshot):
         # batch's parents), each for the first `load_job` of it after: no second round trip.
         # A row is dropped when it is written.
         self._locked_reads: dict[str, JobState] = {}
+        self._in_subtree: set[str] = set()  # the jobs `lock_subtree` locked
         # The checkpoints to set to the log's head at the COMMIT (`_Transactions.commit`), once
         # for all the commands of a shared transaction.
         self._to_head = transactions.to_head
@@ -364,7 +367,29 @@ class PostgresTransaction(PostgresSnapshot):
     def lock_subtree(self, job_id: str) -> None:
         """The job and the jobs below it locked in the lock order, in one statement
         (`WriteTransaction.lock_subtree`), their rows kept for the `load_job`s that follow."""
-        self._keep_locked(self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id))
+        states = self._lock_or_step_back(jobs.lock_subtree, self._now.ahead(), job_id)
+        self._in_subtree.update(state.id for state in states)
+        self._keep_locked(states)
+
+    def lock_found_below(self, job_ids: Sequence[str]) -> None:
+        """`WriteTransaction.lock_found_below`: ``NOWAIT``; a held row is a `LockedOutOfOrder`,
+        which `PostgresBackend.write` runs again as it runs a transaction PostgreSQL aborted
+        (in a shared transaction whose earlier commands hold the log: a `StepBack` first)."""
+        taken = self._in_subtree
+        late = [job_id for job_id in job_ids if job_id not in taken]
+        if not late:
+            return
+        taken.update(late)
+        conn = self._now.ahead()
+        if self._transactions.earlier:
+            self._keep_locked(self._lock_or_step_back(jobs.lock_jobs, conn, late))
+            return
+        try:
+            self._keep_locked(jobs.lock_jobs(conn, late, nowait=True))
+        except pg_errors.LockNotAvailable as e:
+            raise LockedOutOfOrder(
+                f"a job created under a cascade's subtree while it waited is held: {e}"
+            ) from e
 
     def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
         """The jobs (and their ancestors) locked in the lock order, in one statement

@@ -154,6 +154,12 @@ def wrap_error(e: psycopg.Error, doing: str) -> LedgerError:
     return StorageError(f"{doing}: PostgreSQL error {type(e).__name__}: {why}")
 
 
+class LockedOutOfOrder(pg_errors.SerializationFailure):
+    """A lock a transaction could only take out of the lock order was held: raised in place of
+    waiting for it (`PostgresTransaction.lock_found_below`), so the transaction runs again and
+    takes it in order. Retryable, as a serialisation failure is."""
+
+
 def is_retryable(e: psycopg.Error) -> bool:
     """Errors after which running the same transaction again may well succeed: PostgreSQL aborted
     it to break a deadlock or a serialisation conflict, or a concurrent command took the same

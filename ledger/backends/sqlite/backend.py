@@ -166,6 +166,9 @@ class SqliteTransaction(SqliteSnapshot):
     def lock_subtree(self, job_id: str) -> None:
         """Nothing to lock: the write lock, held since ``BEGIN IMMEDIATE``, keeps every row."""
 
+    def lock_found_below(self, job_ids: Sequence[str]) -> None:
+        """Nothing to lock (as `lock_subtree`)."""
+
     def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
         """Nothing to lock (as `lock_subtree`)."""
 

@@ -565,3 +565,54 @@ def test_retry_failed_locks_the_failed_jobs_before_it_appends(
     assert retry.join() == 2
     assert {ledger.get_job(j).status for j in failed} == {JobStatus.PENDING}  # type: ignore[union-attr]
     assert ledger.verify().ok
+
+
+def test_a_child_created_while_a_cascade_waited_is_not_waited_for_after_its_ancestors(
+    postgres_schema: str,
+) -> None:
+    """A transaction holding a job of the subtree creates a child under it while the cascade's
+    lock statement waits; the cascade finds the child after the locks, when it holds the
+    child's ancestors. Waiting for the child then (another transaction holds it: a worker that
+    claimed it and charges it, waiting for its parent) was a deadlock. The cascade tries it
+    without waiting, and, finding it held, runs again: its lock statement then takes the child
+    first, in the lock order, holding none of its ancestors while it waits."""
+    with Ledger(postgres_schema, busy_timeout=10) as ledger, Ledger(postgres_schema) as other:
+        root = ledger.create_job(1, CONFIG)
+        parent = ledger.create_job(1, CONFIG, parent_id=root)
+        go_on = threading.Event()
+        made: list[str] = []
+
+        def spawn() -> None:
+            made.append(other.create_job(1, CONFIG, parent_id=parent))  # locks the parent
+            assert go_on.wait(30)
+
+        root_holder = RowHolder(postgres_schema, JOB_ROW, root)
+        spawning = Background(lambda: other._service.batch("a spawn held open", [spawn]))
+        deadline = time.monotonic() + 30
+        while row_is_free(postgres_schema, JOB_ROW, parent):  # a poll of the row's lock
+            assert time.monotonic() < deadline, "the spawn never locked the parent"
+        cancel = Background(lambda: ledger.cancel(root, cascade=True))
+        child_holder = None
+        try:
+            assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
+            go_on.set()
+            spawning.join()  # the child exists; the cascade holds the parent, waits for the root
+            (child,) = made
+            child_holder = RowHolder(postgres_schema, JOB_ROW, child)
+            root_holder.release()  # the cascade's statement ends; it finds the child, held
+            deadline = time.monotonic() + 30
+            while not (  # a poll: run again, it waits for the child, holding no ancestor
+                row_is_free(postgres_schema, JOB_ROW, root)
+                and row_is_free(postgres_schema, JOB_ROW, parent)
+            ):
+                assert time.monotonic() < deadline, "the cascade kept the child's ancestors"
+            assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited for it"
+            assert row_is_free(postgres_schema, JOB_ROW, parent)
+        finally:
+            go_on.set()
+            if child_holder is not None:
+                child_holder.release()
+        assert cancel.join() is True
+        statuses = {ledger.get_job(j).status for j in (root, parent, child)}  # type: ignore[union-attr]
+        assert statuses == {JobStatus.CANCELLED}
+        assert ledger.verify().ok
