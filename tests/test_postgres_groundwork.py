@@ -529,3 +529,52 @@ def test_a_rolled_back_savepoint_takes_its_positions_back(ledger_db: str) -> Non
         conn.commit()
         assert positions(conn) == list(range(1, 56))
         assert chain_is_whole(conn)
+
+
+def test_an_insert_that_skips_a_row_after_its_position_was_handed_out_is_refused(
+    ledger_db: str,
+) -> None:
+    """ON CONFLICT DO NOTHING on a taken (job, version): the insert trigger has handed the
+    skipped row a position already, so the rows after it would leave a gap. The statement is
+    refused and the log is as it was (the old one-step counter let the gap through)."""
+    with connect(ledger_db) as conn:
+        conn.execute(APPEND, ("job", 1, AT))
+        conn.execute(MANY, ("job", AT, 2, 3))
+        conn.commit()
+        with pytest.raises(errors.CheckViolation, match="skipped events"):
+            conn.execute(
+                "INSERT INTO events (job_id, version, type, data, recorded_at) "
+                "SELECT 'job', v, 'progress', '{}', %s FROM unnest(%s::bigint[]) AS v "
+                "ON CONFLICT DO NOTHING",
+                (AT, [3, 4]),  # 3 is taken: skipped after its trigger ran
+            )
+        conn.rollback()
+        conn.execute(MANY, ("job", AT, 4, 5))
+        conn.commit()
+        assert positions(conn) == [1, 2, 3, 4, 5]
+        assert chain_is_whole(conn)
+
+
+def test_the_carried_head_is_trusted_only_from_this_transactions_own_inserts(
+    ledger_db: str,
+) -> None:
+    """A ledger.head set by hand (for the session, or in the transaction with a forged move of
+    the counter) is not a head the insert trigger carried: the first row still locks and reads
+    the counter, and a hand-typed move onto a position with no event is refused."""
+    with connect(ledger_db) as conn:
+        conn.execute(APPEND, ("job", 1, AT))
+        conn.commit()
+        conn.execute("SET ledger.head = '1 1 41 abc'")  # the session's, not a carried head
+        conn.commit()
+        conn.execute(MANY, ("job", AT, 2, 3))
+        conn.commit()
+        assert positions(conn) == [1, 2, 3]
+        xid = conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0]
+        conn.execute("SELECT set_config('ledger.head', %s, true)", (f"{xid} 4 5 abc",))
+        with pytest.raises(errors.RaiseException, match="moves forward onto the log's last"):
+            conn.execute("UPDATE event_counter SET last_position = 5, last_hash = 'abc'")
+        conn.rollback()
+        conn.execute(MANY, ("job", AT, 4, 4))
+        conn.commit()
+        assert positions(conn) == [1, 2, 3, 4]
+        assert chain_is_whole(conn)

@@ -142,31 +142,39 @@ $$;
 -- counter row once, and clears the setting: one UPDATE per statement, not per event. Updating
 -- the one row per event cost about 25 us an event and grew with the batch (each update follows
 -- the chain of the row's earlier versions in this transaction: 20,000 events took 10-14 s);
--- a 100-row INSERT took 13 ms of server time that way, 4 ms this way. The counter's own
--- trigger checks that it lands on the log's last row (position and hash): no gap, no skip.
+-- a 100-row INSERT took 13 ms of server time that way, 4 ms this way. The setting names the
+-- transaction it belongs to (one set at session level, or by another transaction, is not
+-- taken for a carried head) and the statement's first position, so the AFTER trigger checks
+-- that every position handed out is a row inserted: an INSERT that skips a row after its
+-- trigger ran (ON CONFLICT DO NOTHING) would leave a gap, and is refused. The counter's own
+-- trigger checks that any other move lands on the log's last row (position and hash).
 CREATE OR REPLACE FUNCTION ledger_events_before_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     last_version bigint;
     head bigint;
     head_hash text;
-    carried text;
+    first bigint;
+    carried text[];
 BEGIN
     SELECT coalesce(max(version), 0) INTO last_version FROM events WHERE job_id = NEW.job_id;
     IF NEW.version > last_version + 1 THEN
         RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
             NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
     END IF;
-    carried := current_setting('ledger.head', true);
-    IF carried IS NULL OR carried = '' THEN  -- the statement's first row: lock the counter
+    -- ledger.head: "<transaction id> <first position> <head position> <head hash>"
+    carried := string_to_array(current_setting('ledger.head', true), ' ');
+    IF carried[1] IS DISTINCT FROM pg_current_xact_id()::text THEN  -- the statement's first row
         SELECT last_position, last_hash INTO head, head_hash FROM event_counter FOR UPDATE;
         IF head IS NULL THEN
             RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
                 '(not read-only): its schema run restores the row at the log''s head';
         END IF;
+        first := head + 1;
     ELSE
-        head := split_part(carried, ' ', 1)::bigint;
-        head_hash := nullif(split_part(carried, ' ', 2), '');
+        first := carried[2]::bigint;
+        head := carried[3]::bigint;
+        head_hash := nullif(carried[4], '');
     END IF;
     head := head + 1;
     IF NEW.position IS NULL AND NEW.hash IS NULL THEN
@@ -185,22 +193,36 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     NEW.position := head;
-    PERFORM set_config('ledger.head', head || ' ' || coalesce(NEW.hash, ''), true);
+    PERFORM set_config('ledger.head',
+        pg_current_xact_id()::text || ' ' || first || ' ' || head || ' ' || coalesce(NEW.hash, ''),
+        true);
     RETURN NEW;
 END
 $$;
 
--- The statement's head, carried by its rows (above), written to the counter row once.
+-- The statement's head, carried by its rows (above), written to the counter row once, after a
+-- check that each position handed out is a row of the statement's.
 CREATE OR REPLACE FUNCTION ledger_events_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    carried text := current_setting('ledger.head', true);
+    carried text[] := string_to_array(current_setting('ledger.head', true), ' ');
+    rows bigint;
+    last bigint;
 BEGIN
-    IF carried IS NOT NULL AND carried <> '' THEN
-        UPDATE event_counter SET last_position = split_part(carried, ' ', 1)::bigint,
-            last_hash = nullif(split_part(carried, ' ', 2), '');
-        PERFORM set_config('ledger.head', '', true);
+    IF carried[1] IS DISTINCT FROM pg_current_xact_id()::text THEN
+        RETURN NULL;  -- no row of this statement was handed a position
     END IF;
+    SELECT count(*), max(position) INTO rows, last FROM added;
+    IF rows <> carried[3]::bigint - carried[2]::bigint + 1
+        OR last IS DISTINCT FROM carried[3]::bigint THEN
+        RAISE EXCEPTION 'this INSERT skipped events after their positions were handed out '
+            '(ON CONFLICT DO NOTHING, or a trigger that drops rows): positions % to % would '
+            'hold % events, a gap; insert events without skipping any', carried[2], carried[3],
+            rows USING ERRCODE = 'check_violation';
+    END IF;
+    UPDATE event_counter
+        SET last_position = carried[3]::bigint, last_hash = nullif(carried[4], '');
+    PERFORM set_config('ledger.head', '', true);
     RETURN NULL;
 END
 $$;
@@ -238,6 +260,7 @@ $$;
 CREATE OR REPLACE TRIGGER events_before_insert BEFORE INSERT ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_events_before_insert();
 CREATE OR REPLACE TRIGGER events_after_insert AFTER INSERT ON events
+    REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_events_after_insert();
 CREATE OR REPLACE TRIGGER events_no_update BEFORE UPDATE ON events
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('events are append-only');
@@ -246,12 +269,15 @@ CREATE OR REPLACE TRIGGER events_no_delete BEFORE DELETE ON events
 CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change('events are append-only');
 -- The WHEN clause lets an insert statement's one move through without calling the function
--- (about 40 us of server time a statement): forward, to the head its rows carried (the insert
--- trigger sets ledger.head as it hands each position out); anything else is the function's.
+-- (about 40 us of server time a statement): from a trigger (a hand-typed UPDATE runs at depth
+-- 0), forward, to the head this transaction's rows carried (the insert trigger sets
+-- ledger.head as it hands each position out); anything else is the function's to judge.
 CREATE OR REPLACE TRIGGER event_counter_forward BEFORE UPDATE ON event_counter
-    FOR EACH ROW WHEN (NOT (NEW.id = OLD.id AND NEW.last_position > OLD.last_position
-        AND current_setting('ledger.head', true)
-            = NEW.last_position::text || ' ' || coalesce(NEW.last_hash, '')))
+    FOR EACH ROW WHEN (NOT (pg_trigger_depth() > 0 AND NEW.id = OLD.id
+        AND NEW.last_position > OLD.last_position
+        AND current_setting('ledger.head', true) = pg_current_xact_id()::text || ' '
+            || split_part(current_setting('ledger.head', true), ' ', 2) || ' '
+            || NEW.last_position::text || ' ' || coalesce(NEW.last_hash, '')))
     EXECUTE FUNCTION ledger_counter_before_update();
 CREATE OR REPLACE TRIGGER event_counter_no_delete BEFORE DELETE ON event_counter
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change('event_counter only moves forward');
