@@ -105,15 +105,17 @@ class Caller(threading.Thread):
 def led(
     ledger: Ledger, gate: Gate, leader: Callable[[], Any], others: list[Callable[[], Any]]
 ) -> tuple[Caller, list[Caller]]:
-    """Start ``leader`` held at ``gate``, then ``others`` until all are queued for the write
-    lock; the callers, not yet released (the test opens the gate)."""
+    """Start ``leader`` held at ``gate``, then ``others``, each queued for the write lock
+    before the next starts (so they queue, and run, in the order given: started together, two
+    threads reached the queue in either order now and then); the callers, not yet released
+    (the test opens the gate)."""
     first = Caller(leader, gate)
     first.start()
     assert gate.entered.wait(WAIT)
     rest = [Caller(fn) for fn in others]
-    for caller in rest:
+    for count, caller in enumerate(rest, start=1):
         caller.start()
-    wait_until(lambda: queued(ledger) == len(rest), f"{len(rest)} callers queued")
+        wait_until(lambda n=count: queued(ledger) == n, f"{count} callers queued")
     return first, rest
 
 
