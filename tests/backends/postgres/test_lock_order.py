@@ -64,6 +64,9 @@ class RowHolder:
         assert self.conn.execute(select + " FOR UPDATE", (key,)).fetchall() != []
 
     def release(self) -> None:
+        """Let the row go (again: nothing)."""
+        if self.conn.closed:
+            return
         self.conn.execute("ROLLBACK")
         self.conn.close()
 
@@ -131,6 +134,31 @@ class Background:
         if kind == "error":
             raise value
         return value
+
+
+class HeldOpen:
+    """``call``, a command of ``lg``, run in a transaction that another thread holds open after
+    it until `finish`: its row locks stay taken and its writes uncommitted. Returns once the
+    command holds the row of job ``locks`` (polled)."""
+
+    def __init__(self, lg: Ledger, call: Callable[[], Any], url: str, locks: str) -> None:
+        self.go_on = threading.Event()
+        self.made: list[Any] = []
+
+        def held() -> None:
+            self.made.append(call())
+            assert self.go_on.wait(30)
+
+        self.background = Background(lambda: lg._service.batch("a command held open", [held]))
+        deadline = time.monotonic() + 30
+        while row_is_free(url, JOB_ROW, locks):  # a poll of the row's lock
+            assert time.monotonic() < deadline, "the held command never locked the job"
+
+    def finish(self) -> Any:
+        """Let the transaction commit; the command's result."""
+        self.go_on.set()
+        self.background.join()
+        return self.made[0]
 
 
 @pytest.fixture
@@ -450,25 +478,15 @@ def test_a_cascade_cancels_a_child_created_while_it_waited_for_the_parent(
     with Ledger(postgres_schema, busy_timeout=10) as ledger, Ledger(postgres_schema) as other:
         root = ledger.create_job(1, CONFIG)
         parent = ledger.create_job(1, CONFIG, parent_id=root)
-        go_on = threading.Event()
-        made: list[str] = []
-
-        def spawn() -> None:
-            made.append(other.create_job(1, CONFIG, parent_id=parent))  # locks the parent
-            assert go_on.wait(30)
-
-        spawning = Background(lambda: other._service.batch("a spawn held open", [spawn]))
-        deadline = time.monotonic() + 30
-        while row_is_free(postgres_schema, JOB_ROW, parent):  # a poll of the row's lock
-            assert time.monotonic() < deadline, "the spawn never locked the parent"
+        spawn = HeldOpen(  # it locks the parent
+            other, lambda: other.create_job(1, CONFIG, parent_id=parent), postgres_schema, parent
+        )
         cancel = Background(lambda: ledger.cancel(root, cascade=True))
         try:
             assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
         finally:
-            go_on.set()
-        spawning.join()
+            child = spawn.finish()
         assert cancel.join() is True
-        (child,) = made
         statuses = {ledger.get_job(j).status for j in (root, parent, child)}  # type: ignore[union-attr]
         assert statuses == {JobStatus.CANCELLED}
         assert ledger.verify().ok
@@ -488,23 +506,13 @@ def test_a_cascade_of_a_final_job_being_retried_locks_the_subtree_first(
         job = ledger.claim("w", lease=300)
         assert job is not None and job.id == root
         ledger.fail(root, "boom", worker_id="w")
-        go_on = threading.Event()
-
-        def retry() -> None:
-            other.retry(root)  # locks the root's row
-            assert go_on.wait(30)
-
-        retrying = Background(lambda: other._service.batch("a retry held open", [retry]))
-        deadline = time.monotonic() + 30
-        while row_is_free(postgres_schema, JOB_ROW, root):  # a poll of the row's lock
-            assert time.monotonic() < deadline, "the retry never locked the root"
+        retry = HeldOpen(other, lambda: other.retry(root), postgres_schema, root)
         cancel = Background(lambda: ledger.cancel(root, cascade=True))
         try:
             assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
             assert not row_is_free(postgres_schema, JOB_ROW, child), "the child is not locked"
         finally:
-            go_on.set()
-        retrying.join()
+            retry.finish()
         assert cancel.join() is True
         statuses = {ledger.get_job(j).status for j in (root, child)}  # type: ignore[union-attr]
         assert statuses == {JobStatus.CANCELLED}
@@ -579,26 +587,16 @@ def test_a_child_created_while_a_cascade_waited_is_not_waited_for_after_its_ance
     with Ledger(postgres_schema, busy_timeout=10) as ledger, Ledger(postgres_schema) as other:
         root = ledger.create_job(1, CONFIG)
         parent = ledger.create_job(1, CONFIG, parent_id=root)
-        go_on = threading.Event()
-        made: list[str] = []
-
-        def spawn() -> None:
-            made.append(other.create_job(1, CONFIG, parent_id=parent))  # locks the parent
-            assert go_on.wait(30)
-
         root_holder = RowHolder(postgres_schema, JOB_ROW, root)
-        spawning = Background(lambda: other._service.batch("a spawn held open", [spawn]))
-        deadline = time.monotonic() + 30
-        while row_is_free(postgres_schema, JOB_ROW, parent):  # a poll of the row's lock
-            assert time.monotonic() < deadline, "the spawn never locked the parent"
+        spawn = HeldOpen(  # it locks the parent
+            other, lambda: other.create_job(1, CONFIG, parent_id=parent), postgres_schema, parent
+        )
         cancel = Background(lambda: ledger.cancel(root, cascade=True))
         child_holder = None
         try:
             assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited"
-            go_on.set()
-            spawning.join()  # the child exists; the cascade holds the parent, waits for the root
-            (child,) = made
-            child_holder = RowHolder(postgres_schema, JOB_ROW, child)
+            child = spawn.finish()  # the child exists; the cascade holds the parent, waits for
+            child_holder = RowHolder(postgres_schema, JOB_ROW, child)  # the root
             root_holder.release()  # the cascade's statement ends; it finds the child, held
             deadline = time.monotonic() + 30
             while not (  # a poll: run again, it waits for the child, holding no ancestor
@@ -609,7 +607,8 @@ def test_a_child_created_while_a_cascade_waited_is_not_waited_for_after_its_ance
             assert wait_for_a_lock_wait(postgres_schema), "the cascade never waited for it"
             assert row_is_free(postgres_schema, JOB_ROW, parent)
         finally:
-            go_on.set()
+            spawn.go_on.set()
+            root_holder.release()  # (again, if a step above failed: a no-op otherwise)
             if child_holder is not None:
                 child_holder.release()
         assert cancel.join() is True
