@@ -247,9 +247,8 @@ def raw_append_many(raw: Raw, job_id: str, version: int, n: int, now: datetime) 
     raw.execute("BEGIN")
     raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
     data = json.dumps({"step": 1})
-    into, row = events_table.insert_deferred_statement.split(" VALUES ")
     raw.execute(  # one multi-row INSERT: the fewest statements these rows can take
-        f"{into} VALUES {', '.join([row] * n)}",
+        events_table.insert_rows_statement(n),
         [value for i in range(n) for value in (job_id, version + i, "progress", data, now)],
     )
     last = version + n - 1

@@ -395,8 +395,9 @@ def activities(events: Any) -> list[tuple[EventType, msgspec.Raw]]:
     `MAX_LOG_EVENTS` pairs."""
     if isinstance(events, str | bytes | Mapping) or not isinstance(events, Iterable):
         raise InvalidArgument("events", events, "expected a list of (type, payload) pairs")
-    if isinstance(events, Sized) and _length(events) > MAX_LOG_EVENTS:
-        _too_many(f"{_length(events)} pairs")
+    length = _length(events) if isinstance(events, Sized) else 0
+    if length > MAX_LOG_EVENTS:
+        _too_many(f"{length} pairs")
     checked = []
     for i, pair in enumerate(events):
         if i == MAX_LOG_EVENTS:

@@ -380,25 +380,16 @@ class PostgresTransaction(PostgresSnapshot):
         if not late:
             return
         taken.update(late)
-        conn = self._now.ahead()
-        if self._transactions.earlier:
-            self._keep_locked(self._lock_or_step_back(jobs.lock_jobs, conn, late))
-            return
-        try:
-            self._keep_locked(jobs.lock_jobs(conn, late, nowait=True))
-        except pg_errors.LockNotAvailable as e:
-            raise LockedOutOfOrder(
-                f"a job created under a cascade's subtree while it waited is held: {e}"
-            ) from e
+        lock = self._lock_or_step_back
+        self._keep_locked(lock(jobs.lock_jobs, self._now.ahead(), late, out_of_order=True))
 
     def lock_jobs(self, job_ids: Sequence[str], *, ancestors: bool = False) -> None:
         """The jobs (and their ancestors) locked in the lock order, in one statement
         (`WriteTransaction.lock_jobs`), their rows kept for the `load_job`s that follow."""
-        if ancestors:
-            lock = functools.partial(jobs.lock_jobs, ancestors=True)
-            self._keep_locked(self._lock_or_step_back(lock, self._now.ahead(), job_ids))
-        elif len(job_ids) > 1:  # one is locked by its `load_job`, as ever
-            self._keep_locked(self._lock_or_step_back(jobs.lock_jobs, self._now.ahead(), job_ids))
+        if not ancestors and len(job_ids) < 2:
+            return  # one is locked by its `load_job`, as ever
+        lock = functools.partial(jobs.lock_jobs, ancestors=ancestors)
+        self._keep_locked(self._lock_or_step_back(lock, self._now.ahead(), job_ids))
 
     def _keep_locked(self, states: list[JobState]) -> None:
         """Keep rows just locked, ahead of this transaction's queued writes (so the locks wait
@@ -412,16 +403,28 @@ class PostgresTransaction(PostgresSnapshot):
             if state.id not in queued:
                 reads[state.id] = state
 
-    def _lock_or_step_back(self, load: Callable[..., _T], conn: Any, key: Any) -> _T:
+    def _lock_or_step_back(
+        self, load: Callable[..., _T], conn: Any, key: Any, *, out_of_order: bool = False
+    ) -> _T:
         """``load(conn, key, lock=True)``; in a shared transaction whose earlier commands hold
         the log's rows, without waiting: a row another transaction holds makes this command
-        step back (`ledger.backends.group.StepBack`) and run first in the next transaction."""
-        if not self._transactions.earlier:
+        step back (`ledger.backends.group.StepBack`) and run first in the next transaction.
+        ``out_of_order``: rows this command takes after rows that come after them in the lock
+        order, never waited for either: one another transaction holds is a `LockedOutOfOrder`
+        (the transaction runs again, and takes it in order)."""
+        earlier = self._transactions.earlier
+        if not earlier and not out_of_order:
             return load(conn, key, lock=True)
         try:
             return load(conn, key, lock=True, nowait=True)
         except pg_errors.LockNotAvailable as e:
-            raise StepBack(f"a row this command locks is held by another transaction: {e}") from e
+            if earlier:
+                raise StepBack(
+                    f"a row this command locks is held by another transaction: {e}"
+                ) from e
+            raise LockedOutOfOrder(
+                f"a row this command takes out of the lock order is held: {e}"
+            ) from e
 
     def checkpoint(self, name: str) -> tuple[int, int] | None:
         """Locked: no command commits while this transaction holds it (see events_table)."""

@@ -41,7 +41,7 @@ from ...domain.state import JobState
 from . import events_table, jobs_table
 
 # The backend's own event INSERT, its VALUES row repeated (one per event), returning positions.
-_INTO, _ROW = events_table.insert_deferred_statement.split(" VALUES ")
+_INTO, _ROW = events_table.INSERT_INTO, events_table.INSERT_ROW
 _CHECKPOINT = (
     "UPDATE projection_checkpoints SET position = (SELECT max(position) FROM e) WHERE name = %s"
 )

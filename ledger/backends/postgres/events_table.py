@@ -36,6 +36,7 @@ insert_exact_statement = (
 insert_deferred_statement = (
     "INSERT INTO events (job_id, version, type, data, recorded_at) VALUES (%s, %s, %s, %s, %s)"
 )
+INSERT_INTO, INSERT_ROW = insert_deferred_statement.split(" VALUES ")  # its two halves
 # Chained appends name their position (the chain hash covers it): the counter row, locked by
 # `read_head` for the rest of the transaction, says which is next, and the insert trigger
 # checks it is the one it hands out.
@@ -117,7 +118,8 @@ def append(
         position -= 1
     start = 0
     for size in _pieces(len(rows)):
-        execute(_insert_rows(size), [value for row in rows[start : start + size] for value in row])
+        statement = insert_rows_statement(size)
+        execute(statement, [value for row in rows[start : start + size] for value in row])
         start += size
     for row in rows[start:]:  # the short tail: combined with the job's row (`combined`)
         execute(insert_deferred_statement, row)
@@ -142,11 +144,11 @@ def _pieces(count: int) -> list[int]:
     return sizes
 
 
-def _insert_rows(count: int) -> str:
+def insert_rows_statement(count: int) -> str:
+    """`insert_deferred_statement` for ``count`` rows (their parameters one row after another)."""
     text = _rows_cache.get(count)
     if text is None:
-        into, row = insert_deferred_statement.split(" VALUES ")
-        text = _rows_cache[count] = f"{into} VALUES {', '.join([row] * count)}"
+        text = _rows_cache[count] = f"{INSERT_INTO} VALUES {', '.join([INSERT_ROW] * count)}"
     return text
 
 
