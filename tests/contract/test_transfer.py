@@ -85,3 +85,43 @@ def test_a_bad_line_imports_nothing(open_ledger: LedgerFactory, clock: FakeClock
         assert target.last_position() == 0 and all_jobs(target) == []
     target.import_events(lines)  # the good lines alone still import
     assert state(target) == state(source)
+
+
+def test_an_export_that_starts_later_imports_at_its_own_positions(
+    open_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    """Promise: an export of the log after a position (`export_events(after)`) imports into an
+    empty ledger, every event at its own position with its own hash; the copy's head is the
+    source's, it verifies (its chain starts at its first event), and it carries on from there."""
+    source = open_ledger()
+    source.create_job(1, CONFIG)
+    second = source.create_job(2, {"second": True})
+    source.log_event(second, EventType.PROGRESS, {"n": 1})
+    head = source.head()
+    later = list(source.export_events(after=1))  # the second job's whole stream
+    copy = open_ledger()
+    report = copy.import_events(later)
+    assert (report.events, report.jobs) == (2, 1)
+    assert copy.head() == head
+    assert [(e.position, e.job_id, e.version) for e in copy.read_all()] == [
+        (e.position, e.job_id, e.version) for e in source.read_all(after=1)
+    ]
+    assert copy.get_job(second) == source.get_job(second)
+    assert copy.verify().ok
+    copy.log_event(second, EventType.PROGRESS, {"n": 2})
+    assert copy.last_position() == head[0] + 1
+    assert copy.verify(expect_head=head).ok
+
+
+def test_an_export_that_starts_inside_a_job_is_refused(
+    open_ledger: LedgerFactory, clock: FakeClock
+) -> None:
+    """Promise: an export whose first event of a job is not that job's creation (the export began
+    after it) is refused with a `LedgerError` naming the line, and writes nothing."""
+    source = open_ledger()
+    job = source.create_job(1, CONFIG)
+    source.log_event(job, EventType.PROGRESS, {"n": 1})
+    copy = open_ledger()
+    with pytest.raises(LedgerError, match="line 1"):
+        copy.import_events(source.export_events(after=1))
+    assert copy.last_position() == 0 and all_jobs(copy) == []

@@ -170,6 +170,13 @@ BEGIN
             RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
                 '(not read-only): its schema run restores the row at the log''s head';
         END IF;
+        IF head = 0 AND NEW.position > 1 THEN
+            -- An empty log importing an export that began later (export_events(after)): it
+            -- starts at the export's first position, and its chain at that event's hash (the
+            -- import records where the chain starts). Only here: once the log holds an event,
+            -- positions run on without gaps.
+            head := NEW.position - 1;
+        END IF;
         first := head + 1;
     ELSE
         first := carried[2]::bigint;
