@@ -256,7 +256,6 @@ def test_versions_are_gap_free_and_a_failed_append_leaves_no_position_gap(ledger
         assert positions(conn) == [1, 2]
 
 
-
 def test_only_an_empty_log_may_start_at_a_later_position(ledger_db: str) -> None:
     """An import of an export that began after position 1 names its positions: the empty log
     takes the first as given, and from then on positions run without gaps."""
@@ -264,15 +263,16 @@ def test_only_an_empty_log_may_start_at_a_later_position(ledger_db: str) -> None
         "INSERT INTO events (position, job_id, version, type, data, recorded_at, hash) "
         "VALUES (%s, %s, 1, 'created', '{}', %s, %s)"
     )
+    refusal = "position 7 given, but the next position is 6"
     with connect(ledger_db) as conn:
-        with pytest.raises(errors.CheckViolation, match="position 7 given, but the next position is 6"):
+        with pytest.raises(errors.CheckViolation, match=refusal):
             conn.execute(  # two rows of one statement: the second must follow the first
                 named.replace("%s)", "%s), (7, 'b', 1, 'created', '{}', %s, NULL)"),
                 (5, "a", AT, "0" * 64, AT),
             )
         conn.rollback()
         conn.execute(named, (5, "a", AT, "0" * 64))
-        with pytest.raises(errors.CheckViolation, match="position 7 given, but the next position is 6"):
+        with pytest.raises(errors.CheckViolation, match=refusal):
             conn.execute(named, (7, "b", AT, None))
         conn.rollback()
         assert positions(conn) == []
