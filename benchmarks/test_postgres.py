@@ -79,14 +79,24 @@ class Raw:
         self.conn.execute("COMMIT")
         self.pipeline.sync()
 
-    def commit_with(self, combined: Combined, *, alone: bool = False) -> None:
+    def commit_with(self, combined: Combined, *, alone: bool = False) -> str:
         """A command's events and job row, the checkpoint folded in (the one statement a lone
-        caller's COMMIT sends, `postgres.combined`), then the COMMIT (none where the statement
-        is the whole transaction, ``alone``); one wait."""
-        self.conn.execute(*combined.statement("jobs"))
+        caller's COMMIT sends, `postgres.combined`, returning the row's new xmin, which the
+        backend keeps), then the COMMIT (none where the statement is the whole transaction,
+        ``alone``); one wait. Returns the xmin."""
+        cursor = self.conn.execute(*combined.statement("jobs", returning=True))
         if not alone:
             self.conn.execute("COMMIT")
         self.pipeline.sync()
+        row = cursor.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def guard(self, job_id: str, version: int, xmin: str) -> None:
+        """The first statement of a lone command on a job this connection wrote last (the
+        backend decides on the row it kept): the row locked, still at that version and xmin;
+        nothing waited for."""
+        self.execute(jobs_table.guard_statement, (job_id, job_id, version, xmin))
 
 
 @dataclass
@@ -165,11 +175,12 @@ _POSITION = jobs_table.COLUMNS.index("created_position")
 _CREATED = json.dumps({"chat_id": 1, "config": CONFIG})
 
 
-def raw_create(raw: Raw, now: datetime) -> str:
-    """One statement, outside a transaction block, as a lone create is."""
+def raw_create(raw: Raw, now: datetime, xmin: list[str] | None = None) -> str:
+    """One statement, outside a transaction block, as a lone create is (``xmin``: gets the
+    row's, as the backend keeps it)."""
     job_id = str(uuid.uuid4())
     row = _row(job_id, now)
-    raw.commit_with(
+    written = raw.commit_with(
         Combined(
             [(job_id, 1, "created", _CREATED, now)],
             jobs_table.insert_created_from_statement,
@@ -177,6 +188,8 @@ def raw_create(raw: Raw, now: datetime) -> str:
         ),
         alone=True,
     )
+    if xmin is not None:
+        xmin[:] = [written]
     return job_id
 
 
@@ -195,8 +208,8 @@ def raw_create_many(raw: Raw, n: int, now: datetime) -> None:
 def raw_claim_complete(raw: Raw, now: datetime) -> None:
     """Two transactions, as the ledger's two commands: the claim (the expired-lease look, the
     holder look and the claim query that locks and returns the row, sent together and then
-    read, as `before_claim` does) and the completion (the row locked first, as a command
-    deciding on a job does)."""
+    read, as `before_claim` does) and the completion (on the row the claim wrote: the guard
+    locks it, nothing read before the COMMIT, as the backend's lone command does)."""
     raw.execute("BEGIN")
     expired = raw.execute(jobs_table.expired_limit_statement, (now, 100))
     held = raw.execute(jobs_table.held_on_statement, (_HOLDER[0],))
@@ -204,7 +217,7 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     expired.fetchall()
     held.fetchall()
     job_id = claimed.fetchone()[0]
-    raw.commit_with(
+    xmin = raw.commit_with(
         Combined(
             [(job_id, 2, "claimed", "{}", now)],
             "UPDATE jobs SET version = 2, updated_at = %s, status = 'running', worker_id = 'w', "
@@ -215,7 +228,7 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
         )
     )
     raw.execute("BEGIN")
-    raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
+    raw.guard(job_id, 2, xmin)
     raw.commit_with(
         Combined(
             [(job_id, 3, "completed", "{}", now)],
@@ -227,11 +240,13 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     )
 
 
-def raw_append(raw: Raw, job_id: str, version: int, now: datetime) -> None:
-    """An event on a job: its row locked, the event, the row's version, the checkpoint."""
+def raw_append(raw: Raw, job_id: str, version: int, now: datetime, xmin: list[str]) -> None:
+    """An event on a job this connection wrote last, as the backend's lone command: the guard
+    (the row locked, still at its version and ``xmin``), then the event, the row's version and
+    the checkpoint in one statement, and the COMMIT; one wait. ``xmin`` gets the new one."""
     raw.execute("BEGIN")
-    raw.execute(jobs_table.lock_row_statement, (job_id,)).fetchone()
-    raw.commit_with(
+    raw.guard(job_id, version - 1, xmin[0])
+    xmin[0] = raw.commit_with(
         Combined(
             [(job_id, version, "progress", json.dumps({"step": 1}), now)],
             jobs_table.update_statement(("version", "updated_at")),
@@ -311,14 +326,15 @@ def test_pg_append(benchmark: Any, pg: Trio, impl: str) -> None:
     now = datetime.now(UTC)
     payload = {"step": 1, "note": "progress"}
     job_id = pg.ledger.create_job(1, CONFIG)
-    raw_job, raw_versions = raw_create(pg.raw, now), itertools.count(2)
+    raw_xmin: list[str] = []
+    raw_job, raw_versions = raw_create(pg.raw, now, raw_xmin), itertools.count(2)
     least_job, least_versions = minimal_pg.create(pg.least, CONFIG), itertools.count(2)
     _run(
         benchmark,
         impl,
         ROUNDS[pg.durability],
         lambda: pg.ledger.log_event(job_id, EventType.PROGRESS, payload),
-        lambda: raw_append(pg.raw, raw_job, next(raw_versions), now),
+        lambda: raw_append(pg.raw, raw_job, next(raw_versions), now, raw_xmin),
         lambda: minimal_pg.append(pg.least, least_job, next(least_versions), payload),
     )
     assert pg.ledger.verify().ok

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+import msgspec
 import psycopg
 from psycopg import IsolationLevel
 from psycopg import errors as pg_errors
@@ -68,6 +69,7 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 RETRIES = 5  # runs of a transaction PostgreSQL aborted (deadlock, serialisation) before LedgerBusy
 READERS = 8  # read connections at most per backend
+KNOWN_JOBS = 1024  # job rows `_Transactions.known` keeps at most
 _CHANNELS = ("ledger_events", "ledger_jobs")
 # The writer's statements are short, ordered index walks, and the claim (ORDER BY the jobs_claim
 # index, LIMIT 1) is the hot one. Three planner settings keep them so:
@@ -347,10 +349,23 @@ class PostgresTransaction(PostgresSnapshot):
         write this job: the others (events that take the log's counter) then wait for the
         COMMIT, and this lock is never waited for while this command holds the counter (a
         charge locking a parent that another process's command holds, waiting for the counter
-        at its COMMIT, was a deadlock)."""
+        at its COMMIT, was a deadlock).
+
+        A lone caller's command on a job this process wrote last (`_Transactions.known`) takes
+        the row from memory instead, without a round trip: the transaction's first statement
+        (`_Transactions.guard`) then locks the row, still at the version and xmin this process
+        wrote, or fails with a serialization failure, and the command runs again on the row
+        as it is (`PostgresBackend.write`). A command that ends without writing has the guard
+        confirm the row before its answer stands."""
         locked = self._locked_reads.pop(job_id, None)
         if locked is not None:
             return locked  # locked by a query that read it (a claim's): no second round trip
+        transactions = self._transactions
+        if transactions.may_guess() and not self._later.queue and not self._queued:
+            known = transactions.known.get(job_id)
+            if known is not None:  # as this process wrote it last: locked by the guard
+                transactions.guard = (job_id, known[0].version, known[1])
+                return known[0]
         ahead = self._transactions.ahead
         if ahead is not None:
             state = ahead.take(job_id)
@@ -458,6 +473,10 @@ class PostgresTransaction(PostgresSnapshot):
         written = [state.id for state in new]
         written += [state.id for state, _ in changed]
         queued.update(written)
+        known = self._transactions.known
+        if known:  # written again: kept anew only from the COMMIT's answer (`_Transactions`)
+            for job_id in written:
+                known.pop(job_id, None)
         if reads:  # rows change: what was read of them is no longer theirs to give
             for job_id in written:
                 reads.pop(job_id, None)
@@ -583,6 +602,7 @@ class PostgresTransaction(PostgresSnapshot):
         """Empty the table (TRUNCATE is transactional here, and keeps the indexes and the NOTIFY
         triggers); a table that is gone is made again from ``schema.sql``."""
         self._transactions.ahead = None  # every row read ahead is gone
+        self._transactions.known.clear()  # and every row kept in memory
         if jobs.exists(self.conn):
             self.conn.execute(jobs.truncate_statement)
         else:
@@ -652,6 +672,15 @@ class _Transactions:
         self._savepoints = 0
         self.unopened = False  # begun, its BEGIN not sent yet (nothing of it was)
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
+        # Job rows as this backend's last commits wrote them, with each row version's xmin
+        # (the writing transaction's id): a lone caller's command decides on such a row without
+        # reading it (`PostgresTransaction.load_job`), and ``guard`` (job id, version, xmin),
+        # sent first after BEGIN, locks it and checks it is still that version of the row. Any
+        # other writer, a replay included, makes a new row version with another xmin.
+        self.known: dict[str, tuple[JobState, str]] = {}
+        self._forget = False  # `forget_known` asked (from a thread not holding the lock)
+        self.guard: tuple[str, int, str] | None = None
+        self._returning: psycopg.Cursor[Any] | None = None  # the held write's answer (xmin)
 
     def begin(self, doing: str) -> None:
         try:  # a closed Ledger, or a lost connection: said now, as before
@@ -662,6 +691,10 @@ class _Transactions:
         self.unsynced = True
         self.to_head = set()
         self.held = None
+        self.guard = None
+        if self._forget:
+            self._forget = False
+            self.known.clear()
         self.ahead = None
         self.in_savepoint = self._savepoints = 0
         self.holds_log = self.earlier = False
@@ -672,10 +705,63 @@ class _Transactions:
         if self.unopened:
             self.unopened = False
             self.put().execute("BEGIN")  # (on the connection `begin` checked)
+            guard = self.guard
+            if guard is not None:  # before anything else: the row is locked first, as ever
+                self.guard = None
+                self.put().execute(jobs.guard_statement, (guard[0], *guard))
         held = self.held
         if held is not None:
             self.held = None
             self.put().execute(*held.statement())
+
+    def forget_known(self) -> None:
+        """Keep no row from before: a command ran again after a serialization failure (maybe
+        a row from memory was behind) or hit a taken version. Called by a caller's thread
+        outside the write lock, so ``known`` is emptied when the next transaction begins."""
+        self._forget = True
+
+    def may_guess(self) -> bool:
+        """A lone caller's command with nothing sent yet and no row taken from memory: it may
+        take a job's row from ``known`` (`PostgresTransaction.load_job`)."""
+        return (
+            self.unopened
+            and self.guard is None
+            and not self.earlier
+            and self._backend._writes.deferring
+            and bool(self.known)
+        )
+
+    def confirm_guess(self) -> None:
+        """A command that decided on a row from memory ended with an error of its own before
+        sending anything: the guard goes now, and a row that changed raises its serialization
+        failure instead (the command runs again on the row as it is)."""
+        if self.guard is not None and self.unopened:
+            self.open()
+            self.sync()
+
+    def _remember(self, cursor: psycopg.Cursor[Any], state: JobState) -> None:
+        """After the COMMIT: keep the row ``state`` the committed statement wrote, with the
+        xmin and created_position it returned on ``cursor``."""
+        row = cursor.fetchone()
+        if row is None or row[0] is None:
+            return
+        xmin, position = row
+        if state.created_position != position:  # a new job: its stand-in position
+            state = msgspec.structs.replace(state, created_position=position)
+        known = self.known
+        known.pop(state.id, None)
+        known[state.id] = (state, xmin)
+        if len(known) > KNOWN_JOBS:
+            del known[next(iter(known))]  # the oldest
+
+    def returning(self) -> psycopg.Cursor[Any]:
+        """The writer's cursor for the held write, whose answer (`_remember`) is read after
+        the COMMIT (`put` gets every other answer, and keeps only the last)."""
+        backend = self._backend
+        cursor = self._returning
+        if cursor is None or cursor.connection is not backend._conn:
+            cursor = self._returning = backend._conn.cursor()
+        return cursor
 
     def put(self) -> psycopg.Cursor[Any]:
         """The writer's cursor for the statements whose results nobody reads (BEGIN, the
@@ -797,21 +883,34 @@ class _Transactions:
         held, self.held = self.held, None
         names = sorted(self.to_head)
         self.to_head = set()
-        alone = self.unopened  # nothing sent yet: ``held`` (if anything) is all there is
-        if alone and held is None and not names:
+        guard = self.guard if self.unopened else None  # a row from memory, not locked yet
+        alone = self.unopened and guard is None  # nothing sent: ``held`` is all there is
+        if self.unopened and held is None and not names:
             self.unopened = self.unsynced = False
+            if guard is not None:  # it wrote nothing: the guard alone confirms what it read
+                self.guard = None
+                self._send_last(put, jobs.guard_statement, (guard[0], *guard))
             return  # it wrote nothing
         if held is not None:
             folded = len(names) <= 1  # the checkpoint in the same statement
-            statement, params = held.statement(names.pop() if folded and names else None)
+            keep = held.state is not None  # its answer is the row's xmin, to keep it
+            statement, params = held.statement(
+                names.pop() if folded and names else None, returning=keep
+            )
+            cursor = self.returning() if keep else put
             if folded and alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
                 self.unopened = False
-                self._send_last(put, statement, params)
-                return
-            self.open()
-            put.execute(statement, params)
-        else:
-            self.open()
+                self._send_last(cursor, statement, params)
+            else:
+                self.open()
+                cursor.execute(statement, params)
+                for name in names:
+                    events.advance_checkpoint_to_head(put, name)
+                self._send_last(put, "COMMIT", None)
+            if keep:
+                self._remember(cursor, held.state)  # type: ignore[arg-type]
+            return
+        self.open()
         for name in names:
             events.advance_checkpoint_to_head(put, name)
         self._send_last(put, "COMMIT", None)
@@ -956,10 +1055,12 @@ class PostgresBackend:
                 if isinstance(cause, pg_errors.UniqueViolation):
                     stale = _stale_from(cause)  # a deferred (pipelined) insert of a taken version
                     if stale is not None:
+                        self._transactions.forget_known()
                         actual = self._actual_version(stale.job_id, doing)
                         raise ConcurrencyError(stale.job_id, stale.expected, actual) from cause
                 if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
                     attempt += 1
+                    self._transactions.forget_known()  # a row taken from memory was behind?
                     log.info(
                         "%s: PostgreSQL aborted the transaction (%s: %s%s); running it again "
                         "(%d of %d)",
@@ -1000,7 +1101,11 @@ class PostgresBackend:
             keys, writes.ahead = writes.ahead, []
             cursor = jobs.send_locked(tx.conn, keys)
             transactions.ahead = _ReadAhead(cursor, transactions.in_savepoint)
-        result = work(tx)
+        try:
+            result = work(tx)
+        except LedgerError:  # decided on a row from memory: the row confirms the error first
+            transactions.confirm_guess()
+            raise
         deferring = self._writes.deferring
         held = tx.held_back() if deferring and not tx._unhashed else None
         tx.send()

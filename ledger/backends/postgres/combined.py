@@ -46,23 +46,37 @@ _CHECKPOINT = (
     "UPDATE projection_checkpoints SET position = (SELECT max(position) FROM e) WHERE name = %s"
 )
 MAX_EVENTS = 8  # a longer tail (rare) goes as it is: one statement text per count is prepared
-_cache: dict[tuple[int, str, bool], str] = {}
+_cache: dict[tuple[int, str, bool, bool], str] = {}
+# What the job write returns where the backend keeps the row in memory (`_Transactions.known`):
+# the row version's xmin, and a new job's real created_position (its state has a stand-in).
+_RETURNING = "RETURNING xmin::text, created_position"
 
 
 class Combined:
-    """A command's event inserts (``events``: their parameter rows) and its job row's write,
-    as one statement; `statement` renders it, with the checkpoint ``name`` moved to the last
-    position its events took when one is given."""
+    """A command's event inserts (``events``: their parameter rows) and its job row's write
+    (``state``: the row it writes), as one statement; `statement` renders it, with the
+    checkpoint ``name`` moved to the last position its events took when one is given."""
 
-    __slots__ = ("events", "job_params", "job_statement")
+    __slots__ = ("events", "job_params", "job_statement", "state")
 
-    def __init__(self, events: list[Any], job_statement: str, job_params: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        events: list[Any],
+        job_statement: str,
+        job_params: Sequence[Any],
+        state: JobState | None = None,
+    ) -> None:
         self.events = events
         self.job_statement = job_statement  # "e" names the events' positions
         self.job_params = job_params
+        self.state = state
 
-    def statement(self, checkpoint: str | None = None) -> tuple[str, tuple[Any, ...]]:
-        key = (len(self.events), self.job_statement, checkpoint is not None)
+    def statement(
+        self, checkpoint: str | None = None, *, returning: bool = False
+    ) -> tuple[str, tuple[Any, ...]]:
+        """``returning``: the statement returns one row, the job row's xmin (as text) and its
+        created_position (no row: the checkpoint row is missing)."""
+        key = (len(self.events), self.job_statement, checkpoint is not None, returning)
         text = _cache.get(key)
         if text is None:
             text = _cache[key] = _render(*key)
@@ -73,14 +87,21 @@ class Combined:
         return text, tuple(params)
 
 
-def _render(count: int, job_statement: str, checkpoint: bool) -> str:
+def _render(count: int, job_statement: str, checkpoint: bool, returning: bool) -> str:
     # One multi-row INSERT, not a member per event: members run in no set order, and the
     # insert trigger of an event must see the events before it (its version check); the rows
     # of one INSERT are inserted in order, each trigger seeing the rows before its own.
     events = f"e AS ({_INTO} VALUES {', '.join([_ROW] * count)} RETURNING position)"
     if not checkpoint:
-        return f"WITH {events} {job_statement}"
-    return f"WITH {events}, j AS ({job_statement}) {_CHECKPOINT}"
+        return f"WITH {events} {job_statement}{' ' + _RETURNING if returning else ''}"
+    if not returning:
+        return f"WITH {events}, j AS ({job_statement}) {_CHECKPOINT}"
+    # The job write read by the checkpoint's RETURNING: it runs there, after the events and
+    # the checkpoint row, as it ran after the main statement before; the row was locked already.
+    return (
+        f"WITH {events}, j AS ({job_statement} {_RETURNING}) {_CHECKPOINT} "
+        "RETURNING (SELECT xmin FROM j), (SELECT created_position FROM j)"
+    )
 
 
 def combine(
@@ -120,5 +141,5 @@ def combine(
         job_statement = jobs_table.update_statement(fields)
         job_params = jobs_table.update_values(state, fields)
     del queue[-count:]
-    queue.append((Combined(rows, job_statement, job_params), None, False))
+    queue.append((Combined(rows, job_statement, job_params, state), None, False))
     return True

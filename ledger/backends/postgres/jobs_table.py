@@ -28,6 +28,13 @@ select_row_statement = f"{_SELECT} WHERE id = %s"
 # A command deciding on a job holds its row until it commits: two writers deciding on one job
 # take turns, and the second decides on what the first wrote.
 lock_row_statement = select_row_statement + " FOR UPDATE"
+# The lock of a job whose row the command took from memory (`PostgresTransaction.load_job`):
+# the row, still at the version and xmin this process wrote, locked, or ledger_expect_row raises.
+# Sent ahead of everything else the transaction sends, without waiting for its answer.
+guard_statement = (
+    "SELECT ledger_expect_row(count(*), %s) FROM (SELECT FROM jobs WHERE id = %s AND "
+    "version = %s AND xmin = %s::xid FOR UPDATE) AS row"
+)
 insert_statement = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 )

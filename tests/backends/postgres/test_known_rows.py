@@ -1,0 +1,202 @@
+"""A lone command on a job this process wrote last decides on the row kept in memory.
+
+On PostgreSQL a lone ``log_event`` (or heartbeat, complete, fail) used to wait twice: once for
+its locked read of the job's row, once for its COMMIT. The backend now keeps each row its lone
+commits wrote, with the row version's ``xmin`` (`_Transactions.known`), and a lone command on
+such a job decides on it without reading; its transaction's first statement (the guard) locks
+the row and checks it is still that version (``version`` and ``xmin``), or fails with a
+serialization failure, and the command runs again on the row as it is. What is proved here,
+each against a real server:
+
+- such a command sends BEGIN, the guard, its one write and COMMIT, and reads nothing before
+  the COMMIT's answer;
+- the row kept is the row as stored (every field, and the xmin), after create, claim,
+  heartbeat, log_event, charge and complete;
+- a row another connection changed is read again: its version (a later event), its status (a
+  cancelled job retried elsewhere: a refusal decided from memory, and a no-op, both run again
+  on the row as it is), its subtree cost (a child's charge moves the parent's row without an
+  event of its own), and every row after a replay elsewhere;
+- the guard waits for a row another transaction holds with the log's counter free (the lock
+  order: the row first, then the counter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ledger import InvalidTransition, JobStatus, Ledger
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+
+from ledger.backends.postgres import jobs_table  # noqa: E402
+from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
+from tests.backends.postgres.test_combined import READ, Sent  # noqa: E402
+from tests.backends.postgres.test_lock_order import (  # noqa: E402
+    JOB_ROW,
+    Background,
+    RowHolder,
+    counter_is_free,
+    wait_for_a_lock_wait,
+)
+
+CONFIG = {"role": "coder", "task": "rows kept in memory"}
+
+
+@pytest.fixture
+def ledger(postgres_schema: str) -> Iterator[Ledger]:
+    with Ledger(postgres_schema, busy_timeout=10) as opened:
+        yield opened
+
+
+@pytest.fixture
+def other(postgres_schema: str) -> Iterator[Ledger]:
+    """A second `Ledger` on the same schema: another process's writes, as far as the first
+    one can tell."""
+    with Ledger(postgres_schema, busy_timeout=10) as opened:
+        yield opened
+
+
+def known(ledger: Ledger) -> dict[str, Any]:
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    return backend._transactions.known
+
+
+def stored(url: str, job_id: str) -> tuple[Any, str]:
+    """The job's row as the server holds it, and its xmin."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET TimeZone TO 'UTC'")
+        state = jobs_table.load(conn, job_id)
+        row = conn.execute("SELECT xmin::text FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    assert state is not None and row is not None
+    return state, row[0]
+
+
+def test_a_lone_command_on_a_job_it_wrote_reads_nothing_before_its_commit(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    sent = Sent(ledger, monkeypatch, reads=True)
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
+    statements = sent.take()
+    assert statements[0] == "BEGIN" and statements[1].startswith("SELECT ledger_expect_row")
+    assert statements[2].startswith("WITH e AS (INSERT INTO events")
+    assert statements[3:] == ["COMMIT", READ]  # the write's answer (the xmin), after the COMMIT
+    assert [e.version for e in ledger.job_events(job_id)] == [1, 2]
+    assert ledger.verify().ok
+
+
+def test_the_row_kept_is_the_row_as_stored(ledger: Ledger, postgres_schema: str) -> None:
+    parent = ledger.create_job(1, CONFIG, priority=5)
+    job_id = ledger.create_job(1, CONFIG, parent_id=parent, max_attempts=3)
+
+    def same() -> None:
+        state, xmin = stored(postgres_schema, job_id)
+        assert known(ledger)[job_id] == (state, xmin)
+
+    same()  # a new job: its real created_position, not the stand-in its state had
+    claimed = ledger.claim("w", lease=60)
+    assert claimed is not None and claimed.id == parent  # the higher priority
+    claimed = ledger.claim("w", lease=60)
+    assert claimed is not None and claimed.id == job_id
+    same()
+    ledger.heartbeat(job_id, worker_id="w", lease=120)
+    same()
+    ledger.log_event(job_id, "tool_call", {"tool": "search"})
+    same()
+    ledger.complete(job_id, "done", cost_cents=2.5, worker_id="w")
+    assert job_id not in known(ledger)  # the cost moved its parent's row too: not one row
+    ledger.log_event(parent, "progress", {"n": 1})
+    state, xmin = stored(postgres_schema, parent)
+    assert known(ledger)[parent] == (state, xmin) and state.subtree_cost_cents == 2.5
+    assert ledger.verify().ok
+
+
+def test_a_job_another_connection_appended_to_is_read_again(
+    ledger: Ledger, other: Ledger
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.log_event(job_id, "progress", {"by": "first"}) == 2
+    assert other.log_event(job_id, "progress", {"by": "other"}) == 3
+    assert ledger.log_event(job_id, "progress", {"by": "first, again"}) == 4
+    assert [e.payload for e in ledger.job_events(job_id)[1:]] == [
+        {"by": "first"},
+        {"by": "other"},
+        {"by": "first, again"},
+    ]
+    assert ledger.verify().ok
+
+
+def test_a_refusal_decided_from_memory_runs_again_on_the_row_as_it_is(
+    ledger: Ledger, other: Ledger
+) -> None:
+    """Kept as cancelled, the job was retried elsewhere: the refusal the kept row gives is
+    not the answer."""
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.cancel(job_id, cascade=False) is True
+    with pytest.raises(InvalidTransition):
+        ledger.log_event(job_id, "progress", {"n": 0})  # kept, and true: refused
+    assert other.retry(job_id).status is JobStatus.PENDING
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 4
+    assert ledger.get_job(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_a_no_op_decided_from_memory_runs_again_on_the_row_as_it_is(
+    ledger: Ledger, other: Ledger
+) -> None:
+    """Kept as cancelled, the job was retried elsewhere: "already ended, nothing to do" is
+    not the answer either (a command that writes nothing sends the guard alone)."""
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.cancel(job_id, cascade=False) is True
+    assert ledger.cancel(job_id, cascade=False) is False  # kept, and true
+    assert other.retry(job_id).status is JobStatus.PENDING
+    assert ledger.cancel(job_id, cascade=False) is True
+    assert ledger.get_job(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert ledger.verify().ok
+
+
+def test_a_cost_rolled_up_from_another_connection_is_read_again(
+    ledger: Ledger, other: Ledger
+) -> None:
+    """A child's charge moves its parent's subtree cost without an event of the parent's (its
+    version stays): the xmin tells the row changed."""
+    parent = ledger.create_job(1, CONFIG, priority=5)
+    claimed = ledger.claim("w", lease=60)
+    assert claimed is not None and claimed.id == parent
+    ledger.charge(parent, 1.0, worker_id="w")  # kept: subtree cost 1
+    child = other.create_job(1, CONFIG, parent_id=parent)
+    claimed = other.claim("w2", lease=60)
+    assert claimed is not None and claimed.id == child
+    other.charge(child, 10.0, worker_id="w2")  # the parent's row: subtree cost 11
+    ledger.charge(parent, 100.0, worker_id="w")
+    job = ledger.get_job(parent)
+    assert job is not None and job.cost_cents == 101.0 and job.subtree_cost_cents == 111.0
+    assert ledger.verify().ok
+
+
+def test_every_row_is_read_again_after_a_replay_elsewhere(ledger: Ledger, other: Ledger) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
+    other.replay()  # the same rows, written again
+    assert ledger.log_event(job_id, "progress", {"n": 2}) == 3
+    assert ledger.verify().ok
+
+
+def test_the_guard_waits_for_a_held_row_with_the_counter_free(
+    ledger: Ledger, postgres_schema: str
+) -> None:
+    job_id = ledger.create_job(1, CONFIG)
+    assert job_id in known(ledger)
+    holder = RowHolder(postgres_schema, JOB_ROW, job_id)
+    try:
+        logged = Background(lambda: ledger.log_event(job_id, "progress", {"n": 1}))
+        assert wait_for_a_lock_wait(postgres_schema), "the guard never waited for the row"
+        assert counter_is_free(postgres_schema)
+    finally:
+        holder.release()
+    assert logged.join() == 2
+    assert ledger.verify().ok
