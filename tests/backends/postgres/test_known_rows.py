@@ -115,9 +115,7 @@ def test_the_row_kept_is_the_row_as_stored(ledger: Ledger, postgres_schema: str)
     assert ledger.verify().ok
 
 
-def test_a_job_another_connection_appended_to_is_read_again(
-    ledger: Ledger, other: Ledger
-) -> None:
+def test_a_job_another_connection_appended_to_is_read_again(ledger: Ledger, other: Ledger) -> None:
     job_id = ledger.create_job(1, CONFIG)
     assert ledger.log_event(job_id, "progress", {"by": "first"}) == 2
     assert other.log_event(job_id, "progress", {"by": "other"}) == 3
