@@ -22,6 +22,7 @@ each against a real server:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 from ledger.backends.postgres import jobs_table  # noqa: E402
 from ledger.backends.postgres.backend import PostgresBackend  # noqa: E402
 from tests.backends.postgres.test_combined import READ, Sent  # noqa: E402
+from tests.backends.postgres.test_group_commit import finish_all, led  # noqa: E402
 from tests.backends.postgres.test_lock_order import (  # noqa: E402
     JOB_ROW,
     Background,
@@ -41,6 +43,7 @@ from tests.backends.postgres.test_lock_order import (  # noqa: E402
     counter_is_free,
     wait_for_a_lock_wait,
 )
+from tests.group_support import Gate, log_of  # noqa: E402
 
 CONFIG = {"role": "coder", "task": "rows kept in memory"}
 
@@ -115,7 +118,15 @@ def test_the_row_kept_is_the_row_as_stored(ledger: Ledger, postgres_schema: str)
     assert ledger.verify().ok
 
 
-def test_a_job_another_connection_appended_to_is_read_again(ledger: Ledger, other: Ledger) -> None:
+def ran_again(caplog: pytest.LogCaptureFixture) -> int:
+    """How many commands the guard sent back to run again (the backend's INFO record)."""
+    return sum("changed since this process last wrote it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_job_another_connection_appended_to_is_read_again(
+    ledger: Ledger, other: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ledger.backends.postgres.backend")
     job_id = ledger.create_job(1, CONFIG)
     assert ledger.log_event(job_id, "progress", {"by": "first"}) == 2
     assert other.log_event(job_id, "progress", {"by": "other"}) == 3
@@ -125,6 +136,7 @@ def test_a_job_another_connection_appended_to_is_read_again(ledger: Ledger, othe
         {"by": "other"},
         {"by": "first, again"},
     ]
+    assert ran_again(caplog) == 1
     assert ledger.verify().ok
 
 
@@ -197,4 +209,40 @@ def test_the_guard_waits_for_a_held_row_with_the_counter_free(
     finally:
         holder.release()
     assert logged.join() == 2
+    assert ledger.verify().ok
+
+
+def test_a_row_from_memory_found_changed_while_others_queue_runs_again_and_they_commit(
+    ledger: Ledger,
+    other: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lone caller decided on a row kept in memory that another connection changed, and is
+    held until 4 callers queue behind it: its guard goes out with theirs (they join its
+    transaction), fails, and every caller still gets its own right answer."""
+    caplog.set_level(logging.INFO, logger="ledger.backends.postgres.backend")
+    job_id = ledger.create_job(1, CONFIG)
+    neighbour = ledger.create_job(2, CONFIG)
+    assert other.log_event(job_id, "progress", {"by": "other"}) == 2  # behind what is kept
+    gate = Gate(ledger, monkeypatch)
+    first, rest = led(
+        ledger,
+        gate,
+        lambda: ledger.log_event(job_id, "progress", {"by": "first"}),
+        [
+            *(
+                lambda n=n: ledger.log_event(neighbour, "progress", {"n": n})  # type: ignore[misc]
+                for n in range(3)
+            ),
+            lambda: ledger.log_event(job_id, "progress", {"by": "queued"}),
+        ],
+    )
+    gate.open()
+    finish_all([first, *rest])
+    assert [first.error, *(c.error for c in rest)] == [None] * 5
+    assert sorted(c.result for c in rest[:3]) == [2, 3, 4]
+    assert sorted([first.result, rest[3].result]) == [3, 4]
+    assert log_of(ledger) == {job_id: [1, 2, 3, 4], neighbour: [1, 2, 3, 4]}
+    assert ran_again(caplog) >= 1
     assert ledger.verify().ok
