@@ -300,9 +300,11 @@ class PostgresTransaction(PostgresSnapshot):
     own; and a job's events and its row go as one statement (`combined`). So a lone create
     (without an idempotency key) is one statement and one round trip, a lone command that reads
     first (a log_event locks its job's row) two: BEGIN with the read, then one statement with
-    the COMMIT; and from the first append on (when this transaction holds the log's head and
-    every other appender waits) a lone command has no round trip to this process left before
-    its COMMIT (a command that joins a shared transaction waits once more, for its own sync)."""
+    the COMMIT, or one where this backend wrote the row last (the row from memory, locked by
+    the guard that goes out with BEGIN: `load_job`); and from the first append on (when this
+    transaction holds the log's head and every other appender waits) a lone command has no
+    round trip to this process left before its COMMIT (a command that joins a shared
+    transaction waits once more, for its own sync)."""
 
     __slots__ = (
         "_in_subtree",
