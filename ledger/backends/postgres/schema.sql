@@ -157,10 +157,12 @@ DECLARE
     first bigint;
     carried text[];
 BEGIN
-    SELECT coalesce(max(version), 0) INTO last_version FROM events WHERE job_id = NEW.job_id;
-    IF NEW.version > last_version + 1 THEN
-        RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
-            NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
+    IF NEW.version > 1 THEN  -- (a job's first event leaves no gap: its look is skipped)
+        SELECT coalesce(max(version), 0) INTO last_version FROM events WHERE job_id = NEW.job_id;
+        IF NEW.version > last_version + 1 THEN
+            RAISE EXCEPTION 'job % is at version %: version % would leave a gap',
+                NEW.job_id, last_version, NEW.version USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
     -- ledger.head: "<transaction id> <first position> <head position> <head hash>"
     carried := string_to_array(current_setting('ledger.head', true), ' ');
