@@ -38,6 +38,7 @@ its errors before it returns, and `_first`'s lone command may defer them to its 
 
 from __future__ import annotations
 
+import logging
 import threading
 from _thread import allocate_lock
 from collections import deque
@@ -48,6 +49,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 from ..errors import LedgerError, StorageError
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 MAX_GROUP = 256  # commands in one transaction at most (bounds a follower's wait)
 MAX_ROUNDS = 4  # groups one combiner commits before it hands the queue to a waiting caller
 FOLLOWER_CHECK = 0.1  # seconds a waiter sleeps before it looks at the write lock itself
@@ -649,6 +651,7 @@ class GroupCommit:
                 return group, None, e
             if not isinstance(e, StepBack):
                 return group, None, self._undo(doing, group, e)
+            log.debug("%s: stepped back to run first in the next transaction (%s)", doing, e)
             self._undo(doing, group, e)
             if self._open is group:
                 self._commit(group)  # the earlier commands'

@@ -200,8 +200,9 @@ def held_writes(ledger: Ledger) -> Any:
 
 @pytest.mark.parametrize("row", ["job", "budget", "subtree"])
 def test_a_later_command_of_a_shared_transaction_steps_back(
-    ledger: Ledger, postgres_schema: str, row: str
+    ledger: Ledger, postgres_schema: str, row: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="ledger.backends.group")
     ledger.set_budget(7, 1000)
     job = running(ledger, 7)
     child = ledger.create_job(7, CONFIG, parent_id=job)
@@ -236,6 +237,8 @@ def test_a_later_command_of_a_shared_transaction_steps_back(
     events = [e.type for e in ledger.job_events(job)]
     last = {"job": "heartbeat", "budget": "charged", "subtree": "cancelled"}[row]
     assert events[-1] == last
+    stepped = [r.getMessage() for r in caplog.records if "stepped back" in r.getMessage()]
+    assert len(stepped) == 1 and "held by another transaction" in stepped[0]  # logged, DEBUG
     if row == "subtree":
         assert ledger.get_job(child).status is JobStatus.CANCELLED  # type: ignore[union-attr]
     assert ledger.verify().ok
