@@ -96,14 +96,25 @@ class Importer:
             if not data.strip():
                 continue  # blank lines (a trailing one, say) carry no event
             item, text, at = self._checked(number, data)
+            if not self._positions and item.position > 1:
+                # an export that began after position 1: the chain starts at its first event
+                # (written first: PostgreSQL's insert trigger lets an empty log start later
+                # only where the chain's start says so)
+                tx.write_checkpoint(chain.START, 1, item.position)
             tx.insert_exact(
                 item.position, item.job_id, item.version, item.type, text, at, item.hash
             )
             self._positions.append(item.position)
             self._numbers.append(number)
-        if self._positions and self._positions[0] > 1:
-            # an export that began after position 1: the chain starts at its first event
-            tx.write_checkpoint(chain.START, 1, self._positions[0])
+        first = tx.events_after(0, 1) if self._positions else []
+        if first and first[0][0] != self._positions[0]:
+            # another process appended to the empty log between the look above and the first
+            # line's insert (PostgreSQL: the look takes no lock), and the lines went after it
+            raise LedgerError(
+                f"another writer appended event {first[0][0]} to this ledger while the import "
+                "began; nothing of the import was written: import into a new, empty ledger "
+                "that nothing else writes to"
+            )
         return len(self._positions)
 
     def _checked(self, number: int, line: bytes) -> tuple[ExportedEvent, str, datetime]:

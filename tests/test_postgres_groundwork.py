@@ -265,6 +265,11 @@ def test_only_an_empty_log_may_start_at_a_later_position(ledger_db: str) -> None
     )
     refusal = "position 7 given, but the next position is 6"
     with connect(ledger_db) as conn:
+        conn.execute(  # where the import's chain starts: written before its first line
+            "INSERT INTO projection_checkpoints (name, schema_version, position) "
+            "VALUES ('chain_start', 1, 5)"
+        )
+        conn.commit()
         with pytest.raises(errors.CheckViolation, match=refusal):
             conn.execute(  # two rows of one statement: the second must follow the first
                 named.replace("%s)", "%s), (7, 'b', 1, 'created', '{}', %s, NULL)"),

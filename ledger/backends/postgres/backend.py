@@ -91,6 +91,20 @@ WRITER_STATEMENTS = [
 ]
 
 
+class _Kept(NamedTuple):
+    """A job row as a lone commit of this backend wrote it (`_Transactions.known`), with what
+    the guard checks: the row version's xmin, the writing transaction's 64-bit id and the
+    server's start (epoch seconds), all as the server printed them."""
+
+    state: JobState
+    xmin: str
+    xid: str
+    started: str
+
+
+_GUARD_FAILED = re.compile(r"job (?P<job>.*) changed since this process last wrote it")
+
+
 class _StaleVersion(NamedTuple):
     """An append hit UNIQUE (job_id, version): the job moved on. Read from the error's detail
     once the command was rolled back, and turned into `ConcurrencyError` (the actual version
@@ -364,10 +378,13 @@ class PostgresTransaction(PostgresSnapshot):
             return locked  # locked by a query that read it (a claim's): no second round trip
         transactions = self._transactions
         if transactions.may_guess() and not self._later.queue and not self._queued:
-            known = transactions.known.get(job_id)
-            if known is not None:  # as this process wrote it last: locked by the guard
-                transactions.guard = (job_id, known[0].version, known[1])
-                return known[0]
+            kept = transactions.known.get(job_id)
+            if kept is not None:  # as this process wrote it last: locked by the guard
+                transactions.guard = jobs.guard_params(
+                    job_id, kept.state.version, kept.xmin, kept.xid, kept.started
+                )
+                transactions.guessed = True
+                return kept.state
         ahead = self._transactions.ahead
         if ahead is not None:
             state = ahead.take(job_id)
@@ -676,12 +693,17 @@ class _Transactions:
         self.held: Combined | None = None  # a lone caller's last write, sent with the COMMIT
         # Job rows as this backend's last commits wrote them, with each row version's xmin
         # (the writing transaction's id): a lone caller's command decides on such a row without
-        # reading it (`PostgresTransaction.load_job`), and ``guard`` (job id, version, xmin),
-        # sent first after BEGIN, locks it and checks it is still that version of the row. Any
-        # other writer, a replay included, makes a new row version with another xmin.
-        self.known: dict[str, tuple[JobState, str]] = {}
-        self._forget = False  # `forget_known` asked (from a thread not holding the lock)
-        self.guard: tuple[str, int, str] | None = None
+        # reading it (`PostgresTransaction.load_job`), and ``guard`` (its parameters), sent
+        # first after BEGIN, locks it and checks it is still that version of the row. Any other
+        # writer, a replay included, makes a new row version with another xmin; a server that
+        # restarted (it may have lost commits and hand their ids out again) or 2^31 transactions
+        # since (the 32-bit xmin wraps around) fail the guard too (schema.sql).
+        self.known: dict[str, _Kept] = {}
+        # `forget_known` asked (from a thread not holding the lock): done at the next `begin`
+        self._forget_all = False
+        self._forget_jobs: list[str] = []
+        self.guard: tuple[Any, ...] | None = None
+        self.guessed = False  # a command of this transaction took a row from memory
         self._returning: psycopg.Cursor[Any] | None = None  # the held write's answer (xmin)
 
     def begin(self, doing: str) -> None:
@@ -694,9 +716,12 @@ class _Transactions:
         self.to_head = set()
         self.held = None
         self.guard = None
-        if self._forget:
-            self._forget = False
+        self.guessed = False
+        if self._forget_all:
+            self._forget_all = False
             self.known.clear()
+        while self._forget_jobs:
+            self.known.pop(self._forget_jobs.pop(), None)
         self.ahead = None
         self.in_savepoint = self._savepoints = 0
         self.holds_log = self.earlier = False
@@ -710,17 +735,21 @@ class _Transactions:
             guard = self.guard
             if guard is not None:  # before anything else: the row is locked first, as ever
                 self.guard = None
-                self.put().execute(jobs.guard_statement, (guard[0], *guard))
+                self.put().execute(jobs.guard_statement, guard)
         held = self.held
         if held is not None:
             self.held = None
             self.put().execute(*held.statement())
 
-    def forget_known(self) -> None:
-        """Keep no row from before: a command ran again after a serialization failure (maybe
-        a row from memory was behind) or hit a taken version. Called by a caller's thread
-        outside the write lock, so ``known`` is emptied when the next transaction begins."""
-        self._forget = True
+    def forget_known(self, job_id: str | None = None) -> None:
+        """Keep no row from before (``job_id``: none of that job's): a command runs again
+        after a serialization failure, a guard's or another, or hit a taken version, or the
+        writer reconnected. Called by a caller's thread outside the write lock, so it is done
+        when the next transaction begins."""
+        if job_id is None:
+            self._forget_all = True
+        else:
+            self._forget_jobs.append(job_id)
 
     def may_guess(self) -> bool:
         """A lone caller's command with nothing sent yet and no row taken from memory: it may
@@ -734,10 +763,12 @@ class _Transactions:
         )
 
     def confirm_guess(self) -> None:
-        """A command that decided on a row from memory ended with an error of its own before
-        sending anything: the guard goes now, and a row that changed raises its serialization
-        failure instead (the command runs again on the row as it is)."""
-        if self.guard is not None and self.unopened:
+        """A command that decided on a row from memory ended with an error of its own: the
+        guard goes now if it has not, and its answer is waited for, so a row that changed
+        raises its serialization failure instead (the command runs again on the row as it
+        is). Only a lone caller's command guesses: what the sync answers is its own."""
+        if self.guessed:
+            self.guessed = False
             self.open()
             self.sync()
 
@@ -747,12 +778,12 @@ class _Transactions:
         row = cursor.fetchone()
         if row is None or row[0] is None:
             return
-        xmin, position = row
+        xmin, position, xid, started = row
         if state.created_position != position:  # a new job: its stand-in position
             state = msgspec.structs.replace(state, created_position=position)
         known = self.known
         known.pop(state.id, None)
-        known[state.id] = (state, xmin)
+        known[state.id] = _Kept(state, xmin, xid, started)
         if len(known) > KNOWN_JOBS:
             del known[next(iter(known))]  # the oldest
 
@@ -891,7 +922,7 @@ class _Transactions:
             self.unopened = self.unsynced = False
             if guard is not None:  # it wrote nothing: the guard alone confirms what it read
                 self.guard = None
-                self._send_last(put, jobs.guard_statement, (guard[0], *guard))
+                self._send_last(put, jobs.guard_statement, guard)
             return  # it wrote nothing
         if held is not None:
             folded = len(names) <= 1  # the checkpoint in the same statement
@@ -1057,11 +1088,16 @@ class PostgresBackend:
                 if isinstance(cause, pg_errors.UniqueViolation):
                     stale = _stale_from(cause)  # a deferred (pipelined) insert of a taken version
                     if stale is not None:
-                        self._transactions.forget_known()
+                        self._transactions.forget_known(stale.job_id)
                         actual = self._actual_version(stale.job_id, doing)
                         raise ConcurrencyError(stale.job_id, stale.expected, actual) from cause
                 if isinstance(cause, psycopg.Error) and is_retryable(cause) and attempt < RETRIES:
                     attempt += 1
+                    guarded = _GUARD_FAILED.search(cause.diag.message_primary or "")
+                    if guarded is not None:  # a row from memory was behind: read it this time
+                        self._transactions.forget_known(guarded.group("job"))
+                        log.debug("%s: %s; running it again", doing, cause.diag.message_primary)
+                        continue  # nothing to wait out (no lock was in the way)
                     self._transactions.forget_known()  # a row taken from memory was behind?
                     log.info(
                         "%s: PostgreSQL aborted the transaction (%s: %s%s); running it again "
@@ -1143,6 +1179,7 @@ class PostgresBackend:
             raise StorageError("writing to the ledger: this Ledger was closed; open a new one")
         if self._conn.closed or self._conn.broken:
             self._drop_writer()
+            self._transactions.forget_known()  # a server that went away may have lost commits
             doing = f"reconnecting to {self.target}"
             self._conn = connect(self._url, self._statements + WRITER_STATEMENTS, doing)
         if self._pipeline is None:

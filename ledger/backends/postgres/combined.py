@@ -48,8 +48,12 @@ _CHECKPOINT = (
 MAX_EVENTS = 8  # a longer tail (rare) goes as it is: one statement text per count is prepared
 _cache: dict[tuple[int, str, bool, bool], str] = {}
 # What the job write returns where the backend keeps the row in memory (`_Transactions.known`):
-# the row version's xmin, and a new job's real created_position (its state has a stand-in).
-_RETURNING = "RETURNING xmin::text, created_position"
+# the row version's xmin, a new job's real created_position (its state has a stand-in), the
+# writing transaction's 64-bit id and the server's start (epoch seconds): what the guard checks.
+_RETURNING = (
+    "RETURNING xmin::text AS xmin, created_position, pg_current_xact_id()::text AS xid, "
+    "extract(epoch FROM pg_postmaster_start_time())::text AS started"
+)
 
 
 class Combined:
@@ -74,8 +78,9 @@ class Combined:
     def statement(
         self, checkpoint: str | None = None, *, returning: bool = False
     ) -> tuple[str, tuple[Any, ...]]:
-        """``returning``: the statement returns one row, the job row's xmin (as text) and its
-        created_position (no row: the checkpoint row is missing)."""
+        """``returning``: the statement returns one row, the job row's xmin (as text), its
+        created_position, the transaction's 64-bit id and the server's start (both as text;
+        no row: the checkpoint row is missing)."""
         key = (len(self.events), self.job_statement, checkpoint is not None, returning)
         text = _cache.get(key)
         if text is None:
@@ -100,7 +105,8 @@ def _render(count: int, job_statement: str, checkpoint: bool, returning: bool) -
     # the checkpoint row, as it ran after the main statement before; the row was locked already.
     return (
         f"WITH {events}, j AS ({job_statement} {_RETURNING}) {_CHECKPOINT} "
-        "RETURNING (SELECT xmin FROM j), (SELECT created_position FROM j)"
+        "RETURNING (SELECT xmin FROM j), (SELECT created_position FROM j), "
+        "(SELECT xid FROM j), (SELECT started FROM j)"
     )
 
 

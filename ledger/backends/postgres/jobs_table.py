@@ -31,10 +31,18 @@ lock_row_statement = select_row_statement + " FOR UPDATE"
 # The lock of a job whose row the command took from memory (`PostgresTransaction.load_job`):
 # the row, still at the version and xmin this process wrote, locked, or ledger_expect_row raises.
 # Sent ahead of everything else the transaction sends, without waiting for its answer.
+# Parameters: job id, the writer's 64-bit transaction id, the server's start, job id, version,
+# xmin (`guard_params`).
 guard_statement = (
-    "SELECT ledger_expect_row(count(*), %s) FROM (SELECT FROM jobs WHERE id = %s AND "
+    "SELECT ledger_expect_row(count(*), %s, %s, %s) FROM (SELECT FROM jobs WHERE id = %s AND "
     "version = %s AND xmin = %s::xid FOR UPDATE) AS row"
 )
+
+
+def guard_params(job_id: str, version: int, xmin: str, xid: str, started: str) -> tuple[Any, ...]:
+    return (job_id, xid, started, job_id, version, xmin)
+
+
 insert_statement = (
     f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 )

@@ -172,11 +172,13 @@ BEGIN
             RAISE EXCEPTION 'event_counter has no row; open the ledger once with this release '
                 '(not read-only): its schema run restores the row at the log''s head';
         END IF;
-        IF head = 0 AND NEW.position > 1 THEN
+        IF head = 0 AND NEW.position > 1 AND EXISTS (
+            SELECT FROM projection_checkpoints
+                WHERE name = 'chain_start' AND position = NEW.position) THEN
             -- An empty log importing an export that began later (export_events(after)): it
-            -- starts at the export's first position, and its chain at that event's hash (the
-            -- import records where the chain starts). Only here: once the log holds an event,
-            -- positions run on without gaps.
+            -- starts at the export's first position, and its chain at that event's hash, where
+            -- the import recorded (first) that the chain starts. Only here: once the log holds
+            -- an event, positions run on without gaps.
             head := NEW.position - 1;
         END IF;
         first := head + 1;
@@ -241,14 +243,21 @@ $$;
 -- back first: a round trip saved. Its transaction's first statement then locks the row, still
 -- at that version and that xmin, or raises here, and the command runs again on the row as it
 -- is (SQLSTATE 40001: a serialization failure, which the backend runs again as it does a
--- deadlock). ``locked``: how many rows the lock took (0 or 1).
-CREATE OR REPLACE FUNCTION ledger_expect_row(locked bigint, job text) RETURNS void
+-- deadlock). ``locked``: how many rows the lock took (0 or 1). An xmin names one transaction
+-- only within one run of the server and within 2^31 transactions of it: a server that lost
+-- acknowledged commits (a crash at synchronous_commit off, a failover, a restore) hands their
+-- ids out again, and the 32-bit id wraps around. So the row also came with the writer's 64-bit
+-- transaction id (``written``) and the server's start (``started``, epoch seconds): a restart
+-- or 2^31 transactions since, and the row is read again.
+CREATE OR REPLACE FUNCTION ledger_expect_row(locked bigint, job text, written text, started text)
+RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF locked = 0 THEN
+    IF locked = 0 OR extract(epoch FROM pg_postmaster_start_time()) <> started::numeric
+        OR pg_current_xact_id()::text::numeric - written::numeric >= 2147483648 THEN
         RAISE EXCEPTION 'job % changed since this process last wrote it (another process or '
-            'connection wrote it); the command runs again on the row as it is now', job
-            USING ERRCODE = 'serialization_failure';
+            'connection wrote it, or the server restarted); the command runs again on the row '
+            'as it is now', job USING ERRCODE = 'serialization_failure';
     END IF;
 END
 $$;

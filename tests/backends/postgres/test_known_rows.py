@@ -78,6 +78,21 @@ def stored(url: str, job_id: str) -> tuple[Any, str]:
     return state, row[0]
 
 
+def server_started(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::text")
+        return str(row.fetchone()[0])  # type: ignore[index]
+
+
+def is_kept_as_stored(ledger: Ledger, url: str, job_id: str) -> bool:
+    """The row kept equals the stored one, with its xmin, the server's start and the writer's
+    64-bit transaction id (whose low 32 bits are the xmin: a lone commit has no savepoint)."""
+    state, xmin = stored(url, job_id)
+    kept = known(ledger)[job_id]
+    assert int(kept.xid) % 2**32 == int(xmin)
+    return (kept.state, kept.xmin, kept.started) == (state, xmin, server_started(url))
+
+
 def test_a_lone_command_on_a_job_it_wrote_reads_nothing_before_its_commit(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,8 +112,7 @@ def test_the_row_kept_is_the_row_as_stored(ledger: Ledger, postgres_schema: str)
     job_id = ledger.create_job(1, CONFIG, parent_id=parent, max_attempts=3)
 
     def same() -> None:
-        state, xmin = stored(postgres_schema, job_id)
-        assert known(ledger)[job_id] == (state, xmin)
+        assert is_kept_as_stored(ledger, postgres_schema, job_id)
 
     same()  # a new job: its real created_position, not the stand-in its state had
     claimed = ledger.claim("w", lease=60)
@@ -113,20 +127,20 @@ def test_the_row_kept_is_the_row_as_stored(ledger: Ledger, postgres_schema: str)
     ledger.complete(job_id, "done", cost_cents=2.5, worker_id="w")
     assert job_id not in known(ledger)  # the cost moved its parent's row too: not one row
     ledger.log_event(parent, "progress", {"n": 1})
-    state, xmin = stored(postgres_schema, parent)
-    assert known(ledger)[parent] == (state, xmin) and state.subtree_cost_cents == 2.5
+    assert is_kept_as_stored(ledger, postgres_schema, parent)
+    assert known(ledger)[parent].state.subtree_cost_cents == 2.5
     assert ledger.verify().ok
 
 
 def ran_again(caplog: pytest.LogCaptureFixture) -> int:
-    """How many commands the guard sent back to run again (the backend's INFO record)."""
+    """How many commands the guard sent back to run again (the backend's DEBUG record)."""
     return sum("changed since this process last wrote it" in r.getMessage() for r in caplog.records)
 
 
 def test_a_job_another_connection_appended_to_is_read_again(
     ledger: Ledger, other: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ledger.backends.postgres.backend")
+    caplog.set_level(logging.DEBUG, logger="ledger.backends.postgres.backend")
     job_id = ledger.create_job(1, CONFIG)
     assert ledger.log_event(job_id, "progress", {"by": "first"}) == 2
     assert other.log_event(job_id, "progress", {"by": "other"}) == 3
@@ -221,7 +235,7 @@ def test_a_row_from_memory_found_changed_while_others_queue_runs_again_and_they_
     """The lone caller decided on a row kept in memory that another connection changed, and is
     held until 4 callers queue behind it: its guard goes out with theirs (they join its
     transaction), fails, and every caller still gets its own right answer."""
-    caplog.set_level(logging.INFO, logger="ledger.backends.postgres.backend")
+    caplog.set_level(logging.DEBUG, logger="ledger.backends.postgres.backend")
     job_id = ledger.create_job(1, CONFIG)
     neighbour = ledger.create_job(2, CONFIG)
     assert other.log_event(job_id, "progress", {"by": "other"}) == 2  # behind what is kept
@@ -245,4 +259,50 @@ def test_a_row_from_memory_found_changed_while_others_queue_runs_again_and_they_
     assert sorted([first.result, rest[3].result]) == [3, 4]
     assert log_of(ledger) == {job_id: [1, 2, 3, 4], neighbour: [1, 2, 3, 4]}
     assert ran_again(caplog) >= 1
+    assert ledger.verify().ok
+
+
+@pytest.mark.parametrize("why", ["restarted", "wrapped"])
+def test_a_row_kept_from_another_server_run_or_2_31_transactions_ago_is_read_again(
+    ledger: Ledger, other: Ledger, caplog: pytest.LogCaptureFixture, why: str
+) -> None:
+    """An xmin names one transaction within one run of the server and 2^31 transactions: a
+    server that lost acknowledged commits hands their ids out again, and the 32-bit id wraps.
+    The kept row says when and where it was written; here that is made to say another run of
+    the server, or a transaction 2^31 ago, and the row, though unchanged, is read again."""
+    caplog.set_level(logging.DEBUG, logger="ledger.backends.postgres.backend")
+    job_id = ledger.create_job(1, CONFIG)
+    kept = known(ledger)[job_id]
+    if why == "restarted":
+        known(ledger)[job_id] = kept._replace(started=str(float(kept.started) - 60))
+    else:
+        known(ledger)[job_id] = kept._replace(xid=str(int(kept.xid) - 2**31))
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
+    assert ran_again(caplog) == 1
+    assert ledger.log_event(job_id, "progress", {"n": 2}) == 3  # kept again, as written now
+    assert ran_again(caplog) == 1
+    assert ledger.verify().ok
+
+
+def test_a_reconnected_writer_keeps_no_row_from_before(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server the writer lost may have lost commits too: after a reconnect every row is
+    read again (the lock, waited for), none taken from memory."""
+    job_id = ledger.create_job(1, CONFIG)
+    backend = ledger._backend
+    assert isinstance(backend, PostgresBackend)
+    backend._conn.close()  # as a server that went away leaves it
+    statements: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(cursor: Any, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        if cursor.connection is backend._conn:  # the writer as it is now: a new connection
+            statements.append(str(statement))
+        return original(cursor, statement, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    assert ledger.log_event(job_id, "progress", {"n": 1}) == 2  # on a new connection
+    assert not any("ledger_expect_row" in s for s in statements)
+    assert any(s.startswith(jobs_table.lock_row_statement) for s in statements)
     assert ledger.verify().ok
