@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -79,24 +79,34 @@ class Raw:
         self.conn.execute("COMMIT")
         self.pipeline.sync()
 
-    def commit_with(self, combined: Combined, *, alone: bool = False) -> str:
+    def commit_with(self, combined: Combined, *, alone: bool = False) -> Kept:
         """A command's events and job row, the checkpoint folded in (the one statement a lone
-        caller's COMMIT sends, `postgres.combined`, returning the row's new xmin, which the
-        backend keeps), then the COMMIT (none where the statement is the whole transaction,
-        ``alone``); one wait. Returns the xmin."""
+        caller's COMMIT sends, `postgres.combined`, returning what the backend keeps of the
+        row: its xmin, created_position, the transaction's id and the server's start), then
+        the COMMIT (none where the statement is the whole transaction, ``alone``); one wait."""
         cursor = self.conn.execute(*combined.statement("jobs", returning=True))
         if not alone:
             self.conn.execute("COMMIT")
         self.pipeline.sync()
         row = cursor.fetchone()
         assert row is not None
-        return str(row[0])
+        return Kept(*row)
 
-    def guard(self, job_id: str, version: int, xmin: str) -> None:
+    def guard(self, job_id: str, version: int, kept: Kept) -> None:
         """The first statement of a lone command on a job this connection wrote last (the
         backend decides on the row it kept): the row locked, still at that version and xmin;
         nothing waited for."""
-        self.execute(jobs_table.guard_statement, (job_id, job_id, version, xmin))
+        params = jobs_table.guard_params(job_id, version, kept.xmin, kept.xid, kept.started)
+        self.execute(jobs_table.guard_statement, params)
+
+
+class Kept(NamedTuple):
+    """What the held write returns of its row (`Raw.commit_with`)."""
+
+    xmin: str
+    created_position: int
+    xid: str
+    started: str
 
 
 @dataclass
@@ -175,9 +185,9 @@ _POSITION = jobs_table.COLUMNS.index("created_position")
 _CREATED = json.dumps({"chat_id": 1, "config": CONFIG})
 
 
-def raw_create(raw: Raw, now: datetime, xmin: list[str] | None = None) -> str:
-    """One statement, outside a transaction block, as a lone create is (``xmin``: gets the
-    row's, as the backend keeps it)."""
+def raw_create(raw: Raw, now: datetime, kept: list[Kept] | None = None) -> str:
+    """One statement, outside a transaction block, as a lone create is (``kept``: gets what
+    the backend keeps of the row)."""
     job_id = str(uuid.uuid4())
     row = _row(job_id, now)
     written = raw.commit_with(
@@ -188,8 +198,8 @@ def raw_create(raw: Raw, now: datetime, xmin: list[str] | None = None) -> str:
         ),
         alone=True,
     )
-    if xmin is not None:
-        xmin[:] = [written]
+    if kept is not None:
+        kept[:] = [written]
     return job_id
 
 
@@ -217,7 +227,7 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     expired.fetchall()
     held.fetchall()
     job_id = claimed.fetchone()[0]
-    xmin = raw.commit_with(
+    kept = raw.commit_with(
         Combined(
             [(job_id, 2, "claimed", "{}", now)],
             "UPDATE jobs SET version = 2, updated_at = %s, status = 'running', worker_id = 'w', "
@@ -228,7 +238,7 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
         )
     )
     raw.execute("BEGIN")
-    raw.guard(job_id, 2, xmin)
+    raw.guard(job_id, 2, kept)
     raw.commit_with(
         Combined(
             [(job_id, 3, "completed", "{}", now)],
@@ -240,13 +250,13 @@ def raw_claim_complete(raw: Raw, now: datetime) -> None:
     )
 
 
-def raw_append(raw: Raw, job_id: str, version: int, now: datetime, xmin: list[str]) -> None:
+def raw_append(raw: Raw, job_id: str, version: int, now: datetime, kept: list[Kept]) -> None:
     """An event on a job this connection wrote last, as the backend's lone command: the guard
-    (the row locked, still at its version and ``xmin``), then the event, the row's version and
-    the checkpoint in one statement, and the COMMIT; one wait. ``xmin`` gets the new one."""
+    (the row locked, still as ``kept``), then the event, the row's version and the checkpoint
+    in one statement, and the COMMIT; one wait. ``kept`` gets the row as written now."""
     raw.execute("BEGIN")
-    raw.guard(job_id, version - 1, xmin[0])
-    xmin[0] = raw.commit_with(
+    raw.guard(job_id, version - 1, kept[0])
+    kept[0] = raw.commit_with(
         Combined(
             [(job_id, version, "progress", json.dumps({"step": 1}), now)],
             jobs_table.update_statement(("version", "updated_at")),
@@ -326,15 +336,15 @@ def test_pg_append(benchmark: Any, pg: Trio, impl: str) -> None:
     now = datetime.now(UTC)
     payload = {"step": 1, "note": "progress"}
     job_id = pg.ledger.create_job(1, CONFIG)
-    raw_xmin: list[str] = []
-    raw_job, raw_versions = raw_create(pg.raw, now, raw_xmin), itertools.count(2)
+    raw_kept: list[Kept] = []
+    raw_job, raw_versions = raw_create(pg.raw, now, raw_kept), itertools.count(2)
     least_job, least_versions = minimal_pg.create(pg.least, CONFIG), itertools.count(2)
     _run(
         benchmark,
         impl,
         ROUNDS[pg.durability],
         lambda: pg.ledger.log_event(job_id, EventType.PROGRESS, payload),
-        lambda: raw_append(pg.raw, raw_job, next(raw_versions), now, raw_xmin),
+        lambda: raw_append(pg.raw, raw_job, next(raw_versions), now, raw_kept),
         lambda: minimal_pg.append(pg.least, least_job, next(least_versions), payload),
     )
     assert pg.ledger.verify().ok
