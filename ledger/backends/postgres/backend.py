@@ -102,7 +102,7 @@ class _Kept(NamedTuple):
     started: str
 
 
-_GUARD_FAILED = re.compile(r"job (?P<job>.*) changed since this process last wrote it")
+_GUARD_FAILED = re.compile(r"^job (?P<job>.*) changed since this process last wrote it", re.DOTALL)
 
 
 class _StaleVersion(NamedTuple):
@@ -695,9 +695,11 @@ class _Transactions:
         # (the writing transaction's id): a lone caller's command decides on such a row without
         # reading it (`PostgresTransaction.load_job`), and ``guard`` (its parameters), sent
         # first after BEGIN, locks it and checks it is still that version of the row. Any other
-        # writer, a replay included, makes a new row version with another xmin; a server that
-        # restarted (it may have lost commits and hand their ids out again) or 2^31 transactions
-        # since (the 32-bit xmin wraps around) fail the guard too (schema.sql).
+        # writer, a replay included, makes a new row version with another xmin; 2^31
+        # transactions since (the 32-bit xmin wraps around) or another start of the server
+        # fail the guard too (schema.sql). A server that lost acknowledged commits (a crash at
+        # synchronous_commit off, a failover, a restore) hands their ids out again; its crash
+        # ends the writer's connection, and a reconnect forgets every row (`_writer`).
         self.known: dict[str, _Kept] = {}
         # `forget_known` asked (from a thread not holding the lock): done at the next `begin`
         self._forget_all = False
@@ -767,7 +769,7 @@ class _Transactions:
         guard goes now if it has not, and its answer is waited for, so a row that changed
         raises its serialization failure instead (the command runs again on the row as it
         is). Only a lone caller's command guesses: what the sync answers is its own."""
-        if self.guessed:
+        if self.guessed and self._backend._writes.deferring:  # (a joiner's error: not ours)
             self.guessed = False
             self.open()
             self.sync()

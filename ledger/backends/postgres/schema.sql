@@ -244,11 +244,13 @@ $$;
 -- at that version and that xmin, or raises here, and the command runs again on the row as it
 -- is (SQLSTATE 40001: a serialization failure, which the backend runs again as it does a
 -- deadlock). ``locked``: how many rows the lock took (0 or 1). An xmin names one transaction
--- only within one run of the server and within 2^31 transactions of it: a server that lost
+-- only within 2^31 transactions of it (the 32-bit id wraps around), and a server that lost
 -- acknowledged commits (a crash at synchronous_commit off, a failover, a restore) hands their
--- ids out again, and the 32-bit id wraps around. So the row also came with the writer's 64-bit
--- transaction id (``written``) and the server's start (``started``, epoch seconds): a restart
--- or 2^31 transactions since, and the row is read again.
+-- ids out again. So the row also came with the writer's 64-bit transaction id (``written``)
+-- and the server's start (``started``, epoch seconds): 2^31 transactions since, or a restart
+-- (a failover's new server, a restore), and the row is read again. Recovery from a crash keeps
+-- the start time; the crash ends the writer's connection, and the backend forgets every row
+-- it kept when it reconnects.
 CREATE OR REPLACE FUNCTION ledger_expect_row(locked bigint, job text, written text, started text)
 RETURNS void
 LANGUAGE plpgsql AS $$
