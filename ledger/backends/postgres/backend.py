@@ -385,7 +385,7 @@ class PostgresTransaction(PostgresSnapshot):
                 )
                 transactions.guessed = True
                 return kept.state
-        ahead = self._transactions.ahead
+        ahead = transactions.ahead
         if ahead is not None:
             state = ahead.take(job_id)
             if state is not None:
@@ -792,11 +792,8 @@ class _Transactions:
     def returning(self) -> psycopg.Cursor[Any]:
         """The writer's cursor for the held write, whose answer (`_remember`) is read after
         the COMMIT (`put` gets every other answer, and keeps only the last)."""
-        backend = self._backend
-        cursor = self._returning
-        if cursor is None or cursor.connection is not backend._conn:
-            cursor = self._returning = backend._conn.cursor()
-        return cursor
+        self._returning = _kept_cursor(self._backend._conn, self._returning)
+        return self._returning
 
     def put(self) -> psycopg.Cursor[Any]:
         """The writer's cursor for the statements whose results nobody reads (BEGIN, the
@@ -804,10 +801,8 @@ class _Transactions:
         ``Connection.execute`` does (~15 us of psycopg's Python each). In pipeline mode each
         result lands on it as it arrives and an error is raised at the sync, as before."""
         backend = self._backend
-        cursor = backend._put
-        if cursor is None or cursor.connection is not backend._conn:
-            cursor = backend._put = backend._conn.cursor()
-        return cursor
+        backend._put = _kept_cursor(backend._conn, backend._put)
+        return backend._put
 
     def savepoint(self) -> None:
         self.open()
@@ -926,29 +921,28 @@ class _Transactions:
                 self.guard = None
                 self._send_last(put, jobs.guard_statement, guard)
             return  # it wrote nothing
+        kept = None if held is None else held.state  # its answer is the row's xmin, to keep
+        cursor = put if kept is None else self.returning()
         if held is not None:
             folded = len(names) <= 1  # the checkpoint in the same statement
-            keep = held.state is not None  # its answer is the row's xmin, to keep it
             statement, params = held.statement(
-                names.pop() if folded and names else None, returning=keep
+                names.pop() if folded and names else None, returning=kept is not None
             )
-            cursor = self.returning() if keep else put
             if folded and alone:  # the whole transaction: sent as one, no BEGIN, no COMMIT
                 self.unopened = False
                 self._send_last(cursor, statement, params)
-            else:
-                self.open()
-                cursor.execute(statement, params)
-                for name in names:
-                    events.advance_checkpoint_to_head(put, name)
-                self._send_last(put, "COMMIT", None)
-            if keep:
-                self._remember(cursor, held.state)  # type: ignore[arg-type]
-            return
-        self.open()
+                if kept is not None:
+                    self._remember(cursor, kept)
+                return
+            self.open()
+            cursor.execute(statement, params)
+        else:
+            self.open()
         for name in names:
             events.advance_checkpoint_to_head(put, name)
         self._send_last(put, "COMMIT", None)
+        if kept is not None:
+            self._remember(cursor, kept)
 
     def _send_last(self, put: psycopg.Cursor[Any], statement: str, params: Any) -> None:
         """The statement that commits (COMMIT, or a transaction's one statement), with
@@ -1004,6 +998,13 @@ class _Transactions:
         if type(error) is psycopg.Error:  # one of `aborted`'s
             return StorageError(f"{doing}: {error}")
         return wrap_error(error, doing)
+
+
+def _kept_cursor(
+    conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any] | None
+) -> psycopg.Cursor[Any]:
+    """``cursor`` if it is one of ``conn``'s, else a new one (the writer reconnected)."""
+    return cursor if cursor is not None and cursor.connection is conn else conn.cursor()
 
 
 class PostgresBackend:
