@@ -30,8 +30,10 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,6 +145,40 @@ class Cluster:
         log = str(self.directory / "server.log")
         start = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-t", "60"]
         _run([*start, "start"], self.identity, f"pg_ctl start (see {log})")
+
+    def restart(self) -> None:
+        """A clean restart (``pg_ctl restart -m fast``): every connection is ended, no commit
+        is lost, the server's start time changes."""
+        log = str(self.directory / "server.log")
+        restart = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-t", "60"]
+        _run([*restart, "-m", "fast", "restart"], self.identity, f"pg_ctl restart (see {log})")
+
+    def crash(self, within: float = 60.0) -> None:
+        """A crash: one backend killed (SIGKILL), so the postmaster ends every other and runs
+        crash recovery (it empties every UNLOGGED table; its own start time stays). Returns
+        once the server accepts connections again."""
+        import psycopg  # only where a cluster runs: psycopg is an optional extra
+
+        deadline = time.monotonic() + within
+        with psycopg.connect(self.url(), autocommit=True) as witness:
+            victim = psycopg.connect(self.url(), autocommit=True)
+            os.kill(victim.info.backend_pid, signal.SIGKILL)
+            victim.close()
+            while True:  # until the postmaster ends the witness too: it is resetting
+                try:
+                    witness.execute("SELECT 1")
+                except psycopg.OperationalError:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError("the server did not end its other connections")
+        while True:
+            try:
+                psycopg.connect(self.url(), connect_timeout=5).close()
+                return
+            except psycopg.OperationalError:  # "the database system is in recovery mode"
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # a poll for the server to accept connections again
 
     def stop(self) -> None:
         """Stop at once (the data is thrown away) and remove the directory."""

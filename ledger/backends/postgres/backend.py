@@ -54,6 +54,7 @@ from . import jobs_table as jobs
 from .combined import Combined, combine
 from .connection import (
     LockedOutOfOrder,
+    check_reader,
     check_schema,
     configure,
     connect,
@@ -62,6 +63,7 @@ from .connection import (
     redact,
     schema_text,
     session_statements,
+    still_open,
     wrap_error,
 )
 
@@ -94,7 +96,8 @@ WRITER_STATEMENTS = [
 class _Kept(NamedTuple):
     """A job row as a lone commit of this backend wrote it (`_Transactions.known`), with what
     the guard checks: the row version's xmin, the writing transaction's 64-bit id and the
-    server's start (epoch seconds), all as the server printed them."""
+    server's run (its start and ``ledger_run``'s token: schema.sql), all as the server printed
+    them."""
 
     state: JobState
     xmin: str
@@ -696,10 +699,11 @@ class _Transactions:
         # reading it (`PostgresTransaction.load_job`), and ``guard`` (its parameters), sent
         # first after BEGIN, locks it and checks it is still that version of the row. Any other
         # writer, a replay included, makes a new row version with another xmin; 2^31
-        # transactions since (the 32-bit xmin wraps around) or another start of the server
+        # transactions since (the 32-bit xmin wraps around) or another run of the server
         # fail the guard too (schema.sql). A server that lost acknowledged commits (a crash at
-        # synchronous_commit off, a failover, a restore) hands their ids out again; its crash
-        # ends the writer's connection, and a reconnect forgets every row (`_writer`).
+        # synchronous_commit off, a failover, a restore) hands their ids out again: each is
+        # another run (another start, or the UNLOGGED run token emptied), and a crash also
+        # ends the writer's connection, so a reconnect forgets every row too (`_writer`).
         self.known: dict[str, _Kept] = {}
         # `forget_known` asked (from a thread not holding the lock): done at the next `begin`
         self._forget_all = False
@@ -1061,6 +1065,7 @@ class PostgresBackend:
             max_size=READERS,
             kwargs={"connect_timeout": 10},
             configure=self._configure_reader,
+            check=check_reader,
             open=False,
             name="ledger-readers",
         )
@@ -1180,7 +1185,7 @@ class PostgresBackend:
         connection, after the schema's own transaction at open)."""
         if self._closed:
             raise StorageError("writing to the ledger: this Ledger was closed; open a new one")
-        if self._conn.closed or self._conn.broken:
+        if not still_open(self._conn):  # idle here: found before anything of a command is sent
             self._drop_writer()
             self._transactions.forget_known()  # a server that went away may have lost commits
             doing = f"reconnecting to {self.target}"

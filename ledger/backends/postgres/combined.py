@@ -49,10 +49,11 @@ MAX_EVENTS = 8  # a longer tail (rare) goes as it is: one statement text per cou
 _cache: dict[tuple[int, str, bool, bool], str] = {}
 # What the job write returns where the backend keeps the row in memory (`_Transactions.known`):
 # the row version's xmin, a new job's real created_position (its state has a stand-in), the
-# writing transaction's 64-bit id and the server's start (epoch seconds): what the guard checks.
+# writing transaction's 64-bit id and the server's run (its start and the token of schema.sql's
+# UNLOGGED ledger_run, made here if a crash emptied it): what the guard checks.
 _RETURNING = (
     "RETURNING xmin::text AS xmin, created_position, pg_current_xact_id()::text AS xid, "
-    "extract(epoch FROM pg_postmaster_start_time())::text AS started"
+    "ledger_run_mark(true) AS started"
 )
 
 
@@ -79,7 +80,7 @@ class Combined:
         self, checkpoint: str | None = None, *, returning: bool = False
     ) -> tuple[str, tuple[Any, ...]]:
         """``returning``: the statement returns one row, the job row's xmin (as text), its
-        created_position, the transaction's 64-bit id and the server's start (both as text;
+        created_position, the transaction's 64-bit id and the server's run (both as text;
         no row: the checkpoint row is missing)."""
         key = (len(self.events), self.job_statement, checkpoint is not None, returning)
         text = _cache.get(key)

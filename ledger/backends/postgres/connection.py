@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import select
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 from psycopg.types.string import TextLoader
@@ -107,6 +109,37 @@ def configure(conn: psycopg.Connection[Any], statements: list[str]) -> None:
     finally:
         conn.autocommit = autocommit
     _register_loaders(conn)
+
+
+def still_open(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is still the server's, as far as it can tell without a round
+    trip (a zero-timeout poll of its socket, about a microsecond).
+
+    Why: a server that shuts down or crashes ends every connection, each with a last message
+    and then the end of its stream; an idle client reads neither until it next sends. A command
+    sent then fails with the connection's loss, which to the writer is an outcome it cannot
+    know (did the server get the COMMIT?). Found before anything is sent, the connection is
+    simply replaced. An idle connection's socket is readable only with such news (the writer
+    and the readers do not LISTEN); what is read is kept by libpq for the next result."""
+    if conn.closed or conn.broken:
+        return False
+    pgconn = conn.pgconn
+    for _ in range(3):  # the server's last message, then the end of the stream
+        if not select.select([pgconn.socket], [], [], 0)[0]:
+            break
+        try:
+            pgconn.consume_input()
+        except psycopg.OperationalError:
+            return False
+    return pgconn.status == pq.ConnStatus.OK
+
+
+def check_reader(conn: psycopg.Connection[Any]) -> None:
+    """The readers' pool's check (``ConnectionPool(check=...)``) of a connection it hands out:
+    a closed one is discarded and another one taken, so a read after a server's restart runs
+    on a new connection instead of failing on the old one."""
+    if not still_open(conn):
+        raise psycopg.OperationalError("the server closed this idle connection")
 
 
 def connect(url: str, statements: list[str], doing: str, **kwargs: Any) -> psycopg.Connection[Any]:

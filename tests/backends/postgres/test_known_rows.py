@@ -78,10 +78,13 @@ def stored(url: str, job_id: str) -> tuple[Any, str]:
     return state, row[0]
 
 
-def server_started(url: str) -> str:
+def server_run(url: str) -> str:
+    """The server's start (epoch seconds) and its run token, as the guard compares them."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::text")
-        return str(row.fetchone()[0])  # type: ignore[index]
+        start = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::text")
+        token = conn.execute("SELECT token FROM ledger_run").fetchone()
+        assert token is not None, "no run token: a held write makes one"
+        return f"{start.fetchone()[0]} {token[0]}"  # type: ignore[index]
 
 
 def is_kept_as_stored(ledger: Ledger, url: str, job_id: str) -> bool:
@@ -90,7 +93,7 @@ def is_kept_as_stored(ledger: Ledger, url: str, job_id: str) -> bool:
     state, xmin = stored(url, job_id)
     kept = known(ledger)[job_id]
     assert int(kept.xid) % 2**32 == int(xmin)
-    return (kept.state, kept.xmin, kept.started) == (state, xmin, server_started(url))
+    return (kept.state, kept.xmin, kept.started) == (state, xmin, server_run(url))
 
 
 def test_a_lone_command_on_a_job_it_wrote_reads_nothing_before_its_commit(
@@ -262,19 +265,23 @@ def test_a_row_from_memory_found_changed_while_others_queue_runs_again_and_they_
     assert ledger.verify().ok
 
 
-@pytest.mark.parametrize("why", ["restarted", "wrapped"])
+@pytest.mark.parametrize("why", ["restarted", "recovered", "wrapped"])
 def test_a_row_kept_from_another_server_run_or_2_31_transactions_ago_is_read_again(
     ledger: Ledger, other: Ledger, caplog: pytest.LogCaptureFixture, why: str
 ) -> None:
     """An xmin names one transaction within one run of the server and 2^31 transactions: a
     server that lost acknowledged commits hands their ids out again, and the 32-bit id wraps.
-    The kept row says when and where it was written; here that is made to say another run of
-    the server, or a transaction 2^31 ago, and the row, though unchanged, is read again."""
+    The kept row says when and where it was written; here that is made to say another start
+    of the server, another run token (as after crash recovery, which empties the unlogged
+    table), or a transaction 2^31 ago, and the row, though unchanged, is read again."""
     caplog.set_level(logging.DEBUG, logger="ledger.backends.postgres.backend")
     job_id = ledger.create_job(1, CONFIG)
     kept = known(ledger)[job_id]
+    start, token = kept.started.split(" ")
     if why == "restarted":
-        known(ledger)[job_id] = kept._replace(started=str(float(kept.started) - 60))
+        known(ledger)[job_id] = kept._replace(started=f"{float(start) - 60} {token}")
+    elif why == "recovered":
+        known(ledger)[job_id] = kept._replace(started=f"{start} {token[::-1]}")
     else:
         known(ledger)[job_id] = kept._replace(xid=str(int(kept.xid) - 2**31))
     assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
