@@ -26,6 +26,7 @@ from .errors import (
     Permanent,
     SchemaError,
     StorageError,
+    StorageUnavailable,
     WaitTimeout,
 )
 from .rebuild import Difference, ReplayReport, VerifyReport
@@ -60,6 +61,7 @@ __all__ = [
     "RetryPolicy",
     "SchemaError",
     "StorageError",
+    "StorageUnavailable",
     "VerifyReport",
     "WaitTimeout",
     "Worker",

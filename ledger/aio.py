@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -36,9 +37,10 @@ from .api import Ledger, _wait_timeout
 from .domain import validate as check
 from .domain.commands import MAX_LOG_EVENTS
 from .domain.model import Job
-from .errors import JobNotFound, LedgerError, WaitTimeout
+from .errors import JobNotFound, LedgerError, StorageUnavailable, WaitTimeout
 
 _T = TypeVar("_T")
+log = logging.getLogger("ledger.aio")
 _WATCH_SLICE = 0.25  # the longest one backend wait lasts in the watcher (so close is prompt)
 _WAIT_SLICE = 1.0  # a waiting task re-reads its job at least this often (a safety net)
 _DONE = object()
@@ -312,6 +314,11 @@ class AsyncLedger:
         while not self._watching.is_set():
             try:
                 changed = backend.wait_for_change(_WATCH_SLICE)
+            except StorageUnavailable as e:  # the server is down or restarting: listen again
+                log.debug("watching for changes: %s; trying again in %gs", e, _WATCH_SLICE)
+                if self._watching.wait(_WATCH_SLICE):
+                    return
+                continue
             except LedgerError:  # closed under us: the waiters fall back to their slices
                 return
             if changed and not self._watching.is_set():

@@ -99,7 +99,16 @@ class SchemaError(LedgerError):
 
 
 class StorageError(LedgerError):
-    """SQLite could not do what was asked (disk full, read-only file, I/O error, ...)."""
+    """The storage could not do what was asked (disk full, read-only file, I/O error, a
+    server that cannot be reached, ...)."""
+
+
+class StorageUnavailable(StorageError):
+    """The database server could not be reached: it is down, restarting, recovering from a
+    crash, or the network between is. Nothing is wrong with the request; the same call may
+    well succeed later (a `Worker` waits and tries again). When the message says the
+    connection failed while committing, the command may have committed: look before running
+    it again."""
 
 
 class LedgerBusy(StorageError):

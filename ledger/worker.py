@@ -34,6 +34,12 @@ The rules, all in one place:
   any kind, leaves a job running.
 - Limits: ``queue_concurrency`` (at most N jobs of a queue at once) and ``rate_limits`` (at most
   R claims of a queue per second) hold *per worker process*, not across workers.
+- The storage going away (`StorageUnavailable`: a PostgreSQL server restarting, failing over,
+  unreachable) stops nothing: the worker claims nothing meanwhile, keeps every outcome it could
+  not record, and tries again after a back-off (0.1 s, doubling, at most `OUTAGE_MAX_WAIT`),
+  one WARNING when it begins and one when it ends. Handlers in flight run on (their heartbeats
+  fail meanwhile, logged); an outcome is recorded when the storage is back, or, when the worker
+  stops first, left to the lease (the job is rescued after it expires; the exit status is 1).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from .errors import (
     LeaseLost,
     LedgerError,
     Permanent,
+    StorageUnavailable,
 )
 from .service import DEFAULT_LEASE
 
@@ -84,6 +91,43 @@ _CLAIM_BATCH = 16  # the most jobs claimed in one write transaction
 _TICK = 0.05  # how often the worker's thread looks at signals and deadlines when nothing happens
 _MAX_TEXT = 64 * 1024  # an error message or traceback longer than this is clipped in the middle
 TIMEOUT_ERROR = "Timeout"  # the error_type of an attempt that ran past its timeout
+OUTAGE_MAX_WAIT = 5.0  # seconds: the longest back-off while the storage is unavailable
+_OUTAGE_FIRST_WAIT = 0.1
+
+
+class _Outage:
+    """Whether the storage is unavailable, and when the worker tries it again: a back-off that
+    doubles from `_OUTAGE_FIRST_WAIT` to `OUTAGE_MAX_WAIT`. Logged once as it begins (WARNING)
+    and once as it ends (WARNING, with how long it lasted), each further failure at DEBUG."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time of the first failure
+        self.until = 0.0  # no storage call before this (monotonic)
+        self._wait = _OUTAGE_FIRST_WAIT
+
+    def waiting(self, now: float) -> bool:
+        return now < self.until
+
+    def failed(self, doing: str, error: StorageUnavailable) -> None:
+        now = time.monotonic()
+        level = logging.DEBUG
+        if self.since is None:
+            self.since, self._wait, level = now, _OUTAGE_FIRST_WAIT, logging.WARNING
+        log.log(
+            level,
+            "the storage is unavailable (%s: %s); trying again in %.1fs, claiming "
+            "nothing meanwhile",
+            doing,
+            error,
+            self._wait,
+        )
+        self.until = now + self._wait
+        self._wait = min(self._wait * 2, OUTAGE_MAX_WAIT)
+
+    def ended(self) -> None:
+        if self.since is not None:
+            log.warning("the storage is available again after %.1fs", time.monotonic() - self.since)
+        self.since, self.until = None, 0.0
 
 
 class JobContext:
@@ -241,6 +285,7 @@ class _Run:
         "context",
         "deadline",
         "error",
+        "error_logged",
         "finished",
         "job",
         "next_beat",
@@ -259,6 +304,7 @@ class _Run:
         self.finished = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.error_logged = False  # its error event committed (a fail kept for later skips it)
         self.async_future: concurrent.futures.Future[None] | None = None
 
     def interrupt(self) -> None:
@@ -339,6 +385,10 @@ class Worker:
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
         self._claim_due = 0.0
+        self._outage = _Outage()
+        # Outcomes (and releases) not recorded yet because the storage was unavailable, with
+        # their jobs: recorded first when it is back (`_record`).
+        self._unrecorded: list[tuple[Callable[[], None], str]] = []
         self._next_claim: dict[str, float] = {}  # queue -> earliest next claim (rate limits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -421,7 +471,7 @@ class Worker:
                     self._claim_due = 0.0  # a slot is free again
                 self._check_deadlines()
                 if self._stop.is_set():
-                    if not self._runs:
+                    if not self._runs and not self._unrecorded:
                         break
                     now = time.monotonic()
                     if grace_ends is None:
@@ -444,17 +494,27 @@ class Worker:
                 if max_jobs is not None:
                     room = min(room, max_jobs - handled)
                 if room <= 0:
-                    if not self._runs:  # max_jobs handled and nothing left in flight
+                    if not self._runs and not self._unrecorded:  # max_jobs handled, all done
                         break
                     self._wait(_TICK)
                     continue
                 now = time.monotonic()
+                if self._outage.waiting(now):
+                    self._wait(min(_TICK, self._outage.until - now))
+                    continue
                 if now >= self._claim_due:
-                    claimed = self._claim_up_to(room)
+                    claimed, failed = self._claim_up_to(room)
                     handled += claimed
+                    if failed:
+                        continue
                     if claimed == room:
                         continue
-                    if stop_when_idle and not self._runs and not self._rate_waiting(now):
+                    if (
+                        stop_when_idle
+                        and not self._runs
+                        and not self._unrecorded
+                        and not self._rate_waiting(now)
+                    ):
                         self.stop_reason = self.stop_reason or "no claimable job (--stop-when-idle)"
                         break
                     self._claim_due = self._next_claim_time(now)
@@ -464,7 +524,23 @@ class Worker:
             # outside signal handling): no job may be left running.
             self._abandon_all("the worker's loop was interrupted")
             raise
+        finally:
+            self._left_unrecorded()
         return handled
+
+    def _left_unrecorded(self) -> None:
+        """The worker stops with outcomes the storage never took: said, and the exit status
+        is not 0 (each job stays running until its lease expires, then is rescued)."""
+        if self._unrecorded:
+            jobs = ", ".join(job_id for _, job_id in self._unrecorded)
+            log.error(
+                "stopping with %d outcome(s) not recorded (the storage is unavailable): jobs "
+                "%s stay running until their leases expire, then are rescued",
+                len(self._unrecorded),
+                jobs,
+            )
+            self._unrecorded = []
+            self.exit_status = self.exit_status or 1
 
     def _idle(self) -> None:
         """Wait a little (at most `_TICK`, at most until the next claim is due) for something to
@@ -480,7 +556,11 @@ class Worker:
         if self._runs:
             self._wait(timeout)
             return
-        changed = self.ledger._wait_for_change(timeout, self._wake)
+        try:
+            changed = self.ledger._wait_for_change(timeout, self._wake)
+        except StorageUnavailable as e:
+            self._outage.failed("waiting for changes", e)
+            return
         woken = self._wake.is_set()
         self._wake.clear()
         if changed and not woken:
@@ -510,22 +590,28 @@ class Worker:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def _claim_up_to(self, room: int) -> int:
+    def _claim_up_to(self, room: int) -> tuple[int, bool]:
         """Claim up to ``room`` jobs: several in one write transaction when the worker has room
-        for them (each claim is the ledger's own claim command, so every rule of a claim holds)."""
+        for them (each claim is the ledger's own claim command, so every rule of a claim holds).
+        Returns how many, and whether the storage was unavailable (then the worker waits)."""
         claimed = 0
         while claimed < room and not self._stopping_now():
-            queues = self._claimable_queues()
-            if isinstance(queues, tuple):  # every queue is at its limit
-                break
-            n = min(room - claimed, _CLAIM_BATCH) if self._unlimited() else 1
-            jobs = self._claim(queues, n)
+            try:
+                queues = self._claimable_queues()
+                if isinstance(queues, tuple):  # every queue is at its limit
+                    break
+                n = min(room - claimed, _CLAIM_BATCH) if self._unlimited() else 1
+                jobs = self._claim(queues, n)
+            except StorageUnavailable as e:
+                self._outage.failed("claiming", e)
+                return claimed, True
+            self._outage.ended()
             for job in jobs:
                 self._start(job)
             claimed += len(jobs)
             if len(jobs) < n:
                 break
-        return claimed
+        return claimed, False
 
     def _unlimited(self) -> bool:
         return not self.queue_concurrency and not self.rate_limits
@@ -586,7 +672,10 @@ class Worker:
         if self._stop.is_set():  # the stop came with the claim: do not start the handler
             context._stopping.set()
             self._forget(run)
-            self._release(job, "worker stopping before the handler started")
+            release = functools.partial(
+                self._release, job, "worker stopping before the handler started"
+            )
+            self._record([(release, job.id)])
             return
         if self.is_async:
             loop = self._event_loop()
@@ -667,7 +756,10 @@ class Worker:
             run.interrupt()
             message = f"the attempt ran past its timeout of {run.timeout:g}s"
             log.warning("job %s: %s; failing the attempt", run.job.id, message)
-            self._fail_with(run, message, TIMEOUT_ERROR, None, now - run.started, retry=True)
+            fail = functools.partial(
+                self._fail_with, run, message, TIMEOUT_ERROR, None, now - run.started, retry=True
+            )
+            self._record([(fail, run.job.id)])
 
     def _abandon_all(self, why: str) -> None:
         """Give every job in flight back while its handler still runs; the handler is left to
@@ -684,9 +776,11 @@ class Worker:
             run.context._lost.set()
             run.interrupt()
             log.warning("abandoning the handler of job %s: %s", run.job.id, why)
-        self._batched(
-            [functools.partial(self._release, r.job, f"worker stopping: {why}") for r in runs],
-            [r.job.id for r in runs],
+        self._record(
+            [
+                (functools.partial(self._release, r.job, f"worker stopping: {why}"), r.job.id)
+                for r in runs
+            ]
         )
 
     def _forget(self, run: _Run) -> None:
@@ -697,8 +791,8 @@ class Worker:
     # -- outcomes ----------------------------------------------------------------------------
 
     def _settle_finished(self) -> int:
-        """Record the outcomes of every handler that ended since the last look, in one write
-        transaction when there are several."""
+        """Record the outcomes of every handler that ended since the last look (after those
+        the storage did not take before), in one write transaction when there are several."""
         done: list[_Run] = []
         while True:
             try:
@@ -709,24 +803,42 @@ class Worker:
                 continue
             self._forget(run)
             done.append(run)
-        if done:
-            self._batched(
-                [functools.partial(self._settle, run) for run in done], [r.job.id for r in done]
-            )
+        self._record([(functools.partial(self._settle, run), run.job.id) for run in done])
         return len(done)
 
-    def _batched(self, calls: list[Callable[[], None]], job_ids: list[str]) -> None:
-        """Make each call (each records the outcome of one of ``job_ids`` through the ledger's
-        commands); several go in one transaction, which locks those jobs and their ancestors
-        first, in the lock order, and should that fail they are made one by one."""
+    def _record(self, calls: list[tuple[Callable[[], None], str]]) -> None:
+        """Make each call (each records the outcome of its job through the ledger's commands),
+        after those left unrecorded before; several go in one transaction, which locks those
+        jobs and their ancestors first, in the lock order, and should that fail they are made
+        one by one. While the storage is unavailable, the calls not made are kept for later."""
+        calls = self._unrecorded + calls
+        self._unrecorded = []
+        if not calls:
+            return
+        if self._outage.waiting(time.monotonic()):
+            self._unrecorded = calls
+            return
         if len(calls) > 1:
             try:
-                self.ledger._service.batch("recording job outcomes", calls, job_ids)
+                self.ledger._service.batch(
+                    "recording job outcomes", [c for c, _ in calls], [j for _, j in calls]
+                )
+                self._outage.ended()
+                return
+            except StorageUnavailable as e:
+                self._unrecorded = calls  # nothing of the batch was written
+                self._outage.failed("recording job outcomes", e)
                 return
             except LedgerError as e:
                 log.warning("recording %d outcomes together failed (%s); one by one", len(calls), e)
-        for call in calls:
-            call()
+        for index, (call, _) in enumerate(calls):
+            try:
+                call()
+            except StorageUnavailable as e:
+                self._unrecorded = calls[index:]
+                self._outage.failed("recording a job's outcome", e)
+                return
+        self._outage.ended()
 
     def _settle(self, run: _Run) -> None:
         duration = time.monotonic() - run.started
@@ -832,10 +944,13 @@ class Worker:
         itself (with the type), each written so that the failure can always be recorded."""
         job = run.job
         payload = {"error": message, "type": name}
-        if tb is None or not _log_error(
-            self.ledger, job, self.worker_id, {**payload, "traceback": tb}
-        ):
-            _log_error(self.ledger, job, self.worker_id, payload)
+        if not run.error_logged:
+            if tb is None or not _log_error(
+                self.ledger, job, self.worker_id, {**payload, "traceback": tb}
+            ):
+                _log_error(self.ledger, job, self.worker_id, payload)
+            # committed now, unless a batch holds it (a failed batch writes none of it)
+            run.error_logged = not _in_batch(self.ledger)
         try:
             self.ledger.fail(
                 job.id,
@@ -849,8 +964,8 @@ class Worker:
             log.info("job %s not failed: %s", job.id, e)
             return
         except LedgerError as e:
-            if _in_batch(self.ledger):
-                raise
+            if _in_batch(self.ledger) or isinstance(e, StorageUnavailable):
+                raise  # the batch fails whole; an outage keeps the outcome for later
             log.error("could not record the failure of job %s (%s): %s", job.id, name, e)
             return
         final = "" if retry else " (not retried)"
@@ -871,8 +986,8 @@ class Worker:
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not released: %s", job.id, e)
         except LedgerError as e:
-            if _in_batch(self.ledger):
-                raise
+            if _in_batch(self.ledger) or isinstance(e, StorageUnavailable):
+                raise  # the batch fails whole; an outage keeps the release for later
             log.error("could not release job %s (its lease will expire): %s", job.id, e)
         else:
             log.info("job %s released (%s)", job.id, _clip(reason, 200))
@@ -1001,8 +1116,8 @@ def _log_error(ledger: Ledger, job: Job, worker_id: str, payload: dict[str, str]
         log.warning("could not log the error event of job %s: %s", job.id, e)
         return False
     except LedgerError as e:
-        if _in_batch(ledger):
-            raise
+        if _in_batch(ledger) or isinstance(e, StorageUnavailable):
+            raise  # the batch fails whole; an outage keeps the failure for later
         log.warning("could not log the error event of job %s: %s", job.id, e)
         return False
     return True

@@ -153,6 +153,16 @@ class Cluster:
         restart = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-t", "60"]
         _run([*restart, "-m", "fast", "restart"], self.identity, f"pg_ctl restart (see {log})")
 
+    def pause(self) -> None:
+        """Shut the server down (``pg_ctl stop -m fast``), its data kept: `resume` starts it."""
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "-m", "fast"]
+        _run([*stop, "stop"], self.identity, "pg_ctl stop")
+
+    def resume(self) -> None:
+        log = str(self.directory / "server.log")
+        start = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-t", "60"]
+        _run([*start, "start"], self.identity, f"pg_ctl start (see {log})")
+
     def crash(self, within: float = 60.0) -> None:
         """A crash: one backend killed (SIGKILL), so the postmaster ends every other and runs
         crash recovery (it empties every UNLOGGED table; its own start time stays). Returns

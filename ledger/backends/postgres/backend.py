@@ -44,7 +44,7 @@ from ...domain import events as ev
 from ...domain.chain import ChainRow
 from ...domain.events import StoredEvent
 from ...domain.state import JobState
-from ...errors import ConcurrencyError, LedgerError, StorageError
+from ...errors import ConcurrencyError, LedgerError, StorageError, StorageUnavailable
 from ..group import Group, GroupCommit, StepBack
 from ..protocol import Backend, ClaimLooks, JobFilter, WriteTransaction
 from ..table_reads import TableReads
@@ -1239,7 +1239,7 @@ class PostgresBackend:
         except LedgerError:
             raise
         except PoolTimeout as e:
-            raise StorageError(
+            raise StorageUnavailable(
                 f"{doing}: no connection to the PostgreSQL server ({e}); check that it is up"
             ) from e
         except psycopg.Error as e:
@@ -1266,9 +1266,12 @@ class PostgresBackend:
                     pass
             return woke
         except psycopg.Error as e:
+            lost = self._listener is not None and (self._listener.closed or self._listener.broken)
             if self._listener is not None:
                 self._listener.close()
             self._listener = None
+            if lost:  # the server went away (a restart): a wake-up, and the next call listens
+                return True  # again; what was notified meanwhile is for the caller's re-check
             raise wrap_error(e, "waiting for changes") from e
         finally:
             self._listen_lock.release()

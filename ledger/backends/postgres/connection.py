@@ -26,7 +26,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import Format
 from psycopg.types.string import TextLoader
 
-from ...errors import LedgerBusy, LedgerError, SchemaError, StorageError
+from ...errors import LedgerBusy, LedgerError, SchemaError, StorageError, StorageUnavailable
 from . import catalog
 
 Durability = Literal["full", "normal"]
@@ -180,7 +180,7 @@ def wrap_error(e: psycopg.Error, doing: str) -> LedgerError:
     if isinstance(e, pg_errors.DiskFull):
         return StorageError(f"{doing}: the server's disk is full ({why}); free space and retry")
     if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
-        return StorageError(
+        return StorageUnavailable(
             f"{doing}: cannot reach the PostgreSQL server ({why}); check the URL's host, port, "
             "user, password and database"
         )

@@ -17,13 +17,17 @@ Each test runs on its own cluster (this module's), restarted or crashed for real
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ledger import Ledger
+from ledger import AsyncLedger, Job, JobContext, JobStatus, Ledger, Worker
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
@@ -123,3 +127,137 @@ def test_a_crash_the_client_is_not_told_of_fails_the_guard_on_every_kept_row(
         assert after != before and after.split(" ")[1] == run_token(url)
         assert [e.version for e in ledger.job_events(job_id)] == [1, 2]
         assert ledger.verify().ok
+
+
+class Blocked:
+    """A handler that waits until `go` is set, saying when it started."""
+
+    def __init__(self, outcome: str = "done") -> None:
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.outcome = outcome
+
+    def __call__(self, job: Job, ctx: JobContext) -> str:
+        self.started.set()
+        assert self.go.wait(60), "the test never let the handler finish"
+        if self.outcome == "raise":
+            raise RuntimeError("the handler failed")
+        return self.outcome
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str, within: float = 30.0) -> bool:
+    """Whether a record containing ``text`` is (or comes to be) logged within ``within``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(text in r.getMessage() for r in list(caplog.records)):
+            return True
+        time.sleep(0.01)  # a poll of the captured records, not a synchronisation
+    return False
+
+
+@contextlib.contextmanager
+def running(worker: Worker) -> Iterator[threading.Thread]:
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(60)
+
+
+@pytest.mark.parametrize("outcome", ["done", "raise"])
+def test_a_worker_keeps_an_outcome_through_an_outage_and_records_it_once(
+    cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture, outcome: str
+) -> None:
+    """The server goes down while a handler runs; the handler ends meanwhile. The worker does
+    not die (as it did: the first failed write ended its loop and abandoned every job): it
+    keeps the outcome, says the storage is unavailable once, and records the outcome, once,
+    when the server is back; then it claims and runs the next job."""
+    caplog.set_level(logging.WARNING, logger="ledger.worker")
+    handler = Blocked(outcome)
+    with Ledger(url, busy_timeout=10) as ledger, Ledger(url, busy_timeout=10) as watcher:
+        first = ledger.create_job(1, CONFIG, max_attempts=1)
+        worker = Worker(ledger, handler, lease=60, poll_interval=0.05)
+        with running(worker) as thread:
+            assert handler.started.wait(30)
+            cluster.pause()
+            try:
+                handler.go.set()
+                assert logged(caplog, "the storage is unavailable")
+                assert thread.is_alive()
+            finally:
+                cluster.resume()
+            status = JobStatus.COMPLETED if outcome == "done" else JobStatus.FAILED
+            assert watcher.wait(first, timeout=30).status == status
+            assert logged(caplog, "the storage is available again")
+            second = watcher.create_job(1, CONFIG, max_attempts=1)
+            assert watcher.wait(second, timeout=30).status == status
+        assert not thread.is_alive() and worker.exit_status == 0
+        types = [e.type for e in watcher.job_events(first)]
+        final = "completed" if outcome == "done" else "failed"
+        assert types.count(final) == 1
+        assert types.count("error") == (0 if outcome == "done" else 1)
+        unavailable = [r for r in caplog.records if "storage is unavailable" in r.getMessage()]
+        assert len(unavailable) == 1  # once as it began; further failures at DEBUG
+        assert watcher.verify().ok
+
+
+def test_a_worker_stopped_during_an_outage_says_which_outcomes_it_could_not_record(
+    cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped before the server is back, the worker stops (within its grace period), names
+    the jobs whose outcomes it could not record and exits with status 1; each job is still
+    running (its lease decides), not recorded as anything it did not do."""
+    caplog.set_level(logging.WARNING, logger="ledger.worker")
+    handler = Blocked()
+    with Ledger(url, busy_timeout=10) as ledger:
+        job_id = ledger.create_job(1, CONFIG)
+        worker = Worker(ledger, handler, lease=60, poll_interval=0.05, grace_period=0.5)
+        with running(worker) as thread:
+            assert handler.started.wait(30)
+            cluster.pause()
+            try:
+                handler.go.set()
+                assert logged(caplog, "the storage is unavailable")
+                worker.stop()
+                thread.join(30)
+                assert not thread.is_alive()
+            finally:
+                cluster.resume()
+        assert worker.exit_status == 1
+        assert logged(caplog, f"not recorded (the storage is unavailable): jobs {job_id}")
+    with Ledger(url, busy_timeout=10) as after:
+        assert after.get_job(job_id).status == JobStatus.RUNNING
+        assert after.verify().ok
+
+
+def test_an_async_ledgers_watcher_listens_again_after_an_outage(
+    cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher thread wakes an `AsyncLedger`'s waiting tasks on the server's NOTIFY. While
+    the server is down it cannot listen; it used to end there for good (every later wait fell
+    back to its one-second re-reads). It now listens again once the server is back."""
+    caplog.set_level(logging.DEBUG, logger="ledger.aio")
+
+    async def finished(aledger: AsyncLedger) -> None:
+        job_id = await aledger.create_job(1, CONFIG)
+        waiting = asyncio.ensure_future(aledger.wait(job_id, timeout=60))
+        await asyncio.sleep(0)  # the wait starts (and with it the watcher)
+        claimed = await aledger.claim("w")
+        assert claimed is not None and claimed.id == job_id
+        await aledger.complete(job_id, "done", worker_id="w")
+        assert (await waiting).status == JobStatus.COMPLETED
+
+    async def main() -> None:
+        async with AsyncLedger(url, busy_timeout=10) as aledger:
+            await finished(aledger)
+            await asyncio.to_thread(cluster.pause)
+            try:
+                assert await asyncio.to_thread(logged, caplog, "watching for changes")
+            finally:
+                await asyncio.to_thread(cluster.resume)
+            await finished(aledger)
+            assert aledger._watcher is not None and aledger._watcher.is_alive()
+
+    asyncio.run(main())
