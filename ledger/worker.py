@@ -35,7 +35,8 @@ The rules, all in one place:
 - Limits: ``queue_concurrency`` (at most N jobs of a queue at once) and ``rate_limits`` (at most
   R claims of a queue per second) hold *per worker process*, not across workers.
 - The storage going away (`StorageUnavailable`: a PostgreSQL server restarting, failing over,
-  unreachable) stops nothing: the worker claims nothing meanwhile, keeps every outcome it could
+  unreachable) or staying busy (`LedgerBusy`: another process held the write lock for the whole
+  busy timeout) stops nothing: the worker claims nothing meanwhile, keeps every outcome it could
   not record, and tries again after a back-off (0.1 s, doubling, at most `OUTAGE_MAX_WAIT`),
   one WARNING when it begins and one when it ends. Handlers in flight run on (their heartbeats
   fail meanwhile, logged); an outcome is recorded when the storage is back, or, when the worker
@@ -74,6 +75,7 @@ from .errors import (
     InvalidTransition,
     JobInterrupted,
     LeaseLost,
+    LedgerBusy,
     LedgerError,
     Permanent,
     StorageUnavailable,
@@ -93,12 +95,15 @@ _MAX_TEXT = 64 * 1024  # an error message or traceback longer than this is clipp
 TIMEOUT_ERROR = "Timeout"  # the error_type of an attempt that ran past its timeout
 OUTAGE_MAX_WAIT = 5.0  # seconds: the longest back-off while the storage is unavailable
 _OUTAGE_FIRST_WAIT = 0.1
+# What the worker waits out instead of stopping: the same call may well succeed later.
+_TRANSIENT = (StorageUnavailable, LedgerBusy)
 
 
 class _Outage:
-    """Whether the storage is unavailable, and when the worker tries it again: a back-off that
-    doubles from `_OUTAGE_FIRST_WAIT` to `OUTAGE_MAX_WAIT`. Logged once as it begins (WARNING)
-    and once as it ends (WARNING, with how long it lasted), each further failure at DEBUG."""
+    """Whether the storage is unavailable (or busy), and when the worker tries it again: a
+    back-off that doubles from `_OUTAGE_FIRST_WAIT` to `OUTAGE_MAX_WAIT`. Logged once as it
+    begins (WARNING) and once as it ends (WARNING, with how long it lasted), each further
+    failure at DEBUG."""
 
     def __init__(self) -> None:
         self.since: float | None = None  # monotonic time of the first failure
@@ -108,15 +113,15 @@ class _Outage:
     def waiting(self, now: float) -> bool:
         return now < self.until
 
-    def failed(self, doing: str, error: StorageUnavailable) -> None:
+    def failed(self, doing: str, error: StorageUnavailable | LedgerBusy) -> None:
         now = time.monotonic()
         level = logging.DEBUG
         if self.since is None:
             self.since, self._wait, level = now, _OUTAGE_FIRST_WAIT, logging.WARNING
         log.log(
             level,
-            "the storage is unavailable (%s: %s); trying again in %.1fs, claiming "
-            "nothing meanwhile",
+            "the storage is %s (%s: %s); trying again in %.1fs, claiming nothing meanwhile",
+            "busy" if isinstance(error, LedgerBusy) else "unavailable",
             doing,
             error,
             self._wait,
@@ -534,8 +539,8 @@ class Worker:
         if self._unrecorded:
             jobs = ", ".join(job_id for _, job_id in self._unrecorded)
             log.error(
-                "stopping with %d outcome(s) not recorded (the storage is unavailable): jobs "
-                "%s stay running until their leases expire, then are rescued",
+                "stopping with %d outcome(s) not recorded (the storage is unavailable or busy): "
+                "jobs %s stay running until their leases expire, then are rescued",
                 len(self._unrecorded),
                 jobs,
             )
@@ -558,7 +563,7 @@ class Worker:
             return
         try:
             changed = self.ledger._wait_for_change(timeout, self._wake)
-        except StorageUnavailable as e:
+        except _TRANSIENT as e:
             self._outage.failed("waiting for changes", e)
             return
         woken = self._wake.is_set()
@@ -602,7 +607,7 @@ class Worker:
                     break
                 n = min(room - claimed, _CLAIM_BATCH) if self._unlimited() else 1
                 jobs = self._claim(queues, n)
-            except StorageUnavailable as e:
+            except _TRANSIENT as e:
                 self._outage.failed("claiming", e)
                 return claimed, True
             self._outage.ended()
@@ -825,7 +830,7 @@ class Worker:
                 )
                 self._outage.ended()
                 return
-            except StorageUnavailable as e:
+            except _TRANSIENT as e:
                 self._unrecorded = calls  # nothing of the batch was written
                 self._outage.failed("recording job outcomes", e)
                 return
@@ -834,7 +839,7 @@ class Worker:
         for index, (call, _) in enumerate(calls):
             try:
                 call()
-            except StorageUnavailable as e:
+            except _TRANSIENT as e:
                 self._unrecorded = calls[index:]
                 self._outage.failed("recording a job's outcome", e)
                 return
@@ -964,7 +969,7 @@ class Worker:
             log.info("job %s not failed: %s", job.id, e)
             return
         except LedgerError as e:
-            if _in_batch(self.ledger) or isinstance(e, StorageUnavailable):
+            if _in_batch(self.ledger) or isinstance(e, _TRANSIENT):
                 raise  # the batch fails whole; an outage keeps the outcome for later
             log.error("could not record the failure of job %s (%s): %s", job.id, name, e)
             return
@@ -986,7 +991,7 @@ class Worker:
         except (LeaseLost, InvalidTransition) as e:
             log.info("job %s not released: %s", job.id, e)
         except LedgerError as e:
-            if _in_batch(self.ledger) or isinstance(e, StorageUnavailable):
+            if _in_batch(self.ledger) or isinstance(e, _TRANSIENT):
                 raise  # the batch fails whole; an outage keeps the release for later
             log.error("could not release job %s (its lease will expire): %s", job.id, e)
         else:
@@ -1116,7 +1121,7 @@ def _log_error(ledger: Ledger, job: Job, worker_id: str, payload: dict[str, str]
         log.warning("could not log the error event of job %s: %s", job.id, e)
         return False
     except LedgerError as e:
-        if _in_batch(ledger) or isinstance(e, StorageUnavailable):
+        if _in_batch(ledger) or isinstance(e, _TRANSIENT):
             raise  # the batch fails whole; an outage keeps the failure for later
         log.warning("could not log the error event of job %s: %s", job.id, e)
         return False

@@ -18,21 +18,19 @@ Each test runs on its own cluster (this module's), restarted or crashed for real
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ledger import AsyncLedger, Job, JobContext, JobStatus, Ledger, Worker
+from ledger import AsyncLedger, JobStatus, Ledger, Worker
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 from ledger.backends.postgres.backend import WRITER_STATEMENTS, PostgresBackend  # noqa: E402
 from ledger.backends.postgres.connection import connect  # noqa: E402
+from tests.outage_support import Blocked, logged, running  # noqa: E402
 from tests.postgres_cluster import (  # noqa: E402
     Cluster,
     ClusterUnavailable,
@@ -129,43 +127,6 @@ def test_a_crash_the_client_is_not_told_of_fails_the_guard_on_every_kept_row(
         assert ledger.verify().ok
 
 
-class Blocked:
-    """A handler that waits until `go` is set, saying when it started."""
-
-    def __init__(self, outcome: str = "done") -> None:
-        self.started = threading.Event()
-        self.go = threading.Event()
-        self.outcome = outcome
-
-    def __call__(self, job: Job, ctx: JobContext) -> str:
-        self.started.set()
-        assert self.go.wait(60), "the test never let the handler finish"
-        if self.outcome == "raise":
-            raise RuntimeError("the handler failed")
-        return self.outcome
-
-
-def logged(caplog: pytest.LogCaptureFixture, text: str, within: float = 30.0) -> bool:
-    """Whether a record containing ``text`` is (or comes to be) logged within ``within``."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if any(text in r.getMessage() for r in list(caplog.records)):
-            return True
-        time.sleep(0.01)  # a poll of the captured records, not a synchronisation
-    return False
-
-
-@contextlib.contextmanager
-def running(worker: Worker) -> Iterator[threading.Thread]:
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        worker.stop()
-        thread.join(60)
-
-
 @pytest.mark.parametrize("outcome", ["done", "raise"])
 def test_a_worker_keeps_an_outcome_through_an_outage_and_records_it_once(
     cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture, outcome: str
@@ -226,7 +187,7 @@ def test_a_worker_stopped_during_an_outage_says_which_outcomes_it_could_not_reco
             finally:
                 cluster.resume()
         assert worker.exit_status == 1
-        assert logged(caplog, f"not recorded (the storage is unavailable): jobs {job_id}")
+        assert logged(caplog, f"not recorded (the storage is unavailable or busy): jobs {job_id}")
     with Ledger(url, busy_timeout=10) as after:
         assert after.get_job(job_id).status == JobStatus.RUNNING
         assert after.verify().ok
