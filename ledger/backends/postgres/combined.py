@@ -49,11 +49,12 @@ MAX_EVENTS = 8  # a longer tail (rare) goes as it is: one statement text per cou
 _cache: dict[tuple[int, str, bool, bool], str] = {}
 # What the job write returns where the backend keeps the row in memory (`_Transactions.known`):
 # the row version's xmin, a new job's real created_position (its state has a stand-in), the
-# writing transaction's 64-bit id and the server's run (its start and the token of schema.sql's
-# UNLOGGED ledger_run, made here if a crash emptied it): what the guard checks.
+# writing transaction's 64-bit id and the server's run: its start (epoch seconds) and the token
+# of schema.sql's UNLOGGED ledger_run (made here where a crash emptied it), what the guard checks.
 _RETURNING = (
     "RETURNING xmin::text AS xmin, created_position, pg_current_xact_id()::text AS xid, "
-    "ledger_run_mark(true) AS started"
+    "extract(epoch FROM pg_postmaster_start_time())::text || ' ' || "
+    "coalesce((SELECT token FROM ledger_run), ledger_run_token()) AS started"
 )
 
 

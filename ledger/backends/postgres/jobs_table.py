@@ -32,15 +32,18 @@ lock_row_statement = select_row_statement + " FOR UPDATE"
 # the row, still at the version and xmin this process wrote, locked, or ledger_expect_row raises.
 # Sent ahead of everything else the transaction sends, without waiting for its answer.
 # Parameters: job id, the writer's 64-bit transaction id, the server's start, job id, version,
-# xmin (`guard_params`).
+# xmin, the run token (`guard_params`). The token is compared in the lock's own query (a
+# one-time filter: no row is locked where it differs, and the function raises).
 guard_statement = (
     "SELECT ledger_expect_row(count(*), %s, %s, %s) FROM (SELECT FROM jobs WHERE id = %s AND "
-    "version = %s AND xmin = %s::xid FOR UPDATE) AS row"
+    "version = %s AND xmin = %s::xid AND (SELECT token FROM ledger_run) = %s FOR UPDATE) AS row"
 )
 
 
-def guard_params(job_id: str, version: int, xmin: str, xid: str, started: str) -> tuple[Any, ...]:
-    return (job_id, xid, started, job_id, version, xmin)
+def guard_params(job_id: str, version: int, xmin: str, xid: str, run: str) -> tuple[Any, ...]:
+    """``run``: the server's start and its run token, as the held write returned them."""
+    started, _, token = run.partition(" ")
+    return (job_id, xid, started, job_id, version, xmin, token)
 
 
 insert_statement = (

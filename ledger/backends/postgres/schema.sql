@@ -247,49 +247,45 @@ $$;
 -- only within 2^31 transactions of it (the 32-bit id wraps around), and a server that lost
 -- acknowledged commits (a crash at synchronous_commit off, a failover, a restore) hands their
 -- ids out again. So the row also came with the writer's 64-bit transaction id (``written``)
--- and the server's run (``started``, `ledger_run_mark`): 2^31 transactions since, or another run,
--- and the row is read again.
+-- and the server's run: 2^31 transactions since, or another run, and the row is read again.
 --
--- The run: the server's start (epoch seconds) and a random token kept in ledger_run, an
--- UNLOGGED table. The start changes with a restart, a failover's new server and a restore into
--- another cluster; it does not with recovery from a crash (the postmaster stays). The token
--- does: crash recovery empties every unlogged table, as does a promotion (a standby holds no
--- unlogged rows) and a restore from a physical backup. A crash also ends the writer's
--- connection, and the backend forgets every row when it reconnects; the token covers a client
--- that is not told (a transaction-mode pooler reconnecting for it). A clean restart keeps the
--- token, but loses no commit either, and the start time changes anyway.
-CREATE UNLOGGED TABLE IF NOT EXISTS ledger_run (
-    id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row, or none after a crash
-    token text NOT NULL
-);
-
--- The server's run as ``ledger_expect_row`` compares it: its start and ledger_run's token.
--- ``fill``: a write that keeps its rows makes a token where there is none (the first after a
--- crash; concurrent ones agree, on the primary key). The guard only reads: none matches none.
-CREATE OR REPLACE FUNCTION ledger_run_mark(fill boolean) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    found text := (SELECT token FROM ledger_run);
-BEGIN
-    IF found IS NULL AND fill THEN
-        INSERT INTO ledger_run (token) VALUES (gen_random_uuid()::text)
-            ON CONFLICT (id) DO NOTHING;
-        found := (SELECT token FROM ledger_run);
-    END IF;
-    RETURN extract(epoch FROM pg_postmaster_start_time())::text || ' ' || found;
-END
-$$;
-
+-- The run is the server's start (``started``, epoch seconds, checked here) and the token in
+-- ledger_run, an UNLOGGED table (checked by the guard's lock itself: the row is locked only
+-- where the token is the one the row came with, `jobs_table.guard_statement`). The start
+-- changes with a restart, a failover's new server and a restore into another cluster; it does
+-- not with recovery from a crash (the postmaster stays). The token does: crash recovery empties
+-- every unlogged table, as does a promotion (a standby holds no unlogged rows) and a restore
+-- from a physical backup. A crash also ends the writer's connection, and the backend forgets
+-- every row when it reconnects; the token covers a client that is not told (a transaction-mode
+-- pooler reconnecting for it). A clean restart keeps the token, but loses no commit either, and
+-- the start changes anyway. This function is as the release before the token left it, so
+-- processes of both releases can share a database during a rolling deploy.
 CREATE OR REPLACE FUNCTION ledger_expect_row(locked bigint, job text, written text, started text)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF locked = 0 OR ledger_run_mark(false) IS DISTINCT FROM started
+    IF locked = 0 OR extract(epoch FROM pg_postmaster_start_time()) <> started::numeric
         OR pg_current_xact_id()::text::numeric - written::numeric >= 2147483648 THEN
         RAISE EXCEPTION 'job % changed since this process last wrote it (another process or '
             'connection wrote it, or the server restarted); the command runs again on the row '
             'as it is now', job USING ERRCODE = 'serialization_failure';
     END IF;
+END
+$$;
+
+CREATE UNLOGGED TABLE IF NOT EXISTS ledger_run (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row, or none after a crash
+    token text NOT NULL
+);
+
+-- ledger_run's token, made where there is none (the first write that keeps its row after a
+-- crash; concurrent ones agree, on the primary key). Called only then: the write reads the
+-- table itself first (`combined._RETURNING`).
+CREATE OR REPLACE FUNCTION ledger_run_token() RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_run (token) VALUES (gen_random_uuid()::text) ON CONFLICT (id) DO NOTHING;
+    RETURN (SELECT token FROM ledger_run);
 END
 $$;
 
