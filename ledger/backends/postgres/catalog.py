@@ -10,7 +10,8 @@ this release runs the file again and records the fingerprint anew.
 
 The fingerprint is the MD5 of the sorted definitions, as PostgreSQL prints them, of the file's
 tables (every column: name, type, NOT NULL, default; every constraint), indexes, functions and
-triggers (with whether each is enabled), all in the current schema. One query, a few
+triggers (with whether each is enabled), and each table's persistence (ledger_run must stay
+UNLOGGED: crash recovery emptying it is what it is for), all in the current schema. One query, a few
 milliseconds; the names are read from the file's own ``CREATE`` statements, so a new object in
 the file is covered without a list to keep.
 """
@@ -20,7 +21,8 @@ from __future__ import annotations
 import re
 
 _CREATED = re.compile(
-    r"^\s*CREATE (?:OR REPLACE |UNIQUE )?(TABLE|INDEX|FUNCTION|TRIGGER) (?:IF NOT EXISTS )?(\w+)",
+    r"^\s*CREATE (?:OR REPLACE |UNIQUE |UNLOGGED )?(TABLE|INDEX|FUNCTION|TRIGGER) "
+    r"(?:IF NOT EXISTS )?(\w+)",
     re.MULTILINE,
 )
 
@@ -37,6 +39,10 @@ _FINGERPRINT = """(SELECT md5(coalesce(string_agg(item, E'\\n' ORDER BY item), '
     LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
     WHERE c.relnamespace = {here} AND c.relkind = 'r'
         AND c.relname = ANY({tables})
+    UNION ALL
+    SELECT 'table ' || c.relname || ' persistence ' || c.relpersistence::text
+    FROM pg_class AS c
+    WHERE c.relnamespace = {here} AND c.relkind = 'r' AND c.relname = ANY({tables})
     UNION ALL
     SELECT 'constraint ' || c.relname || '.' || k.conname || ' ' || pg_get_constraintdef(k.oid)
     FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid

@@ -277,6 +277,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS ledger_run (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row, or none after a crash
     token text NOT NULL
 );
+ALTER TABLE ledger_run SET UNLOGGED;  -- made logged by hand, crash recovery would keep its token
 
 -- ledger_run's token, made where there is none (the first write that keeps its row after a
 -- crash; concurrent ones agree, on the primary key). Called only then: the write reads the

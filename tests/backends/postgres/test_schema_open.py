@@ -122,6 +122,11 @@ def test_an_older_releases_function_bodies_are_replaced_at_the_next_open(
     [
         ("DROP INDEX jobs_idempotency", "SELECT to_regclass('jobs_idempotency') IS NOT NULL"),
         ("DROP TABLE queues", "SELECT to_regclass('queues') IS NOT NULL"),
+        ("DROP TABLE ledger_run", "SELECT to_regclass('ledger_run') IS NOT NULL"),
+        (
+            "ALTER TABLE ledger_run SET LOGGED",  # crash recovery would no longer empty it
+            "SELECT relpersistence = 'u' FROM pg_class WHERE oid = to_regclass('ledger_run')",
+        ),
     ],
 )
 def test_an_object_dropped_by_hand_is_back_after_the_next_open(
