@@ -39,8 +39,10 @@ The rules, all in one place:
   busy timeout) stops nothing: the worker claims nothing meanwhile, keeps every outcome it could
   not record, and tries again after a back-off (0.1 s, doubling, at most `OUTAGE_MAX_WAIT`),
   one WARNING when it begins and one when it ends. Handlers in flight run on (their heartbeats
-  fail meanwhile, logged); an outcome is recorded when the storage is back, or, when the worker
-  stops first, left to the lease (the job is rescued after it expires; the exit status is 1).
+  fail meanwhile, logged); an outcome is recorded when the storage is back (with the time the
+  handler ran), or, when the worker stops first, left to the lease (the job is rescued after it
+  expires; the exit status is 1). With nothing in flight, a worker told to stop when idle ends
+  with the error instead.
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ class _Run:
         "async_future",
         "context",
         "deadline",
+        "ended",
         "error",
         "error_logged",
         "finished",
@@ -307,6 +310,7 @@ class _Run:
         self.deadline = None if timeout is None else self.started + timeout
         self.next_beat = self.started + beat
         self.finished = False
+        self.ended = 0.0  # monotonic time the handler returned or raised (0: not yet)
         self.value: Any = None
         self.error: BaseException | None = None
         self.error_logged = False  # its error event committed (a fail kept for later skips it)
@@ -510,7 +514,9 @@ class Worker:
                 if now >= self._claim_due:
                     claimed, failed = self._claim_up_to(room)
                     handled += claimed
-                    if failed:
+                    if failed is not None:
+                        if stop_when_idle and not self._runs and not self._unrecorded:
+                            raise failed  # run_once, --stop-when-idle: said, not waited out
                         continue
                     if claimed == room:
                         continue
@@ -586,19 +592,27 @@ class Worker:
         process on this host holds a running job, at most `LOCAL_RECHECK` away: its death
         changes nothing in the database, and the next claim rescues its job (`ledger.holder`)."""
         due = now + self.poll_interval
-        if self.poll_interval > LOCAL_RECHECK and self.ledger._gone_holders_possible():
+        if self.poll_interval > LOCAL_RECHECK and self._gone_holders_possible():
             due = now + LOCAL_RECHECK
         for at in self._next_claim.values():
             if at > now:
                 due = min(due, at)
         return due
 
+    def _gone_holders_possible(self) -> bool:
+        try:
+            return self.ledger._gone_holders_possible()
+        except _TRANSIENT as e:  # a read: the outage is waited out as a claim's is
+            self._outage.failed("looking for local holders", e)
+            return True
+
     # -- claiming ----------------------------------------------------------------------------
 
-    def _claim_up_to(self, room: int) -> tuple[int, bool]:
+    def _claim_up_to(self, room: int) -> tuple[int, LedgerError | None]:
         """Claim up to ``room`` jobs: several in one write transaction when the worker has room
         for them (each claim is the ledger's own claim command, so every rule of a claim holds).
-        Returns how many, and whether the storage was unavailable (then the worker waits)."""
+        Returns how many, and the error when the storage was unavailable or busy (then the
+        worker waits it out)."""
         claimed = 0
         while claimed < room and not self._stopping_now():
             try:
@@ -609,14 +623,14 @@ class Worker:
                 jobs = self._claim(queues, n)
             except _TRANSIENT as e:
                 self._outage.failed("claiming", e)
-                return claimed, True
+                return claimed, e
             self._outage.ended()
             for job in jobs:
                 self._start(job)
             claimed += len(jobs)
             if len(jobs) < n:
                 break
-        return claimed, False
+        return claimed, None
 
     def _unlimited(self) -> bool:
         return not self.queue_concurrency and not self.rate_limits
@@ -708,6 +722,7 @@ class Worker:
         except BaseException as e:  # the worker decides what each means
             run.error = e
         finally:
+            run.ended = time.monotonic()
             self._finished.put(run)
             self._wake.set()
 
@@ -717,6 +732,7 @@ class Worker:
         except BaseException as e:  # CancelledError too: the worker knows why it cancelled
             run.error = e
         finally:
+            run.ended = time.monotonic()
             self._finished.put(run)
             self._wake.set()
 
@@ -836,17 +852,22 @@ class Worker:
                 return
             except LedgerError as e:
                 log.warning("recording %d outcomes together failed (%s); one by one", len(calls), e)
-        for index, (call, _) in enumerate(calls):
+        for index, (call, job_id) in enumerate(calls):
             try:
                 call()
             except _TRANSIENT as e:
                 self._unrecorded = calls[index:]
                 self._outage.failed("recording a job's outcome", e)
                 return
+            except LedgerError as e:  # this one's own error, every time: not the others'
+                log.error(
+                    "could not record the outcome of job %s (its lease will expire): %s", job_id, e
+                )
         self._outage.ended()
 
     def _settle(self, run: _Run) -> None:
-        duration = time.monotonic() - run.started
+        # how long the handler ran, not until its outcome could be recorded (an outage between)
+        duration = (run.ended or time.monotonic()) - run.started
         if run.error is not None:
             self._after_error(run, run.error, duration)
         else:

@@ -179,12 +179,28 @@ def wrap_error(e: psycopg.Error, doing: str) -> LedgerError:
         return StorageError(f"{doing}: the ledger's tables are missing or reshaped ({why})")
     if isinstance(e, pg_errors.DiskFull):
         return StorageError(f"{doing}: the server's disk is full ({why}); free space and retry")
-    if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+    if _unreachable(e):
         return StorageUnavailable(
             f"{doing}: cannot reach the PostgreSQL server ({why}); check the URL's host, port, "
             "user, password and database"
         )
     return StorageError(f"{doing}: PostgreSQL error {type(e).__name__}: {why}")
+
+
+# The server's SQLSTATEs for a connection it ended or refused: class 08 (connection exception),
+# a shutdown (57P01), a crash of another backend (57P02), starting up or recovering (57P03),
+# too many connections (53300). Other operational errors (an index row too large, an I/O error,
+# a program limit) give the same answer every time: not an outage.
+_UNREACHABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def _unreachable(e: psycopg.Error) -> bool:
+    """Whether ``e`` says the server could not be reached (the same call may succeed later):
+    an error of the connection itself (libpq's own, without a SQLSTATE) or one of those."""
+    if not isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    state = e.sqlstate
+    return state is None or state.startswith("08") or state in _UNREACHABLE
 
 
 class LockedOutOfOrder(pg_errors.SerializationFailure):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ledger import AsyncLedger, JobStatus, Ledger, Worker
+from ledger import AsyncLedger, JobStatus, Ledger, StorageError, StorageUnavailable, Worker
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
@@ -222,3 +223,24 @@ def test_an_async_ledgers_watcher_listens_again_after_an_outage(
             assert aledger._watcher is not None and aledger._watcher.is_alive()
 
     asyncio.run(main())
+
+
+def test_a_server_that_is_down_is_storage_unavailable_and_a_refused_row_is_not(
+    cluster: Cluster, url: str
+) -> None:
+    """`StorageUnavailable` says the same call may succeed later: a server that is down. An
+    error the server gives the same way every time (an index row too large) is a plain
+    `StorageError`, so a worker does not wait it out for ever."""
+    with Ledger(url, busy_timeout=10) as ledger:
+        job_id = ledger.create_job(1, CONFIG)
+        with pytest.raises(StorageError) as refused:
+            ledger.create_job(1, CONFIG, idempotency_key=secrets.token_hex(5000))
+        assert not isinstance(refused.value, StorageUnavailable)
+        assert "index row requires" in str(refused.value)
+        cluster.pause()
+        try:
+            with pytest.raises(StorageUnavailable, match="cannot reach the PostgreSQL server"):
+                ledger.log_event(job_id, "progress", {"n": 1})
+        finally:
+            cluster.resume()
+        assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
