@@ -100,7 +100,11 @@ class SchemaError(LedgerError):
 
 class StorageError(LedgerError):
     """The storage could not do what was asked (disk full, read-only file, I/O error, a
-    server that cannot be reached, ...)."""
+    server that cannot be reached, ...). ``maybe_committed``: the connection failed while the
+    command's transaction was committing, so it may have been written; look before running it
+    again."""
+
+    maybe_committed: bool = False
 
 
 class StorageUnavailable(StorageError):

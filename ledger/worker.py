@@ -80,6 +80,7 @@ from .errors import (
     LedgerBusy,
     LedgerError,
     Permanent,
+    StorageError,
     StorageUnavailable,
 )
 from .service import DEFAULT_LEASE
@@ -294,6 +295,7 @@ class _Run:
         "ended",
         "error",
         "error_logged",
+        "error_uncertain",
         "finished",
         "job",
         "next_beat",
@@ -314,6 +316,7 @@ class _Run:
         self.value: Any = None
         self.error: BaseException | None = None
         self.error_logged = False  # its error event committed (a fail kept for later skips it)
+        self.error_uncertain = False  # its error event's write was cut off while committing
         self.async_future: concurrent.futures.Future[None] | None = None
 
     def interrupt(self) -> None:
@@ -971,10 +974,15 @@ class Worker:
         job = run.job
         payload = {"error": message, "type": name}
         if not run.error_logged:
-            if tb is None or not _log_error(
-                self.ledger, job, self.worker_id, {**payload, "traceback": tb}
-            ):
-                _log_error(self.ledger, job, self.worker_id, payload)
+            if not (run.error_uncertain and self._error_recorded(job, message)):
+                try:
+                    if tb is None or not _log_error(
+                        self.ledger, job, self.worker_id, {**payload, "traceback": tb}
+                    ):
+                        _log_error(self.ledger, job, self.worker_id, payload)
+                except StorageError as e:  # kept for later: did this one commit after all?
+                    run.error_uncertain = run.error_uncertain or e.maybe_committed
+                    raise
             # committed now, unless a batch holds it (a failed batch writes none of it)
             run.error_logged = not _in_batch(self.ledger)
         try:
@@ -1002,6 +1010,17 @@ class Worker:
             final,
             name,
             _clip(message, 200),
+        )
+
+    def _error_recorded(self, job: Job, message: str) -> bool:
+        """Whether this attempt's error event is in the log already: its write was cut off
+        while committing (``maybe_committed``), and it may have committed."""
+        return any(
+            e.attempt == job.attempts
+            and e.worker_id == self.worker_id
+            and isinstance(e.payload, dict)
+            and e.payload.get("error") == message
+            for e in self.ledger.job_events(job.id, types=[EventType.ERROR])
         )
 
     def _release(self, job: Job, reason: str) -> None:

@@ -186,11 +186,14 @@ class Group:
         others = self.size - 1
         shared = f" (shared with {others} other command{'s' * (others > 1)})" if others else ""
         if self.unknown:
-            return type(error)(
+            uncertain = type(error)(
                 f"{error}; the connection failed while the transaction holding this command"
                 f"{shared} was committing: it may have committed or not; look (get_job, "
                 "job_events) before running it again"
             )
+            if isinstance(uncertain, StorageError):
+                uncertain.maybe_committed = True
+            return uncertain
         if others:
             return type(error)(
                 f"{error}; the transaction holding this command{shared} did not commit: "

@@ -31,6 +31,7 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
 
 from ledger.backends.postgres.backend import WRITER_STATEMENTS, PostgresBackend  # noqa: E402
 from ledger.backends.postgres.connection import connect  # noqa: E402
+from tests.backends.postgres.test_group_commit import AnswerLosingProxy, events_of  # noqa: E402
 from tests.outage_support import Blocked, logged, running  # noqa: E402
 from tests.postgres_cluster import (  # noqa: E402
     Cluster,
@@ -244,3 +245,31 @@ def test_a_server_that_is_down_is_storage_unavailable_and_a_refused_row_is_not(
         finally:
             cluster.resume()
         assert ledger.log_event(job_id, "progress", {"n": 1}) == 2
+
+
+def test_an_error_event_whose_commit_answer_was_lost_is_not_written_twice(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection is cut after the server ran the COMMIT of a failure's error event and
+    before its answer came back (a proxy): the worker is told the write may have committed
+    (`StorageError.maybe_committed`), keeps the failure for later and, recording it again,
+    finds its error event in the log and writes only the fail: one error event, one fail."""
+    caplog.set_level(logging.WARNING, logger="ledger.worker")
+    handler = Blocked("raise")
+    proxy = AnswerLosingProxy(url)
+    try:
+        with Ledger(proxy.url, busy_timeout=10) as ledger:
+            job_id = ledger.create_job(1, CONFIG, max_attempts=1)
+            worker = Worker(ledger, handler, lease=60, poll_interval=0.05)
+            with running(worker):
+                assert handler.started.wait(30)
+                proxy.lose_answer(lambda: events_of(url, job_id) == 3)  # the error event
+                handler.go.set()
+                assert ledger.wait(job_id, timeout=30).status == JobStatus.FAILED
+            assert proxy.cut.is_set()
+            assert logged(caplog, "may have committed or not")
+            types = [e.type for e in ledger.job_events(job_id)]
+            assert types == ["created", "claimed", "error", "failed"]
+            assert ledger.verify().ok
+    finally:
+        proxy.close()
