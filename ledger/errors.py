@@ -110,8 +110,8 @@ class StorageError(LedgerError):
 class StorageUnavailable(StorageError):
     """The database server could not be reached: it is down, restarting, recovering from a
     crash, or the network between is. Nothing is wrong with the request; the same call may
-    well succeed later (a `Worker` waits and tries again). When the message says the
-    connection failed while committing, the command may have committed: look before running
+    well succeed later (a `Worker` waits and tries again). With ``maybe_committed`` (the
+    connection failed while committing), the command may have committed: look before running
     it again."""
 
 

@@ -312,7 +312,8 @@ class _Run:
         self.deadline = None if timeout is None else self.started + timeout
         self.next_beat = self.started + beat
         self.finished = False
-        self.ended = 0.0  # monotonic time the handler returned or raised (0: not yet)
+        self.ended = 0.0  # monotonic time the handler returned or raised (set before it is
+        # handed to the worker's thread, which alone settles it)
         self.value: Any = None
         self.error: BaseException | None = None
         self.error_logged = False  # its error event committed (a fail kept for later skips it)
@@ -870,7 +871,7 @@ class Worker:
 
     def _settle(self, run: _Run) -> None:
         # how long the handler ran, not until its outcome could be recorded (an outage between)
-        duration = (run.ended or time.monotonic()) - run.started
+        duration = run.ended - run.started
         if run.error is not None:
             self._after_error(run, run.error, duration)
         else:

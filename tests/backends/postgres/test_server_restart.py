@@ -18,6 +18,7 @@ Each test runs on its own cluster (this module's), restarted or crashed for real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Iterator
@@ -129,6 +130,22 @@ def test_a_crash_the_client_is_not_told_of_fails_the_guard_on_every_kept_row(
         assert ledger.verify().ok
 
 
+@contextlib.contextmanager
+def handler_ends_in_an_outage(
+    cluster: Cluster, handler: Blocked, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """The server goes down while the worker's handler runs, and the handler ends meanwhile:
+    the body runs once the worker found the storage unavailable; the server is back after."""
+    assert handler.started.wait(30)
+    cluster.pause()
+    try:
+        handler.go.set()
+        assert logged(caplog, "the storage is unavailable")
+        yield
+    finally:
+        cluster.resume()
+
+
 @pytest.mark.parametrize("outcome", ["done", "raise"])
 def test_a_worker_keeps_an_outcome_through_an_outage_and_records_it_once(
     cluster: Cluster, url: str, caplog: pytest.LogCaptureFixture, outcome: str
@@ -143,14 +160,8 @@ def test_a_worker_keeps_an_outcome_through_an_outage_and_records_it_once(
         first = ledger.create_job(1, CONFIG, max_attempts=1)
         worker = Worker(ledger, handler, lease=60, poll_interval=0.05)
         with running(worker) as thread:
-            assert handler.started.wait(30)
-            cluster.pause()
-            try:
-                handler.go.set()
-                assert logged(caplog, "the storage is unavailable")
+            with handler_ends_in_an_outage(cluster, handler, caplog):
                 assert thread.is_alive()
-            finally:
-                cluster.resume()
             status = JobStatus.COMPLETED if outcome == "done" else JobStatus.FAILED
             assert watcher.wait(first, timeout=30).status == status
             assert logged(caplog, "the storage is available again")
@@ -177,17 +188,10 @@ def test_a_worker_stopped_during_an_outage_says_which_outcomes_it_could_not_reco
     with Ledger(url, busy_timeout=10) as ledger:
         job_id = ledger.create_job(1, CONFIG)
         worker = Worker(ledger, handler, lease=60, poll_interval=0.05, grace_period=0.5)
-        with running(worker) as thread:
-            assert handler.started.wait(30)
-            cluster.pause()
-            try:
-                handler.go.set()
-                assert logged(caplog, "the storage is unavailable")
-                worker.stop()
-                thread.join(30)
-                assert not thread.is_alive()
-            finally:
-                cluster.resume()
+        with running(worker) as thread, handler_ends_in_an_outage(cluster, handler, caplog):
+            worker.stop()
+            thread.join(30)
+            assert not thread.is_alive()
         assert worker.exit_status == 1
         assert logged(caplog, f"not recorded (the storage is unavailable or busy): jobs {job_id}")
     with Ledger(url, busy_timeout=10) as after:
