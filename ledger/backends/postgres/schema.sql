@@ -277,7 +277,17 @@ CREATE UNLOGGED TABLE IF NOT EXISTS ledger_run (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row, or none after a crash
     token text NOT NULL
 );
-ALTER TABLE ledger_run SET UNLOGGED;  -- made logged by hand, crash recovery would keep its token
+-- Made logged by hand, crash recovery would keep its token. Only then: ALTER TABLE takes the
+-- table's ACCESS EXCLUSIVE lock even when it is unlogged already, and a ledger opening while
+-- other processes write (their RETURNING reads ledger_run) deadlocked with them (six processes
+-- opening an empty database together, tests/backends/postgres/test_processes.py).
+DO $$
+BEGIN
+    IF (SELECT relpersistence FROM pg_class WHERE oid = to_regclass('ledger_run')) <> 'u' THEN
+        ALTER TABLE ledger_run SET UNLOGGED;
+    END IF;
+END
+$$;
 
 -- ledger_run's token, made where there is none (the first write that keeps its row after a
 -- crash; concurrent ones agree, on the primary key). Called only then: the write reads the
