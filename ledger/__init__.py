@@ -12,6 +12,7 @@ from .archive import ArchiveReport
 from .domain.backoff import RetryPolicy
 from .domain.commands import MAX_LOG_EVENTS
 from .domain.model import Budget, EventType, Job, JobEvent, JobStatus, Result
+from .domain.validate import MAX_KEY_LENGTH
 from .errors import (
     BudgetExceeded,
     ConcurrencyError,
@@ -33,6 +34,7 @@ from .rebuild import Difference, ReplayReport, VerifyReport
 from .worker import JobContext, Worker
 
 __all__ = [
+    "MAX_KEY_LENGTH",
     "MAX_LOG_EVENTS",
     "ArchiveReport",
     "AsyncLedger",

@@ -366,7 +366,7 @@ class Worker:
         self.handler = handler
         self.is_async = _is_async(handler)
         if worker_id is not None:
-            check.text("worker_id", worker_id, nonempty=True)
+            check.key("worker_id", worker_id)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         checked = commands.queues(queues)
         self.queues = None if checked is None else list(checked)

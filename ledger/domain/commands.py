@@ -32,6 +32,8 @@ Int64 = Annotated[int, Meta(ge=check.INT64_MIN, le=check.INT64_MAX)]
 Count = Annotated[int, Meta(ge=0, le=check.INT64_MAX)]
 Attempts = Annotated[int, Meta(ge=1, le=check.INT64_MAX)]
 Name = Annotated[str, Meta(min_length=1)]
+# A name the storage indexes (queue, idempotency key, parent id, worker id): `validate.key`.
+Key = Annotated[str, Meta(min_length=1, max_length=check.MAX_KEY_LENGTH)]
 # NaN fails every comparison, so these bounds refuse NaN as well as the infinities.
 Finite = Annotated[float, Meta(ge=-1.7976931348623157e308, le=1.7976931348623157e308)]
 Aware = Annotated[datetime, Meta(tz=True)]
@@ -123,6 +125,7 @@ _PLAIN: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), text)
     for pattern, text in (
         (r"^Expected `str` of length >= 1$", "must not be empty"),
+        (r"^Expected `str` of length <= \d+$", check.TOO_LONG),
         (
             r"^Expected `datetime` with a timezone component",
             "naive datetime; pass one with a timezone (UTC)",
@@ -151,13 +154,13 @@ class CreateJob(Command, frozen=True, kw_only=True):
     config: Any
     thread_id: Int64 | None = None
     user_id: str | None = None
-    queue: Name = "default"
+    queue: Key = "default"
     priority: Int64 = 0
     run_at: Aware | None = None
     max_attempts: Attempts = 1
-    idempotency_key: Name | None = None
+    idempotency_key: Key | None = None
     timeout: Duration | None = None
-    parent_id: Name | None = None
+    parent_id: Key | None = None
     max_cost_cents: Cents | None = None
     by: str | None = None  # the operator who enqueued it
 
@@ -207,7 +210,7 @@ def create_spec(index: int, spec: object) -> CreateJob:
 class Claim(Command, frozen=True, kw_only=True):
     """``queues`` goes through `queues` (its errors say more than a type mismatch would)."""
 
-    worker_id: Name
+    worker_id: Key
     lease: Duration
 
     _texts: ClassVar[tuple[str, ...]] = ("worker_id",)
@@ -221,7 +224,7 @@ class Claim(Command, frozen=True, kw_only=True):
 
 class Heartbeat(Command, frozen=True, kw_only=True):
     job_id: str
-    worker_id: Name | None = None
+    worker_id: Key | None = None
     attempt: Attempts | None = None
     lease: Duration | None = None
 
@@ -239,7 +242,7 @@ class Complete(Command, frozen=True, kw_only=True):
     result_status: str = "success"
     cost_cents: Finite = 0.0
     duration_seconds: Count | None = None
-    worker_id: Name | None = None
+    worker_id: Key | None = None
     attempt: Attempts | None = None
     result: Any = None
 
@@ -258,7 +261,7 @@ class RecordStep(Command, frozen=True, kw_only=True):
 
     job_id: str
     name: Name
-    worker_id: Name
+    worker_id: Key
     attempt: Attempts
     result: Any = None
 
@@ -272,7 +275,7 @@ class RecordStep(Command, frozen=True, kw_only=True):
 class Fail(Command, frozen=True, kw_only=True):
     job_id: str
     error: str
-    worker_id: Name | None = None
+    worker_id: Key | None = None
     attempt: Attempts | None = None
     retry: bool = True
     error_type: Name | None = None
@@ -302,7 +305,7 @@ class Retry(Command, frozen=True, kw_only=True):
 class RetryFailed(Command, frozen=True, kw_only=True):
     """Retry every failed job (of ``queue``; finished at or after ``since``)."""
 
-    queue: Name | None = None
+    queue: Key | None = None
     since: Aware | None = None
     by: str | None = None
 
@@ -317,7 +320,7 @@ def failed_since(state: JobState, since: datetime | None) -> bool:
 class QueueAction(Command, frozen=True, kw_only=True):
     """Pause or resume a queue."""
 
-    queue: Name
+    queue: Key
     by: str | None = None
     reason: str | None = None
 
@@ -330,7 +333,7 @@ class Charge(Command, frozen=True, kw_only=True):
     job_id: str
     cents: Cents
     detail: Any = None
-    worker_id: Name | None = None
+    worker_id: Key | None = None
     attempt: Attempts | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
@@ -350,7 +353,7 @@ class SetBudget(Command, frozen=True, kw_only=True):
 
 class Release(Command, frozen=True, kw_only=True):
     job_id: str
-    worker_id: Name
+    worker_id: Key
     attempt: Attempts | None = None
     reason: str | None = None
 
@@ -363,7 +366,7 @@ class LogActivity(Command, frozen=True, kw_only=True):
 
     job_id: str
     expected_version: Count | None = None
-    worker_id: Name | None = None
+    worker_id: Key | None = None
     attempt: Attempts | None = None
 
     _texts: ClassVar[tuple[str, ...]] = ("job_id", "worker_id")
@@ -440,7 +443,7 @@ def queues(names: Sequence[str] | None) -> tuple[str, ...] | None:
         raise InvalidArgument("queues", names, "expected a list of queue names, not one string")
     if not isinstance(names, Sequence | set | frozenset):
         raise InvalidArgument("queues", names, "expected a list of queue names")
-    checked = tuple(check.text("queue", name, nonempty=True) for name in names)
+    checked = tuple(check.key("queue", name) for name in names)
     if not checked:
         raise InvalidArgument("queues", names, "empty; pass None for every queue")
     return checked

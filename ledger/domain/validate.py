@@ -21,6 +21,11 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 # recursion limit, so decoding, comparing and replaying a stored value can never hit it, whatever
 # the caller's stack depth.
 MAX_DEPTH = 64
+# The longest queue name, idempotency key, parent id or worker id, in characters. They are index
+# keys on PostgreSQL, whose B-tree refuses an entry above about 2,700 bytes (a third of a page;
+# one compressed well might pass, a random one not): 512 characters are at most 2,048 bytes of
+# UTF-8, so a name either backend takes the other takes too. Hash a longer key first.
+MAX_KEY_LENGTH = 512
 _encoder = msgspec.json.Encoder()
 _isfinite = math.isfinite
 _LEAF_TYPES = frozenset({str, bool, type(None)})
@@ -61,6 +66,21 @@ def text(name: str, value: Any, *, optional: bool = False, nonempty: bool = Fals
     if len(value) > MAX_PAYLOAD_BYTES:
         raise InvalidArgument(name, value[:20], f"longer than {MAX_PAYLOAD_BYTES} characters")
     return value
+
+
+def key(name: str, value: Any) -> str:
+    """A queue name or key passed on its own (a claim's queues): a non-empty str of at most
+    `MAX_KEY_LENGTH` characters."""
+    checked: str = text(name, value, nonempty=True)
+    if len(checked) > MAX_KEY_LENGTH:
+        raise InvalidArgument(name, checked, TOO_LONG)
+    return checked
+
+
+TOO_LONG = (
+    f"longer than {MAX_KEY_LENGTH} characters, the most a queue name, key or id may hold; "
+    "for a longer key pass its hash (hashlib.sha256(key.encode()).hexdigest())"
+)
 
 
 def finite(name: str, value: Any) -> float:

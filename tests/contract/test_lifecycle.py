@@ -3,12 +3,14 @@ cancel, release, lease expiry, idempotency, priorities, run_at, queues, and fenc
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, timedelta
 
 import pytest
 
 from ledger import (
+    MAX_KEY_LENGTH,
     MAX_LOG_EVENTS,
     ConcurrencyError,
     EventType,
@@ -19,6 +21,7 @@ from ledger import (
     LeaseLost,
     Ledger,
     RetryPolicy,
+    Worker,
 )
 from tests.conftest import FakeClock
 from tests.contract.conftest import LedgerFactory
@@ -535,6 +538,58 @@ def test_log_events_appends_a_batch_in_order_in_one_transaction(ledger: Ledger) 
     assert [(e.worker_id, e.attempt) for e in last] == [(None, 1), (None, 1)]
     job = ledger.get_job(job_id)
     assert job is not None and job.version == 54 and job.status is JobStatus.RUNNING
+
+
+def _random_text(length: int, seed: int) -> str:
+    """Text of 4-byte UTF-8 characters that no compression shrinks (an index entry of a
+    repeated character would fit however long)."""
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x10000, 0x10FFFF)) for _ in range(length))
+
+
+def test_keys_hold_up_to_max_key_length_characters(ledger: Ledger) -> None:
+    """Promise: a queue name, idempotency key, parent id or worker id of `MAX_KEY_LENGTH`
+    characters (any characters: 4-byte ones here, incompressible) is stored and reads back as
+    written, on every backend; one character more is refused with `InvalidArgument` naming
+    the argument and saying to hash it, and nothing is written (PostgreSQL's index would refuse
+    such an entry with a storage error at the write, and only when it compresses badly)."""
+    queue, key, worker = (_random_text(MAX_KEY_LENGTH, seed) for seed in range(3))
+    job_id = ledger.create_job(1, CONFIG, queue=queue, idempotency_key=key)
+    assert ledger.create_job(1, CONFIG, queue=queue, idempotency_key=key) == job_id
+    job = ledger.get_job(job_id)
+    assert job is not None and (job.queue, job.idempotency_key) == (queue, key)
+    claimed = ledger.claim(worker, queues=[queue])
+    assert claimed is not None and claimed.id == job_id and claimed.worker_id == worker
+    assert ledger.pause(queue) is True
+    before = state(ledger)
+    long = "k" * (MAX_KEY_LENGTH + 1)
+    refusals: list[tuple[str, Callable[[], object]]] = [
+        ("queue", lambda: ledger.create_job(1, CONFIG, queue=long)),
+        ("idempotency_key", lambda: ledger.create_job(1, CONFIG, idempotency_key=long)),
+        ("parent_id", lambda: ledger.create_job(1, CONFIG, parent_id=long)),
+        (
+            "specs[1].idempotency_key",
+            lambda: ledger.create_jobs(
+                [
+                    {"chat_id": 1, "config": {}},
+                    {"chat_id": 1, "config": {}, "idempotency_key": long},
+                ]
+            ),
+        ),
+        ("worker_id", lambda: ledger.claim(long)),
+        ("queue", lambda: ledger.claim("w", queues=[long])),
+        ("queue", lambda: ledger.pause(long)),
+        ("worker_id", lambda: ledger.heartbeat(job_id, worker_id=long)),
+        ("worker_id", lambda: Worker(ledger, lambda job, ctx: None, worker_id=long)),
+        ("queue", lambda: Worker(ledger, lambda job, ctx: None, queues=[long])),
+    ]
+    for name, call in refusals:
+        with pytest.raises(InvalidArgument) as raised:
+            call()
+        assert raised.value.name == name
+        assert f"longer than {MAX_KEY_LENGTH} characters" in str(raised.value)
+        assert "hash" in str(raised.value)
+    assert state(ledger) == before
 
 
 def test_log_events_is_all_or_nothing(ledger: Ledger) -> None:
