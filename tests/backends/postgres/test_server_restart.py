@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,14 +233,25 @@ def test_a_server_that_is_down_is_storage_unavailable_and_a_refused_row_is_not(
     cluster: Cluster, url: str
 ) -> None:
     """`StorageUnavailable` says the same call may succeed later: a server that is down. An
-    error the server gives the same way every time (an index row too large) is a plain
-    `StorageError`, so a worker does not wait it out for ever."""
+    error the server gives the same way every time (here a trigger an operator added that
+    refuses one queue's jobs) is a plain `StorageError`, so a worker does not wait it out for
+    ever."""
     with Ledger(url, busy_timeout=10) as ledger:
         job_id = ledger.create_job(1, CONFIG)
+        with psycopg.connect(url, autocommit=True) as operator:
+            operator.execute(
+                "CREATE FUNCTION refuse_closed() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN RAISE EXCEPTION 'queue closed is closed for good'; END $$"
+            )
+            operator.execute(
+                "CREATE TRIGGER refuse_closed BEFORE INSERT ON jobs FOR EACH ROW"
+                " WHEN (NEW.queue = 'closed') EXECUTE FUNCTION refuse_closed()"
+            )
         with pytest.raises(StorageError) as refused:
-            ledger.create_job(1, CONFIG, idempotency_key=secrets.token_hex(5000))
+            ledger.create_job(1, CONFIG, queue="closed")
         assert not isinstance(refused.value, StorageUnavailable)
-        assert "index row requires" in str(refused.value)
+        assert "closed for good" in str(refused.value)
+        assert not refused.value.maybe_committed
         cluster.pause()
         try:
             with pytest.raises(StorageUnavailable, match="cannot reach the PostgreSQL server"):
